@@ -1,0 +1,51 @@
+// The validated, resolved shape of the configuration. config/schema.ts (convict) produces it;
+// everything else consumes only these types.
+
+export const CACHE_MODES = ['writeback', 'writethrough', 'writearound', 'passthrough', 'writeonly'] as const;
+export type CacheMode = (typeof CACHE_MODES)[number];
+
+export interface CacheConfig {
+  /** Export name; also the name used by `pcached status|message`. */
+  name: string;
+  /** Local file/block device path (absolute after resolution) or an NBD URI. */
+  origin: string;
+  /** Cache file or block device path (absolute after resolution). */
+  cache: string;
+  /** Bytes; used to create the cache file sparse when it is absent. */
+  cacheSize: number;
+  mode: CacheMode;
+  /** Unix socket path to listen on ("" = none). */
+  unix: string;
+  /** "HOST:PORT" to listen on ("" = none). */
+  tcp: string;
+  /** Stripe worker threads (>= 1; resolved from 0 = number of cores). */
+  stripes: number;
+  readOnly: boolean;
+  /** Export description sent in NBD_INFO_DESCRIPTION. */
+  description: string;
+  /** Reformat a cache device that holds something else. */
+  format: boolean;
+  /** An NBD origin request fails with EIO after this long without a connection. */
+  originTimeoutMs: number;
+  /** Connections each stripe keeps to an NBD origin. */
+  originConnections: number;
+  /** Per-stripe shared payload slab, bytes. */
+  slabSize: number;
+  /** Maximum NBD client connections at once (further ones are refused). */
+  maxConnections: number;
+}
+
+export interface DaemonConfig {
+  /** Control socket path. */
+  control: string;
+  /** pino level. */
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** Folder for the embedded default's files. */
+  dataDir: string;
+  caches: CacheConfig[];
+}
+
+/** Keys of a cache that SIGHUP may change on a running coordinator. */
+export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = ['description', 'originTimeoutMs', 'maxConnections'];
+/** Daemon-wide keys SIGHUP may change. */
+export const RELOADABLE_DAEMON_KEYS: ReadonlyArray<keyof DaemonConfig> = ['logLevel'];

@@ -1,0 +1,49 @@
+// Messages between the supervisor and a coordinator process (child_process.fork IPC channel,
+// 'advanced' serialization). Control-plane only: never per I/O.
+
+import type { CacheConfig, DaemonConfig } from '../config/types.js';
+
+export interface CacheStatus {
+  name: string;
+  mode: string;
+  /** 'starting' | 'running' | 'draining' | 'stopped' | 'restarting' */
+  state: string;
+  pid: number;
+  origin: string;
+  originSize: number;
+  cache: string;
+  readOnly: boolean;
+  listeners: string[];
+  connections: number;
+  stripes: number;
+  uptimeSec: number;
+  restarts: number;
+  /** Counter name → value (see src/stats/counters.ts). */
+  stats: Record<string, number>;
+  /** Per-stripe counters, index = stripe id. */
+  stripeStats: Record<string, number>[];
+}
+
+export type SupervisorToCoordinator =
+  | { type: 'init'; cache: CacheConfig; logLevel: DaemonConfig['logLevel'] }
+  | { type: 'request'; id: number; op: 'status' }
+  | { type: 'request'; id: number; op: 'message'; words: string[] }
+  | { type: 'reconfigure'; id: number; cache: CacheConfig; logLevel: DaemonConfig['logLevel'] }
+  | { type: 'shutdown' };
+
+export type CoordinatorToSupervisor =
+  | { type: 'ready'; listeners: string[]; originSize: number }
+  | { type: 'fatal'; code: string; message: string }
+  | { type: 'response'; id: number; ok: true; result: unknown }
+  | { type: 'response'; id: number; ok: false; error: { code: string; message: string } };
+
+/** Control socket (Unix, u32 BE length + msgpackr frame), served by the supervisor. */
+export type ControlRequest =
+  | { id: number; op: 'ping' }
+  | { id: number; op: 'status'; name?: string }
+  | { id: number; op: 'message'; name: string; words: string[] }
+  | { id: number; op: 'reload' };
+
+export type ControlResponse =
+  | { id: number; ok: true; result: unknown }
+  | { id: number; ok: false; error: { code: string; message: string } };

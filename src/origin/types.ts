@@ -1,0 +1,54 @@
+// The one interface every origin implements. Origins live inside stripe worker threads
+// (each stripe opens its own), so calls complete through a callback: a local file calls it
+// synchronously before returning, a remote NBD export calls it later from the event loop.
+
+/** 0 on success, otherwise a positive NBD error value (NbdErr: EIO, ENOSPC, ENOTSUP, EINVAL...). */
+export type Done = (errno: number) => void;
+
+export interface Extent {
+  /** Bytes; always > 0. */
+  length: number;
+  /** base:allocation flags (BlockState.HOLE | BlockState.ZERO). */
+  flags: number;
+}
+
+export interface ZeroFlags {
+  /** Space must stay allocated: write zeros, do not punch. */
+  noHole: boolean;
+  /** Fail at once with ENOTSUP unless zeroing is cheap. */
+  fastZero: boolean;
+  fua: boolean;
+}
+
+export interface Origin {
+  /** Bytes. */
+  readonly size: number;
+  /** Human-readable form for logs and status ("file:/path", "nbd+unix:///x?socket=..."). */
+  readonly description: string;
+  readonly readOnly: boolean;
+  /** True when every operation finishes before the call returns (the stripe can then process synchronously). */
+  readonly synchronous: boolean;
+  /** Whether zeroing is cheaper than writing zeros (fallocate, or a remote that advertises FAST_ZERO). */
+  readonly canFastZero: boolean;
+
+  /** Fill dst (dst.length bytes) from offset off. */
+  read(off: number, dst: Uint8Array, cb: Done): void;
+  write(off: number, src: Uint8Array, fua: boolean, cb: Done): void;
+  /** Make every completed write durable. */
+  flush(cb: Done): void;
+  trim(off: number, len: number, fua: boolean, cb: Done): void;
+  zero(off: number, len: number, flags: ZeroFlags, cb: Done): void;
+  /** Prefetch hint; must not change what reads return. */
+  cache(off: number, len: number, cb: Done): void;
+  /**
+   * Allocation status of [off, off+len): at least one extent; extents may cover only a prefix
+   * of the range (the NBD reply is allowed to be short), and never more than maxExtents.
+   */
+  blockStatus(off: number, len: number, maxExtents: number, cb: (errno: number, extents: Extent[]) => void): void;
+  close(): Promise<void>;
+}
+
+/** How a stripe (or the coordinator's probe) is told to open the origin. Plain data: crosses threads. */
+export type OriginSpec =
+  | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean }
+  | { kind: 'nbd'; uri: string; readOnly: boolean; timeoutMs: number; connections: number };
