@@ -1,0 +1,234 @@
+// One cache instance: its origin, its stripe workers, its NBD listeners and sessions, and the
+// control operations the supervisor forwards (status, message, reconfigure, shutdown).
+
+import { createServer, type Server, type Socket } from 'node:net';
+import { availableParallelism } from 'node:os';
+import type { Logger } from 'pino';
+import type { CacheConfig } from '../config/types.js';
+import type { CacheStatus } from '../daemon/ipc.js';
+import { claimUnixSocketPath } from '../util/unix-socket.js';
+import { PcachedError } from '../util/errors.js';
+import { originSpecFor, probeOrigin, type OriginFacts } from '../origin/open.js';
+import { CounterBlock, COORDINATOR_COUNTERS, type CoordinatorCounter } from '../stats/counters.js';
+import { StripeSet } from './stripes.js';
+import { Session, type SessionContext } from './session.js';
+import { FlowBudget } from './flow.js';
+import type { ExportInfo } from './negotiate.js';
+import { StripeOp } from '../ring/layout.js';
+import type { StripeWork } from './stripe-ring.js';
+import { errnoName } from './io.js';
+import { unlinkSync } from 'node:fs';
+
+const RING_CAPACITY = 1024;
+const FLOW_LIMIT = 512 * 1024 * 1024;
+const SHUTDOWN_DRAIN_MS = 30_000;
+
+/** Busy-poll budget of a stripe before it sleeps: a short spin saves a wake-up at low queue depth. */
+function spinNs(): number {
+  const env = Number(process.env.PCACHED_SPIN_NS);
+  if (Number.isFinite(env) && env >= 0) return env;
+  return availableParallelism() > 2 ? 50_000 : 20_000;
+}
+
+export function parseHostPort(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(spec);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new PcachedError('ERR_BAD_ARGUMENT', `invalid TCP address "${spec}": expected HOST:PORT`);
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+export class Coordinator {
+  readonly #log: Logger;
+  #cache: CacheConfig;
+  readonly #facts: OriginFacts;
+  readonly #stripes: StripeSet;
+  readonly counters: CounterBlock<CoordinatorCounter>;
+  readonly #servers: Server[] = [];
+  readonly #listeners: string[] = [];
+  readonly #sessions = new Set<Session>();
+  readonly #exp: ExportInfo;
+  readonly #flow = new FlowBudget(FLOW_LIMIT);
+  readonly #started = Date.now();
+  #nextSession = 1;
+  #state: 'running' | 'draining' | 'stopped' = 'running';
+
+  private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, log: Logger) {
+    this.#cache = cache;
+    this.#facts = facts;
+    this.#stripes = stripes;
+    this.#log = log;
+    this.counters = new CounterBlock(COORDINATOR_COUNTERS);
+    this.#exp = { name: cache.name, description: cache.description, size: facts.size, readOnly: cache.readOnly || facts.readOnly };
+  }
+
+  static async start(cache: CacheConfig, log: Logger, logLevel: string): Promise<Coordinator> {
+    const spec = originSpecFor(cache);
+    let facts: OriginFacts;
+    try {
+      facts = await probeOrigin(spec);
+    } catch (err) {
+      throw new PcachedError('ERR_ORIGIN', `cannot open origin ${cache.origin}: ${(err as Error).message}`, { cause: err });
+    }
+    log.info({ origin: facts.description, size: facts.size, readOnly: facts.readOnly }, 'origin opened');
+    const stripes = await StripeSet.start({
+      stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), logLevel, log,
+    });
+    const c = new Coordinator(cache, facts, stripes, log);
+    try {
+      await c.#listen();
+    } catch (err) {
+      await c.shutdown();
+      throw err;
+    }
+    return c;
+  }
+
+  get listeners(): string[] {
+    return [...this.#listeners];
+  }
+
+  get originSize(): number {
+    return this.#facts.size;
+  }
+
+  async #listen(): Promise<void> {
+    const { unix, tcp } = this.#cache;
+    if (unix) {
+      await claimUnixSocketPath(unix);
+      await this.#serve({ path: unix }, `unix:${unix}`);
+    }
+    if (tcp) {
+      const { host, port } = parseHostPort(tcp);
+      await this.#serve({ host, port }, `tcp:${tcp}`);
+    }
+  }
+
+  #serve(addr: { path: string } | { host: string; port: number }, label: string): Promise<void> {
+    const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, 'port' in addr));
+    return new Promise((resolve, reject) => {
+      server.once('error', (err) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err })));
+      server.listen(addr, () => {
+        server.removeAllListeners('error');
+        server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
+        this.#servers.push(server);
+        const a = server.address();
+        this.#listeners.push(typeof a === 'object' && a && 'port' in addr ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label);
+        this.#log.info({ listener: label }, 'listening');
+        resolve();
+      });
+    });
+  }
+
+  #accept(sock: Socket, tcp: boolean): void {
+    const c = this.counters;
+    if (this.#state !== 'running' || this.#sessions.size >= this.#cache.maxConnections) {
+      c.add('connections_refused', 1);
+      sock.destroy();
+      return;
+    }
+    if (tcp) sock.setNoDelay(true);
+    c.add('connections_total', 1);
+    c.add('connections_open', 1);
+    const ctx: SessionContext = {
+      exp: this.#exp, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log,
+      closed: (s) => {
+        if (this.#sessions.delete(s)) c.add('connections_open', -1);
+      },
+    };
+    this.#sessions.add(new Session(this.#nextSession++, sock, ctx));
+  }
+
+  /** Make every completed write durable on the origin (message flush, shutdown). */
+  flushOrigin(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let remaining = this.#stripes.count;
+      let firstErr = 0;
+      const onDone = (_w: StripeWork, errno: number): void => {
+        if (errno !== 0 && firstErr === 0) firstErr = errno;
+        if (--remaining === 0) {
+          if (firstErr === 0) resolve();
+          else reject(new PcachedError('ERR_ORIGIN', `origin flush failed: ${errnoName(firstErr)}`));
+        }
+      };
+      for (let s = 0; s < this.#stripes.count; s++) {
+        this.#stripes.submit({ op: StripeOp.FLUSH, flags: 0, offset: 0, length: 0, slabBytes: 0, payload: null, onDone, slabOff: 0, ring: null }, s);
+      }
+    });
+  }
+
+  status(restarts = 0): CacheStatus {
+    const stats: Record<string, number> = this.counters.snapshot();
+    const stripeStats = this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>);
+    return {
+      name: this.#cache.name,
+      mode: this.#cache.mode,
+      state: this.#state,
+      pid: process.pid,
+      origin: this.#facts.description,
+      originSize: this.#facts.size,
+      cache: this.#cache.cache,
+      readOnly: this.#exp.readOnly,
+      listeners: this.listeners,
+      connections: this.#sessions.size,
+      stripes: this.#stripes.count,
+      uptimeSec: Math.round((Date.now() - this.#started) / 1000),
+      restarts,
+      stats,
+      stripeStats,
+    };
+  }
+
+  async message(words: string[]): Promise<unknown> {
+    const [verb, ...args] = words;
+    switch (verb) {
+      case 'flush':
+        if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush takes no arguments');
+        await this.flushOrigin();
+        return { flushed: true };
+      case 'clear_stats':
+        if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'clear_stats takes no arguments');
+        this.counters.clear();
+        for (const r of this.#stripes.rings) r.counters.clear();
+        return { cleared: true };
+      default:
+        throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: flush, clear_stats`);
+    }
+  }
+
+  /** Apply the reloadable keys; the supervisor has already refused anything else. */
+  reconfigure(cache: CacheConfig): string[] {
+    const changed: string[] = [];
+    if (cache.description !== this.#cache.description) {
+      this.#exp.description = cache.description;
+      changed.push('description');
+    }
+    if (cache.maxConnections !== this.#cache.maxConnections) changed.push('maxConnections');
+    if (cache.originTimeoutMs !== this.#cache.originTimeoutMs) changed.push('originTimeoutMs (applies to new origin connections)');
+    this.#cache = cache;
+    return changed;
+  }
+
+  /** Stop accepting, let in-flight requests finish, flush the origin, stop the stripes. */
+  async shutdown(): Promise<void> {
+    if (this.#state === 'stopped') return;
+    this.#state = 'draining';
+    await Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    if (this.#cache.unix) {
+      try { unlinkSync(this.#cache.unix); } catch { /* already gone */ }
+    }
+    const drained = Promise.all([...this.#sessions].map((s) => s.drain()));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>((r) => { timer = setTimeout(() => r('timeout'), SHUTDOWN_DRAIN_MS); });
+    if ((await Promise.race([drained, timedOut])) === 'timeout') {
+      this.#log.warn({ sessions: this.#sessions.size }, 'shutdown: requests still in flight after the drain timeout');
+    }
+    clearTimeout(timer);
+    try {
+      if (!this.#exp.readOnly) await this.flushOrigin();
+    } catch (err) {
+      this.#log.error({ err }, 'shutdown: origin flush failed');
+    }
+    await this.#stripes.close();
+    this.#state = 'stopped';
+  }
+}

@@ -1,0 +1,92 @@
+// Coordinator process entry: forked by the supervisor, one per cache, driven over the IPC
+// channel (src/daemon/ipc.ts). If the supervisor disappears (even by SIGKILL) the channel
+// closes and the coordinator shuts down, so no orphan keeps the sockets.
+
+import { createLogger, type Logger } from '../daemon/logger.js';
+import type { SupervisorToCoordinator, CoordinatorToSupervisor } from '../daemon/ipc.js';
+import { Coordinator } from './coordinator.js';
+import { isPcachedError } from '../util/errors.js';
+
+let log: Logger = createLogger({ name: 'coordinator' });
+let coordinator: Coordinator | null = null;
+let shuttingDown: Promise<void> | null = null;
+
+function send(msg: CoordinatorToSupervisor): void {
+  if (process.connected) process.send!(msg);
+}
+
+function errorOf(err: unknown): { code: string; message: string } {
+  return { code: isPcachedError(err) ? err.code : 'ERR_INTERNAL', message: (err as Error)?.message ?? String(err) };
+}
+
+function shutdown(why: string): Promise<void> {
+  if (!shuttingDown) {
+    log.info({ why }, 'shutting down');
+    shuttingDown = (async () => {
+      try {
+        await coordinator?.shutdown();
+      } catch (err) {
+        log.error({ err }, 'shutdown failed');
+        process.exitCode = 1;
+      }
+      process.disconnect?.();
+      // Give pino's synchronous destination nothing to lose, then leave even if a handle lingers.
+      setTimeout(() => process.exit(), 100).unref();
+    })();
+  }
+  return shuttingDown;
+}
+
+async function onMessage(msg: SupervisorToCoordinator): Promise<void> {
+  switch (msg.type) {
+    case 'init': {
+      log = createLogger({ level: msg.logLevel, name: 'coordinator', base: { cache: msg.cache.name } });
+      try {
+        coordinator = await Coordinator.start(msg.cache, log, msg.logLevel);
+        send({ type: 'ready', listeners: coordinator.listeners, originSize: coordinator.originSize });
+      } catch (err) {
+        log.error({ err }, 'coordinator failed to start');
+        send({ type: 'fatal', ...errorOf(err) });
+        process.exitCode = 3;
+        setTimeout(() => process.exit(), 50);
+      }
+      return;
+    }
+    case 'request': {
+      try {
+        if (!coordinator) throw new Error('cache is still starting');
+        const result = msg.op === 'status' ? coordinator.status() : await coordinator.message(msg.words);
+        send({ type: 'response', id: msg.id, ok: true, result });
+      } catch (err) {
+        send({ type: 'response', id: msg.id, ok: false, error: errorOf(err) });
+      }
+      return;
+    }
+    case 'reconfigure': {
+      try {
+        if (!coordinator) throw new Error('cache is still starting');
+        log.level = msg.logLevel;
+        const changed = coordinator.reconfigure(msg.cache);
+        log.info({ changed }, 'reconfigured');
+        send({ type: 'response', id: msg.id, ok: true, result: { changed } });
+      } catch (err) {
+        send({ type: 'response', id: msg.id, ok: false, error: errorOf(err) });
+      }
+      return;
+    }
+    case 'shutdown':
+      await shutdown('supervisor asked');
+      return;
+  }
+}
+
+if (!process.send) {
+  process.stderr.write('pcached: the coordinator is started by `pcached start`, not directly\n');
+  process.exit(2);
+}
+process.on('message', (msg) => void onMessage(msg as SupervisorToCoordinator));
+process.on('disconnect', () => void shutdown('supervisor went away'));
+// Ctrl-C reaches the whole process group; the supervisor orchestrates the shutdown.
+process.on('SIGINT', () => log.debug('SIGINT ignored; waiting for the supervisor'));
+process.on('SIGTERM', () => void shutdown('SIGTERM'));
+process.on('SIGHUP', () => log.debug('SIGHUP ignored; the supervisor reloads'));

@@ -1,0 +1,157 @@
+// The coordinator's view of its stripe workers: one piscina pool of exactly one thread per
+// stripe (lifecycle and control plane), one SAB ring pair per stripe (data plane), and one
+// shared doorbell the stripes ring after publishing completions.
+
+import { Piscina } from 'piscina';
+import type { Logger } from 'pino';
+import { DOORBELL_WORDS, type StripeWorkerData } from '../ring/layout.js';
+import { StripeRing, type StripeWork } from './stripe-ring.js';
+import type { OriginSpec } from '../origin/types.js';
+import { NbdErr } from '../nbd/constants.js';
+
+export interface StripeSetOptions {
+  stripes: number;
+  /** Ring slots per stripe (power of two). */
+  capacity: number;
+  slabBytes: number;
+  origin: OriginSpec;
+  spinNs: number;
+  logLevel: string;
+  log: Logger;
+}
+
+const WORKER_URL = new URL('../../workers/stripe.js', import.meta.url);
+const yieldMacrotask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+const RESTART_BACKOFF_MS = [100, 250, 500, 1000, 2000, 5000];
+
+export class StripeSet {
+  readonly rings: StripeRing[];
+  readonly #doorbell: Int32Array;
+  readonly #doorbellSab: SharedArrayBuffer;
+  readonly #pools: Piscina[] = [];
+  readonly #opts: StripeSetOptions;
+  readonly #log: Logger;
+  #bellScheduled = false;
+  #closed = false;
+  #loopDone: Promise<void> | null = null;
+
+  private constructor(opts: StripeSetOptions) {
+    this.#opts = opts;
+    this.#log = opts.log;
+    this.#doorbellSab = new SharedArrayBuffer(DOORBELL_WORDS * 4);
+    this.#doorbell = new Int32Array(this.#doorbellSab);
+    this.rings = [];
+    for (let i = 0; i < opts.stripes; i++) this.rings.push(new StripeRing(i, opts.capacity, opts.slabBytes));
+  }
+
+  static async start(opts: StripeSetOptions): Promise<StripeSet> {
+    const set = new StripeSet(opts);
+    set.#loopDone = set.#completionLoop();
+    try {
+      await Promise.all(set.rings.map((ring) => set.#startStripe(ring)));
+    } catch (err) {
+      await set.close();
+      throw err;
+    }
+    return set;
+  }
+
+  get count(): number {
+    return this.rings.length;
+  }
+
+  async #startStripe(ring: StripeRing): Promise<void> {
+    const data: StripeWorkerData = {
+      stripe: ring.id,
+      stripes: this.rings.length,
+      capacity: ring.capacity,
+      ring: ring.ringSab,
+      slab: ring.slabSab,
+      doorbell: this.#doorbellSab,
+      counters: ring.counterSab,
+      origin: this.#opts.origin,
+      spinNs: this.#opts.spinNs,
+      logLevel: this.#opts.logLevel,
+    };
+    const pool = new Piscina({
+      filename: WORKER_URL.href,
+      minThreads: 1,
+      maxThreads: 1,
+      idleTimeout: Infinity,
+      // 'sync' would freeze the worker's timers between tasks; the ring loop needs them.
+      atomics: 'disabled',
+      concurrentTasksPerWorker: 4,
+      workerData: data,
+    });
+    pool.on('error', (err: unknown) => this.#onStripeDied(ring, pool, err));
+    this.#pools[ring.id] = pool;
+    await pool.run({ op: 'start' });
+    ring.setDown(false);
+  }
+
+  /** A stripe thread died outside a task: fail what it held and start a fresh thread on the same ring. */
+  #onStripeDied(ring: StripeRing, pool: Piscina, err: unknown): void {
+    if (this.#closed) return;
+    this.#log.error({ err, stripe: ring.id }, 'stripe worker died; failing its in-flight requests and restarting it');
+    ring.setDown(true);
+    ring.failAll(NbdErr.EIO);
+    const attempt = async (n: number): Promise<void> => {
+      if (this.#closed) return;
+      try {
+        await pool.run({ op: 'start' });
+        ring.setDown(false);
+        this.#log.info({ stripe: ring.id }, 'stripe worker restarted');
+      } catch (e) {
+        const delay = RESTART_BACKOFF_MS[Math.min(n, RESTART_BACKOFF_MS.length - 1)]!;
+        this.#log.error({ err: e, stripe: ring.id, retryInMs: delay }, 'stripe worker restart failed');
+        setTimeout(() => void attempt(n + 1), delay).unref();
+      }
+    };
+    void attempt(0);
+  }
+
+  submit(work: StripeWork, stripe: number): void {
+    this.rings[stripe]!.submit(work);
+    if (!this.#bellScheduled) {
+      this.#bellScheduled = true;
+      queueMicrotask(this.#ringBells);
+    }
+  }
+
+  readonly #ringBells = (): void => {
+    this.#bellScheduled = false;
+    for (const ring of this.rings) ring.ringBell();
+  };
+
+  async #completionLoop(): Promise<void> {
+    const bell = this.#doorbell;
+    let seen = Atomics.load(bell, 0);
+    while (!this.#closed) {
+      for (const ring of this.rings) ring.drainCompletions();
+      const w = Atomics.waitAsync(bell, 0, seen);
+      // More completions arrived while draining. Without a real yield this loop would never
+      // let the event loop read sockets or flush the corked replies (a microtask is not enough).
+      if (w.async) await w.value;
+      else await yieldMacrotask();
+      seen = Atomics.load(bell, 0);
+    }
+  }
+
+  get inflight(): number {
+    let n = 0;
+    for (const r of this.rings) n += r.inflight + r.waiting;
+    return n;
+  }
+
+  /** Stop the stripe loops, close their origins, end the threads. In-flight work should be drained first. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    const stops = this.#pools.map((pool) => pool?.run({ op: 'stop' }).catch(() => undefined));
+    await Promise.all(stops);
+    this.#closed = true;
+    Atomics.add(this.#doorbell, 0, 1);
+    Atomics.notify(this.#doorbell, 0);
+    await this.#loopDone;
+    await Promise.all(this.#pools.map((pool) => pool?.destroy()));
+  }
+}

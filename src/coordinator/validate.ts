@@ -1,0 +1,48 @@
+// Every request passes here before it reaches a stripe, checked in nbdkit's order: command
+// known, flags allowed for the command, read-only, reserved fields, range, size.
+// Returns 0 or the NBD error value to reply with; the connection always stays usable.
+
+import { Cmd, CmdFlag, NbdErr, MAX_PAYLOAD } from '../nbd/constants.js';
+import type { NbdRequest } from '../nbd/transmission.js';
+
+export interface ExportState {
+  size: number;
+  readOnly: boolean;
+  structuredReplies: boolean;
+  /** base:allocation selected with SET_META_CONTEXT. */
+  metaContext: boolean;
+}
+
+const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.REQ_ONE | CmdFlag.FAST_ZERO;
+
+function flagsAllowed(type: number, flags: number, st: ExportState): boolean {
+  if ((flags & ~KNOWN_FLAGS) !== 0) return false;
+  // FUA is valid on every command once SEND_FUA is advertised (proto "Command flags").
+  if ((flags & (CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO)) !== 0 && type !== Cmd.WRITE_ZEROES) return false;
+  if ((flags & CmdFlag.DF) !== 0 && (type !== Cmd.READ || !st.structuredReplies)) return false;
+  if ((flags & CmdFlag.REQ_ONE) !== 0 && type !== Cmd.BLOCK_STATUS) return false;
+  return true;
+}
+
+export function validateRequest(req: NbdRequest, st: ExportState): number {
+  const { type, flags, offset, length } = req;
+  if (type > Cmd.BLOCK_STATUS || type === Cmd.DISC) {
+    // DISC never gets here (it has no reply); anything unknown is EINVAL.
+    return NbdErr.EINVAL;
+  }
+  if (!flagsAllowed(type, flags, st)) return NbdErr.EINVAL;
+  const writes = type === Cmd.WRITE || type === Cmd.TRIM || type === Cmd.WRITE_ZEROES;
+  if (writes && st.readOnly) return NbdErr.EPERM;
+  if (type === Cmd.FLUSH) return offset === 0 && length === 0 ? 0 : NbdErr.EINVAL;
+  if (req.payloadDropped) return NbdErr.EINVAL;
+  // offset may be a rounded u64; anything >= 2^53 is beyond every size we can serve.
+  if (offset > st.size || length > st.size - offset) {
+    return type === Cmd.WRITE || type === Cmd.WRITE_ZEROES ? NbdErr.ENOSPC : NbdErr.EINVAL;
+  }
+  if (type === Cmd.READ && length > MAX_PAYLOAD) return NbdErr.EINVAL;
+  if (type === Cmd.BLOCK_STATUS) {
+    if (!st.structuredReplies || !st.metaContext) return NbdErr.EINVAL;
+    if (length === 0) return NbdErr.EINVAL;
+  }
+  return 0;
+}

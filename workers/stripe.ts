@@ -1,0 +1,247 @@
+// Stripe worker: one thread per stripe, hosted by a piscina pool of exactly one thread.
+// The data plane is the SharedArrayBuffer ring (src/ring/layout.ts), never piscina tasks;
+// piscina tasks are the control plane (start, stop) and must keep getting answered, so the
+// idle wait is timed and the loop yields a macrotask now and then.
+
+import { workerData } from 'piscina';
+import {
+  REQ_HEAD, REQ_TAIL, CPL_HEAD, WORKER_SLEEPING, STOP,
+  R_OP, R_FLAGS, R_ID, R_OFF_LO, R_OFF_HI, R_LEN, R_SLAB_OFF, R_SLAB_LEN,
+  C_ID, C_ERRNO, C_RESULT,
+  StripeOp, StripeFlag, reqSlotBase, cplSlotBase,
+  type StripeWorkerData,
+} from '../src/ring/layout.js';
+import { CounterBlock, STRIPE_COUNTERS } from '../src/stats/counters.js';
+import { openOrigin } from '../src/origin/open.js';
+import type { Origin, Extent } from '../src/origin/types.js';
+import { NbdErr } from '../src/nbd/constants.js';
+import { createLogger } from '../src/daemon/logger.js';
+
+const data = workerData as StripeWorkerData;
+const cap = data.capacity;
+const ring = new Int32Array(data.ring);
+const slab = new Uint8Array(data.slab);
+const slabView = new DataView(data.slab);
+const doorbell = new Int32Array(data.doorbell);
+const counters = new CounterBlock(STRIPE_COUNTERS, data.counters);
+const log = createLogger({ level: data.logLevel as 'info', name: 'stripe', base: { stripe: data.stripe } });
+
+const C_ORIGIN_READS = counters.indexOf('origin_reads');
+const C_ORIGIN_READ_BYTES = counters.indexOf('origin_read_bytes');
+const C_ORIGIN_WRITES = counters.indexOf('origin_writes');
+const C_ORIGIN_WRITE_BYTES = counters.indexOf('origin_write_bytes');
+const C_ORIGIN_FLUSHES = counters.indexOf('origin_flushes');
+const C_ORIGIN_TRIMS = counters.indexOf('origin_trims');
+const C_ORIGIN_ZEROES = counters.indexOf('origin_zeroes');
+const C_ORIGIN_BLOCK_STATUS = counters.indexOf('origin_block_status');
+const C_ORIGIN_ERRORS = counters.indexOf('origin_errors');
+const C_QUEUE_DEPTH = counters.indexOf('queue_depth');
+const C_BATCHES = counters.indexOf('batches');
+const C_WAKEUPS = counters.indexOf('wakeups');
+
+/** A timed-out idle wait lets piscina's control messages and origin timers in at least this often. */
+const IDLE_WAIT_MS = 50;
+/** Yield a macrotask after this many busy batches so control tasks are never starved. */
+const YIELD_EVERY_BATCHES = 256;
+
+let origin: Origin | null = null;
+let running = false;
+let stopped: Promise<void> | null = null;
+let cplHead = Atomics.load(ring, CPL_HEAD);
+let bellPending = false;
+
+function ringDoorbell(): void {
+  bellPending = false;
+  Atomics.add(doorbell, 0, 1);
+  Atomics.notify(doorbell, 0);
+}
+
+/** Publish one completion; the coordinator is woken once per batch (or per event-loop turn for async origins). */
+function complete(id: number, errno: number, result: number, deferBell: boolean): void {
+  const base = cplSlotBase(cap, cplHead);
+  ring[base + C_ID] = id;
+  ring[base + C_ERRNO] = errno;
+  ring[base + C_RESULT] = result;
+  cplHead = (cplHead + 1) | 0;
+  Atomics.store(ring, CPL_HEAD, cplHead);
+  counters.addAt(C_QUEUE_DEPTH, -1);
+  if (errno !== 0) counters.addAt(C_ORIGIN_ERRORS, 1);
+  if (!deferBell && !bellPending) {
+    bellPending = true;
+    queueMicrotask(ringDoorbell);
+  }
+}
+
+/** True while a synchronous batch runs: completions then ring the bell once at the end. */
+let inBatch = false;
+
+function writeExtents(slabOff: number, capacityBytes: number, extents: Extent[]): number {
+  const max = Math.floor(capacityBytes / 8);
+  const n = Math.min(max, extents.length);
+  for (let i = 0; i < n; i++) {
+    const e = extents[i]!;
+    slabView.setUint32(slabOff + i * 8, e.length, true);
+    slabView.setUint32(slabOff + i * 8 + 4, e.flags, true);
+  }
+  return n;
+}
+
+function dispatch(o: Origin, base: number): void {
+  const op = ring[base + R_OP]!;
+  const flags = ring[base + R_FLAGS]!;
+  const id = ring[base + R_ID]!;
+  const off = (ring[base + R_OFF_HI]! >>> 0) * 0x100000000 + (ring[base + R_OFF_LO]! >>> 0);
+  const len = ring[base + R_LEN]! >>> 0;
+  const slabOff = ring[base + R_SLAB_OFF]! >>> 0;
+  const fua = (flags & StripeFlag.FUA) !== 0;
+  const done = (errno: number): void => complete(id, errno, 0, inBatch);
+  switch (op) {
+    case StripeOp.READ:
+      counters.addAt(C_ORIGIN_READS, 1);
+      counters.addAt(C_ORIGIN_READ_BYTES, len);
+      o.read(off, slab.subarray(slabOff, slabOff + len), done);
+      return;
+    case StripeOp.WRITE:
+      counters.addAt(C_ORIGIN_WRITES, 1);
+      counters.addAt(C_ORIGIN_WRITE_BYTES, len);
+      o.write(off, slab.subarray(slabOff, slabOff + len), fua, done);
+      return;
+    case StripeOp.FLUSH:
+      counters.addAt(C_ORIGIN_FLUSHES, 1);
+      o.flush(done);
+      return;
+    case StripeOp.TRIM:
+      counters.addAt(C_ORIGIN_TRIMS, 1);
+      o.trim(off, len, fua, done);
+      return;
+    case StripeOp.ZERO:
+      counters.addAt(C_ORIGIN_ZEROES, 1);
+      o.zero(off, len, { noHole: (flags & StripeFlag.NO_HOLE) !== 0, fastZero: (flags & StripeFlag.FAST_ZERO) !== 0, fua }, done);
+      return;
+    case StripeOp.CACHE:
+      o.cache(off, len, done);
+      return;
+    case StripeOp.BLOCK_STATUS: {
+      counters.addAt(C_ORIGIN_BLOCK_STATUS, 1);
+      const slabLen = ring[base + R_SLAB_LEN]! >>> 0;
+      o.blockStatus(off, len, Math.floor(slabLen / 8), (errno, extents) => {
+        complete(id, errno, errno === 0 ? writeExtents(slabOff, slabLen, extents) : 0, inBatch);
+      });
+      return;
+    }
+    default:
+      complete(id, NbdErr.EINVAL, 0, inBatch);
+  }
+}
+
+let reqTail = Atomics.load(ring, REQ_TAIL);
+
+/** Take every request published so far; returns how many. */
+function runBatch(o: Origin): number {
+  const head = Atomics.load(ring, REQ_HEAD);
+  if (head === reqTail) return 0;
+  let n = 0;
+  inBatch = true;
+  try {
+    while (reqTail !== head) {
+      const base = reqSlotBase(cap, reqTail);
+      reqTail = (reqTail + 1) | 0;
+      n++;
+      try {
+        dispatch(o, base);
+      } catch (err) {
+        // An origin must report errors through its callback; a throw is a bug, but it must
+        // cost this request only, not the stripe.
+        log.error({ err }, 'origin threw');
+        complete(ring[base + R_ID]!, NbdErr.EIO, 0, true);
+      }
+    }
+  } finally {
+    inBatch = false;
+    Atomics.store(ring, REQ_TAIL, reqTail);
+  }
+  counters.addAt(C_BATCHES, 1);
+  // Completions made during the batch (synchronous origins) share one doorbell.
+  if (Atomics.load(ring, CPL_HEAD) !== lastBellHead) {
+    lastBellHead = Atomics.load(ring, CPL_HEAD);
+    ringDoorbell();
+  }
+  return n;
+}
+let lastBellHead = cplHead;
+
+function spinForWork(budgetNs: number): boolean {
+  if (budgetNs <= 0) return false;
+  const deadline = process.hrtime.bigint() + BigInt(budgetNs);
+  let i = 0;
+  for (;;) {
+    if (Atomics.load(ring, REQ_HEAD) !== reqTail || Atomics.load(ring, STOP) !== 0) return true;
+    if ((++i & 63) === 0 && process.hrtime.bigint() > deadline) return false;
+  }
+}
+
+const yieldMacrotask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+async function loop(o: Origin): Promise<void> {
+  let batches = 0;
+  while (Atomics.load(ring, STOP) === 0) {
+    if (runBatch(o) > 0) {
+      if (++batches % YIELD_EVERY_BATCHES === 0) await yieldMacrotask();
+      continue;
+    }
+    if (spinForWork(data.spinNs)) continue;
+    Atomics.store(ring, WORKER_SLEEPING, 1);
+    let result: string = 'not-equal';
+    if (Atomics.load(ring, REQ_HEAD) === reqTail && Atomics.load(ring, STOP) === 0) {
+      // A synchronous origin has nothing pending in the event loop, so block the thread
+      // (cheapest wake-up); an async origin must keep its sockets serviced.
+      if (o.synchronous) {
+        result = Atomics.wait(ring, REQ_HEAD, reqTail, IDLE_WAIT_MS);
+      } else {
+        const w = Atomics.waitAsync(ring, REQ_HEAD, reqTail, IDLE_WAIT_MS);
+        result = w.async ? await w.value : w.value;
+      }
+    }
+    Atomics.store(ring, WORKER_SLEEPING, 0);
+    counters.addAt(C_WAKEUPS, 1);
+    if (result === 'timed-out') await yieldMacrotask();
+  }
+}
+
+export interface StripeTask {
+  op: 'start' | 'stop';
+}
+
+/** piscina task handler: the control plane of this stripe. */
+export default async function handle(task: StripeTask): Promise<{ ok: true; size?: number }> {
+  switch (task.op) {
+    case 'start': {
+      if (running) return { ok: true, size: origin?.size ?? 0 };
+      origin = await openOrigin(data.origin);
+      running = true;
+      // Requests left in the ring by a previous incarnation of this thread were failed by the
+      // coordinator; start from where the coordinator says the ring is.
+      reqTail = Atomics.load(ring, REQ_HEAD);
+      Atomics.store(ring, REQ_TAIL, reqTail);
+      cplHead = Atomics.load(ring, CPL_HEAD);
+      lastBellHead = cplHead;
+      const o = origin;
+      stopped = new Promise<void>((resolve) => setImmediate(() => {
+        loop(o).then(resolve, (err) => { log.fatal({ err }, 'stripe loop failed'); resolve(); });
+      }));
+      log.debug({ origin: o.description }, 'stripe started');
+      return { ok: true, size: o.size };
+    }
+    case 'stop': {
+      Atomics.store(ring, STOP, 1);
+      Atomics.notify(ring, REQ_HEAD);
+      if (stopped) await stopped;
+      if (origin) await origin.close();
+      origin = null;
+      running = false;
+      return { ok: true };
+    }
+    default:
+      throw new Error(`unknown stripe task ${(task as { op: string }).op}`);
+  }
+}
