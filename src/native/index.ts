@@ -1,0 +1,71 @@
+// Loader for the optional C addon (src/native/pcached_native.c). Everything that uses it must
+// also work without it: a host without a compiler, or PCACHED_NO_NATIVE=1 in tests, gets null.
+
+import { createRequire } from 'node:module';
+
+/** Every function returns a non-negative result or -errno; only malformed arguments throw. */
+export interface NativeBinding {
+  fallocate(fd: number, mode: number, offset: number, length: number): number;
+  /** Offset of the first data at or after offset; -ENXIO when there is none before EOF. */
+  seekData(fd: number, offset: number): number;
+  /** Offset of the first hole at or after offset (EOF is a hole); -ENXIO when offset ≥ EOF. */
+  seekHole(fd: number, offset: number): number;
+  /** Block device size in bytes; -ENOTTY on anything else. */
+  blkGetSize64(fd: number): number;
+  /** offset and length must be multiples of the logical block size. */
+  blkDiscard(fd: number, offset: number, length: number): number;
+  /** offset and length must be multiples of the logical block size. */
+  blkZeroOut(fd: number, offset: number, length: number): number;
+  readonly FALLOC_FL_KEEP_SIZE: number;
+  readonly FALLOC_FL_PUNCH_HOLE: number;
+  readonly FALLOC_FL_ZERO_RANGE: number;
+}
+
+// Relative to the compiled file, dist/src/native/index.js; the addon is built in place.
+const ADDON_PATH = '../../../src/native/build/Release/pcached_native.node';
+
+const FUNCTIONS = ['fallocate', 'seekData', 'seekHole', 'blkGetSize64', 'blkDiscard', 'blkZeroOut'] as const;
+const CONSTANTS = ['FALLOC_FL_KEEP_SIZE', 'FALLOC_FL_PUNCH_HOLE', 'FALLOC_FL_ZERO_RANGE'] as const;
+
+let unavailableReason: string | null = null;
+
+function load(): NativeBinding | null {
+  if (process.env.PCACHED_NO_NATIVE === '1') {
+    unavailableReason = 'disabled by PCACHED_NO_NATIVE=1';
+    return null;
+  }
+  if (process.platform !== 'linux') {
+    unavailableReason = `not built on ${process.platform}`;
+    return null;
+  }
+  let mod: unknown;
+  try {
+    mod = createRequire(import.meta.url)(ADDON_PATH);
+  } catch (err) {
+    unavailableReason = `cannot load ${ADDON_PATH}: ${err instanceof Error ? err.message : String(err)}`;
+    return null;
+  }
+  // A stale build from an older source could lack a function; better no addon than a crash later.
+  const m = mod as Record<string, unknown>;
+  const missing = [
+    ...FUNCTIONS.filter((name) => typeof m[name] !== 'function'),
+    ...CONSTANTS.filter((name) => typeof m[name] !== 'number'),
+  ];
+  if (missing.length > 0) {
+    unavailableReason = `addon lacks ${missing.join(', ')}; rebuild with npm install`;
+    return null;
+  }
+  return mod as NativeBinding;
+}
+
+/** The addon, or null when it is not built, does not load, or is disabled. */
+export const native: NativeBinding | null = load();
+
+export function nativeAvailable(): boolean {
+  return native !== null;
+}
+
+/** Why native is null (for a startup log line); null when it loaded. */
+export function nativeUnavailableReason(): string | null {
+  return unavailableReason;
+}

@@ -1,0 +1,158 @@
+// The few Linux file calls Node 20 does not expose: fallocate, lseek(SEEK_DATA/SEEK_HOLE) and
+// the block-device ioctls. Every function is synchronous (the callers are stripe worker threads
+// doing positional I/O) and returns a non-negative result or -errno, so JS never sees an
+// exception for an I/O failure. Only malformed arguments (a programming error) throw.
+//
+// No per-module state: NAPI_MODULE_INIT makes the addon context-aware, so each worker thread
+// that requires it gets its own exports object.
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE  // fallocate, SEEK_DATA, SEEK_HOLE (binding.gyp defines it too)
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+// Offsets and lengths travel as JS numbers; past 2^53 they have already lost precision.
+#define MAX_SAFE_INTEGER 9007199254740991.0
+#define MAX_ARGS 4
+
+static napi_value make_int64(napi_env env, int64_t v) {
+  napi_value out;
+  if (napi_create_int64(env, v, &out) != napi_ok) return NULL;
+  return out;
+}
+
+static napi_value fail_errno(napi_env env, int err) { return make_int64(env, -(int64_t)err); }
+
+static void throw_arg(napi_env env, const char *fn, size_t index, const char *what) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "pcached_native.%s: argument %zu must be %s", fn, index + 1, what);
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+}
+
+// Reads `count` integer arguments. Returns 0 after throwing a TypeError, 1 on success.
+static int get_int_args(napi_env env, napi_callback_info info, const char *fn, size_t count, int64_t *out) {
+  napi_value argv[MAX_ARGS];
+  size_t argc = MAX_ARGS;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  if (argc < count) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "pcached_native.%s: expected %zu arguments, got %zu", fn, count, argc);
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", msg);
+    return 0;
+  }
+  for (size_t i = 0; i < count; i++) {
+    napi_valuetype type;
+    double d;
+    if (napi_typeof(env, argv[i], &type) != napi_ok) return 0;
+    if (type != napi_number) {
+      throw_arg(env, fn, i, "a number");
+      return 0;
+    }
+    if (napi_get_value_double(env, argv[i], &d) != napi_ok) return 0;
+    if (!isfinite(d) || d != trunc(d) || fabs(d) > MAX_SAFE_INTEGER) {
+      throw_arg(env, fn, i, "a safe integer");
+      return 0;
+    }
+    out[i] = (int64_t)d;
+  }
+  // An fd outside int range would be silently truncated by the cast below.
+  if (out[0] < INT32_MIN || out[0] > INT32_MAX) {
+    throw_arg(env, fn, 0, "a file descriptor");
+    return 0;
+  }
+  return 1;
+}
+
+// fallocate(fd, mode, offset, length) -> 0 | -errno
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  int64_t a[4];
+  if (!get_int_args(env, info, "fallocate", 4, a)) return NULL;
+  if (a[1] < 0 || a[1] > INT32_MAX) return fail_errno(env, EINVAL);
+  int r;
+  do r = fallocate((int)a[0], (int)a[1], (off_t)a[2], (off_t)a[3]);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? fail_errno(env, errno) : make_int64(env, 0);
+}
+
+static napi_value seek(napi_env env, napi_callback_info info, const char *fn, int whence) {
+  int64_t a[2];
+  if (!get_int_args(env, info, fn, 2, a)) return NULL;
+  off_t r = lseek((int)a[0], (off_t)a[1], whence);
+  return r < 0 ? fail_errno(env, errno) : make_int64(env, (int64_t)r);
+}
+
+// seekData(fd, offset) -> offset of the next data at or after offset | -ENXIO past the last data
+static napi_value js_seek_data(napi_env env, napi_callback_info info) {
+  return seek(env, info, "seekData", SEEK_DATA);
+}
+
+// seekHole(fd, offset) -> offset of the next hole at or after offset (EOF counts as a hole)
+static napi_value js_seek_hole(napi_env env, napi_callback_info info) {
+  return seek(env, info, "seekHole", SEEK_HOLE);
+}
+
+// blkGetSize64(fd) -> device size in bytes | -errno (-ENOTTY on a regular file)
+static napi_value js_blk_get_size64(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (!get_int_args(env, info, "blkGetSize64", 1, a)) return NULL;
+  uint64_t size = 0;
+  if (ioctl((int)a[0], BLKGETSIZE64, &size) < 0) return fail_errno(env, errno);
+  if (size > (uint64_t)MAX_SAFE_INTEGER) return fail_errno(env, EOVERFLOW);
+  return make_int64(env, (int64_t)size);
+}
+
+static napi_value blk_range(napi_env env, napi_callback_info info, const char *fn, unsigned long request) {
+  int64_t a[3];
+  if (!get_int_args(env, info, fn, 3, a)) return NULL;
+  // The kernel takes u64s; a negative value would become a huge range instead of an error.
+  if (a[1] < 0 || a[2] < 0) return fail_errno(env, EINVAL);
+  uint64_t range[2] = {(uint64_t)a[1], (uint64_t)a[2]};
+  int r;
+  do r = ioctl((int)a[0], request, range);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? fail_errno(env, errno) : make_int64(env, 0);
+}
+
+// blkDiscard(fd, offset, length) -> 0 | -errno; offset and length must be sector aligned
+static napi_value js_blk_discard(napi_env env, napi_callback_info info) {
+  return blk_range(env, info, "blkDiscard", BLKDISCARD);
+}
+
+// blkZeroOut(fd, offset, length) -> 0 | -errno; offset and length must be sector aligned
+static napi_value js_blk_zero_out(napi_env env, napi_callback_info info) {
+  return blk_range(env, info, "blkZeroOut", BLKZEROOUT);
+}
+
+static napi_status set_int(napi_env env, napi_value obj, const char *name, int32_t value) {
+  napi_value v;
+  napi_status s = napi_create_int32(env, value, &v);
+  if (s != napi_ok) return s;
+  return napi_set_named_property(env, obj, name, v);
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor fns[] = {
+      {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"blkGetSize64", NULL, js_blk_get_size64, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"blkDiscard", NULL, js_blk_discard, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"blkZeroOut", NULL, js_blk_zero_out, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return NULL;
+  if (set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) != napi_ok) return NULL;
+  if (set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) != napi_ok) return NULL;
+  if (set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) != napi_ok) return NULL;
+  return exports;
+}
