@@ -14,7 +14,8 @@ export type PcachedErrorCode =
   | 'ERR_CONTROL'
   | 'ERR_NOT_RUNNING'
   | 'ERR_PROTOCOL'
-  | 'ERR_SHUTDOWN';
+  | 'ERR_SHUTDOWN'
+  | 'ERR_COORDINATOR';
 
 export class PcachedError extends Error {
   readonly code: PcachedErrorCode;

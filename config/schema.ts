@@ -1,0 +1,409 @@
+// The convict schema: one entry per key, with the documentation the configuration reference
+// (docs/configuration.md) is generated from. Two strict schemas: the daemon-wide keys, and one
+// cache (each element of `caches` is validated against its own convict instance, because convict
+// treats arrays as opaque leaves).
+//
+// Values here are "raw": sizes stay as written ("256MiB") and paths stay relative, so error
+// messages quote what the operator wrote. src/config/load.ts resolves them into DaemonConfig.
+
+import convict from 'convict';
+import { CACHE_MODES, RELOADABLE_CACHE_KEYS, RELOADABLE_DAEMON_KEYS } from '../src/config/types.js';
+import type { CacheConfig, DaemonConfig } from '../src/config/types.js';
+import { formatSize, parseSize } from '../src/util/size.js';
+
+/** The cache modes this release can run. The others are valid names with no engine behind them yet. */
+export const IMPLEMENTED_MODES: ReadonlySet<string> = new Set(['passthrough']);
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export const MAX_STRIPES = 64;
+/** sun_path is 108 bytes including the terminating NUL. */
+export const MAX_UNIX_PATH_BYTES = 107;
+/** Written in default values and accepted at the start of any path: replaced by the resolved dataDir. */
+export const DATA_DIR_TOKEN = '{dataDir}';
+
+export interface RawCache {
+  name: string;
+  origin: string;
+  cache: string;
+  cacheSize: string | number;
+  mode: string;
+  unix: string;
+  tcp: string;
+  stripes: number;
+  readOnly: boolean;
+  description: string;
+  format: boolean;
+  originTimeoutMs: number;
+  originConnections: number;
+  slabSize: string | number;
+  maxConnections: number;
+}
+
+export interface RawDaemon {
+  control: string;
+  logLevel: string;
+  dataDir: string;
+  caches: unknown[];
+}
+
+/** Our additions to a convict schema entry (convict keeps unknown properties on the entry). */
+export interface KeyInfo<T> extends convict.SchemaObj<T> {
+  doc: string;
+  /** Human description of the accepted values, for the reference. */
+  accepts: string;
+  /** `pcached start` flag that sets the key (single-cache form), if any. */
+  flag?: string;
+  min?: number;
+  max?: number;
+  align?: number;
+}
+
+// convict appends ": value was <json>" only when the value is truthy; we add it for 0, "", false
+// and NaN so that every message names the bad value.
+function invalid(message: string, value: unknown): never {
+  if (value) throw new Error(message);
+  const shown = typeof value === 'number' || value === undefined ? String(value) : JSON.stringify(value);
+  throw new Error(`${message}: value was ${shown}`);
+}
+
+function rangeText(item: convict.SchemaObj): string {
+  return `between ${item.min} and ${item.max}`;
+}
+
+convict.addFormat({
+  name: 'pcached-integer',
+  validate(x: unknown, item: convict.SchemaObj) {
+    if (typeof x !== 'number' || !Number.isInteger(x) || x < item.min || x > item.max) {
+      invalid(`must be an integer ${item.rangeText ?? rangeText(item)}`, x);
+    }
+  },
+  // Environment values arrive as strings; anything that is not a plain integer stays a string so
+  // the error quotes it as written (convict's own int coercion turns "8x" into 8).
+  coerce: (x: unknown) => (typeof x === 'string' && /^\s*-?\d+\s*$/.test(x) ? Number(x) : x),
+});
+
+convict.addFormat({
+  name: 'pcached-size',
+  validate(x: unknown, item: convict.SchemaObj) {
+    const expected = `must be a size ${formatSize(item.min)} to ${formatSize(item.max)}, a multiple of ${formatSize(item.align)} (e.g. "${formatSize(item.default === undefined ? item.min : parseSize(item.default))}")`;
+    if (typeof x !== 'string' && typeof x !== 'number') invalid(expected, x);
+    let bytes: number;
+    try {
+      bytes = parseSize(x);
+    } catch {
+      return invalid(expected, x);
+    }
+    if (bytes < item.min || bytes > item.max || bytes % item.align !== 0) invalid(expected, x);
+  },
+});
+
+convict.addFormat({
+  name: 'pcached-boolean',
+  validate(x: unknown) {
+    if (typeof x !== 'boolean') invalid('must be true or false', x);
+  },
+  coerce(x: unknown) {
+    if (typeof x !== 'string') return x;
+    const v = x.trim().toLowerCase();
+    if (['true', '1', 'yes', 'on'].includes(v)) return true;
+    if (['false', '0', 'no', 'off'].includes(v)) return false;
+    return x;
+  },
+});
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function utf8Bytes(s: string): number {
+  return Buffer.byteLength(s, 'utf8');
+}
+
+function checkString(x: unknown, opts: { empty: boolean; maxBytes: number; what: string }): asserts x is string {
+  if (typeof x !== 'string') invalid(`must be a string (${opts.what})`, x);
+  if (!opts.empty && x === '') invalid(`must not be empty (${opts.what})`, x);
+  if (x.includes('\0')) invalid('must not contain a NUL character', x);
+  if (utf8Bytes(x) > opts.maxBytes) invalid(`must be at most ${opts.maxBytes} bytes of UTF-8`, x);
+  // A lone surrogate has no UTF-8 form: it would reach the wire as U+FFFD and never match.
+  if (LONE_SURROGATE.test(x)) invalid('must be valid Unicode (no lone surrogates)', x);
+}
+
+function checkPath(x: unknown, empty: boolean, what: string): void {
+  checkString(x, { empty, maxBytes: 4096, what });
+}
+
+export function isNbdUri(s: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(s);
+}
+
+/** Checks an origin URI's form; the origin code decides whether the export is reachable. */
+export function checkNbdUri(s: string): void {
+  let url: URL;
+  try {
+    url = new URL(s);
+  } catch {
+    return invalid('is not a valid URI (expected nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)', s);
+  }
+  switch (url.protocol) {
+    case 'nbd:':
+      if (url.hostname === '') invalid('an nbd:// URI needs a host (nbd://HOST[:PORT]/EXPORT)', s);
+      break;
+    case 'nbd+unix:':
+      if (url.host !== '') invalid('an nbd+unix:// URI takes no host (nbd+unix:///EXPORT?socket=PATH)', s);
+      if (!url.searchParams.get('socket')) invalid('an nbd+unix:// URI needs ?socket=PATH', s);
+      break;
+    case 'nbds:':
+    case 'nbds+unix:':
+      invalid('TLS origins (nbds://) are not supported yet; use nbd:// or nbd+unix://', s);
+      break;
+    default:
+      invalid('unsupported URI scheme (expected nbd:// or nbd+unix://)', s);
+  }
+}
+
+/** HOST:PORT with an IPv6 host in brackets; port 0 asks the kernel for a free port. */
+export function parseTcpAddress(s: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]|([^:\[\]\s]+)):(\d{1,5})$/.exec(s);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  const host = m[1] ?? m[2] ?? '';
+  if (m[1] !== undefined && !host.includes(':')) return undefined;
+  return { host, port };
+}
+
+function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
+  const single = form === 'single';
+  const keys: { [K in keyof RawCache]: KeyInfo<RawCache[K]> } = {
+    name: {
+      doc: 'Export name clients ask for, and the name `pcached status|message` use.',
+      accepts: 'non-empty UTF-8, at most 256 bytes, no NUL',
+      default: 'default',
+      flag: '--name',
+      env: 'PCACHED_NAME',
+      format(x: unknown) {
+        checkString(x, { empty: false, maxBytes: 256, what: 'an NBD export name' });
+      },
+    },
+    origin: {
+      doc: 'The slow device: a file or block device path, or an NBD URI. pcached creates the origin only in the embedded default (1 GiB, sparse); an origin you name must exist.',
+      accepts: 'path, `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`',
+      default: single ? `${DATA_DIR_TOKEN}/origin.img` : '',
+      flag: '--origin',
+      env: 'PCACHED_ORIGIN',
+      format(x: unknown) {
+        checkPath(x, false, 'a path or an NBD URI');
+        if (isNbdUri(x as string)) checkNbdUri(x as string);
+      },
+    },
+    cache: {
+      doc: 'The fast cache file or block device. A missing file is created sparse at `cacheSize`.',
+      accepts: 'path',
+      default: single ? `${DATA_DIR_TOKEN}/cache.img` : '',
+      flag: '--cache',
+      env: 'PCACHED_CACHE',
+      format(x: unknown) {
+        checkPath(x, false, 'a file or block device path');
+        if (isNbdUri(x as string)) invalid('must be a local path (a cache cannot be remote)', x);
+      },
+    },
+    cacheSize: {
+      doc: 'Size of a cache file pcached creates. An existing cache file or device keeps its size.',
+      accepts: 'size: bytes or a number with K/M/G/T (powers of 1024)',
+      default: '256MiB',
+      flag: '--cache-size',
+      env: 'PCACHED_CACHE_SIZE',
+      format: 'pcached-size',
+      min: 16 * 2 ** 20,
+      max: 2 ** 50,
+      align: 4096,
+    },
+    mode: {
+      doc: 'Cache mode. Only `passthrough` is implemented in this release (every request goes to the origin).',
+      accepts: CACHE_MODES.map((m) => `\`${m}\``).join(', '),
+      default: 'passthrough',
+      flag: '--mode',
+      env: 'PCACHED_MODE',
+      format(x: unknown) {
+        if (typeof x !== 'string' || !(CACHE_MODES as readonly string[]).includes(x)) {
+          invalid(`must be one of ${CACHE_MODES.join(', ')}`, x);
+        }
+        if (!IMPLEMENTED_MODES.has(x)) {
+          invalid('this mode is not implemented yet: this release has no cache engine, only "passthrough" works', x);
+        }
+      },
+    },
+    unix: {
+      doc: 'Unix socket to serve NBD on; `""` disables it. A socket file left by a crash is replaced; a live one is an error.',
+      accepts: `path (at most ${MAX_UNIX_PATH_BYTES} bytes once resolved) or \`""\``,
+      default: single ? `${DATA_DIR_TOKEN}/pcached.sock` : '',
+      flag: '--unix',
+      env: 'PCACHED_UNIX',
+      format(x: unknown) {
+        checkPath(x, true, 'a socket path, or "" for none');
+      },
+    },
+    tcp: {
+      doc: 'TCP address to serve NBD on; `""` disables it. Port 0 picks a free port.',
+      accepts: '`HOST:PORT`, `[IPV6]:PORT` or `""`',
+      default: single ? '127.0.0.1:10809' : '',
+      flag: '--tcp',
+      env: 'PCACHED_TCP',
+      format(x: unknown) {
+        if (typeof x !== 'string') invalid('must be a string HOST:PORT, or "" for none', x);
+        if (x !== '' && parseTcpAddress(x) === undefined) {
+          invalid('must be HOST:PORT with a port 0-65535, an IPv6 host in brackets ([::1]:10809), or "" for none', x);
+        }
+      },
+    },
+    stripes: {
+      doc: 'Stripe worker threads; 0 means one per core (`os.availableParallelism()`, at most 64).',
+      accepts: `integer 0-${MAX_STRIPES}`,
+      default: 0,
+      flag: '--stripes',
+      env: 'PCACHED_STRIPES',
+      format: 'pcached-integer',
+      min: 0,
+      max: MAX_STRIPES,
+      rangeText: `between 1 and ${MAX_STRIPES}, or 0 for one per core`,
+    },
+    readOnly: {
+      doc: 'Serve the export read-only (writes fail with EPERM).',
+      accepts: 'boolean',
+      default: false,
+      flag: '--read-only',
+      env: 'PCACHED_READ_ONLY',
+      format: 'pcached-boolean',
+    },
+    description: {
+      doc: 'Free text sent to clients as the export description (NBD_INFO_DESCRIPTION).',
+      accepts: 'UTF-8, at most 4096 bytes, no NUL',
+      default: '',
+      env: 'PCACHED_DESCRIPTION',
+      format(x: unknown) {
+        checkString(x, { empty: true, maxBytes: 4096, what: 'free text' });
+      },
+    },
+    format: {
+      doc: 'Allow formatting a cache device that holds something else. Without it such a device is refused.',
+      accepts: 'boolean',
+      default: false,
+      flag: '--format',
+      env: 'PCACHED_FORMAT',
+      format: 'pcached-boolean',
+    },
+    originTimeoutMs: {
+      doc: 'An NBD origin request fails with EIO after this many milliseconds without a connection.',
+      accepts: 'integer 100-86400000',
+      default: 30000,
+      env: 'PCACHED_ORIGIN_TIMEOUT_MS',
+      format: 'pcached-integer',
+      min: 100,
+      max: 86_400_000,
+    },
+    originConnections: {
+      doc: 'Connections each stripe keeps to an NBD origin.',
+      accepts: 'integer 1-16',
+      default: 1,
+      env: 'PCACHED_ORIGIN_CONNECTIONS',
+      format: 'pcached-integer',
+      min: 1,
+      max: 16,
+    },
+    slabSize: {
+      doc: 'Shared payload slab per stripe (request and reply data between the coordinator and the stripe).',
+      accepts: 'size, 4MiB-1GiB, a multiple of 4KiB',
+      default: '32MiB',
+      env: 'PCACHED_SLAB_SIZE',
+      format: 'pcached-size',
+      // A request is cut at 4 MiB subtree boundaries, so one piece always fits in a 4 MiB slab.
+      min: 4 * 2 ** 20,
+      max: 2 ** 30,
+      align: 4096,
+    },
+    maxConnections: {
+      doc: 'NBD client connections served at once; further connections are refused.',
+      accepts: 'integer 1-65536',
+      default: 256,
+      env: 'PCACHED_MAX_CONNECTIONS',
+      format: 'pcached-integer',
+      min: 1,
+      max: 65536,
+    },
+  };
+  return keys;
+}
+
+/** Schema for one cache. `single`: the defaults of the single-cache form (flags, environment, embedded default). */
+export function cacheSchema(form: 'file' | 'single', bindEnv: boolean): convict.Schema<RawCache> {
+  const schema = cacheKeys(form) as unknown as Record<string, KeyInfo<unknown>>;
+  if (bindEnv) return schema as unknown as convict.Schema<RawCache>;
+  // Without the bindings convict ignores the environment for this instance (several caches in one file).
+  const out: Record<string, KeyInfo<unknown>> = {};
+  for (const [k, v] of Object.entries(schema)) {
+    const { env: _env, ...rest } = v;
+    out[k] = rest as KeyInfo<unknown>;
+  }
+  return out as unknown as convict.Schema<RawCache>;
+}
+
+export function daemonSchema(): convict.Schema<RawDaemon> {
+  const keys: { [K in keyof RawDaemon]: KeyInfo<RawDaemon[K]> } = {
+    control: {
+      doc: 'Control socket for `pcached status|message` (mode 0600).',
+      accepts: `path (at most ${MAX_UNIX_PATH_BYTES} bytes once resolved)`,
+      default: `${DATA_DIR_TOKEN}/control.sock`,
+      flag: '--control',
+      env: 'PCACHED_CONTROL',
+      format(x: unknown) {
+        checkPath(x, false, 'a socket path');
+      },
+    },
+    logLevel: {
+      doc: 'pino log level (JSON lines on stderr).',
+      accepts: LOG_LEVELS.map((l) => `\`${l}\``).join(', '),
+      default: 'info',
+      flag: '--log-level',
+      env: 'PCACHED_LOG_LEVEL',
+      format(x: unknown) {
+        if (typeof x !== 'string' || !(LOG_LEVELS as readonly string[]).includes(x)) {
+          invalid(`must be one of ${LOG_LEVELS.join(', ')}`, x);
+        }
+      },
+    },
+    dataDir: {
+      doc: `Folder of the embedded default's files; \`${DATA_DIR_TOKEN}\` at the start of any path stands for it.`,
+      accepts: 'path',
+      default: './var',
+      env: 'PCACHED_DATA_DIR',
+      format(x: unknown) {
+        checkPath(x, false, 'a folder path');
+      },
+    },
+    caches: {
+      doc: 'The caches this host serves, each an object with the cache keys below. Empty or absent: one cache from the flags and environment (the single-cache form).',
+      accepts: 'array of objects',
+      default: [],
+      format(x: unknown) {
+        if (!Array.isArray(x)) invalid('must be an array of cache objects', x);
+      },
+    },
+  };
+  return keys;
+}
+
+/** Cache keys in schema order, for the reference and for diffs. */
+export const CACHE_KEYS = Object.keys(cacheKeys('file')) as (keyof RawCache & keyof CacheConfig)[];
+export const DAEMON_KEYS = ['control', 'logLevel', 'dataDir'] as const satisfies readonly (keyof DaemonConfig)[];
+
+export function keyInfo(scope: 'daemon', key: keyof RawDaemon): KeyInfo<unknown>;
+export function keyInfo(scope: 'cache', key: keyof RawCache, form?: 'file' | 'single'): KeyInfo<unknown>;
+export function keyInfo(scope: 'daemon' | 'cache', key: string, form: 'file' | 'single' = 'file'): KeyInfo<unknown> {
+  const table = (scope === 'daemon' ? daemonSchema() : cacheKeys(form)) as unknown as Record<string, KeyInfo<unknown>>;
+  const info = table[key];
+  if (!info) throw new RangeError(`no ${scope} key ${key}`);
+  return info;
+}
+
+export function isReloadable(scope: 'daemon' | 'cache', key: string): boolean {
+  return scope === 'daemon'
+    ? (RELOADABLE_DAEMON_KEYS as readonly string[]).includes(key)
+    : (RELOADABLE_CACHE_KEYS as readonly string[]).includes(key);
+}

@@ -1,0 +1,145 @@
+// The command line: `pcached start|status|message|reload`. Errors are one line
+// `pcached: <message>` on stderr; exit code 1, or 2 for usage errors.
+
+import { resolve } from 'node:path';
+import { Command, CommanderError, Option } from 'commander';
+import { environmentVariables, loadConfig, type StartFlags } from '../config/load.js';
+import { controlRequest } from '../daemon/control.js';
+import type { CacheStatus } from '../daemon/ipc.js';
+import { createLogger } from '../daemon/logger.js';
+import { Supervisor } from '../daemon/supervisor.js';
+import { CACHE_MODES } from '../config/types.js';
+import { LOG_LEVELS } from '../../config/schema.js';
+import { formatStatus } from './status-format.js';
+
+export interface CliIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  env: Readonly<Record<string, string | undefined>>;
+  cwd: string;
+}
+
+const processIo: CliIo = {
+  stdout: (t) => process.stdout.write(t),
+  stderr: (t) => process.stderr.write(t),
+  env: process.env,
+  cwd: process.cwd(),
+};
+
+export const DEFAULT_CONTROL = './var/control.sock';
+
+/** A failure already reported to the user, carrying the exit code. */
+class Exit extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
+function controlPath(io: CliIo, flag: string | undefined): string {
+  return resolve(io.cwd, flag ?? io.env.PCACHED_CONTROL ?? DEFAULT_CONTROL);
+}
+
+function buildProgram(io: CliIo): Command {
+  const program = new Command('pcached')
+    .description('Userspace block cache daemon serving a cached volume over NBD')
+    .exitOverride()
+    .configureOutput({
+      writeOut: io.stdout,
+      writeErr: io.stderr,
+      // Commander says "error: unknown option '--x'"; we say "pcached: unknown option '--x'".
+      outputError: (str, write) => write(`pcached: ${str.replace(/^error: /, '').trimEnd()}\n`),
+    })
+    .showSuggestionAfterError(true);
+
+  program
+    .command('start')
+    .description('Run the daemon in the foreground (supervisor + one coordinator per cache)')
+    .option('--config <file>', 'JSON config file (daemon keys and a "caches" array); also $PCACHED_CONFIG')
+    .option('--origin <path|uri>', 'origin file, block device or NBD URI (single-cache form)')
+    .option('--cache <path>', 'cache file or block device; created sparse when absent')
+    .option('--cache-size <size>', 'size of a cache file pcached creates (e.g. 256M, 1G)')
+    .option('--unix <path>', 'Unix socket to serve NBD on ("" for none)')
+    .option('--tcp <host:port>', 'TCP address to serve NBD on ("" for none)')
+    .option('--name <name>', 'export name')
+    .addOption(new Option('--mode <mode>', 'cache mode (only passthrough is implemented)').choices(CACHE_MODES))
+    .option('--stripes <n>', 'stripe worker threads (0 = one per core)')
+    .option('--control <path>', 'control socket')
+    .option('--read-only', 'serve the export read-only')
+    .option('--format', 'allow formatting a cache device that holds something else')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
+    .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.`)
+    .action(async (opts: StartFlags) => {
+      await startDaemon(io, opts);
+    });
+
+  program
+    .command('status')
+    .description("Print each cache's state, listeners and counters")
+    .argument('[name]', 'only this cache')
+    .option('--json', 'print {"caches":[...]} as JSON')
+    .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
+    .action(async (name: string | undefined, opts: { json?: boolean; control?: string }) => {
+      const result = (await controlRequest(controlPath(io, opts.control), name === undefined ? { op: 'status' } : { op: 'status', name })) as { caches: CacheStatus[] };
+      io.stdout(opts.json ? `${JSON.stringify({ caches: result.caches })}\n` : formatStatus(result.caches));
+    });
+
+  program
+    .command('message')
+    .description('Send a message to one cache (e.g. flush, clear_stats)')
+    .argument('<name>', 'cache name')
+    .argument('<words...>', 'the message and its arguments')
+    .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
+    .action(async (name: string, words: string[], opts: { control?: string }) => {
+      const result = await controlRequest(controlPath(io, opts.control), { op: 'message', name, words }, { timeoutMs: 600_000 });
+      if (typeof result === 'string') io.stdout(result.endsWith('\n') ? result : `${result}\n`);
+      else if (result !== null && result !== undefined && result !== true) io.stdout(`${JSON.stringify(result, null, 2)}\n`);
+    });
+
+  program
+    .command('reload')
+    .description('Re-read the config file (like SIGHUP); fails if a changed key needs a restart')
+    .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
+    .action(async (opts: { control?: string }) => {
+      const result = (await controlRequest(controlPath(io, opts.control), { op: 'reload' })) as { reloaded: boolean; changed: string[] };
+      if (!result.reloaded) io.stdout('nothing to reload: the daemon runs without a config file\n');
+      else io.stdout(result.changed.length ? `reloaded: ${result.changed.join(', ')}\n` : 'reloaded: no change\n');
+    });
+
+  return program;
+}
+
+async function startDaemon(io: CliIo, flags: StartFlags): Promise<void> {
+  const loaded = loadConfig({ env: io.env, flags, cwd: io.cwd });
+  const logger = createLogger({ level: loaded.config.logLevel, name: 'pcached' });
+  const supervisor = new Supervisor({ loaded, logger });
+  // Handlers go in before the coordinators exist: a signal during start-up must not kill us
+  // and orphan them.
+  const uninstall = supervisor.installSignalHandlers();
+  try {
+    await supervisor.start();
+  } catch (err) {
+    uninstall();
+    throw err;
+  }
+  const code = await supervisor.stopped;
+  uninstall();
+  if (code !== 0) throw new Exit(code);
+}
+
+/** Runs the command line; resolves with the exit code. */
+export async function runCli(args: string[], io: CliIo = processIo): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(args, { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof Exit) return err.code;
+    if (err instanceof CommanderError) {
+      // Help and version are not errors; everything else commander reports is a usage error.
+      return err.code === 'commander.helpDisplayed' || err.code === 'commander.version' ? 0 : 2;
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    io.stderr(`pcached: ${message.replace(/\s*\n\s*/g, '; ')}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,357 @@
+// Builds the DaemonConfig from its three sources, strictest first to fail:
+//   flags > PCACHED_* environment > --config FILE > schema defaults.
+// Every source goes through a fresh convict instance validated with allowed:'strict', so a reload
+// (SIGHUP) is just another call with the same ConfigSource.
+
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { isAbsolute, resolve } from 'node:path';
+import convict from 'convict';
+import {
+  CACHE_KEYS, DAEMON_KEYS, DATA_DIR_TOKEN, MAX_STRIPES, MAX_UNIX_PATH_BYTES,
+  cacheSchema, daemonSchema, isNbdUri, isReloadable, parseTcpAddress,
+} from '../../config/schema.js';
+import type { RawCache, RawDaemon } from '../../config/schema.js';
+import { PcachedError } from '../util/errors.js';
+import { parseSize } from '../util/size.js';
+import type { CacheConfig, DaemonConfig } from './types.js';
+
+/** `pcached start` flags, as commander hands them over (strings; booleans for switches). */
+export interface StartFlags {
+  config?: string;
+  origin?: string;
+  cache?: string;
+  cacheSize?: string;
+  unix?: string;
+  tcp?: string;
+  name?: string;
+  mode?: string;
+  stripes?: string;
+  control?: string;
+  readOnly?: boolean;
+  format?: boolean;
+  logLevel?: string;
+}
+
+/** Everything a load depends on; kept so that SIGHUP can load again from the same sources. */
+export interface ConfigSource {
+  /** --config, else $PCACHED_CONFIG; relative to cwd. */
+  configFile?: string;
+  env: Readonly<Record<string, string | undefined>>;
+  flags: StartFlags;
+  cwd: string;
+}
+
+export interface LoadedConfig {
+  config: DaemonConfig;
+  source: ConfigSource;
+  /** Absolute path of the config file, if any (SIGHUP has nothing to re-read without one). */
+  configFile?: string;
+  /** No config file caches, no --origin / PCACHED_ORIGIN: the origin may be created. */
+  embeddedDefault: boolean;
+  /** Keys whose value came from a flag or the environment (they shadow the file, also on reload). */
+  overrides: string[];
+}
+
+export interface ConfigDiff {
+  changed: string[];
+  reloadable: boolean;
+  /** Changed keys that need a restart. */
+  rejected: string[];
+  /** Caches (by name) with a changed reloadable key: the ones to send `reconfigure`. */
+  changedCaches: string[];
+}
+
+const CACHE_FLAGS = ['name', 'origin', 'cache', 'cacheSize', 'mode', 'unix', 'tcp', 'stripes', 'readOnly', 'format'] as const;
+const DAEMON_FLAGS = ['control', 'logLevel'] as const;
+const FLAG_NAMES: Record<string, string> = {
+  name: '--name', origin: '--origin', cache: '--cache', cacheSize: '--cache-size', mode: '--mode', unix: '--unix',
+  tcp: '--tcp', stripes: '--stripes', readOnly: '--read-only', format: '--format', control: '--control', logLevel: '--log-level',
+};
+/** JSON keys that would reach Object.prototype through a careless merge; refused outright. */
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+const COMMENT_KEY = '$comment';
+
+function envName(info: unknown): string | undefined {
+  return (info as { env?: string }).env;
+}
+
+/** The single-cache environment variables (PCACHED_ORIGIN, ...) that are set. */
+function cacheEnvSet(env: ConfigSource['env'], flags: StartFlags): string[] {
+  const schema = cacheSchema('single', true) as Record<string, unknown>;
+  return Object.entries(schema)
+    .filter(([k]) => flags[k as keyof StartFlags] === undefined)
+    .map(([, info]) => envName(info))
+    .filter((n): n is string => n !== undefined && env[n] !== undefined);
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'is a folder' : e.message;
+    throw new PcachedError('ERR_CONFIG', `config file ${path}: ${why}`, { cause: err });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new PcachedError('ERR_CONFIG', `config file ${path}: invalid JSON: ${(err as Error).message}`, { cause: err });
+  }
+  if (!isPlainObject(parsed)) {
+    throw new PcachedError('ERR_CONFIG', `config file ${path}: must hold a JSON object with daemon keys and a "caches" array`);
+  }
+  const problems: string[] = [];
+  rejectForbiddenKeys(parsed, '', problems);
+  if (problems.length) throw new PcachedError('ERR_CONFIG', `config file ${path}: ${problems.join('; ')}`);
+  return parsed;
+}
+
+function isPlainObject(x: unknown): x is Record<string, unknown> {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+function rejectForbiddenKeys(x: unknown, at: string, problems: string[]): void {
+  if (Array.isArray(x)) {
+    x.forEach((v, i) => rejectForbiddenKeys(v, `${at}[${i}]`, problems));
+  } else if (isPlainObject(x)) {
+    for (const k of Object.keys(x)) {
+      const path = at ? `${at}.${k}` : k;
+      if (FORBIDDEN_KEYS.has(k)) problems.push(`${path}: key "${k}" is not allowed`);
+      else rejectForbiddenKeys(x[k], path, problems);
+    }
+  }
+}
+
+/**
+ * Keeps the keys convict can judge: drops `$comment`, reports unknown keys and non-scalar values
+ * (convict would flatten `{"origin": {...}}` into a confusing "missing from config").
+ */
+function screenKeys(obj: Record<string, unknown>, known: readonly string[], prefix: string, problems: string[], except: readonly string[] = []): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(obj)) {
+    const key = `${prefix}${k}`;
+    if (k === COMMENT_KEY) {
+      if (typeof v !== 'string') problems.push(`${key}: must be a string (a comment)`);
+      continue;
+    }
+    if (!known.includes(k)) {
+      problems.push(`${key}: not a known key (allowed: ${known.join(', ')}): value was ${JSON.stringify(v)}`);
+      continue;
+    }
+    if (!except.includes(k) && v !== null && typeof v === 'object') {
+      problems.push(`${key}: must be a string, number or boolean: value was ${JSON.stringify(v)}`);
+      continue;
+    }
+    out[k] = v;
+  }
+  return out;
+}
+
+/** convict throws one Error with one problem per line; name each with its place in the file. */
+function validateInto<T>(cfg: convict.Config<T>, prefix: string, problems: string[]): void {
+  try {
+    cfg.validate({ allowed: 'strict' });
+  } catch (err) {
+    for (const line of (err as Error).message.split('\n')) {
+      if (!line) continue;
+      const undeclared = /^configuration param '(.*)' not declared in the schema$/.exec(line);
+      problems.push(undeclared ? `${prefix}${undeclared[1]}: not a known key` : `${prefix}${line}`);
+    }
+  }
+}
+
+function setFlags(cfg: convict.Config<unknown>, flags: StartFlags, keys: readonly (keyof StartFlags)[], overrides: string[], label: (k: string) => string): void {
+  for (const k of keys) {
+    const v = flags[k];
+    if (v === undefined) continue;
+    // set() coerces like the environment does, after it: flags win.
+    cfg.set(k, v);
+    overrides.push(label(k));
+  }
+}
+
+export function loadConfig(source: ConfigSource): LoadedConfig {
+  const { env, flags, cwd } = source;
+  const problems: string[] = [];
+  const overrides: string[] = [];
+  const configPath = source.configFile ?? flags.config ?? env.PCACHED_CONFIG;
+  const configFile = configPath === undefined || configPath === '' ? undefined : resolve(cwd, configPath);
+  const file = configFile === undefined ? {} : readConfigFile(configFile);
+
+  // Daemon-wide keys.
+  const { caches: fileCaches, ...fileDaemon } = file;
+  const daemonCfg = convict<RawDaemon>(daemonSchema(), { env: { ...env }, args: [] });
+  daemonCfg.load(screenKeys(fileDaemon, ['control', 'logLevel', 'dataDir'], '', problems));
+  setFlags(daemonCfg as convict.Config<unknown>, flags, DAEMON_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
+  for (const k of DAEMON_KEYS) {
+    const e = envName((daemonSchema() as Record<string, unknown>)[k]);
+    if (e !== undefined && env[e] !== undefined && flags[k as keyof StartFlags] === undefined) overrides.push(e);
+  }
+  validateInto(daemonCfg, '', problems);
+
+  // Caches.
+  const cacheEnv = cacheEnvSet(env, flags);
+  const cacheFlagsSet = CACHE_FLAGS.filter((k) => flags[k] !== undefined);
+  let rawCaches: RawCache[] = [];
+  let embeddedDefault = false;
+  if (fileCaches !== undefined && !Array.isArray(fileCaches)) {
+    problems.push(`caches: must be an array of cache objects: value was ${JSON.stringify(fileCaches)}`);
+  } else if (fileCaches === undefined || fileCaches.length === 0) {
+    const c = convict<RawCache>(cacheSchema('single', true), { env: { ...env }, args: [] });
+    setFlags(c as convict.Config<unknown>, flags, CACHE_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
+    validateInto(c, '', problems);
+    rawCaches = [c.getProperties()];
+    embeddedDefault = flags.origin === undefined && env.PCACHED_ORIGIN === undefined;
+  } else if (fileCaches.length > 1 && (cacheFlagsSet.length > 0 || cacheEnv.length > 0)) {
+    const given = [...cacheFlagsSet.map((k) => FLAG_NAMES[k]), ...cacheEnv].join(', ');
+    problems.push(`${given} set the keys of a single cache, but ${configFile} defines ${fileCaches.length} caches: set them in the file instead`);
+  } else {
+    const one = fileCaches.length === 1;
+    fileCaches.forEach((element, i) => {
+      const prefix = `caches[${i}].`;
+      if (!isPlainObject(element)) {
+        problems.push(`caches[${i}]: must be an object with the cache keys: value was ${JSON.stringify(element)}`);
+        return;
+      }
+      // With one cache in the file the single-cache flags and environment refine it.
+      const c = convict<RawCache>(cacheSchema('file', one), { env: one ? { ...env } : {}, args: [] });
+      c.load(screenKeys(element, CACHE_KEYS, prefix, problems));
+      if (one) {
+        setFlags(c as convict.Config<unknown>, flags, CACHE_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
+      }
+      validateInto(c, prefix, problems);
+      rawCaches.push(c.getProperties());
+    });
+  }
+  if (fileCaches === undefined || (Array.isArray(fileCaches) && fileCaches.length <= 1)) overrides.push(...cacheEnv);
+  if (problems.length) throw configError(problems, configFile);
+
+  const daemon = daemonCfg.getProperties();
+  const dataDir = resolve(cwd, daemon.dataDir);
+  const path = (p: string): string => {
+    const expanded = p.startsWith(DATA_DIR_TOKEN) ? dataDir + p.slice(DATA_DIR_TOKEN.length) : p;
+    return isAbsolute(expanded) ? resolve(expanded) : resolve(cwd, expanded);
+  };
+  const config: DaemonConfig = {
+    control: path(daemon.control),
+    logLevel: daemon.logLevel as DaemonConfig['logLevel'],
+    dataDir,
+    caches: rawCaches.map((raw) => resolveCache(raw, path)),
+  };
+  checkAcrossCaches(config, !(Array.isArray(fileCaches) && fileCaches.length > 0), problems);
+  if (problems.length) throw configError(problems, configFile);
+  return { config, source: { ...source, configFile }, configFile, embeddedDefault, overrides };
+}
+
+function configError(problems: string[], configFile: string | undefined): PcachedError {
+  const where = configFile ? ` (config file ${configFile})` : '';
+  // One line: the CLI prints errors as a single `pcached: ...` line.
+  return new PcachedError('ERR_CONFIG', `invalid configuration${where}: ${problems.join('; ')}`);
+}
+
+export function resolveStripes(stripes: number): number {
+  return stripes === 0 ? Math.min(availableParallelism(), MAX_STRIPES) : stripes;
+}
+
+function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
+  return {
+    name: raw.name,
+    origin: isNbdUri(raw.origin) ? raw.origin : path(raw.origin),
+    cache: path(raw.cache),
+    cacheSize: parseSize(raw.cacheSize),
+    mode: raw.mode as CacheConfig['mode'],
+    unix: raw.unix === '' ? '' : path(raw.unix),
+    tcp: raw.tcp,
+    stripes: resolveStripes(raw.stripes),
+    readOnly: raw.readOnly,
+    description: raw.description,
+    format: raw.format,
+    originTimeoutMs: raw.originTimeoutMs,
+    originConnections: raw.originConnections,
+    slabSize: parseSize(raw.slabSize),
+    maxConnections: raw.maxConnections,
+  };
+}
+
+/** Rules that need more than one value: uniqueness, listeners, path lengths. */
+function checkAcrossCaches(config: DaemonConfig, single: boolean, problems: string[]): void {
+  const at = (i: number, key: string): string => (single ? key : `caches[${i}].${key}`);
+  const seen = new Map<string, string>();
+  const claim = (kind: string, value: string, where: string): void => {
+    const k = `${kind}\0${value}`;
+    const first = seen.get(k);
+    if (first !== undefined) problems.push(`${where}: ${JSON.stringify(value)} is already used by ${first}`);
+    else seen.set(k, where);
+  };
+  const socketPath = (p: string, where: string): void => {
+    const bytes = Buffer.byteLength(p);
+    if (bytes > MAX_UNIX_PATH_BYTES) {
+      problems.push(`${where}: socket path is ${bytes} bytes once resolved, Unix sockets allow ${MAX_UNIX_PATH_BYTES}: value was ${JSON.stringify(p)}`);
+    }
+    claim('socket', p, where);
+  };
+  socketPath(config.control, 'control');
+  config.caches.forEach((c, i) => {
+    claim('name', c.name, at(i, 'name'));
+    if (c.unix === '' && c.tcp === '') problems.push(`${single ? 'unix, tcp' : `caches[${i}]`}: a cache needs at least one listener (unix or tcp)`);
+    if (c.unix !== '') socketPath(c.unix, at(i, 'unix'));
+    if (c.tcp !== '') {
+      const addr = parseTcpAddress(c.tcp);
+      if (addr && addr.port !== 0) claim('tcp', `${addr.host.toLowerCase()}:${addr.port}`, at(i, 'tcp'));
+    }
+  });
+  // A cache file belongs to one cache; an origin may be shared only when every user is read-only
+  // (two writers through two caches would corrupt it).
+  const users = new Map<string, { where: string; role: 'cache' | 'origin'; readOnly: boolean }[]>();
+  config.caches.forEach((c, i) => {
+    for (const role of ['cache', 'origin'] as const) {
+      const list = users.get(c[role]) ?? [];
+      list.push({ where: at(i, role), role, readOnly: c.readOnly });
+      users.set(c[role], list);
+    }
+  });
+  for (const [file, list] of users) {
+    if (list.length < 2) continue;
+    if (list.every((u) => u.role === 'origin' && u.readOnly)) continue;
+    problems.push(`${list.map((u) => u.where).join(' and ')}: ${JSON.stringify(file)} is used more than once (only read-only caches may share an origin)`);
+  }
+}
+
+export function diffConfig(old: DaemonConfig, next: DaemonConfig): ConfigDiff {
+  const changed: string[] = [];
+  const rejected: string[] = [];
+  const changedCaches: string[] = [];
+  const note = (key: string, reloadable: boolean): void => {
+    changed.push(key);
+    if (!reloadable) rejected.push(key);
+  };
+  for (const k of DAEMON_KEYS) if (old[k] !== next[k]) note(k, isReloadable('daemon', k));
+  const before = new Map(old.caches.map((c) => [c.name, c]));
+  const after = new Map(next.caches.map((c) => [c.name, c]));
+  for (const name of before.keys()) if (!after.has(name)) note(`caches[${name}] (removed)`, false);
+  for (const [name, c] of after) {
+    const prev = before.get(name);
+    if (!prev) {
+      note(`caches[${name}] (added)`, false);
+      continue;
+    }
+    let reconfigure = false;
+    for (const k of CACHE_KEYS) {
+      if (prev[k] === c[k]) continue;
+      const ok = isReloadable('cache', k);
+      note(`caches[${name}].${k}`, ok);
+      reconfigure ||= ok;
+    }
+    if (reconfigure) changedCaches.push(name);
+  }
+  return { changed, reloadable: rejected.length === 0, rejected, changedCaches };
+}
+
+/** The environment variables pcached reads, for `--help`. */
+export function environmentVariables(): string[] {
+  const names = [...Object.values(daemonSchema()), ...Object.values(cacheSchema('single', true))].map(envName);
+  return ['PCACHED_CONFIG', ...names.filter((n): n is string => n !== undefined)];
+}

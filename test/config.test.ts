@@ -1,0 +1,230 @@
+// Configuration: sources and precedence, strict errors that name the key and the value, the
+// cross-cache rules, diffConfig, and that hostile JSON cannot reach Object.prototype.
+
+import test from 'ava';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { diffConfig, loadConfig, type ConfigSource, type LoadedConfig } from '../src/config/load.js';
+import { isPcachedError } from '../src/util/errors.js';
+import type { DaemonConfig } from '../src/config/types.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'pcached-config-'));
+const REPO = join(import.meta.dirname, '..', '..');
+
+function load(src: Partial<ConfigSource> = {}): LoadedConfig {
+  return loadConfig({ env: {}, flags: {}, cwd: dir, ...src });
+}
+
+let fileNo = 0;
+function file(content: unknown): string {
+  const p = join(dir, `c${fileNo++}.json`);
+  writeFileSync(p, typeof content === 'string' ? content : JSON.stringify(content));
+  return p;
+}
+
+function configError(t: import('ava').ExecutionContext, fn: () => unknown, ...parts: (string | RegExp)[]): string {
+  const err = t.throws(fn);
+  t.true(isPcachedError(err, 'ERR_CONFIG'), `expected ERR_CONFIG, got ${String(err)}`);
+  for (const p of parts) {
+    if (typeof p === 'string') t.true(err!.message.includes(p), `"${err!.message}" should contain "${p}"`);
+    else t.regex(err!.message, p);
+  }
+  return err!.message;
+}
+
+const two = (a: object = {}, b: object = {}) => ({
+  caches: [
+    { name: 'a', origin: '/srv/a.img', cache: '/srv/a.cache', unix: '/run/a.sock', ...a },
+    { name: 'b', origin: '/srv/b.img', cache: '/srv/b.cache', tcp: '127.0.0.1:10810', ...b },
+  ],
+});
+
+test('embedded default: paths under ./var, documented defaults, stripes = cores', (t) => {
+  const { config, embeddedDefault, configFile } = load();
+  t.true(embeddedDefault);
+  t.is(configFile, undefined);
+  t.is(config.control, join(dir, 'var/control.sock'));
+  t.is(config.dataDir, join(dir, 'var'));
+  t.is(config.logLevel, 'info');
+  t.deepEqual(config.caches, [{
+    name: 'default', origin: join(dir, 'var/origin.img'), cache: join(dir, 'var/cache.img'), cacheSize: 256 * 2 ** 20,
+    mode: 'passthrough', unix: join(dir, 'var/pcached.sock'), tcp: '127.0.0.1:10809',
+    stripes: Math.min(availableParallelism(), 64), readOnly: false, description: '', format: false,
+    originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
+  }]);
+});
+
+test('config/default.json is the embedded default written out', (t) => {
+  const fromFile = load({ configFile: join(REPO, 'config/default.json') });
+  t.deepEqual(fromFile.config, load().config);
+  t.false(fromFile.embeddedDefault, 'a named origin is never created');
+});
+
+test('config/example.json is valid: two caches, one with an NBD origin', (t) => {
+  const { config } = load({ configFile: join(REPO, 'config/example.json') });
+  t.deepEqual(config.caches.map((c) => c.name), ['vm1', 'data']);
+  t.is(config.caches[1]!.origin, 'nbd+unix:///data?socket=/run/nbdkit.sock');
+  t.is(config.caches[1]!.cacheSize, 16 * 2 ** 30);
+});
+
+test('precedence: flags > environment > file > defaults', (t) => {
+  const cfg = file({ logLevel: 'warn', caches: [{ name: 'f', origin: '/o', cache: '/c', unix: '/s.sock', stripes: 3, description: 'file' }] });
+  const base = load({ configFile: cfg }).config;
+  t.is(base.logLevel, 'warn');
+  t.is(base.caches[0]!.stripes, 3);
+  const env = { PCACHED_LOG_LEVEL: 'debug', PCACHED_STRIPES: '5', PCACHED_DESCRIPTION: 'env' };
+  const withEnv = load({ configFile: cfg, env });
+  t.is(withEnv.config.logLevel, 'debug');
+  t.is(withEnv.config.caches[0]!.stripes, 5);
+  t.is(withEnv.config.caches[0]!.description, 'env');
+  const withFlags = load({ configFile: cfg, env, flags: { logLevel: 'error', stripes: '7' } });
+  t.is(withFlags.config.logLevel, 'error');
+  t.is(withFlags.config.caches[0]!.stripes, 7);
+  t.is(withFlags.config.caches[0]!.description, 'env');
+  t.true(withFlags.overrides.includes('--stripes'));
+  t.true(withFlags.overrides.includes('PCACHED_DESCRIPTION'));
+  // $PCACHED_CONFIG names the file when --config does not.
+  t.is(load({ env: { PCACHED_CONFIG: cfg } }).config.caches[0]!.name, 'f');
+});
+
+test('single-cache form from flags and environment; relative paths resolve against cwd', (t) => {
+  const { config, embeddedDefault } = load({
+    env: { PCACHED_CACHE_SIZE: '1G', PCACHED_READ_ONLY: 'yes', PCACHED_CONTROL: 'ctl.sock' },
+    flags: { origin: 'disk.img', cache: '/fast/c.img', name: 'vol', tcp: '[::1]:10809', unix: '' },
+  });
+  t.false(embeddedDefault);
+  const c = config.caches[0]!;
+  t.is(c.origin, join(dir, 'disk.img'));
+  t.is(c.cache, '/fast/c.img');
+  t.is(c.cacheSize, 2 ** 30);
+  t.true(c.readOnly);
+  t.is(c.tcp, '[::1]:10809');
+  t.is(c.unix, '');
+  t.is(config.control, join(dir, 'ctl.sock'));
+  t.is(load({ flags: { origin: 'nbd://host:10809/exp' } }).config.caches[0]!.origin, 'nbd://host:10809/exp');
+});
+
+test('errors name the key and the bad value', (t) => {
+  configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', stripes: -3 }] }) }),
+    'caches[0].stripes: must be an integer between 1 and 64, or 0 for one per core: value was -3');
+  configError(t, () => load({ flags: { stripes: 'many' } }), 'stripes:', 'value was "many"');
+  configError(t, () => load({ env: { PCACHED_STRIPES: '8x' } }), 'stripes:', 'value was "8x"');
+  configError(t, () => load({ flags: { name: '' } }), 'name: must not be empty', 'value was ""');
+  configError(t, () => load({ flags: { name: 'a\0b' } }), 'name: must not contain a NUL');
+  configError(t, () => load({ flags: { name: 'é'.repeat(129) } }), 'name: must be at most 256 bytes');
+  t.notThrows(() => load({ flags: { name: 'é'.repeat(128) } }));
+  configError(t, () => load({ flags: { tcp: 'localhost' } }), 'tcp: must be HOST:PORT', 'value was "localhost"');
+  configError(t, () => load({ flags: { tcp: '::1:10809' } }), 'tcp:', 'value was "::1:10809"');
+  configError(t, () => load({ flags: { tcp: 'h:70000' } }), 'tcp:');
+  configError(t, () => load({ env: { PCACHED_LOG_LEVEL: 'loud' } }), 'logLevel: must be one of', 'value was "loud"');
+  configError(t, () => load({ env: { PCACHED_READ_ONLY: 'perhaps' } }), 'readOnly: must be true or false', 'value was "perhaps"');
+  configError(t, () => load({ flags: { origin: 'http://x/y' } }), 'origin: unsupported URI scheme');
+  configError(t, () => load({ flags: { origin: 'nbd+unix:///x' } }), 'origin: an nbd+unix:// URI needs ?socket=PATH');
+  configError(t, () => load({ configFile: file({ caches: [{ name: 'x', cache: '/c', unix: '/u' }] }) }), 'caches[0].origin: must not be empty', 'value was ""');
+  // Every problem is reported at once, on one line.
+  const msg = configError(t, () => load({ flags: { stripes: '99', cacheSize: 'huge' } }), 'stripes:', 'cacheSize:');
+  t.false(msg.includes('\n'));
+});
+
+test('bad sizes', (t) => {
+  configError(t, () => load({ flags: { cacheSize: 'lots' } }), 'cacheSize: must be a size', 'value was "lots"');
+  configError(t, () => load({ flags: { cacheSize: '1M' } }), 'cacheSize:', 'value was "1M"');
+  configError(t, () => load({ flags: { cacheSize: '16777217' } }), 'multiple of 4KiB');
+  configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', slabSize: -1 }] }) }), 'caches[0].slabSize:', 'value was -1');
+  configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', cacheSize: 0 }] }) }), 'caches[0].cacheSize:', 'value was 0');
+  t.is(load({ flags: { cacheSize: '1.5G' } }).config.caches[0]!.cacheSize, 1.5 * 2 ** 30);
+  t.is(load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', cacheSize: 2 ** 25 }] }) }).config.caches[0]!.cacheSize, 2 ** 25);
+});
+
+test('unknown keys, wrong types and bad files are rejected', (t) => {
+  configError(t, () => load({ configFile: file({ bogus: 1 }) }), 'bogus: not a known key');
+  configError(t, () => load({ configFile: file(two({ stripe: 2 })) }), 'caches[0].stripe: not a known key');
+  configError(t, () => load({ configFile: file(two({ origin: { path: '/x' } })) }), 'caches[0].origin: must be a string, number or boolean');
+  configError(t, () => load({ configFile: file({ caches: {} }) }), 'caches: must be an array');
+  configError(t, () => load({ configFile: file({ caches: [42] }) }), 'caches[0]: must be an object');
+  configError(t, () => load({ configFile: file('{"caches": [') }), 'invalid JSON');
+  configError(t, () => load({ configFile: file('[]') }), 'must hold a JSON object');
+  configError(t, () => load({ configFile: join(dir, 'missing.json') }), 'no such file');
+  // Comments are allowed anywhere, as strings.
+  t.notThrows(() => load({ configFile: file({ $comment: 'x', ...two({ $comment: 'y' }) }) }));
+  configError(t, () => load({ configFile: file({ $comment: 1 }) }), '$comment: must be a string');
+});
+
+test('only passthrough is implemented; the other modes say so', (t) => {
+  for (const mode of ['writeback', 'writethrough', 'writearound', 'writeonly']) {
+    configError(t, () => load({ flags: { mode } }), 'mode: this mode is not implemented yet', 'only "passthrough" works', `value was "${mode}"`);
+  }
+  configError(t, () => load({ flags: { mode: 'turbo' } }), 'mode: must be one of', 'value was "turbo"');
+  t.is(load({ flags: { mode: 'passthrough' } }).config.caches[0]!.mode, 'passthrough');
+});
+
+test('duplicate names, sockets, addresses and files; listeners', (t) => {
+  configError(t, () => load({ configFile: file(two({}, { name: 'a' })) }), 'caches[1].name: "a" is already used by caches[0].name');
+  configError(t, () => load({ configFile: file(two({}, { unix: '/run/a.sock' })) }), 'caches[1].unix: "/run/a.sock" is already used by caches[0].unix');
+  configError(t, () => load({ configFile: file(two({ tcp: '127.0.0.1:10810' })) }), 'caches[1].tcp: "127.0.0.1:10810" is already used by caches[0].tcp');
+  configError(t, () => load({ configFile: file({ control: '/run/a.sock', ...two() }) }), 'caches[0].unix: "/run/a.sock" is already used by control');
+  configError(t, () => load({ configFile: file(two({}, { cache: '/srv/a.cache' })) }), 'caches[0].cache and caches[1].cache');
+  configError(t, () => load({ configFile: file(two({}, { origin: '/srv/a.img' })) }), 'only read-only caches may share an origin');
+  t.notThrows(() => load({ configFile: file(two({ readOnly: true }, { origin: '/srv/a.img', readOnly: true })) }));
+  configError(t, () => load({ flags: { origin: '/x', cache: '/x' } }), 'cache and origin');
+  configError(t, () => load({ configFile: file(two({ unix: '' })) }), 'caches[0]: a cache needs at least one listener');
+  configError(t, () => load({ flags: { unix: '', tcp: '' } }), 'needs at least one listener');
+  configError(t, () => load({ flags: { unix: `/tmp/${'s'.repeat(120)}.sock` } }), 'unix: socket path is', 'Unix sockets allow 107');
+  // Port 0 (a free port each) may repeat.
+  t.notThrows(() => load({ configFile: file(two({ tcp: '127.0.0.1:0' }, { tcp: '127.0.0.1:0' })) }));
+});
+
+test('single-cache flags and environment with a multi-cache file are an error', (t) => {
+  const cfg = file(two());
+  configError(t, () => load({ configFile: cfg, flags: { origin: '/x' } }), '--origin set the keys of a single cache', 'defines 2 caches');
+  configError(t, () => load({ configFile: cfg, env: { PCACHED_STRIPES: '2' } }), 'PCACHED_STRIPES');
+  // Daemon-wide ones are fine.
+  t.is(load({ configFile: cfg, flags: { logLevel: 'debug' } }).config.logLevel, 'debug');
+});
+
+test('prototype pollution attempts are rejected and harmless', (t) => {
+  for (const text of [
+    '{"__proto__": {"polluted": 1}}',
+    '{"caches": [{"name": "x", "origin": "/o", "cache": "/c", "unix": "/u", "__proto__": {"polluted": 1}}]}',
+    '{"constructor": {"prototype": {"polluted": 1}}}',
+  ]) {
+    configError(t, () => load({ configFile: file(text) }), 'is not allowed');
+  }
+  t.throws(() => load({ env: { PCACHED_NAME: '__proto__' }, flags: { stripes: '__proto__' } }));
+  t.is(({} as Record<string, unknown>).polluted, undefined);
+  t.is((Object.prototype as Record<string, unknown>).polluted, undefined);
+});
+
+function daemon(caches: Partial<DaemonConfig['caches'][number]>[], extra: Partial<DaemonConfig> = {}): DaemonConfig {
+  const base = load().config.caches[0]!;
+  return { control: '/c.sock', logLevel: 'info', dataDir: '/var', caches: caches.map((c) => ({ ...base, ...c })), ...extra };
+}
+
+test('diffConfig: reloadable keys, keys needing a restart, caches added and removed', (t) => {
+  const old = daemon([{ name: 'a' }, { name: 'b', unix: '/b.sock' }]);
+  t.deepEqual(diffConfig(old, structuredClone(old)), { changed: [], reloadable: true, rejected: [], changedCaches: [] });
+  t.deepEqual(diffConfig(old, daemon([{ name: 'a', description: 'x' }, { name: 'b', unix: '/b.sock', maxConnections: 3 }], { logLevel: 'debug' })), {
+    changed: ['logLevel', 'caches[a].description', 'caches[b].maxConnections'], reloadable: true, rejected: [], changedCaches: ['a', 'b'],
+  });
+  const d = diffConfig(old, daemon([{ name: 'a', stripes: 99, description: 'x' }, { name: 'b', unix: '/b.sock' }], { control: '/d.sock' }));
+  t.false(d.reloadable);
+  t.deepEqual(d.rejected, ['control', 'caches[a].stripes']);
+  t.deepEqual(d.changed, ['control', 'caches[a].stripes', 'caches[a].description']);
+  const added = diffConfig(old, daemon([{ name: 'a' }, { name: 'b', unix: '/b.sock' }, { name: 'c' }]));
+  t.deepEqual(added.rejected, ['caches[c] (added)']);
+  const removed = diffConfig(old, daemon([{ name: 'a' }]));
+  t.deepEqual(removed.rejected, ['caches[b] (removed)']);
+  // Order of caches is not a change.
+  t.true(diffConfig(old, daemon([{ name: 'b', unix: '/b.sock' }, { name: 'a' }])).reloadable);
+});
+
+test('a reload is a fresh load from the same sources', (t) => {
+  const path = file(two());
+  const first = load({ configFile: path, flags: { logLevel: 'warn' } });
+  writeFileSync(path, JSON.stringify({ logLevel: 'debug', ...two({ description: 'new' }) }));
+  const second = loadConfig(first.source);
+  t.is(second.config.logLevel, 'warn', 'the flag still wins');
+  t.deepEqual(diffConfig(first.config, second.config).changed, ['caches[a].description']);
+  t.is(JSON.parse(readFileSync(path, 'utf8')).logLevel, 'debug');
+});
