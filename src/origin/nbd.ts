@@ -1,0 +1,560 @@
+// An origin on a remote NBD export (nbd://, nbd+unix://), spoken with the client codec in
+// src/nbd/client.ts over node:net. Simple replies only: no structured replies are negotiated,
+// so every reply is a 16-byte header, plus exactly the request's length of data after a
+// successful READ.
+//
+// Requests are pipelined over `connections` sockets and matched by cookie. A lost connection
+// is re-established with exponential back-off and the requests that were in flight on it are
+// sent again (READ, WRITE, TRIM, WRITE_ZEROES and FLUSH are idempotent); a request fails with
+// EIO only after it has waited timeoutMs in total.
+
+import { connect, type Socket } from 'node:net';
+import { ClientHandshake, ReplyParser, writeRequestHeader, type NegotiatedExport } from '../nbd/client.js';
+import { Cmd, CmdFlag, NbdErr, TxFlag, REQUEST_HEADER_SIZE } from '../nbd/constants.js';
+import { PcachedError } from '../util/errors.js';
+import { parseNbdUri, formatNbdUri as describe, type NbdTarget } from '../nbd/uri.js';
+import type { Done, Extent, Origin, OriginSpec, ZeroFlags } from './types.js';
+
+export { parseNbdUri };
+export type { NbdTarget };
+
+export type NbdOriginSpec = Extract<OriginSpec, { kind: 'nbd' }>;
+
+/** What the origin logs: a pino Logger fits. */
+export interface OriginLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+const BACKOFF_MIN_MS = 50;
+const BACKOFF_MAX_MS = 2000;
+/** TRIM / WRITE_ZEROES / CACHE lengths are u32 on the wire; 1 GiB pieces stay aligned. */
+const EFFECT_CHUNK = 1024 * 1024 * 1024;
+/** Zeroing a remote without WRITE_ZEROES writes buffers of at most this size. */
+const ZERO_CHUNK = 1024 * 1024;
+let zeroBuffer: Buffer | null = null;
+
+/** Errors on the wire are a closed set; anything else counts as EINVAL ([proto] "Error values"). */
+function wireErrno(e: number): number {
+  switch (e) {
+    case NbdErr.EPERM: case NbdErr.EIO: case NbdErr.ENOMEM: case NbdErr.EINVAL:
+    case NbdErr.ENOSPC: case NbdErr.EOVERFLOW: case NbdErr.ENOTSUP: case NbdErr.ESHUTDOWN:
+      return e;
+    default:
+      return NbdErr.EINVAL;
+  }
+}
+
+/** Completion of one caller request, which may have been split into several wire requests. */
+class Group {
+  remaining = 0;
+  error = 0;
+  /** FUA requested but the remote lacks SEND_FUA: flush after the writes instead. */
+  flushAfter = false;
+  constructor(readonly cb: Done) {}
+}
+
+/** One wire request. `data` is the WRITE source or the READ destination. */
+class Op {
+  done = false;
+  conn: Connection | null = null;
+  constructor(
+    readonly type: number, readonly flags: number, readonly offset: number, readonly length: number,
+    readonly data: Uint8Array | null, readonly group: Group, readonly deadline: number,
+  ) {}
+}
+
+interface ConnectionOwner {
+  complete(op: Op, errno: number): void;
+  lost(conn: Connection, ops: Op[], reason: string): void;
+  pump(): void;
+}
+
+/** One socket to the remote: handshake, then requests out and simple replies in. */
+class Connection {
+  readonly inflight = new Map<number, Op>();
+  socket: Socket | null = null;
+  ready = false;
+  /** The last write() returned false; wait for 'drain'. */
+  blocked = false;
+  backoff = BACKOFF_MIN_MS;
+  reconnectTimer: NodeJS.Timeout | null = null;
+  #parser: ReplyParser | null = null;
+  #corked = false;
+  #lastError = '';
+  readonly #owner: ConnectionOwner;
+  readonly #target: NbdTarget;
+
+  constructor(owner: ConnectionOwner, target: NbdTarget) {
+    this.#owner = owner;
+    this.#target = target;
+  }
+
+  /** Connect and negotiate; resolves once in transmission phase. */
+  open(timeoutMs: number): Promise<NegotiatedExport> {
+    return new Promise((resolve, reject) => {
+      const t = this.#target;
+      const sock = t.socketPath !== undefined ? connect({ path: t.socketPath }) : connect({ host: t.host, port: t.port });
+      if (t.socketPath === undefined) sock.setNoDelay(true);
+      const hs = new ClientHandshake(t.exportName);
+      let settled = false;
+      const fail = (code: 'ERR_ORIGIN' | 'ERR_ORIGIN_TIMEOUT', reason: string): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        sock.destroy();
+        reject(new PcachedError(code, `${describe(t)}: ${reason}`));
+      };
+      const timer = setTimeout(() => fail('ERR_ORIGIN_TIMEOUT', `no NBD handshake within ${timeoutMs} ms`), timeoutMs);
+      const onData = (chunk: Buffer): void => {
+        hs.push(chunk);
+        for (let step = hs.next(); step !== null; step = hs.next()) {
+          if (step.kind === 'send') {
+            sock.write(step.bytes);
+          } else if (step.kind === 'fatal') {
+            fail('ERR_ORIGIN', step.reason);
+            return;
+          } else {
+            settled = true;
+            clearTimeout(timer);
+            sock.off('data', onData).off('error', onError).off('close', onClose);
+            this.#attach(sock, step.remainder);
+            resolve(step.export);
+            return;
+          }
+        }
+      };
+      const onError = (err: Error): void => fail('ERR_ORIGIN', err.message);
+      const onClose = (): void => fail('ERR_ORIGIN', 'connection closed during the NBD handshake');
+      sock.on('data', onData).on('error', onError).on('close', onClose);
+    });
+  }
+
+  /** Queue one request on the socket; writes of one tick go out together (cork/uncork). */
+  send(op: Op, cookie: number): void {
+    const sock = this.socket!;
+    if (!this.#corked) {
+      this.#corked = true;
+      sock.cork();
+      process.nextTick(this.#uncork);
+    }
+    const header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
+    writeRequestHeader(header, 0, op.flags, op.type, 0, cookie, op.offset, op.length);
+    let ok = sock.write(header);
+    if (op.type === Cmd.WRITE) ok = sock.write(op.data!);
+    op.conn = this;
+    this.inflight.set(cookie, op);
+    if (!ok) this.blocked = true;
+  }
+
+  /** Orderly end: DISC, then close; forced after graceMs. */
+  disconnect(graceMs: number): Promise<void> {
+    const sock = this.socket;
+    if (sock === null) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => sock.destroy(), graceMs);
+      sock.once('close', () => { clearTimeout(timer); resolve(); });
+      if (this.ready && !sock.destroyed) {
+        const disc = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
+        writeRequestHeader(disc, 0, 0, Cmd.DISC, 0, 0, 0, 0);
+        sock.end(disc);
+      } else {
+        sock.destroy();
+      }
+    });
+  }
+
+  destroy(reason: string): void {
+    this.#lastError = reason;
+    this.socket?.destroy();
+  }
+
+  #attach(sock: Socket, remainder: Buffer): void {
+    this.socket = sock;
+    this.ready = true;
+    this.blocked = false;
+    this.#lastError = '';
+    this.#parser = new ReplyParser(this.#sink);
+    sock.on('data', this.#onData).on('error', this.#onError).on('close', this.#onClose).on('drain', this.#onDrain);
+    if (remainder.length > 0) this.#onData(remainder);
+  }
+
+  readonly #sink = (_cookieHi: number, cookieLo: number): Uint8Array | number => {
+    const op = this.inflight.get(cookieLo);
+    if (op === undefined) return -1;
+    if (op.type !== Cmd.READ) return 0;
+    // A request that already failed (timeout, close) no longer owns its buffer: discard.
+    return op.done ? op.length : op.data!;
+  };
+
+  readonly #onData = (chunk: Buffer): void => {
+    const parser = this.#parser!;
+    parser.push(chunk);
+    for (let ev = parser.next(); ev !== null; ev = parser.next()) {
+      if (ev.kind !== 'simple') {
+        this.destroy(ev.kind === 'fatal' ? ev.reason : 'unexpected structured reply');
+        return;
+      }
+      const op = this.inflight.get(ev.cookieLo)!;
+      if (op === undefined) {
+        this.destroy(`reply for unknown cookie ${ev.cookieLo}`);
+        return;
+      }
+      this.inflight.delete(ev.cookieLo);
+      op.conn = null;
+      this.#owner.complete(op, ev.error === 0 ? 0 : wireErrno(ev.error));
+    }
+  };
+
+  readonly #onError = (err: Error): void => {
+    this.#lastError = err.message;
+  };
+
+  readonly #onClose = (): void => {
+    this.socket = null;
+    this.ready = false;
+    this.blocked = false;
+    this.#corked = false;
+    this.#parser = null;
+    const ops = [...this.inflight.values()];
+    this.inflight.clear();
+    for (const op of ops) op.conn = null;
+    this.#owner.lost(this, ops, this.#lastError || 'connection closed by the remote');
+  };
+
+  readonly #onDrain = (): void => {
+    this.blocked = false;
+    this.#owner.pump();
+  };
+
+  readonly #uncork = (): void => {
+    this.#corked = false;
+    this.socket?.uncork();
+  };
+}
+
+class NbdOrigin implements Origin, ConnectionOwner {
+  readonly size: number;
+  readonly description: string;
+  readonly readOnly: boolean;
+  readonly synchronous = false;
+  readonly canFastZero: boolean;
+  readonly #txFlags: number;
+  readonly #maxPayload: number;
+  readonly #timeoutMs: number;
+  readonly #conns: Connection[];
+  readonly #log: () => OriginLogger;
+  /** Ops waiting for a connection, in submit order; requeued ones go to the front. */
+  #queue: Op[] = [];
+  #queueHead = 0;
+  /** Every unfinished op in submit order = deadline order (one timeout for all). */
+  readonly #outstanding = new Set<Op>();
+  #deadlineTimer: NodeJS.Timeout | null = null;
+  #nextCookie = 1;
+  /** Non-zero once the origin can no longer serve (size changed): every request fails with it. */
+  #broken = 0;
+  #closing: Promise<void> | null = null;
+
+  constructor(spec: NbdOriginSpec, conns: Connection[], exp: NegotiatedExport, description: string, log: () => OriginLogger) {
+    this.size = exp.size;
+    this.description = description;
+    this.#txFlags = exp.txFlags;
+    this.readOnly = spec.readOnly || (exp.txFlags & TxFlag.READ_ONLY) !== 0;
+    this.canFastZero = (exp.txFlags & TxFlag.SEND_WRITE_ZEROES) !== 0 && (exp.txFlags & TxFlag.SEND_FAST_ZERO) !== 0;
+    this.#maxPayload = exp.maxPayload;
+    this.#timeoutMs = spec.timeoutMs;
+    this.#conns = conns;
+    this.#log = log;
+  }
+
+  read(off: number, dst: Uint8Array, cb: Done): void {
+    this.#submitSplit(Cmd.READ, 0, off, dst.length, dst, this.#maxPayload, cb, false);
+  }
+
+  write(off: number, src: Uint8Array, fua: boolean, cb: Done): void {
+    if (this.readOnly) return this.#later(cb, NbdErr.EPERM);
+    this.#submitSplit(Cmd.WRITE, 0, off, src.length, src, this.#maxPayload, cb, fua);
+  }
+
+  flush(cb: Done): void {
+    if (!this.#has(TxFlag.SEND_FLUSH)) return this.#later(cb, 0);
+    this.#submitSplit(Cmd.FLUSH, 0, 0, 0, null, 1, cb, false);
+  }
+
+  trim(off: number, len: number, fua: boolean, cb: Done): void {
+    if (this.readOnly) return this.#later(cb, NbdErr.EPERM);
+    // TRIM is a hint: a remote without it loses nothing by our skipping it.
+    if (!this.#has(TxFlag.SEND_TRIM)) return this.#later(cb, 0);
+    this.#submitSplit(Cmd.TRIM, 0, off, len, null, EFFECT_CHUNK, cb, fua);
+  }
+
+  zero(off: number, len: number, flags: ZeroFlags, cb: Done): void {
+    if (this.readOnly) return this.#later(cb, NbdErr.EPERM);
+    if (flags.fastZero && !this.canFastZero) return this.#later(cb, NbdErr.ENOTSUP);
+    if (this.#has(TxFlag.SEND_WRITE_ZEROES)) {
+      const wf = (flags.noHole ? CmdFlag.NO_HOLE : 0) | (flags.fastZero ? CmdFlag.FAST_ZERO : 0);
+      this.#submitSplit(Cmd.WRITE_ZEROES, wf, off, len, null, EFFECT_CHUNK, cb, flags.fua);
+      return;
+    }
+    zeroBuffer ??= Buffer.alloc(ZERO_CHUNK);
+    this.#submitSplit(Cmd.WRITE, 0, off, len, zeroBuffer, Math.min(ZERO_CHUNK, this.#maxPayload), cb, flags.fua);
+  }
+
+  cache(off: number, len: number, cb: Done): void {
+    if (!this.#has(TxFlag.SEND_CACHE)) return this.#later(cb, 0);
+    this.#submitSplit(Cmd.CACHE, 0, off, len, null, EFFECT_CHUNK, cb, false);
+  }
+
+  blockStatus(off: number, len: number, _maxExtents: number, cb: (errno: number, extents: Extent[]) => void): void {
+    // Without structured replies the remote cannot tell; "allocated, contents unknown" is always true.
+    const errno = this.#closing !== null ? NbdErr.ESHUTDOWN : this.#broken !== 0 ? this.#broken : len <= 0 || off < 0 ? NbdErr.EINVAL : 0;
+    process.nextTick(cb, errno, errno === 0 ? [{ length: len, flags: 0 }] : []);
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#shutdown();
+    return this.#closing;
+  }
+
+  // ---- ConnectionOwner ----
+
+  complete(op: Op, errno: number): void {
+    if (op.done) return;
+    op.done = true;
+    this.#outstanding.delete(op);
+    const g = op.group;
+    if (errno !== 0 && g.error === 0) g.error = errno;
+    if (--g.remaining > 0) return;
+    if (g.error === 0 && g.flushAfter) {
+      g.flushAfter = false;
+      this.#enqueue(Cmd.FLUSH, 0, 0, 0, null, g);
+      this.pump();
+      return;
+    }
+    g.cb(g.error);
+  }
+
+  lost(conn: Connection, ops: Op[], reason: string): void {
+    if (this.#closing !== null || this.#broken !== 0) return;
+    const live = ops.filter((op) => !op.done);
+    this.#log().warn({ origin: this.description, inFlight: live.length, reason }, 'NBD origin connection lost; reconnecting');
+    if (live.length > 0) {
+      this.#queue = live.concat(this.#queue.slice(this.#queueHead));
+      this.#queueHead = 0;
+    }
+    this.#scheduleReconnect(conn);
+  }
+
+  pump(): void {
+    const q = this.#queue;
+    while (this.#queueHead < q.length) {
+      const conn = this.#pickConnection();
+      if (conn === null) {
+        if (this.#queueHead > 1024 && this.#queueHead * 2 > q.length) {
+          this.#queue = q.slice(this.#queueHead);
+          this.#queueHead = 0;
+        }
+        return;
+      }
+      const op = q[this.#queueHead++];
+      if (op.done) continue;
+      conn.send(op, this.#nextCookie);
+      this.#nextCookie = (this.#nextCookie + 1) >>> 0 || 1;
+    }
+    q.length = 0;
+    this.#queueHead = 0;
+  }
+
+  // ---- internals ----
+
+  #has(flag: TxFlag): boolean {
+    return (this.#txFlags & flag) !== 0;
+  }
+
+  #later(cb: Done, errno: number): void {
+    process.nextTick(cb, errno);
+  }
+
+  /** Split [off, off+len) into wire requests of at most `max` bytes, completing cb once. */
+  #submitSplit(type: Cmd, flags: number, off: number, len: number, data: Uint8Array | null, max: number, cb: Done, fua: boolean): void {
+    if (this.#closing !== null) return this.#later(cb, NbdErr.ESHUTDOWN);
+    if (this.#broken !== 0) return this.#later(cb, this.#broken);
+    if (len === 0 && type !== Cmd.FLUSH) return this.#later(cb, 0);
+    const g = new Group(cb);
+    if (fua) {
+      if (this.#has(TxFlag.SEND_FUA)) flags |= CmdFlag.FUA;
+      else if (this.#has(TxFlag.SEND_FLUSH)) g.flushAfter = true;
+    }
+    // The zero buffer is reused for every piece; other data is cut into views.
+    const shared = data === zeroBuffer;
+    for (let pos = 0; pos < len || (len === 0 && pos === 0); pos += max) {
+      const n = Math.min(max, len - pos);
+      const piece = data === null ? null : shared ? data.subarray(0, n) : data.subarray(pos, pos + n);
+      this.#enqueue(type, flags, off + pos, n, piece, g);
+      if (len === 0) break;
+    }
+    this.pump();
+  }
+
+  #enqueue(type: number, flags: number, off: number, len: number, data: Uint8Array | null, g: Group): void {
+    const op = new Op(type, flags, off, len, data, g, Date.now() + this.#timeoutMs);
+    g.remaining++;
+    this.#queue.push(op);
+    this.#outstanding.add(op);
+    if (this.#deadlineTimer === null) this.#armDeadline(op.deadline);
+  }
+
+  #pickConnection(): Connection | null {
+    let best: Connection | null = null;
+    for (const c of this.#conns) {
+      if (c.ready && !c.blocked && (best === null || c.inflight.size < best.inflight.size)) best = c;
+    }
+    return best;
+  }
+
+  #armDeadline(at: number): void {
+    this.#deadlineTimer = setTimeout(this.#onDeadline, Math.max(0, at - Date.now()) + 1);
+  }
+
+  readonly #onDeadline = (): void => {
+    this.#deadlineTimer = null;
+    const now = Date.now();
+    const expired: Op[] = [];
+    for (const op of this.#outstanding) {
+      if (op.deadline > now) break;
+      expired.push(op);
+    }
+    const stuck = new Set<Connection>();
+    for (const op of expired) {
+      if (op.conn !== null) stuck.add(op.conn);
+      this.complete(op, NbdErr.EIO);
+    }
+    // A remote that sits on a request this long is treated as dead. Closing the socket also
+    // drops any queued write whose caller has just been told it failed and may reuse its buffer.
+    for (const conn of stuck) {
+      this.#log().warn({ origin: this.description, timeoutMs: this.#timeoutMs }, 'NBD origin request timed out; dropping the connection');
+      conn.destroy(`request timed out after ${this.#timeoutMs} ms`);
+    }
+    if (this.#deadlineTimer === null && this.#closing === null) {
+      for (const op of this.#outstanding) {
+        this.#armDeadline(op.deadline);
+        break;
+      }
+    }
+  };
+
+  #scheduleReconnect(conn: Connection): void {
+    if (this.#closing !== null || this.#broken !== 0 || conn.reconnectTimer !== null) return;
+    const delay = conn.backoff;
+    conn.backoff = Math.min(conn.backoff * 2, BACKOFF_MAX_MS);
+    conn.reconnectTimer = setTimeout(() => {
+      conn.reconnectTimer = null;
+      if (this.#closing !== null) return;
+      conn.open(this.#timeoutMs).then(
+        (exp) => this.#reconnected(conn, exp),
+        () => this.#scheduleReconnect(conn),
+      );
+    }, delay);
+  }
+
+  #reconnected(conn: Connection, exp: NegotiatedExport): void {
+    if (this.#closing !== null || this.#broken !== 0) {
+      void conn.disconnect(1000);
+      return;
+    }
+    if (exp.size !== this.size) {
+      this.#log().error({ origin: this.description, size: this.size, newSize: exp.size }, 'NBD origin changed size across a reconnect; failing all requests');
+      this.#broken = NbdErr.EIO;
+      this.#failAll(NbdErr.EIO);
+      for (const c of this.#conns) void c.disconnect(1000);
+      return;
+    }
+    if (exp.txFlags !== this.#txFlags) {
+      this.#log().warn({ origin: this.description, txFlags: this.#txFlags, newTxFlags: exp.txFlags }, 'NBD origin transmission flags changed across a reconnect');
+    }
+    conn.backoff = BACKOFF_MIN_MS;
+    this.#log().info({ origin: this.description }, 'NBD origin reconnected');
+    this.pump();
+  }
+
+  #failAll(errno: number): void {
+    for (const op of [...this.#outstanding]) this.complete(op, errno);
+    this.#queue = [];
+    this.#queueHead = 0;
+  }
+
+  async #shutdown(): Promise<void> {
+    if (this.#deadlineTimer !== null) clearTimeout(this.#deadlineTimer);
+    this.#deadlineTimer = null;
+    for (const c of this.#conns) {
+      if (c.reconnectTimer !== null) clearTimeout(c.reconnectTimer);
+      c.reconnectTimer = null;
+    }
+    this.#failAll(NbdErr.ESHUTDOWN);
+    await Promise.all(this.#conns.map((c) => c.disconnect(1000)));
+  }
+}
+
+let defaultLogger: OriginLogger | null = null;
+async function loadDefaultLogger(): Promise<OriginLogger> {
+  if (defaultLogger === null) {
+    const { createLogger } = await import('../daemon/logger.js');
+    defaultLogger = createLogger({ name: 'origin-nbd' });
+  }
+  return defaultLogger;
+}
+
+/**
+ * Connect `connections` sockets (one if the remote lacks CAN_MULTI_CONN) and negotiate; rejects
+ * with ERR_ORIGIN / ERR_ORIGIN_TIMEOUT if any fails (no retry at open: a wrong URI fails fast).
+ */
+export async function openNbdOrigin(spec: NbdOriginSpec, opts: { logger?: OriginLogger } = {}): Promise<Origin> {
+  const target = parseNbdUri(spec.uri);
+  const logger = opts.logger ?? (await loadDefaultLogger());
+  const count = Math.max(1, Math.floor(spec.connections || 1));
+  // The owner is only known once the first handshake told us the size; route through a holder.
+  let origin: NbdOrigin | null = null;
+  const owner: ConnectionOwner = {
+    complete: (op, errno) => origin?.complete(op, errno),
+    lost: (conn, ops, reason) => origin?.lost(conn, ops, reason),
+    pump: () => origin?.pump(),
+  };
+  const first = new Connection(owner, target);
+  const exp = await first.open(spec.timeoutMs);
+  let extra = count - 1;
+  if (extra > 0 && (exp.txFlags & TxFlag.CAN_MULTI_CONN) === 0) {
+    // Without CAN_MULTI_CONN a FLUSH on one connection need not cover writes made on another
+    // ([proto] "Ordering of messages and writes"): stay on one.
+    logger.warn({ origin: describe(target), connections: count }, 'NBD origin lacks CAN_MULTI_CONN; using one connection');
+    extra = 0;
+  }
+  const rest = Array.from({ length: extra }, () => new Connection(owner, target));
+  const conns = [first, ...rest];
+  const results = await Promise.allSettled(rest.map((c) => c.open(spec.timeoutMs)));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  const mismatch = results.some((r) => r.status === 'fulfilled' && r.value.size !== exp.size);
+  if (failed !== undefined || mismatch) {
+    await Promise.all(conns.map((c) => c.disconnect(1000)));
+    if (failed !== undefined) throw failed.reason;
+    throw new PcachedError('ERR_ORIGIN', `${describe(target)}: connections disagree on the export size`);
+  }
+  origin = new NbdOrigin(spec, conns, exp, describe(target), () => logger);
+  return origin;
+}
+
+/** Connect once, negotiate, send DISC and close: what the coordinator needs to know up front. */
+export async function probeNbdOrigin(uri: string, timeoutMs: number): Promise<{ size: number; readOnly: boolean; canFastZero: boolean; txFlags: number }> {
+  const target = parseNbdUri(uri);
+  const noop: ConnectionOwner = { complete() {}, lost() {}, pump() {} };
+  const conn = new Connection(noop, target);
+  const exp = await conn.open(timeoutMs);
+  await conn.disconnect(1000);
+  const f = exp.txFlags;
+  return {
+    size: exp.size,
+    readOnly: (f & TxFlag.READ_ONLY) !== 0,
+    canFastZero: (f & TxFlag.SEND_WRITE_ZEROES) !== 0 && (f & TxFlag.SEND_FAST_ZERO) !== 0,
+    txFlags: f,
+  };
+}
