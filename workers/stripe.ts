@@ -8,7 +8,7 @@ import {
   REQ_HEAD, REQ_TAIL, CPL_HEAD, WORKER_SLEEPING, STOP,
   R_OP, R_FLAGS, R_ID, R_OFF_LO, R_OFF_HI, R_LEN, R_SLAB_OFF, R_SLAB_LEN,
   C_ID, C_ERRNO, C_RESULT,
-  StripeOp, StripeFlag, reqSlotBase, cplSlotBase,
+  StripeOp, StripeFlag, reqSlotBase, cplSlotBase, BELL_COUNT, BELL_POLLING,
   type StripeWorkerData,
 } from '../src/ring/layout.js';
 import { CounterBlock, STRIPE_COUNTERS } from '../src/stats/counters.js';
@@ -52,8 +52,10 @@ let bellPending = false;
 
 function ringDoorbell(): void {
   bellPending = false;
-  Atomics.add(doorbell, 0, 1);
-  Atomics.notify(doorbell, 0);
+  // The coordinator is polling our completion ring: it will see them without a wake-up.
+  if (Atomics.load(doorbell, BELL_POLLING) !== 0) return;
+  Atomics.add(doorbell, BELL_COUNT, 1);
+  Atomics.notify(doorbell, BELL_COUNT);
 }
 
 /** Publish one completion; the coordinator is woken once per batch (or per event-loop turn for async origins). */

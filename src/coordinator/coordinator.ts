@@ -27,7 +27,14 @@ const SHUTDOWN_DRAIN_MS = 30_000;
 function spinNs(): number {
   const env = Number(process.env.PCACHED_SPIN_NS);
   if (Number.isFinite(env) && env >= 0) return env;
-  return availableParallelism() > 2 ? 50_000 : 20_000;
+  return availableParallelism() > 2 ? 20_000 : 0;
+}
+
+/** Coordinator-side completion polling at queue depth 1-2 (see StripeSet). */
+function pollNs(): number {
+  const env = Number(process.env.PCACHED_POLL_NS);
+  if (Number.isFinite(env) && env >= 0) return env;
+  return 30_000;
 }
 
 export function parseHostPort(spec: string): { host: string; port: number } {
@@ -51,6 +58,7 @@ export class Coordinator {
   readonly #started = Date.now();
   #nextSession = 1;
   #state: 'running' | 'draining' | 'stopped' = 'running';
+  #shutdown: Promise<void> | null = null;
 
   private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, log: Logger) {
     this.#cache = cache;
@@ -71,7 +79,7 @@ export class Coordinator {
     }
     log.info({ origin: facts.description, size: facts.size, readOnly: facts.readOnly }, 'origin opened');
     const stripes = await StripeSet.start({
-      stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), logLevel, log,
+      stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), logLevel, log,
     });
     const c = new Coordinator(cache, facts, stripes, log);
     try {
@@ -209,20 +217,28 @@ export class Coordinator {
   }
 
   /** Stop accepting, let in-flight requests finish, flush the origin, stop the stripes. */
-  async shutdown(): Promise<void> {
-    if (this.#state === 'stopped') return;
+  shutdown(): Promise<void> {
+    this.#shutdown ??= this.#shutdownOnce();
+    return this.#shutdown;
+  }
+
+  async #shutdownOnce(): Promise<void> {
     this.#state = 'draining';
-    await Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-    if (this.#cache.unix) {
+    // close() only calls back once every connection has ended: start it, drain, then wait.
+    const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // Only a socket file we created is ours to remove (a refused start must not delete a live daemon's).
+    if (this.#cache.unix && this.#listeners.includes(`unix:${this.#cache.unix}`)) {
       try { unlinkSync(this.#cache.unix); } catch { /* already gone */ }
     }
     const drained = Promise.all([...this.#sessions].map((s) => s.drain()));
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((r) => { timer = setTimeout(() => r('timeout'), SHUTDOWN_DRAIN_MS); });
     if ((await Promise.race([drained, timedOut])) === 'timeout') {
-      this.#log.warn({ sessions: this.#sessions.size }, 'shutdown: requests still in flight after the drain timeout');
+      this.#log.warn({ sessions: this.#sessions.size }, 'shutdown: requests still in flight after the drain timeout; dropping those connections');
+      for (const s of this.#sessions) s.destroy();
     }
     clearTimeout(timer);
+    await closed;
     try {
       if (!this.#exp.readOnly) await this.flushOrigin();
     } catch (err) {

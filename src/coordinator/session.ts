@@ -293,10 +293,7 @@ export class Session implements ReplySink {
 
   /** After DISC (or a drain for shutdown), close once every reply has been written. */
   #maybeEnd(): void {
-    if ((this.#paused & Pause.DISC) !== 0 && this.#inflight === 0 && !this.#closed) {
-      this.#closed = true;
-      this.#sock.end();
-    }
+    if ((this.#paused & Pause.DISC) !== 0 && this.#inflight === 0) this.#finish();
     if (this.#inflight === 0 && this.#draining) {
       const d = this.#draining;
       this.#draining = null;
@@ -316,21 +313,33 @@ export class Session implements ReplySink {
     this.#pause(Pause.DISC);
     return new Promise((resolve) => {
       if (this.#inflight === 0) {
-        if (!this.#closed) {
-          this.#closed = true;
-          this.#sock.end();
-        }
+        this.#finish();
         resolve();
       } else {
         this.#draining = () => {
-          if (!this.#closed) {
-            this.#closed = true;
-            this.#sock.end();
-          }
+          this.#finish();
           resolve();
         };
       }
     });
+  }
+
+  /**
+   * End the connection once every owed reply has left. A paused socket never reads the
+   * client's FIN, so after our own end() is flushed the socket is destroyed rather than left
+   * half-open (which would keep a draining daemon waiting for the client).
+   */
+  #finish(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const sock = this.#sock;
+    sock.end(() => sock.destroy());
+  }
+
+  /** Drop the connection now (shutdown drain timed out). */
+  destroy(): void {
+    this.#closed = true;
+    this.#sock.destroy();
   }
 
   #onClose(): void {

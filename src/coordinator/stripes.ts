@@ -4,7 +4,7 @@
 
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
-import { DOORBELL_WORDS, type StripeWorkerData } from '../ring/layout.js';
+import { DOORBELL_WORDS, BELL_COUNT, BELL_POLLING, type StripeWorkerData } from '../ring/layout.js';
 import { StripeRing, type StripeWork } from './stripe-ring.js';
 import type { OriginSpec } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
@@ -16,9 +16,14 @@ export interface StripeSetOptions {
   slabBytes: number;
   origin: OriginSpec;
   spinNs: number;
+  /** How long the coordinator polls for completions itself when at most POLL_MAX_INFLIGHT pieces are out (0 = never). */
+  pollNs: number;
   logLevel: string;
   log: Logger;
 }
+
+/** Polling only pays at low queue depth: beyond this, completions come in batches anyway. */
+const POLL_MAX_INFLIGHT = 2;
 
 const WORKER_URL = new URL('../../workers/stripe.js', import.meta.url);
 const yieldMacrotask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -120,20 +125,42 @@ export class StripeSet {
 
   readonly #ringBells = (): void => {
     this.#bellScheduled = false;
-    for (const ring of this.rings) ring.ringBell();
+    let issued = 0;
+    for (const ring of this.rings) {
+      ring.ringBell();
+      issued += ring.inflight;
+    }
+    if (this.#opts.pollNs > 0 && issued > 0 && issued <= POLL_MAX_INFLIGHT) this.#pollCompletions();
   };
+
+  /**
+   * At queue depth 1-2 the round trip is dominated by wake-ups; spinning briefly here saves the
+   * doorbell wake-up of this thread (the client is waiting for the reply anyway).
+   */
+  #pollCompletions(): void {
+    const bell = this.#doorbell;
+    Atomics.store(bell, BELL_POLLING, 1);
+    const deadline = process.hrtime.bigint() + BigInt(this.#opts.pollNs);
+    let got = 0;
+    for (let i = 1; got === 0; i++) {
+      for (const ring of this.rings) got += ring.drainCompletions();
+      if ((i & 15) === 0 && process.hrtime.bigint() > deadline) break;
+    }
+    Atomics.store(bell, BELL_POLLING, 0);
+    for (const ring of this.rings) ring.drainCompletions();
+  }
 
   async #completionLoop(): Promise<void> {
     const bell = this.#doorbell;
-    let seen = Atomics.load(bell, 0);
+    let seen = Atomics.load(bell, BELL_COUNT);
     while (!this.#closed) {
       for (const ring of this.rings) ring.drainCompletions();
-      const w = Atomics.waitAsync(bell, 0, seen);
+      const w = Atomics.waitAsync(bell, BELL_COUNT, seen);
       // More completions arrived while draining. Without a real yield this loop would never
       // let the event loop read sockets or flush the corked replies (a microtask is not enough).
       if (w.async) await w.value;
       else await yieldMacrotask();
-      seen = Atomics.load(bell, 0);
+      seen = Atomics.load(bell, BELL_COUNT);
     }
   }
 
@@ -149,8 +176,8 @@ export class StripeSet {
     const stops = this.#pools.map((pool) => pool?.run({ op: 'stop' }).catch(() => undefined));
     await Promise.all(stops);
     this.#closed = true;
-    Atomics.add(this.#doorbell, 0, 1);
-    Atomics.notify(this.#doorbell, 0);
+    Atomics.add(this.#doorbell, BELL_COUNT, 1);
+    Atomics.notify(this.#doorbell, BELL_COUNT);
     await this.#loopDone;
     await Promise.all(this.#pools.map((pool) => pool?.destroy()));
   }

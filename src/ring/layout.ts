@@ -50,7 +50,14 @@ export const enum StripeFlag {
 }
 
 /** The shared doorbell every stripe rings after publishing completions; the coordinator waits on word 0. */
-export const DOORBELL_WORDS = 16;
+export const DOORBELL_WORDS = 32;
+export const BELL_COUNT = 0;
+/**
+ * 1 while the coordinator polls the completion rings itself (low queue depth): stripes then
+ * skip the doorbell, saving the coordinator a wake-up. Dekker-safe: a stripe stores CPL_HEAD
+ * before it reads this; the coordinator clears this before its last look at CPL_HEAD.
+ */
+export const BELL_POLLING = 16;
 
 /** The origin's address space is cut into subtrees of this size; a subtree belongs to one stripe. */
 export const SUBTREE_SHIFT = 22;
