@@ -273,7 +273,7 @@ function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
       format: 'pcached-boolean',
     },
     description: {
-      doc: 'Free text sent to clients as the export description (NBD_INFO_DESCRIPTION).',
+      doc: 'Free text sent to clients as the export description (NBD_INFO_DESCRIPTION); empty means a generated one, `pcached MODE cache of ORIGIN`.',
       accepts: 'UTF-8, at most 4096 bytes, no NUL',
       default: '',
       env: 'PCACHED_DESCRIPTION',

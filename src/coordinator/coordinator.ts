@@ -8,7 +8,7 @@ import type { CacheConfig } from '../config/types.js';
 import type { CacheStatus } from '../daemon/ipc.js';
 import { claimUnixSocketPath } from '../util/unix-socket.js';
 import { PcachedError } from '../util/errors.js';
-import { originSpecFor, probeOrigin, type OriginFacts } from '../origin/open.js';
+import { originSpecFor, probeOrigin, isNbdUri, type OriginFacts } from '../origin/open.js';
 import { CounterBlock, COORDINATOR_COUNTERS, type CoordinatorCounter } from '../stats/counters.js';
 import { StripeSet } from './stripes.js';
 import { Session, type SessionContext } from './session.js';
@@ -18,6 +18,7 @@ import { StripeOp } from '../ring/layout.js';
 import type { StripeWork } from './stripe-ring.js';
 import { errnoName } from './io.js';
 import { unlinkSync } from 'node:fs';
+import { basename } from 'node:path';
 
 const RING_CAPACITY = 1024;
 const FLOW_LIMIT = 512 * 1024 * 1024;
@@ -35,6 +36,13 @@ function pollNs(): number {
   const env = Number(process.env.PCACHED_POLL_NS);
   if (Number.isFinite(env) && env >= 0) return env;
   return 30_000;
+}
+
+/** What clients see as the export description: the configured text, or where the data comes from. */
+function describe(cache: CacheConfig): string {
+  if (cache.description) return cache.description;
+  const origin = isNbdUri(cache.origin) ? cache.origin.replace(/\?.*$/, '') : basename(cache.origin);
+  return `pcached ${cache.mode} cache of ${origin}`;
 }
 
 export function parseHostPort(spec: string): { host: string; port: number } {
@@ -66,7 +74,7 @@ export class Coordinator {
     this.#stripes = stripes;
     this.#log = log;
     this.counters = new CounterBlock(COORDINATOR_COUNTERS);
-    this.#exp = { name: cache.name, description: cache.description, size: facts.size, readOnly: cache.readOnly || facts.readOnly };
+    this.#exp = { name: cache.name, description: describe(cache), size: facts.size, readOnly: cache.readOnly || facts.readOnly };
   }
 
   static async start(cache: CacheConfig, log: Logger, logLevel: string): Promise<Coordinator> {
@@ -207,7 +215,7 @@ export class Coordinator {
   reconfigure(cache: CacheConfig): string[] {
     const changed: string[] = [];
     if (cache.description !== this.#cache.description) {
-      this.#exp.description = cache.description;
+      this.#exp.description = describe(cache);
       changed.push('description');
     }
     if (cache.maxConnections !== this.#cache.maxConnections) changed.push('maxConnections');
