@@ -254,7 +254,7 @@ function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
       },
     },
     stripes: {
-      doc: 'Stripe worker threads; 0 means one per core (`os.availableParallelism()`, at most 64).',
+      doc: 'Stripe worker threads; 0 means one per core but one, which the coordinator needs (`os.availableParallelism() - 1`, at least 1, at most 64).',
       accepts: `integer 0-${MAX_STRIPES}`,
       default: 0,
       flag: '--stripes',
@@ -262,7 +262,7 @@ function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
       format: 'pcached-integer',
       min: 0,
       max: MAX_STRIPES,
-      rangeText: `between 1 and ${MAX_STRIPES}, or 0 for one per core`,
+      rangeText: `between 1 and ${MAX_STRIPES}, or 0 for one per core but one`,
     },
     readOnly: {
       doc: 'Serve the export read-only (writes fail with EPERM).',

@@ -46,7 +46,7 @@ test('usage errors: one pcached: line, exit 2', (t) => {
 test('configuration errors: exit 1, the key and value named, nothing created', (t) => {
   const r = pcached(['start', '--stripes', '-3']);
   t.is(r.code, 1);
-  t.is(r.stderr, 'pcached: invalid configuration: stripes: must be an integer between 1 and 64, or 0 for one per core: value was -3\n');
+  t.is(r.stderr, 'pcached: invalid configuration: stripes: must be an integer between 1 and 64, or 0 for one per core but one: value was -3\n');
   t.false(existsSync(join(r.cwd, 'var')));
   const m = pcached(['start', '--mode', 'writeback']);
   t.is(m.code, 1);

@@ -40,7 +40,7 @@ const two = (a: object = {}, b: object = {}) => ({
   ],
 });
 
-test('embedded default: paths under ./var, documented defaults, stripes = cores', (t) => {
+test('embedded default: paths under ./var, documented defaults, stripes = cores - 1', (t) => {
   const { config, embeddedDefault, configFile } = load();
   t.true(embeddedDefault);
   t.is(configFile, undefined);
@@ -50,7 +50,7 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores'
   t.deepEqual(config.caches, [{
     name: 'default', origin: join(dir, 'var/origin.img'), cache: join(dir, 'var/cache.img'), cacheSize: 256 * 2 ** 20,
     mode: 'passthrough', unix: join(dir, 'var/pcached.sock'), tcp: '127.0.0.1:10809',
-    stripes: Math.min(availableParallelism(), 64), readOnly: false, description: '', format: false,
+    stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false,
     originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
   }]);
 });
@@ -107,7 +107,7 @@ test('single-cache form from flags and environment; relative paths resolve again
 
 test('errors name the key and the bad value', (t) => {
   configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', stripes: -3 }] }) }),
-    'caches[0].stripes: must be an integer between 1 and 64, or 0 for one per core: value was -3');
+    'caches[0].stripes: must be an integer between 1 and 64, or 0 for one per core but one: value was -3');
   configError(t, () => load({ flags: { stripes: 'many' } }), 'stripes:', 'value was "many"');
   configError(t, () => load({ env: { PCACHED_STRIPES: '8x' } }), 'stripes:', 'value was "8x"');
   configError(t, () => load({ flags: { name: '' } }), 'name: must not be empty', 'value was ""');

@@ -5,7 +5,7 @@
 
 import { workerData } from 'piscina';
 import {
-  REQ_HEAD, REQ_TAIL, CPL_HEAD, WORKER_SLEEPING, STOP,
+  REQ_HEAD, REQ_TAIL, CPL_HEAD, WORKER_SLEEPING, STOP, SPIN_HINT, BELL_SPINNERS,
   R_OP, R_FLAGS, R_ID, R_OFF_LO, R_OFF_HI, R_LEN, R_SLAB_OFF, R_SLAB_LEN,
   C_ID, C_ERRNO, C_RESULT,
   StripeOp, StripeFlag, reqSlotBase, cplSlotBase, BELL_COUNT, BELL_POLLING,
@@ -172,14 +172,36 @@ function runBatch(o: Origin): number {
 }
 let lastBellHead = cplHead;
 
-function spinForWork(budgetNs: number): boolean {
-  if (budgetNs <= 0) return false;
-  const deadline = process.hrtime.bigint() + BigInt(budgetNs);
-  let i = 0;
-  for (;;) {
-    if (Atomics.load(ring, REQ_HEAD) !== reqTail || Atomics.load(ring, STOP) !== 0) return true;
-    if ((++i & 63) === 0 && process.hrtime.bigint() > deadline) return false;
+/**
+ * Spin for new requests only as long as recent idle gaps suggest one is about to arrive: at
+ * high queue depth a few microseconds of polling replace a futex sleep and wake-up on both
+ * sides; at low depth (gaps longer than the budget) the thread sleeps at once and leaves the
+ * core to the client and the coordinator.
+ */
+let avgGapNs = Number.MAX_SAFE_INTEGER;
+
+function noteGap(ns: number): void {
+  avgGapNs = avgGapNs === Number.MAX_SAFE_INTEGER ? ns : (avgGapNs * 7 + ns) / 8;
+}
+
+function spinForWork(capNs: number, idleSince: bigint): boolean {
+  if (capNs <= 0 || avgGapNs >= capNs || Atomics.load(ring, SPIN_HINT) === 0) return false;
+  if (Atomics.add(doorbell, BELL_SPINNERS, 1) >= data.maxSpinners) {
+    Atomics.sub(doorbell, BELL_SPINNERS, 1);
+    return false;
   }
+  const deadline = idleSince + BigInt(Math.ceil(Math.min(capNs, 2 * avgGapNs)));
+  let i = 0;
+  let found = false;
+  for (;;) {
+    if (Atomics.load(ring, REQ_HEAD) !== reqTail || Atomics.load(ring, STOP) !== 0) {
+      found = true;
+      break;
+    }
+    if ((++i & 15) === 0 && (process.hrtime.bigint() > deadline || Atomics.load(ring, SPIN_HINT) === 0)) break;
+  }
+  Atomics.sub(doorbell, BELL_SPINNERS, 1);
+  return found;
 }
 
 const yieldMacrotask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -191,7 +213,11 @@ async function loop(o: Origin): Promise<void> {
       if (++batches % YIELD_EVERY_BATCHES === 0) await yieldMacrotask();
       continue;
     }
-    if (spinForWork(data.spinNs)) continue;
+    const idleSince = process.hrtime.bigint();
+    if (spinForWork(data.spinNs, idleSince)) {
+      noteGap(Number(process.hrtime.bigint() - idleSince));
+      continue;
+    }
     Atomics.store(ring, WORKER_SLEEPING, 1);
     let result: string = 'not-equal';
     if (Atomics.load(ring, REQ_HEAD) === reqTail && Atomics.load(ring, STOP) === 0) {
@@ -206,6 +232,7 @@ async function loop(o: Origin): Promise<void> {
     }
     Atomics.store(ring, WORKER_SLEEPING, 0);
     counters.addAt(C_WAKEUPS, 1);
+    noteGap(Number(process.hrtime.bigint() - idleSince));
     if (result === 'timed-out') await yieldMacrotask();
   }
 }

@@ -62,7 +62,7 @@ function buildProgram(io: CliIo): Command {
     .option('--tcp <host:port>', 'TCP address to serve NBD on ("" for none)')
     .option('--name <name>', 'export name')
     .addOption(new Option('--mode <mode>', 'cache mode (only passthrough is implemented)').choices(CACHE_MODES))
-    .option('--stripes <n>', 'stripe worker threads (0 = one per core)')
+    .option('--stripes <n>', 'stripe worker threads (0 = cores - 1, at least 1)')
     .option('--control <path>', 'control socket')
     .option('--read-only', 'serve the export read-only')
     .option('--format', 'allow formatting a cache device that holds something else')

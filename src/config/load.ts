@@ -252,8 +252,14 @@ function configError(problems: string[], configFile: string | undefined): Pcache
   return new PcachedError('ERR_CONFIG', `invalid configuration${where}: ${problems.join('; ')}`);
 }
 
+/**
+ * 0 = one stripe per core but one: the coordinator thread (sockets, parsing, replies) needs a
+ * core of its own. Measured on 2 cores: one stripe beats two at QD1 (a second stripe sleeps on
+ * the other vCPU and every other request pays its wake-up) and at QD32 (two stripes contend
+ * with the client and the coordinator for the cores).
+ */
 export function resolveStripes(stripes: number): number {
-  return stripes === 0 ? Math.min(availableParallelism(), MAX_STRIPES) : stripes;
+  return stripes === 0 ? Math.max(1, Math.min(availableParallelism() - 1, MAX_STRIPES)) : stripes;
 }
 
 function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {

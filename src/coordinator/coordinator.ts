@@ -24,19 +24,20 @@ const RING_CAPACITY = 1024;
 const FLOW_LIMIT = 512 * 1024 * 1024;
 const SHUTDOWN_DRAIN_MS = 30_000;
 
-/** Busy-poll budget of a stripe before it sleeps: a short spin saves a wake-up at low queue depth. */
-function spinNs(): number {
-  const env = Number(process.env.PCACHED_SPIN_NS);
-  if (Number.isFinite(env) && env >= 0) return env;
-  return availableParallelism() > 2 ? 20_000 : 0;
+/**
+ * Latency at queue depth 1-2 is dominated by cross-thread wake-ups (on a VM, waking a thread on
+ * a halted vCPU costs tens of microseconds). The stripe may then busy-poll for the next request
+ * (up to spinNs, adaptively) and the coordinator polls for the completion (pollNs); at higher
+ * depth both sleep between batches. At most maxSpinners stripes poll at once, leaving cores to
+ * the client and the coordinator. PCACHED_SPIN_NS / PCACHED_POLL_NS override (0 = off).
+ */
+function envNs(name: string, fallback: number): number {
+  const v = Number(process.env[name]);
+  return process.env[name] !== undefined && Number.isFinite(v) && v >= 0 ? v : fallback;
 }
-
-/** Coordinator-side completion polling at queue depth 1-2 (see StripeSet). */
-function pollNs(): number {
-  const env = Number(process.env.PCACHED_POLL_NS);
-  if (Number.isFinite(env) && env >= 0) return env;
-  return 30_000;
-}
+const spinNs = (): number => envNs('PCACHED_SPIN_NS', 200_000);
+const pollNs = (): number => envNs('PCACHED_POLL_NS', 30_000);
+const maxSpinners = (): number => Math.max(1, availableParallelism() - 2);
 
 /** What clients see as the export description: the configured text, or where the data comes from. */
 function describe(cache: CacheConfig): string {
@@ -87,7 +88,7 @@ export class Coordinator {
     }
     log.info({ origin: facts.description, size: facts.size, readOnly: facts.readOnly }, 'origin opened');
     const stripes = await StripeSet.start({
-      stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), logLevel, log,
+      stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), maxSpinners: maxSpinners(), logLevel, log,
     });
     const c = new Coordinator(cache, facts, stripes, log);
     try {

@@ -9,8 +9,11 @@ import {
 import type { StripeWork } from './stripe-ring.js';
 import type { Extent } from '../origin/types.js';
 
-/** Reads up to this size are copied into one reply buffer; larger ones are sent straight from the slab. */
-export const COPY_REPLY_LIMIT = 256 * 1024;
+/**
+ * Replies that fit Node's shared buffer pool are copied into one pooled buffer; anything larger
+ * is sent straight from the slab (a 4 KiB+ allocation costs more than the whole write path).
+ */
+export const COPY_REPLY_LIMIT = 4095;
 const READ_CHUNK_HEADER = 28;
 
 export interface IoWork extends StripeWork {
@@ -85,7 +88,7 @@ export class Io {
 
   #sendRead(sink: ReplySink): void {
     const header = this.structured ? READ_CHUNK_HEADER : SIMPLE_REPLY_SIZE;
-    if (this.length <= COPY_REPLY_LIMIT) {
+    if (header + this.length <= COPY_REPLY_LIMIT) {
       const buf = Buffer.allocUnsafe(header + this.length);
       this.#writeReadHeader(buf);
       for (const w of this.works) {
@@ -99,6 +102,7 @@ export class Io {
     this.#writeReadHeader(hdr);
     const bufs: Buffer<ArrayBufferLike>[] = [hdr];
     for (const w of this.works) bufs.push(Buffer.from(w.ring!.slabSab, w.slabOff, w.length));
+    // The slab stays ours until the socket has taken the bytes (or died).
     sink.writeReply(bufs, () => this.#releaseAll());
   }
 

@@ -251,7 +251,7 @@ export class Session implements ReplySink {
       queueMicrotask(this.#uncork);
     }
     for (let i = 0; i < bufs.length - 1; i++) sock.write(bufs[i]!);
-    sock.write(bufs[bufs.length - 1]!, done ? () => done() : undefined);
+    sock.write(bufs[bufs.length - 1]!, done);
     if (sock.writableLength > WRITE_BACKLOG_LIMIT) this.#pause(Pause.BACKLOG);
   }
 

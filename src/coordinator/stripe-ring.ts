@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import {
-  REQ_HEAD, CPL_HEAD, CPL_TAIL, WORKER_SLEEPING,
+  REQ_HEAD, CPL_HEAD, CPL_TAIL, WORKER_SLEEPING, SPIN_HINT,
   R_OP, R_FLAGS, R_ID, R_OFF_LO, R_OFF_HI, R_LEN, R_SLAB_OFF, R_SLAB_LEN,
   C_ID, C_ERRNO, C_RESULT,
   reqSlotBase, cplSlotBase, ringBytes, type StripeOp,
@@ -123,6 +123,12 @@ export class StripeRing {
     this.counters.addAt(this.#queueDepthIdx, 1);
     this.#needBell = true;
     return true;
+  }
+
+  /** Tell the stripe whether busy-polling for the next request is worth it (see SPIN_HINT). */
+  setSpinHint(on: boolean): void {
+    const v = on ? 1 : 0;
+    if (this.#ring[SPIN_HINT] !== v) Atomics.store(this.#ring, SPIN_HINT, v);
   }
 
   /** Wake the stripe if it sleeps; called once per event-loop turn, not per piece. */

@@ -16,6 +16,7 @@ export interface StripeSetOptions {
   slabBytes: number;
   origin: OriginSpec;
   spinNs: number;
+  maxSpinners: number;
   /** How long the coordinator polls for completions itself when at most POLL_MAX_INFLIGHT pieces are out (0 = never). */
   pollNs: number;
   logLevel: string;
@@ -76,6 +77,7 @@ export class StripeSet {
       counters: ring.counterSab,
       origin: this.#opts.origin,
       spinNs: this.#opts.spinNs,
+      maxSpinners: this.#opts.maxSpinners,
       logLevel: this.#opts.logLevel,
     };
     const pool = new Piscina({
@@ -126,11 +128,13 @@ export class StripeSet {
   readonly #ringBells = (): void => {
     this.#bellScheduled = false;
     let issued = 0;
+    for (const ring of this.rings) issued += ring.inflight;
+    const lowDepth = issued <= POLL_MAX_INFLIGHT;
     for (const ring of this.rings) {
+      ring.setSpinHint(lowDepth);
       ring.ringBell();
-      issued += ring.inflight;
     }
-    if (this.#opts.pollNs > 0 && issued > 0 && issued <= POLL_MAX_INFLIGHT) this.#pollCompletions();
+    if (this.#opts.pollNs > 0 && issued > 0 && lowDepth) this.#pollCompletions();
   };
 
   /**

@@ -11,6 +11,12 @@ export const CPL_HEAD = 32; // written by the stripe: next completion slot to fi
 export const CPL_TAIL = 48; // written by the coordinator: next completion slot to take
 export const WORKER_SLEEPING = 64; // 1 while the stripe is (about to be) blocked waiting for requests
 export const STOP = 80; // set by the coordinator to end the stripe loop
+/**
+ * Set by the coordinator while few requests are in flight (latency-bound, cores idle): the
+ * stripe may then busy-poll for the next request instead of sleeping. At high queue depth the
+ * cores are busy and a spinning stripe would only steal them, so it sleeps between batches.
+ */
+export const SPIN_HINT = 96;
 export const HEADER_WORDS = 128;
 
 export const REQ_SLOT_WORDS = 8;
@@ -58,6 +64,8 @@ export const BELL_COUNT = 0;
  * before it reads this; the coordinator clears this before its last look at CPL_HEAD.
  */
 export const BELL_POLLING = 16;
+/** Stripes busy-polling right now, shared by all stripes: at most StripeWorkerData.maxSpinners. */
+export const BELL_SPINNERS = 24;
 
 /** The origin's address space is cut into subtrees of this size; a subtree belongs to one stripe. */
 export const SUBTREE_SHIFT = 22;
@@ -88,7 +96,9 @@ export interface StripeWorkerData {
   doorbell: SharedArrayBuffer;
   counters: SharedArrayBuffer;
   origin: import('../origin/types.js').OriginSpec;
-  /** Busy-poll budget before sleeping, in nanoseconds (0 = never spin). */
+  /** Longest busy-poll before sleeping, in nanoseconds (0 = never spin). */
   spinNs: number;
+  /** Stripes allowed to busy-poll at once (leave cores for the client and the coordinator). */
+  maxSpinners: number;
   logLevel: string;
 }
