@@ -238,7 +238,8 @@ async function loop(o: Origin): Promise<void> {
 }
 
 export interface StripeTask {
-  op: 'start' | 'stop';
+  /** 'crash' exists for tests of the respawn path and only with PCACHED_TEST_HOOKS=1. */
+  op: 'start' | 'stop' | 'crash';
 }
 
 /** piscina task handler: the control plane of this stripe. */
@@ -260,6 +261,12 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       }));
       log.debug({ origin: o.description }, 'stripe started');
       return { ok: true, size: o.size };
+    }
+    case 'crash': {
+      if (process.env.PCACHED_TEST_HOOKS !== '1') throw new Error('test hooks are disabled');
+      // Outside the task, like a real bug in the loop: the thread dies with work in its ring.
+      setImmediate(() => { throw new Error('stripe crash requested by a test hook'); });
+      return { ok: true };
     }
     case 'stop': {
       Atomics.store(ring, STOP, 1);

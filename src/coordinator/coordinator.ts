@@ -190,6 +190,7 @@ export class Coordinator {
       stripes: this.#stripes.count,
       uptimeSec: Math.round((Date.now() - this.#started) / 1000),
       restarts,
+      stripeRestarts: this.#stripes.restarts,
       stats,
       stripeStats,
     };
@@ -202,14 +203,20 @@ export class Coordinator {
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush takes no arguments');
         await this.flushOrigin();
         return { flushed: true };
+      case 'debug_crash_stripe': {
+        if (process.env.PCACHED_TEST_HOOKS !== '1') break;
+        const n = Number(args[0]);
+        if (!Number.isInteger(n) || n < 0 || n >= this.#stripes.count) throw new PcachedError('ERR_BAD_ARGUMENT', `no stripe ${args[0] ?? ''}`);
+        await this.#stripes.crashStripe(n);
+        return { crashed: n };
+      }
       case 'clear_stats':
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'clear_stats takes no arguments');
         this.counters.clear();
         for (const r of this.#stripes.rings) r.counters.clear();
         return { cleared: true };
-      default:
-        throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: flush, clear_stats`);
     }
+    throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: flush, clear_stats`);
   }
 
   /** Apply the reloadable keys; the supervisor has already refused anything else. */

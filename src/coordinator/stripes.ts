@@ -39,6 +39,7 @@ export class StripeSet {
   readonly #log: Logger;
   #bellScheduled = false;
   #closed = false;
+  #restarts = 0;
   #loopDone: Promise<void> | null = null;
 
   private constructor(opts: StripeSetOptions) {
@@ -107,6 +108,7 @@ export class StripeSet {
       try {
         await pool.run({ op: 'start' });
         ring.setDown(false);
+        this.#restarts++;
         this.#log.info({ stripe: ring.id }, 'stripe worker restarted');
       } catch (e) {
         const delay = RESTART_BACKOFF_MS[Math.min(n, RESTART_BACKOFF_MS.length - 1)]!;
@@ -172,6 +174,17 @@ export class StripeSet {
     let n = 0;
     for (const r of this.rings) n += r.inflight + r.waiting;
     return n;
+  }
+
+  /** Kill one stripe thread the way a bug would (tests of the respawn path; PCACHED_TEST_HOOKS=1 only). */
+  async crashStripe(stripe: number): Promise<void> {
+    const pool = this.#pools[stripe];
+    if (!pool) throw new RangeError(`no stripe ${stripe}`);
+    await pool.run({ op: 'crash' });
+  }
+
+  get restarts(): number {
+    return this.#restarts;
   }
 
   /** Stop the stripe loops, close their origins, end the threads. In-flight work should be drained first. */

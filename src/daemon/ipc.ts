@@ -18,6 +18,8 @@ export interface CacheStatus {
   stripes: number;
   uptimeSec: number;
   restarts: number;
+  /** Stripe worker threads respawned after dying (the coordinator kept running). */
+  stripeRestarts?: number;
   /** Counter name → value (see src/stats/counters.ts). */
   stats: Record<string, number>;
   /** Per-stripe counters, index = stripe id. */

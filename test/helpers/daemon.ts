@@ -59,6 +59,8 @@ export interface DaemonOptions {
   readyTimeoutMs?: number;
   /** Reuse this directory (e.g. a restart on the same cache) instead of a fresh temp dir. */
   dir?: string;
+  /** Extra environment for the server process (e.g. PCACHED_TEST_HOOKS=1). */
+  env?: Record<string, string>;
 }
 
 export interface Daemon {
@@ -170,7 +172,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
 
   const child: ChildProcess = spawn(cmd, args, {
     cwd: dir,
-    env: TOOL_ENV,
+    env: opts.env ? { ...TOOL_ENV, ...opts.env } : TOOL_ENV,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let err = '';
