@@ -7,7 +7,7 @@
 //
 // See bench/README.md for the options and how to read the output.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { connect } from 'node:net';
 import { cpus, tmpdir, release, totalmem } from 'node:os';
@@ -383,6 +383,10 @@ async function main(): Promise<void> {
       process.stdout.write('pre-filling nbdkit-memory (fio 1M sequential write)\n');
       await fio(['--name=prefill', '--ioengine=nbd', `--uri=${mem.uri}`, '--rw=write', '--bs=1m', '--iodepth=8'], join(dir, 'prefill.json'), 600_000);
     }
+    // Gigabytes of freshly dirtied page cache would otherwise be written back during the first
+    // cells and stall whichever server happens to be writing then.
+    process.stdout.write('syncing the pre-filled files\n');
+    execFileSync('sync');
 
     const samples = new Map<string, Sample[]>();
     for (let rep = 0; rep < o.reps; rep++) {
