@@ -113,8 +113,7 @@ export class Session implements ReplySink {
       if (out.next === 'close') {
         this.#log.debug({ reason: out.reason }, 'handshake ended');
         if (ev.kind === 'fatal') this.#ctx.counters.add('protocol_errors', 1);
-        this.#sock.end();
-        this.#closed = true;
+        this.#finish();
         return;
       }
       if (out.next === 'transmission') {
