@@ -18,6 +18,8 @@ import type { CounterBlock, CoordinatorCounter } from '../stats/counters.js';
 import type { FlowBudget } from './flow.js';
 
 const HANDSHAKE_TIMEOUT_MS = 30_000;
+/** How long a connection we ended may keep sending before it is cut. */
+const CLOSE_GRACE_MS = 2_000;
 const MAX_INFLIGHT_REQUESTS = 512;
 const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** Unsent reply bytes above which we stop reading requests until the client drains. */
@@ -324,15 +326,21 @@ export class Session implements ReplySink {
   }
 
   /**
-   * End the connection once every owed reply has left. A paused socket never reads the
-   * client's FIN, so after our own end() is flushed the socket is destroyed rather than left
-   * half-open (which would keep a draining daemon waiting for the client).
+   * End the connection once every owed reply has left. A paused socket (DISC, shutdown drain)
+   * never reads the client's FIN, so once our end() is flushed it is destroyed rather than left
+   * half-open. A reading one (the handshake ended) keeps discarding what the client still sends,
+   * so the client sees a clean EOF rather than a reset, but only for a bounded grace period.
    */
   #finish(): void {
     if (this.#closed) return;
     this.#closed = true;
     const sock = this.#sock;
-    sock.end(() => sock.destroy());
+    if (this.#paused !== 0) {
+      sock.end(() => sock.destroy());
+      return;
+    }
+    sock.end();
+    setTimeout(() => sock.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   /** Drop the connection now (shutdown drain timed out). */

@@ -181,7 +181,8 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { err = (err + d).slice(-MAX); });
   let exitCode: number | null = null;
   const exited = new Promise<number>((res) => {
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': only then has all of the daemon's output arrived.
+    child.on('close', (code, signal) => {
       exitCode = code ?? 128 + signalNumber(signal);
       if (child.pid !== undefined) live.delete(child.pid);
       res(exitCode);

@@ -65,7 +65,8 @@ export function spawnTracked(cmd: string, args: string[], opts: { cwd?: string; 
   child.stderr!.setEncoding('utf8').on('data', onData);
   let code: number | null = null;
   const exited = new Promise<number>((resolve) => {
-    child.on('exit', (c, s) => {
+    // 'close', not 'exit': only then has everything the child wrote to its pipes arrived.
+    child.on('close', (c, s) => {
       code = c ?? 128 + (s ? (SIGNO[s] ?? 0) : 0);
       live.delete(pid);
       resolve(code);
