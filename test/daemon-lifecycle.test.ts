@@ -8,7 +8,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { freshDir, startDaemon, type Daemon } from './helpers/daemon.js';
 import {
-  BLOCK, checkWriterResult, coordinatorPid, killPid, pidRunning, socketAccepts, spawnPcached, startWriter, statusJson, waitFor, within,
+  BLOCK, checkWriterResult, coordinatorPid, killPid, pidRunning, socketAccepts, spawnPcached, startWriter, statusJson, waitFor, within, writeRead,
 } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, skipSuffix } from './helpers/tools.js';
 
@@ -16,17 +16,6 @@ const why = needTools('nbdsh', 'python3-nbd');
 // Independent scenarios, each in its own temp dir: they may run concurrently.
 const t_ = why ? test.skip : test;
 
-/** Write 4 KiB of `tag` at `offset` through the daemon and read it back; throws with the output. */
-async function writeRead(uri: string, offset: number, tag: number): Promise<void> {
-  const r = await nbdsh(`
-buf = bytes([${tag}]) * 4096
-h.pwrite(buf, ${offset})
-h.flush()
-assert h.pread(4096, ${offset}) == buf
-print('ok')
-`, { uri, timeoutMs: 30_000 });
-  if (r.code !== 0 || !r.stdout.includes('ok')) throw new Error(`write/read through ${uri} failed: ${describe(r)}`);
-}
 
 async function readByte(uri: string, offset: number): Promise<number> {
   const r = await nbdsh(`print('byte', h.pread(1, ${offset})[0])`, { uri, timeoutMs: 30_000 });

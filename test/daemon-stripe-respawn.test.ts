@@ -5,29 +5,20 @@
 
 import test from 'ava';
 import { startDaemon } from './helpers/daemon.js';
-import { pcachedCli, statusJson, waitFor } from './helpers/lifecycle.js';
+import { pcachedCli, statusJson, waitFor, writeRead } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, skipSuffix } from './helpers/tools.js';
 
 const why = needTools('nbdsh', 'python3-nbd');
 const t_ = why ? test.skip : test;
+const BLOCK64 = 65536;
 
-async function writeRead(uri: string, offset: number, tag: number): Promise<void> {
-  const r = await nbdsh(`
-buf = bytes([${tag}]) * 65536
-h.pwrite(buf, ${offset})
-h.flush()
-assert h.pread(65536, ${offset}) == buf
-print('ok')
-`, { uri, timeoutMs: 30_000 });
-  if (r.code !== 0 || !r.stdout.includes('ok')) throw new Error(`write/read through ${uri} failed: ${describe(r)}`);
-}
 
 t_('a stripe thread that dies is respawned in place; the coordinator and the data survive' + skipSuffix(why), async (t) => {
   const d = await startDaemon({ stripes: 2, env: { PCACHED_TEST_HOOKS: '1' } });
   t.teardown(() => d.dispose());
   // Subtrees 0 and 1 belong to stripes 0 and 1.
-  await writeRead(d.uri, 0, 0x31);
-  await writeRead(d.uri, 4 << 20, 0x32);
+  await writeRead(d.uri, 0, 0x31, BLOCK64);
+  await writeRead(d.uri, 4 << 20, 0x32, BLOCK64);
   const before = (await statusJson(d.control)).caches[0]!;
 
   for (const stripe of [0, 1, 0]) {
@@ -49,8 +40,8 @@ assert h.pread(65536, ${4 << 20}) == bytes([0x32]) * 65536
 print('ok')
 `, { uri: d.uri, timeoutMs: 30_000 });
   t.true(r.stdout.includes('ok'), describe(r));
-  await writeRead(d.uri, 8 << 20, 0x33);
-  await writeRead(d.uri, 12 << 20, 0x34);
+  await writeRead(d.uri, 8 << 20, 0x33, BLOCK64);
+  await writeRead(d.uri, 12 << 20, 0x34, BLOCK64);
   t.is(await d.stop(), 0);
 });
 

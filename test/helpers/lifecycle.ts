@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import type { CacheStatus } from '../../src/daemon/ipc.js';
 import { PCACHED_BIN } from './daemon.js';
-import { run, TOOL_ENV, type RunResult } from './tools.js';
+import { describe, nbdsh, run, TOOL_ENV, type RunResult } from './tools.js';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -266,4 +266,16 @@ export function checkWriterResult(origin: Buffer, blocks: number, acked: number[
     return `block ${k}: expected acknowledged write ${i}${(last + 1) % blocks === k ? ` (or the unacknowledged ${last + 1})` : ''}, found a block starting with ${at}`;
   }
   return null;
+}
+
+/** Write `size` bytes of `tag` at `offset` through the daemon, FLUSH, read them back; throws with the output. */
+export async function writeRead(uri: string, offset: number, tag: number, size = 4096): Promise<void> {
+  const r = await nbdsh(`
+buf = bytes([${tag}]) * ${size}
+h.pwrite(buf, ${offset})
+h.flush()
+assert h.pread(${size}, ${offset}) == buf
+print('ok')
+`, { uri, timeoutMs: 30_000 });
+  if (r.code !== 0 || !r.stdout.includes('ok')) throw new Error(`write/read through ${uri} failed: ${describe(r)}`);
 }
