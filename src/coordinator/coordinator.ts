@@ -64,6 +64,7 @@ export class Coordinator {
   readonly #sessions = new Set<Session>();
   readonly #exp: ExportInfo;
   readonly #flow = new FlowBudget(FLOW_LIMIT);
+  readonly #failures = { lastLogged: 0, suppressed: 0 };
   readonly #started = Date.now();
   #nextSession = 1;
   #state: 'running' | 'draining' | 'stopped' = 'running';
@@ -147,7 +148,7 @@ export class Coordinator {
     c.add('connections_total', 1);
     c.add('connections_open', 1);
     const ctx: SessionContext = {
-      exp: this.#exp, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log,
+      exp: this.#exp, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures,
       closed: (s) => {
         if (this.#sessions.delete(s)) c.add('connections_open', -1);
       },

@@ -5,7 +5,7 @@
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { Cmd, CmdFlag, NbdErr, MAX_PAYLOAD, MAX_DRAINABLE_PAYLOAD } from '../nbd/constants.js';
+import { Cmd, CmdFlag, NbdErr, MAX_PAYLOAD, MAX_DRAINABLE_PAYLOAD, cmdName } from '../nbd/constants.js';
 import { OptionParser, encodeGreeting } from '../nbd/handshake.js';
 import { RequestParser, type NbdRequest } from '../nbd/transmission.js';
 import { StripeOp, StripeFlag } from '../ring/layout.js';
@@ -40,6 +40,8 @@ export interface SessionContext {
   counters: CounterBlock<CoordinatorCounter>;
   flow: FlowBudget;
   log: Logger;
+  /** Shared by the cache's sessions to rate-limit failure logging. */
+  failures: { lastLogged: number; suppressed: number };
   closed(session: Session): void;
 }
 
@@ -263,14 +265,25 @@ export class Session implements ReplySink {
     else if (io.type === Cmd.WRITE) c.add('bytes_written', io.length);
     else if (io.type === Cmd.TRIM) c.add('bytes_trimmed', io.length);
     else if (io.type === Cmd.WRITE_ZEROES) c.add('bytes_zeroed', io.length);
-    if (io.errno !== 0 && io.errno !== NbdErr.ENOTSUP) {
-      this.#log.warn({ cmd: io.type, offset: io.offset, length: io.length, err: errnoName(io.errno) }, 'request failed');
-    }
+    if (io.errno !== 0 && io.errno !== NbdErr.ENOTSUP) this.#logFailure(io);
     this.#inflight--;
     this.#inflightBytes -= io.charge;
     this.#ctx.flow.release(io.charge);
     if (this.#inflight < MAX_INFLIGHT_REQUESTS / 2 && this.#inflightBytes < MAX_INFLIGHT_BYTES / 2) this.#unpause(Pause.INFLIGHT);
     this.#maybeEnd();
+  }
+
+  /** A failing origin fails every request: one line a second (with how many it stands for), never one per I/O. */
+  #logFailure(io: Io): void {
+    const f = this.#ctx.failures;
+    const now = Date.now();
+    if (now - f.lastLogged < 1000) {
+      f.suppressed++;
+      return;
+    }
+    this.#log.warn({ cmd: cmdName(io.type), offset: io.offset, length: io.length, err: errnoName(io.errno), alsoFailedSinceLastLine: f.suppressed }, 'request failed');
+    f.lastLogged = now;
+    f.suppressed = 0;
   }
 
   #write(buf: Buffer): void {
