@@ -1,0 +1,293 @@
+// Position-based editing of one subtree's page chain: the six-case overlap resolution and the
+// placeholder passes are written against a cursor (page, index) so each touches only the pages it
+// walks. Only the owner thread edits; snapshotRange is the one routine meant for foreign readers,
+// and it validates everything it reads because it may be looking at a half-edited chain.
+import type { PageArena } from './arena.js';
+import {
+  ExtentFlag, M_CAP_PAGES, M_COUNT, M_F64_CACHED, META_HDR_WORDS, OFF_BITS, OFF_MASK, PAGE_HDR, PAGE_RECS,
+  PAGE_WORDS, P_COUNT, P_NEXT, REC_WORDS, R_GEN, R_LEN, R_OFF_FLAGS, R_SEG, R_SEGOFF, SUB_WORDS, S_HEAD,
+} from './layout.js';
+import type { Extent } from './layout.js';
+
+const EMPTY = ExtentFlag.EMPTY;
+/** Position after a page split: half stays, half moves (random inserts leave ~70 % fill). */
+const SPLIT_AT = PAGE_RECS >> 1;
+
+const rec = (p: number, i: number): number => p * PAGE_WORDS + PAGE_HDR + i * REC_WORDS;
+
+export class Cursor {
+  page = -1;
+  idx = 0;
+  /** Page before `page`, -1 when `page` is the head; unknown (-2) only at the end of the chain. */
+  prev = -1;
+  private tail = false;
+  private readonly t = { off: 0, len: 0, flags: 0, seg: 0, segOff: 0, gen: 0 };
+
+  constructor(private readonly w: Int32Array, private readonly meta: Int32Array,
+    private readonly arena: PageArena, private readonly f64: Float64Array) {}
+
+  private headWord(slot: number): number { return META_HDR_WORDS + slot * SUB_WORDS + S_HEAD; }
+  private count(p: number): number { return this.w[p * PAGE_WORDS + P_COUNT]; }
+  private next(p: number): number { return this.w[p * PAGE_WORDS + P_NEXT]; }
+
+  first(slot: number): void { this.page = this.meta[this.headWord(slot)]; this.idx = 0; this.prev = -1; }
+
+  atEnd(): boolean { return this.page === -1 || this.idx >= this.count(this.page); }
+
+  advance(): void {
+    this.idx++;
+    if (this.idx >= this.count(this.page)) {
+      const n = this.next(this.page);
+      if (n !== -1) { this.prev = this.page; this.page = n; this.idx = 0; }
+    }
+  }
+
+  read(base: number, e: Extent): void {
+    const b = rec(this.page, this.idx), w = this.w;
+    e.off = base + (w[b + R_OFF_FLAGS] & OFF_MASK);
+    e.flags = w[b + R_OFF_FLAGS] >>> OFF_BITS;
+    e.len = w[b + R_LEN];
+    e.seg = w[b + R_SEG] >>> 0;
+    e.segOff = w[b + R_SEGOFF] >>> 0;
+    e.gen = w[b + R_GEN] >>> 0;
+  }
+
+  /** Cursor to the first record ending after `so` (records are disjoint, so ends are sorted too). */
+  locate(slot: number, so: number): void {
+    const w = this.w;
+    let prev = -1, p = this.meta[this.headWord(slot)];
+    while (p !== -1) {
+      const n = this.count(p);
+      const lb = rec(p, n - 1);
+      if ((w[lb + R_OFF_FLAGS] & OFF_MASK) + w[lb + R_LEN] > so) {
+        let lo = 0, hi = n - 1;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1, b = rec(p, mid);
+          if ((w[b + R_OFF_FLAGS] & OFF_MASK) + w[b + R_LEN] > so) hi = mid; else lo = mid + 1;
+        }
+        this.page = p; this.idx = lo; this.prev = prev;
+        return;
+      }
+      const nx = this.next(p);
+      if (nx === -1) { this.page = p; this.idx = n; this.prev = prev; return; }
+      prev = p; p = nx;
+    }
+    this.page = -1; this.idx = 0; this.prev = -1;
+  }
+
+  private account(flags: number, dLen: number, dCount: number): void {
+    if (!(flags & EMPTY)) this.f64[M_F64_CACHED] += dLen;
+    if (dCount) Atomics.add(this.meta, M_COUNT, dCount);
+  }
+
+  /**
+   * Make room for [so, se): cut, split or delete what overlaps, and leave the cursor where a record
+   * starting at `so` belongs. A split's tail is remembered for insertPendingTail.
+   */
+  resolve(slot: number, so: number, se: number): void {
+    const w = this.w;
+    this.tail = false;
+    this.locate(slot, so);
+    if (!this.atEnd()) {
+      const b = rec(this.page, this.idx);
+      const os = w[b + R_OFF_FLAGS] & OFF_MASK, oe = os + w[b + R_LEN], fl = w[b + R_OFF_FLAGS] >>> OFF_BITS;
+      if (os < so) {
+        // Old covers new: split, except that a placeholder is only cut (its fill then covers less).
+        if (oe > se && !(fl & EMPTY)) {
+          const t = this.t;
+          t.off = se; t.len = oe - se; t.flags = fl; t.seg = w[b + R_SEG];
+          t.segOff = (w[b + R_SEGOFF] + (se - os)) | 0; t.gen = w[b + R_GEN];
+          this.tail = true;
+        }
+        // New overlaps old's tail (or the split's first half): cut old back to so.
+        w[b + R_LEN] = so - os;
+        this.account(fl, (so - os) - (oe - os), 0);
+        this.advance();
+      }
+    }
+    while (!this.atEnd()) {
+      const b = rec(this.page, this.idx);
+      const os = w[b + R_OFF_FLAGS] & OFF_MASK, oe = os + w[b + R_LEN], fl = w[b + R_OFF_FLAGS] >>> OFF_BITS;
+      if (os >= se) break; // disjoint from here on
+      if (oe <= se) { this.delete(slot); continue; } // new covers (or equals) old
+      // New overlaps old's head: cut old's front, moving its cache position with it.
+      w[b + R_OFF_FLAGS] = se | (fl << OFF_BITS);
+      w[b + R_LEN] = oe - se;
+      w[b + R_SEGOFF] = (w[b + R_SEGOFF] + (se - os)) | 0;
+      this.account(fl, -(se - os), 0);
+      break;
+    }
+  }
+
+  insertPendingTail(slot: number, afterCursor: boolean): void {
+    if (!this.tail) return;
+    this.tail = false;
+    if (afterCursor) this.advance();
+    const t = this.t;
+    this.insert(slot, t.off, t.len, t.flags, t.seg, t.segOff, t.gen);
+  }
+
+  /** Delete the record under the cursor; the cursor moves to the record that followed it. */
+  delete(slot: number): void {
+    const w = this.w, p = this.page, n = this.count(p), b = rec(p, this.idx);
+    const fl = w[b + R_OFF_FLAGS] >>> OFF_BITS;
+    this.account(fl, -w[b + R_LEN], -1);
+    w.copyWithin(b, b + REC_WORDS, rec(p, n));
+    w[p * PAGE_WORDS + P_COUNT] = n - 1;
+    const nx = this.next(p);
+    if (n - 1 === 0) {
+      // Pages are never left empty in the chain: readers and locate rely on every page having a last record.
+      if (this.prev === -1) this.meta[this.headWord(slot)] = nx;
+      else w[this.prev * PAGE_WORDS + P_NEXT] = nx;
+      this.arena.free(p);
+      if (nx !== -1) { this.page = nx; this.idx = 0; }
+      else if (this.prev === -1) { this.page = -1; this.idx = 0; }
+      else { this.page = this.prev; this.idx = this.count(this.prev); this.prev = -2; }
+    } else if (this.idx >= n - 1 && nx !== -1) {
+      this.prev = p; this.page = nx; this.idx = 0;
+    }
+  }
+
+  private newPageAfter(slot: number, p: number): number {
+    const q = this.arena.alloc(), w = this.w;
+    if (p === -1) {
+      w[q * PAGE_WORDS + P_NEXT] = this.meta[this.headWord(slot)];
+      this.meta[this.headWord(slot)] = q;
+    } else {
+      w[q * PAGE_WORDS + P_NEXT] = this.next(p);
+      w[p * PAGE_WORDS + P_NEXT] = q;
+    }
+    w[q * PAGE_WORDS + P_COUNT] = 0;
+    return q;
+  }
+
+  /** Insert before the cursor; afterwards the cursor points at the new record. Callers ensure() pages first. */
+  insert(slot: number, off: number, len: number, flags: number, seg: number, segOff: number, gen: number): void {
+    const w = this.w;
+    if (this.page === -1) { this.page = this.newPageAfter(slot, -1); this.idx = 0; this.prev = -1; }
+    if (this.count(this.page) === PAGE_RECS) {
+      const p = this.page, nx = this.next(p);
+      const nxRoom = nx !== -1 && this.count(nx) < PAGE_RECS;
+      if (this.idx === PAGE_RECS) {
+        // Appending past a full page: start the next one instead of splitting, so sequential
+        // fills leave full pages behind.
+        this.prev = p; this.page = nxRoom ? nx : this.newPageAfter(slot, p); this.idx = 0;
+      } else if (nxRoom) {
+        // Spill the last record into the next page rather than split: keeps fill high.
+        const nb = rec(nx, 0), nn = this.count(nx);
+        w.copyWithin(nb + REC_WORDS, nb, rec(nx, nn));
+        w.copyWithin(nb, rec(p, PAGE_RECS - 1), rec(p, PAGE_RECS));
+        w[nx * PAGE_WORDS + P_COUNT] = nn + 1;
+        w[p * PAGE_WORDS + P_COUNT] = PAGE_RECS - 1;
+      } else {
+        const q = this.newPageAfter(slot, p);
+        w.copyWithin(rec(q, 0), rec(p, SPLIT_AT), rec(p, PAGE_RECS));
+        w[q * PAGE_WORDS + P_COUNT] = PAGE_RECS - SPLIT_AT;
+        w[p * PAGE_WORDS + P_COUNT] = SPLIT_AT;
+        if (this.idx > SPLIT_AT) { this.prev = p; this.page = q; this.idx -= SPLIT_AT; }
+      }
+    }
+    const p = this.page, n = this.count(p), b = rec(p, this.idx);
+    w.copyWithin(b + REC_WORDS, b, rec(p, n));
+    w[b + R_OFF_FLAGS] = off | (flags << OFF_BITS);
+    w[b + R_LEN] = len;
+    w[b + R_SEG] = seg;
+    w[b + R_SEGOFF] = segOff;
+    w[b + R_GEN] = gen;
+    w[p * PAGE_WORDS + P_COUNT] = n + 1;
+    this.account(flags, len, 1);
+  }
+
+  countGaps(slot: number, so: number, se: number): number {
+    let pos = so, gaps = 0;
+    this.locate(slot, so);
+    for (; !this.atEnd(); this.advance()) {
+      const b = rec(this.page, this.idx), os = this.w[b + R_OFF_FLAGS] & OFF_MASK;
+      if (os >= se) break;
+      if (os > pos) gaps++;
+      pos = os + this.w[b + R_LEN];
+    }
+    return pos < se ? gaps + 1 : gaps;
+  }
+
+  fillGaps(slot: number, so: number, se: number, token: number): void {
+    let pos = so;
+    this.locate(slot, so);
+    while (!this.atEnd()) {
+      const b = rec(this.page, this.idx), os = this.w[b + R_OFF_FLAGS] & OFF_MASK, oe = os + this.w[b + R_LEN];
+      if (os >= se) break;
+      if (os > pos) { this.insert(slot, pos, os - pos, EMPTY, token, 0, 0); this.advance(); }
+      pos = oe;
+      this.advance();
+    }
+    if (pos < se) this.insert(slot, pos, se - pos, EMPTY, token, 0, 0);
+  }
+
+  /** Turn the placeholder's records inside [so, se) into `e` in place; report pieces sticking out. */
+  fillPlaceholder(slot: number, so: number, se: number, token: number, e: Extent): { filled: number; partial: number[] } {
+    const w = this.w, partial: number[] = [];
+    let filled = 0;
+    this.locate(slot, so);
+    for (; !this.atEnd(); this.advance()) {
+      const b = rec(this.page, this.idx), os = w[b + R_OFF_FLAGS] & OFF_MASK, oe = os + w[b + R_LEN];
+      if (os >= se) break;
+      if (!((w[b + R_OFF_FLAGS] >>> OFF_BITS) & EMPTY) || (w[b + R_SEG] >>> 0) !== (token >>> 0)) continue;
+      if (os >= so && oe <= se) {
+        w[b + R_OFF_FLAGS] = os | (e.flags << OFF_BITS);
+        w[b + R_SEG] = e.seg;
+        w[b + R_SEGOFF] = e.segOff + (os - so);
+        w[b + R_GEN] = e.gen;
+        this.account(e.flags, oe - os, 0);
+        filled += oe - os;
+      } else partial.push(Math.max(os, so), Math.min(oe, se));
+    }
+    return { filled, partial };
+  }
+
+  /** Owner-side ordered walk of [so, se): hits clipped to the range, gaps as null. */
+  walk(slot: number, so: number, se: number, base: number, e: Extent,
+    cb: (off: number, len: number, ext: Extent | null) => void): void {
+    let pos = so;
+    this.locate(slot, so);
+    for (; !this.atEnd(); this.advance()) {
+      this.read(0, e);
+      const os = e.off, oe = os + e.len;
+      if (os >= se) break;
+      const a = Math.max(os, so), z = Math.min(oe, se);
+      if (a > pos) cb(base + pos, a - pos, null);
+      e.off = base + a; e.len = z - a; e.segOff = (e.segOff + (a - os)) >>> 0;
+      cb(e.off, e.len, e);
+      pos = z;
+    }
+    if (pos < se) cb(base + pos, se - pos, null);
+  }
+
+  /**
+   * Copy of [so, se) as pieces (gaps have flags -1), safe on a chain being edited by another
+   * thread: returns null instead of looping or emitting garbage when what it reads is inconsistent.
+   */
+  snapshotRange(slot: number, so: number, se: number, base: number): Extent[] | null {
+    const w = this.w, cap = this.meta[M_CAP_PAGES], out: Extent[] = [];
+    let p = this.meta[this.headWord(slot)], pos = so, lastEnd = 0, steps = 0;
+    const gap = (a: number, z: number): void => { out.push({ off: base + a, len: z - a, seg: 0, segOff: 0, gen: 0, flags: -1 }); };
+    outer: while (p !== -1) {
+      if (!(p >= 0 && p < cap) || ++steps > cap) return null;
+      const n = w[p * PAGE_WORDS + P_COUNT] | 0;
+      if (n < 1 || n > PAGE_RECS) return null;
+      for (let i = 0; i < n; i++) {
+        const b = rec(p, i), ofl = w[b + R_OFF_FLAGS] | 0, os = ofl & OFF_MASK, len = w[b + R_LEN] | 0, oe = os + len;
+        if (os < lastEnd || len <= 0 || oe > OFF_MASK + 1) return null;
+        lastEnd = oe;
+        if (oe <= so) continue;
+        if (os >= se) break outer;
+        const a = Math.max(os, so), z = Math.min(oe, se);
+        if (a > pos) gap(pos, a);
+        out.push({ off: base + a, len: z - a, seg: w[b + R_SEG] >>> 0, segOff: ((w[b + R_SEGOFF] >>> 0) + (a - os)) >>> 0, gen: w[b + R_GEN] >>> 0, flags: ofl >>> OFF_BITS });
+        pos = z;
+      }
+      p = w[p * PAGE_WORDS + P_NEXT] | 0;
+    }
+    if (pos < se) gap(pos, se);
+    return out;
+  }
+}

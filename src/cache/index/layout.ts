@@ -1,0 +1,101 @@
+// Word layout of the SharedArrayBuffer extent index. Every field is an Int32 word so one
+// Int32Array view per buffer serves the owner, respawned owners and foreign readers alike.
+//
+// Why pages of inline records (a one-level B+-tree leaf chain per subtree) rather than a pool of
+// records plus a per-subtree sorted array of record indices: the indirection costs 4 bytes per
+// extent plus a variable-size array allocator in shared memory, and a lookup touches two places.
+// Inline records in fixed pages need one fixed-size allocator (a free list of pages), keep a
+// subtree's extents contiguous for the stitching walk, and a 20-byte record at ~70–90 % page fill
+// stays under the 32-byte target. A subtree holds at most a few hundred extents in practice (4 MiB
+// of 4 KiB blocks is 1024), so a short chain of pages searched by their last key is enough; no
+// interior nodes are needed.
+
+/** Record: 5 Int32 words, 20 bytes. */
+export const REC_WORDS = 5;
+/** Offset inside the subtree (22 bits) | flags << 22 (10 bits): origin offsets never exceed 4 MiB here. */
+export const R_OFF_FLAGS = 0;
+export const R_LEN = 1;
+/** Cache segment, or the placeholder token when the record is EMPTY (it has no cache location). */
+export const R_SEG = 2;
+export const R_SEGOFF = 3;
+export const R_GEN = 4;
+
+export const OFF_BITS = 22;
+export const OFF_MASK = (1 << OFF_BITS) - 1;
+
+/** Page: header then PAGE_RECS records sorted by offset, non-overlapping, never empty while linked. */
+export const PAGE_RECS = 32;
+export const P_NEXT = 0; // next page of the subtree, -1 at the end
+export const P_COUNT = 1;
+export const PAGE_HDR = 2;
+export const PAGE_WORDS = PAGE_HDR + PAGE_RECS * REC_WORDS;
+export const PAGE_BYTES = PAGE_WORDS * 4;
+
+/** Meta buffer words (non-growable SAB). */
+export const M_MAGIC = 0;
+export const M_VERSION = 1;
+export const M_PAGE_RECS = 2;
+export const M_STRIPE = 3;
+export const M_STRIPES = 4;
+export const M_NSUB = 5; // subtrees owned by this stripe
+export const M_CAP_PAGES = 6;
+export const M_HIGH = 7; // pages ever carved from the pool (free list holds the returned ones)
+export const M_FREE = 8; // head of the free page list, -1 when empty
+export const M_PAGES_USED = 9;
+export const M_COUNT = 10; // records, placeholders included
+export const M_TOKEN = 11; // last placeholder token handed out
+/** Float64 index (not word index) of the sum of lengths of non-EMPTY records. */
+export const M_F64_CACHED = 8; // bytes 64..71 = words 16..17
+export const META_HDR_WORDS = 32;
+/** Per owned subtree: [seqlock, head page]. The seqlock is odd while the owner mutates the subtree. */
+export const S_SEQ = 0;
+export const S_HEAD = 1;
+export const SUB_WORDS = 2;
+
+export const MAGIC = 0x58444950; // "PIDX"
+export const VERSION = 1;
+
+/** The pool grows its SAB in steps of this many bytes (whole pages). */
+export const GROW_BYTES = 1 << 20;
+
+export const enum ExtentFlag {
+  DIRTY = 1 << 0,
+  CLEAN = 1 << 1,
+  TRIM = 1 << 2,
+  ZERO = 1 << 3,
+  /** Read-miss placeholder: no cache location; R_SEG holds its token. */
+  EMPTY = 1 << 4,
+}
+export const FLAGS_MAX = (1 << (32 - OFF_BITS)) - 1;
+
+export interface Extent {
+  /** Origin byte offset. */
+  off: number;
+  len: number;
+  seg: number;
+  segOff: number;
+  gen: number;
+  flags: number;
+}
+
+export interface IndexSabs {
+  meta: SharedArrayBuffer;
+  /** Growable: the page pool grows in place up to its maxByteLength; length-tracking views follow. */
+  pages: SharedArrayBuffer;
+}
+
+export class IndexFullError extends Error {
+  readonly code = 'EINDEXFULL';
+  constructor(capPages: number) {
+    super(`extent index full: all ${capPages} pages (${capPages * PAGE_BYTES} bytes) in use; raise the index capacity or let GC reclaim`);
+    this.name = 'IndexFullError';
+  }
+}
+
+export class IndexStateError extends Error {
+  readonly code = 'EINDEXSTATE';
+  constructor(msg: string) {
+    super(msg);
+    this.name = 'IndexStateError';
+  }
+}

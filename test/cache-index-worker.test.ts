@@ -1,0 +1,71 @@
+import test from 'ava';
+import { Worker } from 'node:worker_threads';
+import { ExtentFlag, ExtentIndex } from '../src/cache/index/extent-index.js';
+
+const SUB = 4 << 20;
+
+// The reader runs in a real worker thread over the same SABs while this thread mutates them. Every
+// extent the writer inserts has segOff == its offset inside the subtree; cuts keep that true, so
+// a reader seeing anything else, or overlapping / unordered extents, saw a torn subtree.
+const readerSource = `
+const { parentPort, workerData } = require('node:worker_threads');
+(async () => {
+  const { ExtentIndex } = await import(workerData.url);
+  const ix = ExtentIndex.attach(workerData.sabs);
+  const stop = new Int32Array(workerData.stop);
+  let snaps = 0, extents = 0, bad = 0, lookups = 0, firstBad = null;
+  while (Atomics.load(stop, 0) === 0) {
+    for (const sub of [0, 2]) {
+      const base = sub * ${SUB};
+      let end = base;
+      for (const e of ix.snapshotSubtree(sub)) {
+        if (e.off < end || e.len <= 0 || e.off + e.len > base + ${SUB} || e.segOff !== e.off - base) { bad++; firstBad ??= e; }
+        end = e.off + e.len; extents++;
+      }
+      snaps++;
+      let pos = base + 1000;
+      ix.lookup(base + 1000, 200000, (off, len, e) => {
+        if (off !== pos || (e && e.segOff !== off - base)) { bad++; firstBad ??= { off, len, e }; }
+        pos = off + len;
+      });
+      if (pos !== base + 201000) bad++;
+      lookups++;
+    }
+  }
+  parentPort.postMessage({ snaps, extents, bad, lookups, firstBad });
+})();
+`;
+
+test('a reader in another thread never sees a torn subtree (seqlock)', async (t) => {
+  const ix = ExtentIndex.create({ originBytes: 16 * SUB, stripe: 0, stripes: 2, maxBytes: 16 << 20 });
+  const stop = new SharedArrayBuffer(4);
+  const url = new URL('../src/cache/index/extent-index.js', import.meta.url).href;
+  const w = new Worker(readerSource, { eval: true, workerData: { sabs: ix.sabs, stop, url } });
+  const done = new Promise<{ snaps: number; extents: number; bad: number; lookups: number; firstBad: unknown }>((res, rej) => {
+    w.once('message', res); w.once('error', rej);
+  });
+  let seed = 12345;
+  const rnd = (n: number): number => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed % n; };
+  const t0 = Date.now();
+  let ops = 0;
+  while (Date.now() - t0 < 1500) {
+    for (let i = 0; i < 20; i++, ops++) {
+      const base = rnd(2) * 2 * SUB;
+      const s = rnd(256) * 1024, len = 1 + rnd(64 * 1024);
+      const e = Math.min(SUB, s + len);
+      const r = rnd(10);
+      if (r < 7) ix.insert({ off: base + s, len: e - s, seg: rnd(100), segOff: s, gen: 1, flags: ExtentFlag.DIRTY });
+      else if (r < 9) ix.remove(base + s, e - s);
+      else ix.removeIf((x) => x.seg === 7);
+    }
+    await new Promise((r) => setImmediate(r)); // let the worker start and the clock move
+  }
+  Atomics.store(new Int32Array(stop), 0, 1);
+  t.true(new Int32Array(ix.sabs.meta).subarray(32, 32 + 16).every((v, j) => j % 2 === 1 || v % 2 === 0));
+  const res = await done;
+  await w.terminate();
+  t.log(`writer ops ${ops}, reader snapshots ${res.snaps}, extents seen ${res.extents}, lookups ${res.lookups}`);
+  t.is(res.bad, 0, JSON.stringify(res.firstBad));
+  t.true(res.snaps > 100);
+  t.true(res.extents > 1000);
+});
