@@ -15,7 +15,15 @@ export type PcachedErrorCode =
   | 'ERR_NOT_RUNNING'
   | 'ERR_PROTOCOL'
   | 'ERR_SHUTDOWN'
-  | 'ERR_COORDINATOR';
+  | 'ERR_COORDINATOR'
+  | 'ERR_CACHE_BLANK'
+  | 'ERR_BAD_SUPERBLOCK'
+  | 'ERR_FORMAT_VERSION'
+  | 'ERR_CACHE_MISMATCH'
+  | 'ERR_BAD_METADATA'
+  | 'ERR_BAD_KEY'
+  | 'ERR_BAD_KSET'
+  | 'ERR_LOG_FULL';
 
 export class PcachedError extends Error {
   readonly code: PcachedErrorCode;

@@ -1,0 +1,181 @@
+// The cache device as the engine sees it: synchronous positional I/O (it runs inside stripe
+// worker threads) plus a barrier. The simulated device models a disk with a volatile write cache
+// so crash tests can ask "what could be on the media if power failed now?".
+
+import fs from 'node:fs';
+import { PcachedError } from '../util/errors.js';
+
+export interface BlockDevice {
+  readonly size: number;
+  /** Fills `buf` completely from `off`; reading past the end is an error, never a short read. */
+  pread(buf: Uint8Array, off: number): void;
+  pwrite(buf: Uint8Array, off: number): void;
+  /** Barrier: every completed pwrite is durable when this returns. */
+  sync(): void;
+  close(): void;
+}
+
+function checkRange(dev: BlockDevice, len: number, off: number, what: string): void {
+  if (!Number.isSafeInteger(off) || off < 0 || off + len > dev.size) {
+    throw new PcachedError('ERR_CACHE_FILE', `${what} of ${len} bytes at ${off} is outside the ${dev.size}-byte cache device`);
+  }
+}
+
+export class FileBlockDevice implements BlockDevice {
+  private constructor(private fd: number, readonly size: number, readonly path: string) {}
+
+  /** Opens an existing file or block device; with `createSize`, creates (or extends) a sparse file. */
+  static open(path: string, opts: { createSize?: number } = {}): FileBlockDevice {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, opts.createSize === undefined ? 'r+' : fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    } catch (err) {
+      throw new PcachedError('ERR_CACHE_FILE', `cannot open cache device ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      let size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
+      if (opts.createSize !== undefined && st.isFile() && size < opts.createSize) {
+        fs.ftruncateSync(fd, opts.createSize);
+        size = opts.createSize;
+      }
+      return new FileBlockDevice(fd, size, path);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err instanceof PcachedError ? err : new PcachedError('ERR_CACHE_FILE', `cannot size cache device ${path}`, { cause: err });
+    }
+  }
+
+  pread(buf: Uint8Array, off: number): void {
+    checkRange(this, buf.length, off, 'read');
+    let done = 0;
+    while (done < buf.length) {
+      const n = fs.readSync(this.fd, buf, done, buf.length - done, off + done);
+      if (n === 0) throw new PcachedError('ERR_CACHE_FILE', `short read at ${off + done} of ${this.path}`);
+      done += n;
+    }
+  }
+
+  pwrite(buf: Uint8Array, off: number): void {
+    checkRange(this, buf.length, off, 'write');
+    let done = 0;
+    while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, off + done);
+  }
+
+  sync(): void {
+    fs.fdatasyncSync(this.fd);
+  }
+
+  close(): void {
+    if (this.fd >= 0) fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+function blockDeviceSize(fd: number): number {
+  // Node has no BLKGETSIZE64; lseek(SEEK_END) is not exposed either, so probe by reading.
+  const probe = Buffer.alloc(1);
+  let lo = 0;
+  let hi = 1;
+  while (fs.readSync(fd, probe, 0, 1, hi * 512 - 1) === 1) { lo = hi; hi *= 2; }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (fs.readSync(fd, probe, 0, 1, mid * 512 - 1) === 1) lo = mid; else hi = mid;
+  }
+  return lo * 512;
+}
+
+/** Deterministic 32-bit generator (mulberry32): crash tests must reproduce from a printed seed. */
+export class Rng {
+  private s: number;
+  constructor(seed: number) { this.s = seed >>> 0; }
+  u32(): number {
+    this.s = (this.s + 0x6d2b79f5) >>> 0;
+    let t = this.s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  }
+  /** Uniform in [0, n). */
+  below(n: number): number { return Math.floor((this.u32() / 0x1_0000_0000) * n); }
+  chance(p: number): boolean { return this.u32() / 0x1_0000_0000 < p; }
+}
+
+export const SECTOR = 512;
+
+interface PendingWrite { off: number; data: Buffer }
+
+export interface CrashOptions {
+  /** Probability that an unsynced write survives whole (default 0.5). */
+  keep?: number;
+  /** Probability that an unsynced write survives torn: a random subset of its sectors (default 0.25). */
+  torn?: number;
+}
+
+/**
+ * In-memory device with a volatile write cache. Reads see every write; `crash` builds the image a
+ * power failure could leave: all writes before the last completed sync, then, in issue order, each
+ * later write kept, dropped, or torn at 512-byte device sector boundaries.
+ */
+export class SimBlockDevice implements BlockDevice {
+  readonly size: number;
+  private current: Buffer;
+  private durable: Buffer;
+  private pending: PendingWrite[] = [];
+  writes = 0;
+  syncs = 0;
+  closed = false;
+
+  constructor(sizeOrImage: number | Buffer) {
+    this.current = typeof sizeOrImage === 'number' ? Buffer.alloc(sizeOrImage) : Buffer.from(sizeOrImage);
+    this.durable = Buffer.from(this.current);
+    this.size = this.current.length;
+  }
+
+  pread(buf: Uint8Array, off: number): void {
+    checkRange(this, buf.length, off, 'read');
+    this.current.copy(buf, 0, off, off + buf.length);
+  }
+
+  pwrite(buf: Uint8Array, off: number): void {
+    checkRange(this, buf.length, off, 'write');
+    const data = Buffer.from(buf);
+    data.copy(this.current, off);
+    this.pending.push({ off, data });
+    this.writes++;
+  }
+
+  sync(): void {
+    for (const w of this.pending) w.data.copy(this.durable, w.off);
+    this.pending = [];
+    this.syncs++;
+  }
+
+  close(): void { this.closed = true; }
+
+  /** Writes issued since the last sync (the ones a crash may lose or tear). */
+  get unsynced(): number { return this.pending.length; }
+
+  /** The full image as reads currently see it (a copy). */
+  image(): Buffer { return Buffer.from(this.current); }
+
+  crash(rng: Rng, opts: CrashOptions = {}): SimBlockDevice {
+    const keep = opts.keep ?? 0.5;
+    const torn = opts.torn ?? 0.25;
+    const img = Buffer.from(this.durable);
+    for (const w of this.pending) {
+      const r = rng.u32() / 0x1_0000_0000;
+      if (r < keep) { w.data.copy(img, w.off); continue; }
+      if (r >= keep + torn) continue;
+      // Sectors are device-aligned: a write starting mid-sector tears at the sector boundary.
+      const end = w.off + w.data.length;
+      for (let s = Math.floor(w.off / SECTOR) * SECTOR; s < end; s += SECTOR) {
+        if (!rng.chance(0.5)) continue;
+        const from = Math.max(s, w.off);
+        const to = Math.min(s + SECTOR, end);
+        w.data.copy(img, from, from - w.off, to - w.off);
+      }
+    }
+    return new SimBlockDevice(img);
+  }
+}
