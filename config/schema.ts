@@ -10,6 +10,7 @@ import convict from 'convict';
 import { CACHE_MODES, RELOADABLE_CACHE_KEYS, RELOADABLE_DAEMON_KEYS } from '../src/config/types.js';
 import type { CacheConfig, DaemonConfig } from '../src/config/types.js';
 import { formatSize, parseSize } from '../src/util/size.js';
+import { isUri as isNbdUri } from '../src/nbd/uri.js';
 
 /** The cache modes this release can run. The others are valid names with no engine behind them yet. */
 export const IMPLEMENTED_MODES: ReadonlySet<string> = new Set(['passthrough']);
@@ -129,9 +130,7 @@ function checkPath(x: unknown, empty: boolean, what: string): void {
   checkString(x, { empty, maxBytes: 4096, what });
 }
 
-export function isNbdUri(s: string): boolean {
-  return /^[a-z][a-z0-9+.-]*:\/\//i.test(s);
-}
+export { isUri as isNbdUri } from '../src/nbd/uri.js';
 
 /** Checks an origin URI's form; the origin code decides whether the export is reachable. */
 export function checkNbdUri(s: string): void {

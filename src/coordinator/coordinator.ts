@@ -8,7 +8,8 @@ import type { CacheConfig } from '../config/types.js';
 import type { CacheStatus } from '../daemon/ipc.js';
 import { claimUnixSocketPath } from '../util/unix-socket.js';
 import { PcachedError } from '../util/errors.js';
-import { originSpecFor, probeOrigin, isNbdUri, type OriginFacts } from '../origin/open.js';
+import { originSpecFor, probeOrigin, type OriginFacts } from '../origin/open.js';
+import { isUri } from '../nbd/uri.js';
 import { CounterBlock, COORDINATOR_COUNTERS, type CoordinatorCounter } from '../stats/counters.js';
 import { StripeSet } from './stripes.js';
 import { Session, type SessionContext } from './session.js';
@@ -42,7 +43,7 @@ const maxSpinners = (): number => Math.max(1, availableParallelism() - 2);
 /** What clients see as the export description: the configured text, or where the data comes from. */
 function describe(cache: CacheConfig): string {
   if (cache.description) return cache.description;
-  const origin = isNbdUri(cache.origin) ? cache.origin.replace(/\?.*$/, '') : basename(cache.origin);
+  const origin = isUri(cache.origin) ? cache.origin.replace(/\?.*$/, '') : basename(cache.origin);
   return `pcached ${cache.mode} cache of ${origin}`;
 }
 

@@ -16,6 +16,14 @@ export interface NbdTarget {
 /** IANA port for NBD. */
 export const DEFAULT_PORT = 10809;
 
+/**
+ * An origin written with a scheme is remote: configuration accepts only nbd:// and
+ * nbd+unix:// (and says so for anything else); everything without one is a local path.
+ */
+export function isUri(s: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(s);
+}
+
 /** nbd://host[:port]/name and nbd+unix:///name?socket=PATH ([uri] NetworkBlockDevice/nbd doc/uri.md). */
 export function parseNbdUri(uri: string): NbdTarget {
   const bad = (why: string): never => {

@@ -5,13 +5,11 @@ import type { Origin, OriginSpec } from './types.js';
 import type { CacheConfig } from '../config/types.js';
 import { openFileOrigin } from './file.js';
 import { openNbdOrigin, probeNbdOrigin } from './nbd.js';
+import { isUri } from '../nbd/uri.js';
 
-export function isNbdUri(origin: string): boolean {
-  return /^nbds?(\+unix)?:\/\//i.test(origin);
-}
 
 export function originSpecFor(cache: Pick<CacheConfig, 'origin' | 'readOnly' | 'originTimeoutMs' | 'originConnections'>): OriginSpec {
-  if (isNbdUri(cache.origin)) {
+  if (isUri(cache.origin)) {
     return { kind: 'nbd', uri: cache.origin, readOnly: cache.readOnly, timeoutMs: cache.originTimeoutMs, connections: cache.originConnections };
   }
   return { kind: 'file', path: cache.origin, readOnly: cache.readOnly };
