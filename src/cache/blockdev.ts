@@ -4,6 +4,7 @@
 
 import fs from 'node:fs';
 import { PcachedError } from '../util/errors.js';
+import { blockDeviceSize } from '../util/block-device.js';
 
 export interface BlockDevice {
   readonly size: number;
@@ -22,24 +23,34 @@ function checkRange(dev: BlockDevice, len: number, off: number, what: string): v
 }
 
 export class FileBlockDevice implements BlockDevice {
-  private constructor(private fd: number, readonly size: number, readonly path: string) {}
+  private constructor(private fd: number, readonly size: number, readonly path: string, readonly readOnly: boolean) {}
 
-  /** Opens an existing file or block device; with `createSize`, creates (or extends) a sparse file. */
-  static open(path: string, opts: { createSize?: number } = {}): FileBlockDevice {
+  /**
+   * Opens an existing file or block device; with `createSize`, creates (or extends) a sparse
+   * file; with `readOnly`, opens O_RDONLY and refuses every write (inspection).
+   */
+  static open(path: string, opts: { createSize?: number; readOnly?: boolean } = {}): FileBlockDevice {
     let fd: number;
     try {
-      fd = fs.openSync(path, opts.createSize === undefined ? 'r+' : fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      const flags = opts.readOnly ? fs.constants.O_RDONLY
+        : opts.createSize === undefined ? fs.constants.O_RDWR : fs.constants.O_RDWR | fs.constants.O_CREAT;
+      fd = fs.openSync(path, flags, 0o600);
     } catch (err) {
-      throw new PcachedError('ERR_CACHE_FILE', `cannot open cache device ${path}: ${(err as Error).message}`, { cause: err });
+      const e = err as NodeJS.ErrnoException;
+      const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message;
+      throw new PcachedError('ERR_CACHE_FILE', `cannot open cache file ${path}: ${why}`, { cause: err });
     }
     try {
       const st = fs.fstatSync(fd);
-      let size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
-      if (opts.createSize !== undefined && st.isFile() && size < opts.createSize) {
+      if (!st.isFile() && !st.isBlockDevice()) {
+        throw new PcachedError('ERR_CACHE_FILE', `cache file ${path} is not a regular file or block device`);
+      }
+      let size = st.isBlockDevice() ? blockDeviceSize(fd, st.rdev) : st.size;
+      if (opts.createSize !== undefined && !opts.readOnly && st.isFile() && size < opts.createSize) {
         fs.ftruncateSync(fd, opts.createSize);
         size = opts.createSize;
       }
-      return new FileBlockDevice(fd, size, path);
+      return new FileBlockDevice(fd, size, path, opts.readOnly === true);
     } catch (err) {
       fs.closeSync(fd);
       throw err instanceof PcachedError ? err : new PcachedError('ERR_CACHE_FILE', `cannot size cache device ${path}`, { cause: err });
@@ -57,12 +68,14 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   pwrite(buf: Uint8Array, off: number): void {
+    if (this.readOnly) throw new PcachedError('ERR_CACHE_FILE', `${this.path} is open read-only`);
     checkRange(this, buf.length, off, 'write');
     let done = 0;
     while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, off + done);
   }
 
   sync(): void {
+    if (this.readOnly) throw new PcachedError('ERR_CACHE_FILE', `${this.path} is open read-only`);
     fs.fdatasyncSync(this.fd);
   }
 
@@ -70,19 +83,6 @@ export class FileBlockDevice implements BlockDevice {
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;
   }
-}
-
-function blockDeviceSize(fd: number): number {
-  // Node has no BLKGETSIZE64; lseek(SEEK_END) is not exposed either, so probe by reading.
-  const probe = Buffer.alloc(1);
-  let lo = 0;
-  let hi = 1;
-  while (fs.readSync(fd, probe, 0, 1, hi * 512 - 1) === 1) { lo = hi; hi *= 2; }
-  while (hi - lo > 1) {
-    const mid = Math.floor((lo + hi) / 2);
-    if (fs.readSync(fd, probe, 0, 1, mid * 512 - 1) === 1) lo = mid; else hi = mid;
-  }
-  return lo * 512;
 }
 
 /** Deterministic 32-bit generator (mulberry32): crash tests must reproduce from a printed seed. */

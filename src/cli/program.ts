@@ -11,6 +11,7 @@ import { Supervisor } from '../daemon/supervisor.js';
 import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
 import { formatStatus } from './status-format.js';
+import { formatInspectReport, inspectCache } from './inspect.js';
 
 export interface CliIo {
   stdout: (text: string) => void;
@@ -93,6 +94,16 @@ function buildProgram(io: CliIo): Command {
       const result = await controlRequest(controlPath(io, opts.control), { op: 'message', name, words }, { timeoutMs: 600_000 });
       if (typeof result === 'string') io.stdout(result.endsWith('\n') ? result : `${result}\n`);
       else if (result !== null && result !== undefined && result !== true) io.stdout(`${JSON.stringify(result, null, 2)}\n`);
+    });
+
+  program
+    .command('inspect')
+    .description("Print a cache file's superblock, cache info, tails, segment use and key log summary (read-only: never formats, never repairs)")
+    .requiredOption('--cache <path>', 'cache file or block device')
+    .option('--json', 'print one JSON object (fields: docs/format.md, "Inspecting a cache file"); {"formatted":false} when blank')
+    .action((opts: { cache: string; json?: boolean }) => {
+      const r = inspectCache(resolve(io.cwd, opts.cache));
+      io.stdout(opts.json ? `${JSON.stringify(r)}\n` : formatInspectReport(r));
     });
 
   program

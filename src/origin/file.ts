@@ -11,6 +11,7 @@ import { constants as osConstants } from 'node:os';
 import { BlockState, NbdErr } from '../nbd/constants.js';
 import { native as loadedNative, type NativeBinding } from '../native/index.js';
 import { PcachedError } from '../util/errors.js';
+import { blockDeviceSize } from '../util/block-device.js';
 import { nbdErrFromErrno, nbdErrFromError } from './errno.js';
 import type { Done, Extent, Origin, OriginSpec, ZeroFlags } from './types.js';
 
@@ -86,19 +87,11 @@ export function openFileOrigin(spec: FileOriginSpec, options: FileOriginOptions 
 }
 
 function deviceSize(fd: number, rdev: bigint, path: string, native: NativeBinding | null): number {
-  if (native) {
-    const size = native.blkGetSize64(fd);
-    if (size >= 0) return size;
+  try {
+    return blockDeviceSize(fd, rdev, native);
+  } catch (err) {
+    throw new PcachedError('ERR_ORIGIN', `origin ${path}: ${message(err)}`, { cause: err });
   }
-  // glibc's gnu_dev_major/gnu_dev_minor split of a Linux dev_t.
-  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n);
-  const minor = (rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n);
-  const sysfs = `/sys/dev/block/${major}:${minor}/size`;
-  const sectors = Number(fs.readFileSync(sysfs, 'utf8').trim());
-  if (!Number.isSafeInteger(sectors * SECTOR) || sectors < 0) {
-    throw new PcachedError('ERR_ORIGIN', `origin ${path}: unreadable device size in ${sysfs}`);
-  }
-  return sectors * SECTOR;
 }
 
 const alignUp = (n: number): number => Math.ceil(n / DEVICE_ALIGN) * DEVICE_ALIGN;
