@@ -193,10 +193,9 @@ t_('SIGTERM while a client writes: exit 0, every acknowledged write is on the or
 });
 
 t_('SIGTERM with a client connected: the coordinator drains and exits promptly, not after the 30 s kill' + skipSuffix(why), async (t) => {
-  // Observed: Coordinator.shutdown() awaits net.Server.close()'s callback, which only fires once
-  // every connection has ended, before it drains the sessions; so a connected client keeps
-  // getting its requests served until the supervisor SIGKILLs the coordinator after 30 s
-  // ("coordinator did not drain in time; killing it"), skipping the final origin flush.
+  // Regression: shutdown once awaited net.Server.close() (which calls back only when every
+  // connection has ended) before draining, and a paused socket never saw the client's FIN, so a
+  // connected client kept being served until the supervisor's 30 s SIGKILL skipped the final flush.
   const d = await startDaemon();
   const coord = await coordinatorPid(d.control);
   const writer = startWriter(d.uri, 64);
@@ -215,9 +214,8 @@ t_('SIGTERM with a client connected: the coordinator drains and exits promptly, 
 });
 
 t_('supervisor killed with SIGKILL while a client is connected: the orphaned coordinator still exits' + skipSuffix(why), async (t) => {
-  // Same root cause as above: the coordinator starts its shutdown on IPC disconnect but waits in
-  // net.Server.close() for the client to go away; with no supervisor left to SIGKILL it, the
-  // orphan lives (and serves) for as long as the client stays connected.
+  // Regression, same root cause as above: with no supervisor left to SIGKILL it, a coordinator
+  // stuck waiting for its client would have lived (and served) as long as the client stayed.
   const d = await startDaemon();
   const coord = await coordinatorPid(d.control);
   const writer = startWriter(d.uri, 64);
