@@ -16,6 +16,10 @@ import { openOrigin } from '../src/origin/open.js';
 import type { Origin, Extent } from '../src/origin/types.js';
 import { NbdErr } from '../src/nbd/constants.js';
 import { createLogger } from '../src/daemon/logger.js';
+import { StripeEngine, type EngineCounter } from '../src/cache/engine.js';
+import { FileBlockDevice } from '../src/cache/blockdev.js';
+import { CacheShared } from '../src/cache/shared.js';
+import { ExtentIndex } from '../src/cache/index/extent-index.js';
 
 const data = workerData as StripeWorkerData;
 const cap = data.capacity;
@@ -45,6 +49,9 @@ const IDLE_WAIT_MS = 50;
 const YIELD_EVERY_BATCHES = 256;
 
 let origin: Origin | null = null;
+/** Write-back mode only: the cache engine and its device. */
+let engine: StripeEngine | null = null;
+let cacheDev: FileBlockDevice | null = null;
 let running = false;
 let stopped: Promise<void> | null = null;
 let cplHead = Atomics.load(ring, CPL_HEAD);
@@ -97,6 +104,7 @@ function dispatch(o: Origin, base: number): void {
   const slabOff = ring[base + R_SLAB_OFF]! >>> 0;
   const fua = (flags & StripeFlag.FUA) !== 0;
   const done = (errno: number): void => complete(id, errno, 0, inBatch);
+  if (engine !== null && dispatchCache(engine, o, op, flags, id, off, len, slabOff, base, done)) return;
   switch (op) {
     case StripeOp.READ:
       counters.addAt(C_ORIGIN_READS, 1);
@@ -136,6 +144,43 @@ function dispatch(o: Origin, base: number): void {
   }
 }
 
+/** Write-back mode: the cache engine serves data requests; returns false for what the origin serves directly. */
+function dispatchCache(e: StripeEngine, o: Origin, op: number, flags: number, id: number, off: number, len: number,
+  slabOff: number, base: number, done: (errno: number) => void): boolean {
+  const fua = (flags & StripeFlag.FUA) !== 0;
+  switch (op) {
+    case StripeOp.READ:
+      e.read(off, slab.subarray(slabOff, slabOff + len), (flags & StripeFlag.NO_FILL) !== 0, done);
+      return true;
+    case StripeOp.WRITE:
+      e.write(off, slab.subarray(slabOff, slabOff + len), fua, done);
+      return true;
+    case StripeOp.FLUSH:
+      e.flush(done);
+      return true;
+    case StripeOp.TRIM:
+      e.trim(off, len, fua, done);
+      return true;
+    case StripeOp.ZERO:
+      e.zero(off, len, fua, done);
+      return true;
+    case StripeOp.CACHE:
+      // A prefetch hint: the next read of the range fills the cache anyway.
+      done(0);
+      return true;
+    case StripeOp.BLOCK_STATUS: {
+      const slabLen = ring[base + R_SLAB_LEN]! >>> 0;
+      e.blockStatus(off, len, Math.floor(slabLen / 8), (errno, extents) => {
+        complete(id, errno, errno === 0 ? writeExtents(slabOff, slabLen, extents) : 0, inBatch);
+      });
+      return true;
+    }
+    default:
+      void o;
+      return false;
+  }
+}
+
 let reqTail = Atomics.load(ring, REQ_TAIL);
 
 /** Take every request published so far; returns how many. */
@@ -158,6 +203,8 @@ function runBatch(o: Origin): number {
         complete(ring[base + R_ID]!, NbdErr.EIO, 0, true);
       }
     }
+    // FLUSHes of this batch share one commit, and their completions this batch's doorbell.
+    engine?.endBatch();
   } finally {
     inBatch = false;
     Atomics.store(ring, REQ_TAIL, reqTail);
@@ -204,11 +251,22 @@ function spinForWork(capNs: number, idleSince: bigint): boolean {
   return found;
 }
 
+function engineTick(e: StripeEngine): void {
+  const before = Atomics.load(ring, CPL_HEAD);
+  try {
+    e.tick();
+  } catch (err) {
+    log.error({ err }, 'cache engine housekeeping failed');
+  }
+  if (Atomics.load(ring, CPL_HEAD) !== before) ringDoorbell();
+}
+
 const yieldMacrotask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 async function loop(o: Origin): Promise<void> {
   let batches = 0;
   while (Atomics.load(ring, STOP) === 0) {
+    if (engine !== null) engineTick(engine);
     if (runBatch(o) > 0) {
       if (++batches % YIELD_EVERY_BATCHES === 0) await yieldMacrotask();
       continue;
@@ -223,10 +281,11 @@ async function loop(o: Origin): Promise<void> {
     if (Atomics.load(ring, REQ_HEAD) === reqTail && Atomics.load(ring, STOP) === 0) {
       // A synchronous origin has nothing pending in the event loop, so block the thread
       // (cheapest wake-up); an async origin must keep its sockets serviced.
+      const waitMs = engine === null ? IDLE_WAIT_MS : Math.max(1, Math.min(IDLE_WAIT_MS, engine.nextTickIn()));
       if (o.synchronous) {
-        result = Atomics.wait(ring, REQ_HEAD, reqTail, IDLE_WAIT_MS);
+        result = Atomics.wait(ring, REQ_HEAD, reqTail, waitMs);
       } else {
-        const w = Atomics.waitAsync(ring, REQ_HEAD, reqTail, IDLE_WAIT_MS);
+        const w = Atomics.waitAsync(ring, REQ_HEAD, reqTail, waitMs);
         result = w.async ? await w.value : w.value;
       }
     }
@@ -248,6 +307,24 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
     case 'start': {
       if (running) return { ok: true, size: origin?.size ?? 0 };
       origin = await openOrigin(data.origin);
+      if (data.cache) {
+        const c = data.cache;
+        cacheDev = FileBlockDevice.open(c.path);
+        const names = new Set<string>(STRIPE_COUNTERS);
+        engine = new StripeEngine({
+          dev: cacheDev,
+          shared: new CacheShared(c.shared),
+          index: ExtentIndex.attach(c.index, 'writer'),
+          geometry: c.geometry,
+          origin,
+          blockCrc: c.blockCrc ? new Int32Array(c.blockCrc) : null,
+          autocommitMs: c.autocommitMs,
+          cacheFullWaitMs: c.cacheFullWaitMs,
+          cacheFullMaxWaitMs: c.cacheFullMaxWaitMs,
+          stats: { add: (name: EngineCounter, n: number) => { if (names.has(name)) counters.addAt(counters.indexOf(name as never), n); } },
+          log,
+        });
+      }
       running = true;
       // Requests left in the ring by a previous incarnation of this thread were failed by the
       // coordinator; start from where the coordinator says the ring is.
@@ -272,6 +349,16 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       Atomics.store(ring, STOP, 1);
       Atomics.notify(ring, REQ_HEAD);
       if (stopped) await stopped;
+      if (engine) {
+        try {
+          engine.drain();
+        } catch (err) {
+          log.error({ err }, 'stripe stop: committing the last keys failed');
+        }
+        engine = null;
+      }
+      cacheDev?.close();
+      cacheDev = null;
       if (origin) await origin.close();
       origin = null;
       running = false;

@@ -33,6 +33,24 @@ export interface CacheConfig {
   slabSize: number;
   /** Maximum NBD client connections at once (further ones are refused). */
   maxConnections: number;
+  /** Per-extent CRC32C of cached data (format-time: a cache formatted otherwise is refused). */
+  dataCrc: boolean;
+  /** Segment size in bytes used when formatting a new cache. */
+  segmentSize: number;
+  /** GC starts when this percentage of segments is in use (0-90). */
+  gcPercent: number;
+  /** Bytes of a sequential read run after which reads are not promoted (0 = off). */
+  sequentialCutoff: number;
+  autocommit: {
+    /** A kset is committed at the latest this long after its first key. */
+    timeMs: number;
+  };
+  writeback: {
+    /** Origin bytes per second writeback may use (0 = unlimited). */
+    rate: number;
+  };
+  /** How long a write waits for free cache space before it bypasses to the origin. */
+  cacheFullWaitMs: number;
 }
 
 export interface DaemonConfig {
@@ -46,6 +64,8 @@ export interface DaemonConfig {
 }
 
 /** Keys of a cache that SIGHUP may change on a running coordinator. */
-export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = ['description', 'originTimeoutMs', 'maxConnections'];
+export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = [
+  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs',
+];
 /** Daemon-wide keys SIGHUP may change. */
 export const RELOADABLE_DAEMON_KEYS: ReadonlyArray<keyof DaemonConfig> = ['logLevel'];

@@ -53,6 +53,8 @@ export const enum StripeFlag {
   FUA = 1 << 0,
   NO_HOLE = 1 << 1,
   FAST_ZERO = 1 << 2,
+  /** READ: part of a long sequential run (sequentialCutoff): serve it without promoting it. */
+  NO_FILL = 1 << 3,
 }
 
 /** The shared doorbell every stripe rings after publishing completions; the coordinator waits on word 0. */
@@ -101,4 +103,17 @@ export interface StripeWorkerData {
   /** Stripes allowed to busy-poll at once (leave cores for the client and the coordinator). */
   maxSpinners: number;
   logLevel: string;
+  /** Write-back mode: the cache this stripe serves from (absent in pass-through). */
+  cache?: StripeCacheData;
+}
+
+export interface StripeCacheData {
+  path: string;
+  shared: SharedArrayBuffer;
+  index: import('../cache/index/layout.js').IndexSabs;
+  blockCrc: SharedArrayBuffer | null;
+  geometry: import('../cache/log.js').Geometry;
+  autocommitMs: number;
+  cacheFullWaitMs: number;
+  cacheFullMaxWaitMs: number;
 }

@@ -17,6 +17,14 @@ export const STRIPE_COUNTERS = [
   'origin_reads', 'origin_read_bytes', 'origin_writes', 'origin_write_bytes', 'origin_flushes',
   'origin_trims', 'origin_zeroes', 'origin_block_status', 'origin_errors',
   'queue_depth', 'batches', 'wakeups',
+  'read_blocks', 'read_hits', 'write_blocks', 'write_bypass', 'write_blocked', 'cache_flushes',
+  'discards', 'fills', 'fills_skipped', 'crc_errors', 'cache_errors', 'ksets',
+] as const;
+
+/** Counted by the writeback and GC workers of one cache (one block per cache). */
+export const CACHE_WORKER_COUNTERS = [
+  'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors',
+  'gc_ksets', 'gc_segments_freed', 'gc_errors',
 ] as const;
 
 export const GAUGES: ReadonlySet<string> = new Set(['connections_open', 'inflight', 'queue_depth', 'queued_pieces']);

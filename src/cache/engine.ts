@@ -1,0 +1,651 @@
+// The write-back cache engine of one stripe: it owns the stripe's subtrees of the index, its data
+// head and its open kset, and does the cache I/O (synchronous pread/pwrite: one outstanding I/O
+// per stripe thread, no thread hand-offs) and the origin reads of misses.
+//
+// Ordering rules this file keeps (docs/format.md §8):
+//  * data is durable before any kset pointing at it is written (one group-commit sync first);
+//  * a key enters the index and the stripe's kset stream in one synchronous step, so the log
+//    order of one range is the order its writes were applied;
+//  * a read-miss fill is logged only when its placeholder survived whole, so a write that raced
+//    the origin read is never overridden at replay by the older origin data.
+
+import type { BlockDevice } from './blockdev.js';
+import { DATA_ALIGN, KSET_MAX_KEYS, SEGMENT_GEN_SLOTS, alignUp, crc32cOf, dataOffset } from './layout.js';
+import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, KEY_ZERO } from './kset.js';
+import type { CacheKey } from './kset.js';
+import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
+import type { Geometry } from './log.js';
+import { forSegment, segmentGenCodec } from './meta-slots.js';
+import { ERR_CACHE_IO, SEG_DATA, W_FREED } from './shared.js';
+import type { CacheShared } from './shared.js';
+import { ExtentFlag, IndexFullError } from './index/extent-index.js';
+import type { Extent, ExtentIndex } from './index/extent-index.js';
+import type { Origin, Extent as StatusExtent } from '../origin/types.js';
+import { NbdErr } from '../nbd/constants.js';
+import { BlockState } from '../nbd/constants.js';
+
+export type Done = (errno: number) => void;
+
+export const BLOCK = 4096;
+
+/** Counters the engine bumps; the stripe maps them onto its SAB counter block. */
+export interface EngineStats {
+  add(name: EngineCounter, n: number): void;
+}
+export type EngineCounter =
+  | 'read_blocks' | 'read_hits' | 'write_blocks' | 'write_bypass' | 'write_blocked' | 'cache_flushes'
+  | 'discards' | 'fills' | 'fills_skipped' | 'crc_errors' | 'cache_errors' | 'ksets' | 'origin_reads' | 'origin_read_bytes'
+  | 'origin_writes' | 'origin_write_bytes';
+
+export interface EngineLog {
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface EngineOptions {
+  dev: BlockDevice;
+  shared: CacheShared;
+  index: ExtentIndex;
+  geometry: Geometry;
+  origin: Origin;
+  /** dataCrc only: one CRC32C per 4 KiB cache block, shared (Int32 words). */
+  blockCrc: Int32Array | null;
+  autocommitMs: number;
+  /** How long a write waits for GC to free space before it may bypass to the origin. */
+  cacheFullWaitMs: number;
+  /** A write over dirty data cannot bypass (writeback would reorder it); it fails with EIO after this long. */
+  cacheFullMaxWaitMs: number;
+  stats?: EngineStats;
+  log?: EngineLog;
+  now?: () => number;
+}
+
+interface Alloc { seg: number; segOff: number; len: number }
+
+interface Queued {
+  kind: 'write' | 'trim' | 'zero';
+  off: number;
+  len: number;
+  data: Uint8Array | null;
+  fua: boolean;
+  done: Done;
+  since: number;
+}
+
+const NO_STATS: EngineStats = { add() {} };
+const NO_LOG: EngineLog = { warn() {}, error() {} };
+
+export class StripeEngine {
+  private readonly dev: BlockDevice;
+  private readonly sh: CacheShared;
+  private readonly index: ExtentIndex;
+  private readonly g: Geometry;
+  private readonly origin: Origin;
+  private readonly opts: EngineOptions;
+  private readonly stats: EngineStats;
+  private readonly log: EngineLog;
+  private readonly now: () => number;
+  private readonly writerId: number;
+
+  private headSeg = -1;
+  private headOff = 0;
+  private open: CacheKey[] = [];
+  private openSince = 0;
+  private ready: CacheKey[][] = [];
+  private lastLsn = 0;
+  private flushWaiters: Done[] = [];
+  private queue: Queued[] = [];
+  private bypassing = false;
+  private freedSeen: number;
+  private readonly pad = Buffer.alloc(BLOCK);
+  private readonly blockBuf = Buffer.alloc(BLOCK);
+  private readonly scratch: Extent[] = [];
+
+  constructor(o: EngineOptions) {
+    this.opts = o;
+    this.dev = o.dev;
+    this.sh = o.shared;
+    this.index = o.index;
+    this.g = o.geometry;
+    this.origin = o.origin;
+    this.stats = o.stats ?? NO_STATS;
+    this.log = o.log ?? NO_LOG;
+    this.now = o.now ?? Date.now;
+    this.writerId = this.sh.nextWriterId();
+    this.freedSeen = this.sh.word(W_FREED);
+  }
+
+  /** Keys accepted but not yet in the log (open kset plus closed ones waiting for log space). */
+  get pendingKeys(): number {
+    let n = this.open.length;
+    for (const k of this.ready) n += k.length;
+    return n;
+  }
+
+  get queuedWrites(): number { return this.queue.length; }
+
+  // ---- allocation ----
+
+  private allocData(maxLen: number): Alloc | null {
+    const area = this.g.dataAreaSize;
+    if (this.headSeg < 0 || this.headOff >= area) {
+      const s = this.sh.allocSegment(SEG_DATA);
+      if (s < 0) return null;
+      writeSegmentInfo(this.dev, this.sh, this.g, s, { type: 'data', next: 0xffffffff });
+      this.sh.ref(s); // the head's own reference
+      if (this.headSeg >= 0) this.releaseRef(this.headSeg);
+      this.headSeg = s;
+      this.headOff = 0;
+    }
+    const len = Math.min(maxLen, area - this.headOff);
+    const a = { seg: this.headSeg, segOff: this.headOff, len };
+    this.headOff += alignUp(len, DATA_ALIGN);
+    this.sh.ref(a.seg);
+    return a;
+  }
+
+  /**
+   * Drops one reference; the last one out frees the segment: bump the generation (so every index
+   * entry still naming it turns stale), persist it, then release it. GC frees almost every
+   * segment; this path covers a data head or a dropped fill holding the last reference.
+   */
+  private releaseRef(seg: number): void {
+    if (this.sh.unref(seg) > 0) return;
+    freeDataSegment(this.dev, this.sh, this.g, [seg]);
+  }
+
+  // ---- keys and commit ----
+
+  private pushKey(k: CacheKey): void {
+    if (this.open.length === 0) this.openSince = this.now();
+    this.open.push(k);
+    if (this.open.length >= KSET_MAX_KEYS) {
+      this.ready.push(this.open);
+      this.open = [];
+    }
+  }
+
+  /**
+   * Closes the open kset and appends every closed one to the log: a sync first (their data must
+   * be durable before they point at it), then, when `durable`, a sync after. Returns false when
+   * the log had no room (the keys stay pending; GC will make room).
+   */
+  commit(durable: boolean): boolean {
+    if (this.open.length > 0) {
+      this.ready.push(this.open);
+      this.open = [];
+    }
+    if (this.ready.length > 0) {
+      this.sh.syncCache(this.dev);
+      const r = appendKsets(this.dev, this.sh, this.g, this.ready, this.writerId);
+      if (r.appended > 0) {
+        this.lastLsn = r.headLsn;
+        this.stats.add('ksets', r.appended);
+        this.ready.splice(0, r.appended);
+      }
+    }
+    if (durable && this.lastLsn > this.sh.durableLsn) this.sh.syncCache(this.dev);
+    return this.ready.length === 0;
+  }
+
+  /** Housekeeping between batches: autocommit, queued writes, the stale-entry sweep. */
+  tick(): void {
+    const now = this.now();
+    try {
+      if (this.ready.length > 0 || (this.open.length > 0 && now - this.openSince >= this.opts.autocommitMs)) this.commit(false);
+      if (this.flushWaiters.length > 0) this.finishFlushes();
+    } catch (err) {
+      this.cacheError(err, 'autocommit');
+    }
+    const freed = this.sh.word(W_FREED);
+    if (freed !== this.freedSeen) {
+      this.freedSeen = freed;
+      this.sweepStale();
+    }
+    if (this.queue.length > 0) this.runQueue();
+  }
+
+  /** Milliseconds until tick() has something to do (for the stripe's idle wait). */
+  nextTickIn(): number {
+    if (this.ready.length > 0 || this.queue.length > 0 || this.flushWaiters.length > 0) return 5;
+    if (this.open.length > 0) return Math.max(0, this.opts.autocommitMs - (this.now() - this.openSince));
+    return Infinity;
+  }
+
+  private sweepStale(): void {
+    const gen = this.sh.gen;
+    this.index.removeIf((e) => (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && Atomics.load(gen, e.seg) !== e.gen);
+  }
+
+  private cacheError(err: unknown, what: string): void {
+    this.sh.setError(ERR_CACHE_IO);
+    this.stats.add('cache_errors', 1);
+    this.log.error({ err, what }, 'cache device error');
+  }
+
+  // ---- FLUSH ----
+
+  /** Group commit: every FLUSH of one batch shares one commit (see endBatch). */
+  flush(done: Done): void {
+    this.flushWaiters.push(done);
+  }
+
+  endBatch(): void {
+    if (this.flushWaiters.length > 0) this.finishFlushes();
+  }
+
+  private finishFlushes(): void {
+    let ok: boolean;
+    try {
+      ok = this.commit(true);
+    } catch (err) {
+      this.cacheError(err, 'flush');
+      const w = this.flushWaiters;
+      this.flushWaiters = [];
+      for (const d of w) d(NbdErr.EIO);
+      return;
+    }
+    if (!ok) return; // log full: the flushes wait for GC (tick retries)
+    this.stats.add('cache_flushes', 1);
+    const w = this.flushWaiters;
+    this.flushWaiters = [];
+    for (const d of w) d(0);
+  }
+
+  // ---- WRITE / TRIM / ZERO ----
+
+  write(off: number, data: Uint8Array, fua: boolean, done: Done): void {
+    this.submit({ kind: 'write', off, len: data.length, data, fua, done, since: this.now() });
+  }
+
+  trim(off: number, len: number, fua: boolean, done: Done): void {
+    this.submit({ kind: 'trim', off, len, data: null, fua, done, since: this.now() });
+  }
+
+  zero(off: number, len: number, fua: boolean, done: Done): void {
+    this.submit({ kind: 'zero', off, len, data: null, fua, done, since: this.now() });
+  }
+
+  private submit(q: Queued): void {
+    // Writes waiting for space keep their order: nothing overtakes them.
+    if (this.queue.length > 0 || this.bypassing) {
+      this.queue.push(q);
+      return;
+    }
+    let r: 'ok' | 'full';
+    try {
+      r = this.apply(q);
+    } catch (err) {
+      this.cacheError(err, q.kind);
+      q.done(NbdErr.EIO);
+      return;
+    }
+    if (r === 'full') {
+      this.stats.add('write_blocked', 1);
+      this.queue.push(q);
+      return;
+    }
+    this.finishWrite(q);
+  }
+
+  private finishWrite(q: Queued): void {
+    if (!q.fua) { q.done(0); return; }
+    try {
+      if (this.commit(true)) { q.done(0); return; }
+    } catch (err) {
+      this.cacheError(err, 'fua');
+      q.done(NbdErr.EIO);
+      return;
+    }
+    // Log full: the FUA reply waits with the flushes.
+    this.flushWaiters.push(q.done);
+  }
+
+  private apply(q: Queued): 'ok' | 'full' {
+    if (q.kind !== 'write') {
+      const flags = q.kind === 'trim' ? KEY_TRIM : KEY_ZERO;
+      // A key without data still needs log space; keep a segment's worth of headroom.
+      if (this.sh.freeSegments === 0 && this.ready.length > 0) return 'full';
+      this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
+      this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
+      this.sh.addDirty(q.len);
+      this.stats.add('discards', 1);
+      return 'ok';
+    }
+    const data = q.data!;
+    const allocs: Alloc[] = [];
+    for (let pos = 0; pos < data.length;) {
+      const a = this.allocData(data.length - pos);
+      if (a === null) {
+        for (const x of allocs) this.releaseRef(x.seg);
+        return 'full';
+      }
+      allocs.push(a);
+      pos += a.len;
+    }
+    let pos = 0;
+    for (const a of allocs) {
+      const piece = data.subarray(pos, pos + a.len);
+      this.writeData(a, piece);
+      const gen = this.sh.genOf(a.seg);
+      this.insertIndex({ off: q.off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.DIRTY });
+      this.pushKey({
+        originOffset: q.off + pos, length: a.len, flags: KEY_DIRTY, segment: a.seg, offset: a.segOff, generation: gen,
+        dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0,
+      });
+      pos += a.len;
+    }
+    this.sh.addDirty(data.length);
+    this.stats.add('write_blocks', blocks(data.length));
+    return 'ok';
+  }
+
+  /** Index inserts never fail for lack of memory while stale entries can be swept. */
+  private insertIndex(e: Extent): void {
+    try {
+      this.index.insert(e);
+    } catch (err) {
+      if (!(err instanceof IndexFullError)) throw err;
+      this.sweepStale();
+      this.index.insert(e);
+    }
+  }
+
+  /** Data goes out padded to whole 4 KiB blocks, so every cache block has a well-defined CRC. */
+  private writeData(a: Alloc, piece: Uint8Array): void {
+    const at = dataOffset(a.seg, a.segOff, this.g.segmentSize);
+    const whole = piece.length - (piece.length % BLOCK);
+    if (whole > 0) this.dev.pwrite(piece.subarray(0, whole), at);
+    if (whole < piece.length) {
+      this.pad.fill(0);
+      this.pad.set(piece.subarray(whole));
+      this.dev.pwrite(this.pad, at + whole);
+    }
+    const crc = this.opts.blockCrc;
+    if (crc) {
+      const first = this.blockNo(a.seg, a.segOff);
+      for (let b = 0; b * BLOCK < piece.length; b++) {
+        const chunk = b * BLOCK + BLOCK <= piece.length ? piece.subarray(b * BLOCK, b * BLOCK + BLOCK) : this.pad;
+        Atomics.store(crc, first + b, crc32cOf(chunk) | 0);
+      }
+    }
+  }
+
+  private blockNo(seg: number, segOff: number): number {
+    return seg * (this.g.dataAreaSize / BLOCK) + segOff / BLOCK;
+  }
+
+  private runQueue(): void {
+    while (this.queue.length > 0 && !this.bypassing) {
+      const q = this.queue[0]!;
+      let r: 'ok' | 'full';
+      try {
+        r = this.apply(q);
+      } catch (err) {
+        this.queue.shift();
+        this.cacheError(err, q.kind);
+        q.done(NbdErr.EIO);
+        continue;
+      }
+      if (r === 'ok') {
+        this.queue.shift();
+        this.finishWrite(q);
+        continue;
+      }
+      const waited = this.now() - q.since;
+      if (waited < this.opts.cacheFullWaitMs) return;
+      if (this.canBypass(q.off, q.len)) {
+        this.queue.shift();
+        this.bypass(q);
+        continue;
+      }
+      if (waited < this.opts.cacheFullMaxWaitMs) return;
+      this.queue.shift();
+      this.log.error({ off: q.off, len: q.len, waitedMs: waited }, 'cache full and writeback not freeing space: write failed');
+      q.done(NbdErr.EIO);
+    }
+  }
+
+  /**
+   * A bypass writes straight to the origin, which is only safe where the cache holds nothing dirty:
+   * otherwise log-ordered writeback of the older dirty data would later overwrite it.
+   */
+  private canBypass(off: number, len: number): boolean {
+    let ok = true;
+    const gen = this.sh.gen;
+    this.index.lookup(off, len, (_o, _l, e) => {
+      if (e === null || (e.flags & ExtentFlag.EMPTY)) return;
+      if (e.flags & ExtentFlag.CLEAN) return;
+      if ((e.flags & ExtentFlag.DIRTY) && Atomics.load(gen, e.seg) !== e.gen) return;
+      ok = false;
+    });
+    return ok;
+  }
+
+  private bypass(q: Queued): void {
+    this.index.remove(q.off, q.len);
+    this.stats.add('write_bypass', 1);
+    this.bypassing = true;
+    const finish = (errno: number): void => {
+      this.bypassing = false;
+      q.done(errno);
+    };
+    if (q.kind === 'write') {
+      this.stats.add('origin_writes', 1);
+      this.stats.add('origin_write_bytes', q.len);
+      this.origin.write(q.off, q.data!, q.fua, finish);
+    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, q.fua, finish);
+    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: q.fua }, finish);
+  }
+
+  // ---- READ ----
+
+  /** `noFill`: the coordinator saw a long sequential run; serve it without promoting it. */
+  read(off: number, buf: Uint8Array, noFill: boolean, done: Done): void {
+    const len = buf.length;
+    const pieces = this.collect(off, len);
+    const gen = this.sh.gen;
+    const gaps: { o: number; l: number; fill: boolean }[] = [];
+    let errno = 0;
+    let hitBytes = 0;
+    for (const p of pieces) {
+      const into = buf.subarray(p.off - off, p.off - off + p.len);
+      if (p.flags === -1 || (p.flags & ExtentFlag.EMPTY)) {
+        gaps.push({ o: p.off, l: p.len, fill: p.flags === -1 && !noFill });
+        continue;
+      }
+      if (p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) {
+        into.fill(0);
+        hitBytes += p.len;
+        continue;
+      }
+      if (Atomics.load(gen, p.seg) !== p.gen) {
+        this.index.remove(p.off, p.len);
+        gaps.push({ o: p.off, l: p.len, fill: !noFill });
+        continue;
+      }
+      try {
+        if (!this.readCached(p, into)) {
+          errno = NbdErr.EIO;
+          continue;
+        }
+      } catch (err) {
+        this.cacheError(err, 'read');
+        errno = NbdErr.EIO;
+        continue;
+      }
+      // GC may have freed and reused the segment while we read: then the bytes are not ours.
+      if (Atomics.load(gen, p.seg) !== p.gen) {
+        gaps.push({ o: p.off, l: p.len, fill: false });
+        continue;
+      }
+      hitBytes += p.len;
+    }
+    this.stats.add('read_blocks', blocks(len));
+    this.stats.add('read_hits', hitBytes === len ? blocks(len) : Math.floor(hitBytes / BLOCK));
+    if (gaps.length === 0 || errno !== 0) { done(errno); return; }
+    let remaining = gaps.length;
+    let firstErr = 0;
+    const pieceDone = (e: number): void => {
+      if (e !== 0 && firstErr === 0) firstErr = e;
+      if (--remaining === 0) done(firstErr);
+    };
+    for (const gap of gaps) this.readMiss(gap.o, buf.subarray(gap.o - off, gap.o - off + gap.l), gap.fill, pieceDone);
+  }
+
+  /** Copies of the lookup pieces (flags -1 for a gap): the callback's extent object is reused. */
+  private collect(off: number, len: number): Extent[] {
+    const out = this.scratch;
+    out.length = 0;
+    this.index.lookup(off, len, (o, l, e) => {
+      out.push(e === null ? { off: o, len: l, seg: 0, segOff: 0, gen: 0, flags: -1 } : { off: o, len: l, seg: e.seg, segOff: e.segOff, gen: e.gen, flags: e.flags });
+    });
+    return out.slice();
+  }
+
+  /** Reads a hit; with dataCrc, verifies every 4 KiB block it touches. False on a CRC mismatch. */
+  private readCached(p: Extent, into: Uint8Array): boolean {
+    const at = dataOffset(p.seg, p.segOff, this.g.segmentSize);
+    const crc = this.opts.blockCrc;
+    if (!crc) {
+      this.dev.pread(into, at);
+      return true;
+    }
+    const blk = this.blockBuf;
+    let done = 0;
+    while (done < p.len) {
+      const segOff = p.segOff + done;
+      const blockStart = segOff - (segOff % BLOCK);
+      this.dev.pread(blk, dataOffset(p.seg, blockStart, this.g.segmentSize));
+      if ((crc32cOf(blk) | 0) !== Atomics.load(crc, this.blockNo(p.seg, blockStart))) {
+        this.stats.add('crc_errors', 1);
+        this.sh.setError(ERR_CACHE_IO);
+        this.log.error({ segment: p.seg, offset: blockStart, origin: p.off + done }, 'data CRC mismatch on a cache read: returning EIO');
+        return false;
+      }
+      const from = segOff - blockStart;
+      const n = Math.min(BLOCK - from, p.len - done);
+      into.set(blk.subarray(from, from + n), done);
+      done += n;
+    }
+    return true;
+  }
+
+  private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
+    this.stats.add('origin_reads', 1);
+    this.stats.add('origin_read_bytes', into.length);
+    if (!fill) {
+      this.origin.read(off, into, done);
+      return;
+    }
+    let token: number;
+    try {
+      token = this.index.insertPlaceholder(off, into.length);
+    } catch (err) {
+      if (!(err instanceof IndexFullError)) throw err;
+      this.origin.read(off, into, done);
+      return;
+    }
+    this.origin.read(off, into, (errno) => {
+      if (errno === 0) {
+        try {
+          this.fill(token, off, into);
+        } catch (err) {
+          this.cacheError(err, 'fill');
+          this.dropPlaceholder(token, off, into.length);
+        }
+      } else this.dropPlaceholder(token, off, into.length);
+      done(errno);
+    });
+  }
+
+  private dropPlaceholder(token: number, off: number, len: number): void {
+    const mine: [number, number][] = [];
+    this.index.lookup(off, len, (o, l, e) => {
+      if (e !== null && (e.flags & ExtentFlag.EMPTY) && e.seg === token) mine.push([o, l]);
+    });
+    for (const [o, l] of mine) this.index.remove(o, l);
+  }
+
+  /** Promotes a miss into the cache as clean data, where its placeholder survived. */
+  private fill(token: number, off: number, data: Uint8Array): void {
+    // Fills never wait and never take the last free segments from writes.
+    if (this.headSeg < 0 || this.headOff + data.length > this.g.dataAreaSize) {
+      if (this.sh.freeSegments <= this.sh.logReserve + 1) {
+        this.stats.add('fills_skipped', 1);
+        this.dropPlaceholder(token, off, data.length);
+        return;
+      }
+    }
+    const a = this.allocData(data.length);
+    if (a === null || a.len < data.length) {
+      if (a) this.releaseRef(a.seg);
+      this.stats.add('fills_skipped', 1);
+      this.dropPlaceholder(token, off, data.length);
+      return;
+    }
+    this.writeData(a, data);
+    const gen = this.sh.genOf(a.seg);
+    const filled = this.index.replacePlaceholder(token, { off, len: data.length, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
+    if (filled === data.length) {
+      this.pushKey({ originOffset: off, length: data.length, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(data) : 0 });
+      this.stats.add('fills', 1);
+    } else {
+      // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
+      // logging them would let replay put them after the newer write. The segment's generation
+      // retires them when it is freed.
+      this.releaseRef(a.seg);
+    }
+  }
+
+  // ---- BLOCK_STATUS ----
+
+  /** A prefix of the range (the protocol allows short replies): cached pieces first, else the origin's answer for the first gap. */
+  blockStatus(off: number, len: number, maxExtents: number, cb: (errno: number, extents: StatusExtent[]) => void): void {
+    const pieces = this.collect(off, len);
+    const first = pieces[0];
+    const gen = this.sh.gen;
+    const isGap = (p: Extent): boolean => p.flags === -1 || (p.flags & ExtentFlag.EMPTY) !== 0 ||
+      ((p.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && Atomics.load(gen, p.seg) !== p.gen);
+    if (!first || isGap(first)) {
+      let gapLen = 0;
+      for (const p of pieces) { if (!isGap(p)) break; gapLen += p.len; }
+      this.origin.blockStatus(off, gapLen || len, maxExtents, cb);
+      return;
+    }
+    const out: StatusExtent[] = [];
+    for (const p of pieces) {
+      if (isGap(p) || out.length >= maxExtents) break;
+      const flags = p.flags & ExtentFlag.TRIM ? BlockState.HOLE | BlockState.ZERO : p.flags & ExtentFlag.ZERO ? BlockState.ZERO : 0;
+      const last = out[out.length - 1];
+      if (last && last.flags === flags) last.length += p.len;
+      else out.push({ length: p.len, flags });
+    }
+    cb(0, out);
+  }
+
+  /** Commit everything (stop, message flush): true when every key is in the log and durable. */
+  drain(): boolean {
+    return this.commit(true);
+  }
+}
+
+function blocks(len: number): number {
+  return Math.ceil(len / BLOCK);
+}
+
+/**
+ * Frees data segments whose last key reference is gone: bump and persist each generation (stale
+ * index entries and replayed keys then ignore the old contents), sync, and only then hand the
+ * segments back to the allocator, so new data can never be read through an old key.
+ */
+export function freeDataSegment(dev: BlockDevice, sh: CacheShared, g: Geometry, segs: readonly number[]): void {
+  for (const s of segs) {
+    const gen = sh.genOf(s) + 1;
+    sh.writeSegmentRecord(dev, s, 'gen', segmentSlots(g, s, SEGMENT_GEN_SLOTS), forSegment(segmentGenCodec, s), gen, g.salt);
+    sh.setGen(s, gen);
+    writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+  }
+  sh.syncCache(dev);
+  for (const s of segs) sh.freeSegment(s);
+}

@@ -1,0 +1,83 @@
+// Garbage collection (dm-pcache parity): when segment use reaches gc_percent, retire ksets from
+// key_tail up to (never past) dirty_tail, oldest first. Each retired data key drops its segment
+// reference; a segment left with none gets a new generation (its stale index entries and any
+// replayed key naming it die) and is freed; a log segment is freed once the tail leaves it.
+
+import type { BlockDevice } from './blockdev.js';
+import { KEY_TAIL_OFFSETS, KSET_MAX_SIZE, SEGMENT_GEN_SLOTS } from './layout.js';
+import { hasData } from './kset.js';
+import { limitsOf, readKsetAt, segmentSlots, writeSegmentInfo } from './log.js';
+import type { Geometry } from './log.js';
+import { forSegment, keyTailCodec, segmentGenCodec } from './meta-slots.js';
+import type { LogPosition } from './meta-slots.js';
+import { ERR_GC, REC_KEY_TAIL } from './shared.js';
+import type { CacheShared } from './shared.js';
+import type { EngineLog } from './engine.js';
+
+export interface GcStats { ksets: number; segmentsFreed: number; runs: number }
+
+export class Gc {
+  readonly stats: GcStats = { ksets: 0, segmentsFreed: 0, runs: 0 };
+  private readonly kbuf = Buffer.alloc(KSET_MAX_SIZE);
+  halted: string | null = null;
+
+  constructor(
+    private readonly dev: BlockDevice,
+    private readonly sh: CacheShared,
+    private readonly g: Geometry,
+    private readonly opts: { batchKsets: number; log?: EngineLog },
+  ) {}
+
+  /** Segment use has reached gc_percent (0: reclaim whatever is written back). */
+  get needed(): boolean {
+    return this.sh.usedSegments * 100 >= this.sh.gcPercent * this.g.segmentCount;
+  }
+
+  /** Retires one batch of ksets; returns how many (0: nothing to do). */
+  step(): number {
+    if (this.halted || !this.needed) return 0;
+    let pos: LogPosition = this.sh.keyTail();
+    const limit = this.sh.dirtyTail().lsn;
+    if (pos.lsn >= limit) return 0;
+    const lim = limitsOf(this.g);
+    const freeData: number[] = [];
+    const freeLog: number[] = [];
+    let n = 0;
+    while (pos.lsn < limit && n < this.opts.batchKsets) {
+      const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
+      if ('error' in r) {
+        this.halted = `kset at sequence ${pos.lsn} does not verify: ${r.error}`;
+        this.sh.setError(ERR_GC);
+        this.opts.log?.error({ why: this.halted }, 'gc halted');
+        break;
+      }
+      n++;
+      if (r.kset.last) freeLog.push(pos.segment);
+      else {
+        for (const k of r.kset.keys) {
+          // A key that was already stale at replay never took a reference.
+          if (!hasData(k.flags) || k.generation !== this.sh.genOf(k.segment)) continue;
+          if (this.sh.unref(k.segment) === 0) freeData.push(k.segment);
+        }
+      }
+      pos = r.next;
+    }
+    if (n === 0) return 0;
+    const { dev, sh, g } = this;
+    for (const s of freeData) {
+      sh.writeSegmentRecord(dev, s, 'gen', segmentSlots(g, s, SEGMENT_GEN_SLOTS), forSegment(segmentGenCodec, s), sh.genOf(s) + 1, g.salt);
+      writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+    }
+    for (const s of freeLog) writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+    sh.writeRecord(dev, REC_KEY_TAIL, KEY_TAIL_OFFSETS, keyTailCodec, pos, g.salt);
+    // New generations and the new key tail are durable before any freed segment can be reused.
+    sh.syncCache(dev);
+    sh.setKeyTail(pos);
+    for (const s of freeData) { sh.setGen(s, sh.genOf(s) + 1); sh.freeSegment(s); }
+    for (const s of freeLog) sh.freeSegment(s);
+    this.stats.ksets += n;
+    this.stats.segmentsFreed += freeData.length + freeLog.length;
+    this.stats.runs++;
+    return n;
+  }
+}

@@ -1,0 +1,176 @@
+// Opening a cache at start: format a blank device, refuse a foreign or mismatched one, then replay
+// the key log from key_tail into fresh shared state and one extent index per stripe.
+
+import { PcachedError } from '../util/errors.js';
+import type { BlockDevice } from './blockdev.js';
+import { formatDevice, isBlankDevice, openDevice, updateDirtyTail } from './format.js';
+import type { CacheState } from './format.js';
+import { CACHE_INFO_OFFSETS, DIRTY_TAIL_OFFSETS, KEY_TAIL_OFFSETS, crc32cOf, dataOffset } from './layout.js';
+import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, hasData } from './kset.js';
+import { scanLog } from './key-log.js';
+import type { ScanStop } from './key-log.js';
+import { geometryOf } from './log.js';
+import type { Geometry } from './log.js';
+import { CacheShared, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, SEG_DATA, SEG_LOG } from './shared.js';
+import { ExtentFlag, ExtentIndex } from './index/extent-index.js';
+import { SUBTREE_SIZE } from '../ring/layout.js';
+import type { CacheMode } from '../config/types.js';
+import { BLOCK } from './engine.js';
+
+export interface OpenCacheParams {
+  originSize: number;
+  dataCrc: boolean;
+  stripes: number;
+  /** Reformat a device that holds something else (never needed for a blank one). */
+  format: boolean;
+  segmentSize?: number;
+  gcPercent?: number;
+  mode?: CacheMode;
+  /** Upper bound of each stripe's index memory (address space reserved, committed on demand). */
+  indexMaxBytes?: number;
+}
+
+export interface ReplayReport {
+  formatted: boolean;
+  ksets: number;
+  keys: number;
+  staleKeys: number;
+  crcErrors: number;
+  dirtyKeys: number;
+  stop: ScanStop['reason'];
+  stopDetail: string;
+  ms: number;
+  warnings: string[];
+}
+
+export interface OpenedCache {
+  state: CacheState;
+  geometry: Geometry;
+  shared: CacheShared;
+  indexes: ExtentIndex[];
+  blockCrc: SharedArrayBuffer | null;
+  report: ReplayReport;
+}
+
+/** Segments data allocation leaves to the key log, so keys can always be committed. */
+export function logReserveFor(segmentCount: number): number {
+  return Math.max(1, Math.min(4, Math.floor(segmentCount / 16)));
+}
+
+export function defaultIndexMaxBytes(deviceSize: number, stripes: number): number {
+  // ~40 bytes per 4 KiB cache block across all stripes, plus slack for trims and splits.
+  return Math.ceil((deviceSize / BLOCK) * 40 / stripes) + 4 * 1024 * 1024;
+}
+
+export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
+  const t0 = performance.now();
+  let formatted = false;
+  let state: CacheState;
+  if (isBlankDevice(dev)) {
+    state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: p.segmentSize, gcPercent: p.gcPercent, mode: p.mode });
+    formatted = true;
+  } else {
+    try {
+      state = openDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc });
+    } catch (err) {
+      if (!p.format) {
+        const e = err as PcachedError;
+        throw new PcachedError(e.code ?? 'ERR_BAD_SUPERBLOCK', `${e.message} (start with --format to erase it and format a new cache)`, { cause: err });
+      }
+      state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: p.segmentSize, gcPercent: p.gcPercent, mode: p.mode, force: true });
+      formatted = true;
+    }
+  }
+  const g = geometryOf(state.sb);
+  const warnings = [...state.warnings];
+  const maxBytes = p.indexMaxBytes ?? defaultIndexMaxBytes(dev.size, p.stripes);
+  const indexes: ExtentIndex[] = [];
+  for (let i = 0; i < p.stripes; i++) indexes.push(ExtentIndex.create({ originBytes: g.originSize, stripe: i, stripes: p.stripes, maxBytes }));
+  const blocksPerSeg = g.dataAreaSize / BLOCK;
+  const blockCrcSab = g.dataCrc ? new SharedArrayBuffer(g.segmentCount * blocksPerSeg * 4) : null;
+  const blockCrc = blockCrcSab ? new Int32Array(blockCrcSab) : null;
+
+  // Generations: a segment whose generation record is unreadable cannot vouch for any key; give
+  // it one no key can carry, so its keys are skipped, and persist it when it is next freed.
+  const gens = state.segments.map((s) => s.gen.value ?? 0x3fffffff);
+  const keyTail = state.keyTail.value;
+  let dirtyTail = state.dirtyTail.value;
+  const refs = new Int32Array(g.segmentCount);
+  const logSegs = new Set<number>([keyTail.segment]);
+  let ksets = 0, keys = 0, staleKeys = 0, crcErrors = 0, dirtyKeys = 0, dirtyBytes = 0;
+  const buf = Buffer.alloc(0);
+  let dataBuf = buf;
+  const it = scanLog(state, keyTail);
+  let stop: ScanStop;
+  for (;;) {
+    const r = it.next();
+    if (r.done) { stop = r.value; break; }
+    const k = r.value;
+    ksets++;
+    if (k.last) { logSegs.add(k.nextSegment); continue; }
+    const dirtyZone = k.lsn >= dirtyTail.lsn;
+    for (const key of k.keys) {
+      keys++;
+      const stripe = Math.floor(key.originOffset / SUBTREE_SIZE) % p.stripes;
+      if (Math.floor((key.originOffset + key.length - 1) / SUBTREE_SIZE) !== Math.floor(key.originOffset / SUBTREE_SIZE)) {
+        staleKeys++;
+        warnings.push(`key at ${key.originOffset}+${key.length} crosses a subtree; skipped`);
+        continue;
+      }
+      if (hasData(key.flags)) {
+        if (key.generation !== gens[key.segment]) { staleKeys++; continue; }
+        if (g.dataCrc) {
+          const padded = Math.ceil(key.length / BLOCK) * BLOCK;
+          if (dataBuf.length < padded) dataBuf = Buffer.alloc(padded);
+          const data = dataBuf.subarray(0, padded);
+          dev.pread(data, dataOffset(key.segment, key.offset, g.segmentSize));
+          if (crc32cOf(data.subarray(0, key.length)) !== key.dataCrc) {
+            crcErrors++;
+            warnings.push(`data CRC mismatch in segment ${key.segment} at ${key.offset} (origin ${key.originOffset}+${key.length}); key dropped`);
+            continue;
+          }
+          const first = key.segment * blocksPerSeg + key.offset / BLOCK;
+          for (let b = 0; b * BLOCK < padded; b++) blockCrc![first + b] = crc32cOf(data.subarray(b * BLOCK, b * BLOCK + BLOCK)) | 0;
+        }
+        refs[key.segment]!++;
+      }
+      const flags = key.flags === KEY_DIRTY ? ExtentFlag.DIRTY : key.flags === KEY_CLEAN ? ExtentFlag.CLEAN : key.flags === KEY_TRIM ? ExtentFlag.TRIM : ExtentFlag.ZERO;
+      indexes[stripe]!.insert({ off: key.originOffset, len: key.length, seg: key.segment, segOff: key.offset, gen: key.generation, flags });
+      if (dirtyZone && key.flags !== KEY_CLEAN) { dirtyKeys++; dirtyBytes += key.length; }
+    }
+  }
+  if (stop.reason !== 'end') warnings.push(`key log ends at sequence ${stop.position.lsn} (${stop.reason}: ${stop.detail}); later ksets were never committed`);
+  const head = stop.position;
+  if (dirtyTail.lsn > head.lsn) {
+    // The tail outran what survived (it is only ever advanced past durable ksets, so this is damage).
+    warnings.push('dirty tail is past the end of the log; writeback restarts from the log head');
+    dirtyTail = head;
+    updateDirtyTail(state, dirtyTail);
+    dev.sync();
+  }
+
+  const gcPercent = state.cacheInfo.value.gcPercent;
+  const shared = CacheShared.create({
+    segmentCount: g.segmentCount, head, prevCrc: stop.prevCrc ?? 0, keyTail, dirtyTail, gcPercent,
+    logReserve: logReserveFor(g.segmentCount),
+  });
+  shared.loadRecordState(REC_CACHE_INFO, state.cacheInfo);
+  shared.loadRecordState(REC_KEY_TAIL, state.keyTail);
+  shared.loadRecordState(REC_DIRTY_TAIL, state.dirtyTail);
+  for (let s = 0; s < g.segmentCount; s++) {
+    shared.loadSegmentState(s, state.segments[s]!.info, state.segments[s]!.gen);
+    shared.setGen(s, gens[s]!);
+    if (logSegs.has(s)) shared.claimAtReplay(s, SEG_LOG);
+    else if (refs[s]! > 0) shared.claimAtReplay(s, SEG_DATA);
+    shared.refs[s] = logSegs.has(s) ? 0 : refs[s]!;
+  }
+  shared.addDirty(dirtyBytes);
+  // Everything replayed is durable as far as anyone can tell.
+  shared.syncCache(dev);
+  return {
+    state, geometry: g, shared, indexes, blockCrc: blockCrcSab,
+    report: { formatted, ksets, keys, staleKeys, crcErrors, dirtyKeys, stop: stop.reason, stopDetail: stop.detail, ms: performance.now() - t0, warnings },
+  };
+}
+
+export { CACHE_INFO_OFFSETS, KEY_TAIL_OFFSETS, DIRTY_TAIL_OFFSETS };

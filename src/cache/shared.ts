@@ -1,0 +1,304 @@
+// The cache-wide state every thread of one cache shares through one SharedArrayBuffer: the log
+// head and tails, the segment table (state, key references, generation), the dual-slot sequence
+// state of every mutable record, and the locks that order key-log appends and cache syncs.
+//
+// Why shared words and not messages: stripes append to one key log in one global order, the
+// writeback and GC workers follow that log, and `status` reads all of it, at any moment, without
+// stopping anyone. A message per append would cost ~25 µs of wake-up per kset.
+
+import type { BlockDevice } from './blockdev.js';
+import { encodeRecord, nextSlot } from './meta-slots.js';
+import type { DualSlot, LogPosition, RecordCodec } from './meta-slots.js';
+
+/** Segment states (the on-media segment info says the same, best effort; replay is the truth). */
+export const SEG_FREE = 0;
+export const SEG_DATA = 1;
+export const SEG_LOG = 2;
+
+// Int32 word indices of the header.
+const W_LOG_LOCK = 0;
+const W_SYNC_LOCK = 1;
+const W_SYNC_STARTED = 2;
+const W_SYNC_DONE = 3;
+const W_HEAD_SEG = 4;
+const W_HEAD_OFF = 5;
+const W_PREV_CRC = 6;
+const W_KEY_TAIL_SEG = 7;
+const W_KEY_TAIL_OFF = 8;
+const W_DIRTY_TAIL_SEG = 9;
+const W_DIRTY_TAIL_OFF = 10;
+const W_GC_PERCENT = 11;
+const W_USED = 12;
+const W_ALLOC_HINT = 13;
+/** Bumped (and notified) when the log head moves: the writeback worker waits on it. */
+export const W_KICK_WB = 14;
+/** Bumped when segments are freed: writes waiting for space and the GC-sweeping stripes watch it. */
+export const W_FREED = 15;
+/** Bumped when the writeback worker moved dirty_tail: the GC worker waits on it. */
+export const W_KICK_GC = 16;
+const W_ERRORS = 17;
+export const W_STOP = 18;
+const W_WRITER_SEQ = 19;
+const W_SEGMENTS = 20;
+const W_LOG_RESERVE = 21;
+const W_BYTES_PER_BLOCK = 22;
+
+// BigInt64 indices (byte offset 128 onwards).
+const B_BASE = 16;
+const B_HEAD_LSN = B_BASE + 0;
+const B_KEY_TAIL_LSN = B_BASE + 1;
+const B_DIRTY_TAIL_LSN = B_BASE + 2;
+const B_DURABLE_LSN = B_BASE + 3;
+const B_DIRTY_BYTES = B_BASE + 4;
+
+/** Dual-slot state of the three cache-wide records: [seq, newest slot or -1]. */
+export const REC_CACHE_INFO = 48;
+export const REC_KEY_TAIL = 50;
+export const REC_DIRTY_TAIL = 52;
+
+const HEADER_WORDS = 64;
+/** Per-segment words, one array each: state, references, generation, info seq/newest, gen seq/newest. */
+const SEG_ARRAYS = 7;
+
+export const ERR_WRITEBACK = 1;
+export const ERR_GC = 2;
+export const ERR_CACHE_IO = 4;
+export const ERR_ORIGIN_IO = 8;
+
+export interface SharedInit {
+  segmentCount: number;
+  head: LogPosition;
+  prevCrc: number;
+  keyTail: LogPosition;
+  dirtyTail: LogPosition;
+  gcPercent: number;
+  /** Segments data allocation leaves for the key log. */
+  logReserve: number;
+}
+
+/** Lock words: a short spin, then a futex wait; holders never block on anything but the device. */
+function lockWord(w: Int32Array, i: number): void {
+  for (let n = 0; ; n++) {
+    if (Atomics.compareExchange(w, i, 0, 1) === 0) return;
+    if (n > 100) Atomics.wait(w, i, 1, 1);
+  }
+}
+
+function unlockWord(w: Int32Array, i: number): void {
+  Atomics.store(w, i, 0);
+  Atomics.notify(w, i, 1);
+}
+
+export class CacheShared {
+  readonly sab: SharedArrayBuffer;
+  readonly w: Int32Array;
+  readonly b: BigInt64Array;
+  readonly segmentCount: number;
+  readonly state: Int32Array;
+  readonly refs: Int32Array;
+  readonly gen: Int32Array;
+  private readonly infoSeq: Int32Array;
+  private readonly infoNewest: Int32Array;
+  private readonly genSeq: Int32Array;
+  private readonly genNewest: Int32Array;
+
+  static bytesFor(segmentCount: number): number {
+    return (HEADER_WORDS + SEG_ARRAYS * segmentCount) * 4;
+  }
+
+  static create(init: SharedInit): CacheShared {
+    const s = new CacheShared(new SharedArrayBuffer(CacheShared.bytesFor(init.segmentCount)));
+    const w = s.w;
+    w[W_SEGMENTS] = init.segmentCount;
+    w[W_LOG_RESERVE] = init.logReserve;
+    w[W_BYTES_PER_BLOCK] = 4096;
+    s.setHead(init.head, init.prevCrc);
+    s.setKeyTail(init.keyTail);
+    s.setDirtyTail(init.dirtyTail);
+    w[W_GC_PERCENT] = init.gcPercent;
+    for (let i = 0; i < init.segmentCount; i++) s.infoNewest[i] = -1, s.genNewest[i] = -1;
+    w[REC_CACHE_INFO + 1] = -1;
+    w[REC_KEY_TAIL + 1] = -1;
+    w[REC_DIRTY_TAIL + 1] = -1;
+    return s;
+  }
+
+  constructor(sab: SharedArrayBuffer) {
+    this.sab = sab;
+    this.w = new Int32Array(sab);
+    this.b = new BigInt64Array(sab, 0, HEADER_WORDS / 2);
+    const n = this.w[W_SEGMENTS] || (sab.byteLength / 4 - HEADER_WORDS) / SEG_ARRAYS;
+    this.segmentCount = n;
+    const arr = (k: number): Int32Array => new Int32Array(sab, (HEADER_WORDS + k * n) * 4, n);
+    this.state = arr(0);
+    this.refs = arr(1);
+    this.gen = arr(2);
+    this.infoSeq = arr(3);
+    this.infoNewest = arr(4);
+    this.genSeq = arr(5);
+    this.genNewest = arr(6);
+  }
+
+  // ---- log positions ----
+
+  get headLsn(): number { return Number(Atomics.load(this.b, B_HEAD_LSN)); }
+  head(): LogPosition {
+    return { segment: Atomics.load(this.w, W_HEAD_SEG), offset: Atomics.load(this.w, W_HEAD_OFF), lsn: this.headLsn };
+  }
+  get prevCrc(): number { return this.w[W_PREV_CRC]! >>> 0; }
+  /** Under the log lock only. */
+  setHead(p: LogPosition, prevCrc: number): void {
+    this.w[W_PREV_CRC] = prevCrc | 0;
+    Atomics.store(this.w, W_HEAD_SEG, p.segment);
+    Atomics.store(this.w, W_HEAD_OFF, p.offset);
+    Atomics.store(this.b, B_HEAD_LSN, BigInt(p.lsn));
+  }
+  keyTail(): LogPosition {
+    return { segment: Atomics.load(this.w, W_KEY_TAIL_SEG), offset: Atomics.load(this.w, W_KEY_TAIL_OFF), lsn: Number(Atomics.load(this.b, B_KEY_TAIL_LSN)) };
+  }
+  setKeyTail(p: LogPosition): void {
+    Atomics.store(this.w, W_KEY_TAIL_SEG, p.segment);
+    Atomics.store(this.w, W_KEY_TAIL_OFF, p.offset);
+    Atomics.store(this.b, B_KEY_TAIL_LSN, BigInt(p.lsn));
+  }
+  dirtyTail(): LogPosition {
+    return { segment: Atomics.load(this.w, W_DIRTY_TAIL_SEG), offset: Atomics.load(this.w, W_DIRTY_TAIL_OFF), lsn: Number(Atomics.load(this.b, B_DIRTY_TAIL_LSN)) };
+  }
+  setDirtyTail(p: LogPosition): void {
+    Atomics.store(this.w, W_DIRTY_TAIL_SEG, p.segment);
+    Atomics.store(this.w, W_DIRTY_TAIL_OFF, p.offset);
+    Atomics.store(this.b, B_DIRTY_TAIL_LSN, BigInt(p.lsn));
+    this.kick(W_KICK_GC);
+  }
+  /** Every kset with a smaller sequence number is known durable on the cache device. */
+  get durableLsn(): number { return Number(Atomics.load(this.b, B_DURABLE_LSN)); }
+  private noteDurable(lsn: number): void {
+    for (;;) {
+      const cur = Atomics.load(this.b, B_DURABLE_LSN);
+      if (cur >= BigInt(lsn) || Atomics.compareExchange(this.b, B_DURABLE_LSN, cur, BigInt(lsn)) === cur) return;
+    }
+  }
+
+  get dirtyBytes(): number { return Number(Atomics.load(this.b, B_DIRTY_BYTES)); }
+  addDirty(n: number): void { Atomics.add(this.b, B_DIRTY_BYTES, BigInt(n)); }
+
+  get gcPercent(): number { return Atomics.load(this.w, W_GC_PERCENT); }
+  set gcPercent(v: number) { Atomics.store(this.w, W_GC_PERCENT, v); this.kick(W_KICK_GC); }
+  get usedSegments(): number { return Atomics.load(this.w, W_USED); }
+  get logReserve(): number { return this.w[W_LOG_RESERVE]!; }
+  get errors(): number { return Atomics.load(this.w, W_ERRORS); }
+  setError(bit: number): void { Atomics.or(this.w, W_ERRORS, bit); }
+  clearError(bit: number): void { Atomics.and(this.w, W_ERRORS, ~bit); }
+  get stopping(): boolean { return Atomics.load(this.w, W_STOP) !== 0; }
+  stop(): void {
+    Atomics.store(this.w, W_STOP, 1);
+    for (const k of [W_KICK_WB, W_KICK_GC, W_FREED]) this.kick(k);
+  }
+  /** A fresh nonce per kset writer, so a re-written kset never equals a stale one. */
+  nextWriterId(): number { return (Atomics.add(this.w, W_WRITER_SEQ, 1) * 0x9e3779b1 + Date.now()) >>> 0; }
+
+  kick(word: number): void {
+    Atomics.add(this.w, word, 1);
+    Atomics.notify(this.w, word);
+  }
+  word(i: number): number { return Atomics.load(this.w, i); }
+
+  // ---- locks and group commit ----
+
+  lockLog(): void { lockWord(this.w, W_LOG_LOCK); }
+  unlockLog(): void { unlockWord(this.w, W_LOG_LOCK); }
+
+  /**
+   * Group commit across threads: a sync that *started* after the caller's writes covers them, so
+   * a caller that waited for the lock while such a sync ran returns without syncing again.
+   */
+  syncCache(dev: BlockDevice): void {
+    const mark = Atomics.load(this.w, W_SYNC_STARTED);
+    lockWord(this.w, W_SYNC_LOCK);
+    try {
+      if (Atomics.load(this.w, W_SYNC_DONE) > mark) return;
+      const n = Atomics.add(this.w, W_SYNC_STARTED, 1) + 1;
+      const head = this.headLsn;
+      dev.sync();
+      Atomics.store(this.w, W_SYNC_DONE, n);
+      this.noteDurable(head);
+    } finally {
+      unlockWord(this.w, W_SYNC_LOCK);
+    }
+  }
+
+  // ---- segments ----
+
+  get freeSegments(): number { return this.segmentCount - this.usedSegments; }
+
+  /** Claims a free segment (data allocations leave `logReserve` segments to the key log); -1 if none. */
+  allocSegment(type: typeof SEG_DATA | typeof SEG_LOG): number {
+    const n = this.segmentCount;
+    if (type === SEG_DATA && this.freeSegments <= this.logReserve) return -1;
+    const start = Atomics.load(this.w, W_ALLOC_HINT) % n;
+    for (let i = 0; i < n; i++) {
+      const s = (start + i) % n;
+      if (Atomics.load(this.state, s) === SEG_FREE && Atomics.compareExchange(this.state, s, SEG_FREE, type) === SEG_FREE) {
+        Atomics.add(this.w, W_USED, 1);
+        Atomics.store(this.w, W_ALLOC_HINT, s + 1);
+        return s;
+      }
+    }
+    return -1;
+  }
+
+  /** Marks a segment in use at replay (no allocation race: the workers have not started). */
+  claimAtReplay(s: number, type: typeof SEG_DATA | typeof SEG_LOG): void {
+    if (this.state[s] === SEG_FREE) this.w[W_USED]!++;
+    this.state[s] = type;
+  }
+
+  /** The caller has bumped and persisted the generation (data) or retired the segment (log). */
+  freeSegment(s: number): void {
+    if (Atomics.exchange(this.state, s, SEG_FREE) !== SEG_FREE) Atomics.sub(this.w, W_USED, 1);
+    this.kick(W_FREED);
+  }
+
+  ref(s: number, n = 1): void { Atomics.add(this.refs, s, n); }
+  /** Returns the references left. */
+  unref(s: number, n = 1): number { return Atomics.sub(this.refs, s, n) - n; }
+  genOf(s: number): number { return Atomics.load(this.gen, s); }
+  setGen(s: number, g: number): void { Atomics.store(this.gen, s, g); }
+
+  // ---- dual-slot records: the sequence state is shared, so whichever thread writes next picks the right slot ----
+
+  private slotState(seq: Int32Array | null, newest: Int32Array | null, i: number): DualSlot<unknown> {
+    const sq = seq ? seq[i]! : this.w[i]!;
+    const nw = newest ? newest[i]! : this.w[i + 1]!;
+    return { value: null, newest: nw < 0 ? null : (nw as 0 | 1), seq: sq >>> 0 };
+  }
+
+  loadRecordState(rec: number, st: DualSlot<unknown>): void {
+    this.w[rec] = st.seq | 0;
+    this.w[rec + 1] = st.newest ?? -1;
+  }
+  loadSegmentState(s: number, info: DualSlot<unknown>, gen: DualSlot<unknown>): void {
+    this.infoSeq[s] = info.seq | 0;
+    this.infoNewest[s] = info.newest ?? -1;
+    this.genSeq[s] = gen.seq | 0;
+    this.genNewest[s] = gen.newest ?? -1;
+  }
+
+  /** Writes a cache-wide record to its non-newest slot (no sync). One writer per record kind. */
+  writeRecord<T>(dev: BlockDevice, rec: number, offsets: readonly [number, number], codec: RecordCodec<T>, v: T, salt: number): void {
+    const { slot, seq } = nextSlot(this.slotState(null, null, rec));
+    dev.pwrite(encodeRecord(codec, seq, v, salt), offsets[slot]);
+    this.w[rec] = seq | 0;
+    this.w[rec + 1] = slot;
+  }
+
+  /** Segment info or generation record: the segment's current owner is its only writer. */
+  writeSegmentRecord<T>(dev: BlockDevice, s: number, kind: 'info' | 'gen', offsets: readonly [number, number], codec: RecordCodec<T>, v: T, salt: number): void {
+    const seqArr = kind === 'info' ? this.infoSeq : this.genSeq;
+    const newArr = kind === 'info' ? this.infoNewest : this.genNewest;
+    const { slot, seq } = nextSlot(this.slotState(seqArr, newArr, s));
+    dev.pwrite(encodeRecord(codec, seq, v, salt), offsets[slot]);
+    seqArr[s] = seq | 0;
+    newArr[s] = slot;
+  }
+}

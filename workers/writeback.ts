@@ -1,0 +1,104 @@
+// Writeback worker: one thread per cache (a piscina pool of one), following the key log from
+// dirty_tail to the origin. It wakes when the log head moves (a shared word) or once a second,
+// backs off on origin errors, and stops after its current batch.
+
+import { workerData } from 'piscina';
+import { FileBlockDevice } from '../src/cache/blockdev.js';
+import { CacheShared, ERR_ORIGIN_IO, W_KICK_WB } from '../src/cache/shared.js';
+import { Writeback, WritebackHalted, OriginIoError } from '../src/cache/writeback.js';
+import type { Geometry } from '../src/cache/log.js';
+import { openOrigin } from '../src/origin/open.js';
+import type { OriginSpec } from '../src/origin/types.js';
+import { CounterBlock, CACHE_WORKER_COUNTERS } from '../src/stats/counters.js';
+import { createLogger } from '../src/daemon/logger.js';
+
+export interface CacheWorkerData {
+  path: string;
+  shared: SharedArrayBuffer;
+  geometry: Geometry;
+  origin: OriginSpec;
+  counters: SharedArrayBuffer;
+  logLevel: string;
+  /** Writeback: origin bytes per second (0 = unlimited). */
+  rate: number;
+  batchKsets: number;
+}
+
+const data = workerData as CacheWorkerData;
+const log = createLogger({ level: data.logLevel as 'info', name: 'writeback' });
+const sh = new CacheShared(data.shared);
+const counters = new CounterBlock(CACHE_WORKER_COUNTERS, data.counters);
+const BACKOFF_MS = [100, 250, 500, 1000, 2000, 5000];
+const IDLE_MS = 1000;
+
+let stopping = false;
+let loopDone: Promise<void> | null = null;
+let wakeWord = 0;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function idle(ms: number): Promise<void> {
+  const w = Atomics.waitAsync(sh.w, W_KICK_WB, wakeWord, ms);
+  if (w.async) await w.value;
+  wakeWord = Atomics.load(sh.w, W_KICK_WB);
+}
+
+async function loop(): Promise<void> {
+  const dev = FileBlockDevice.open(data.path);
+  const origin = await openOrigin(data.origin);
+  const wb = new Writeback(dev, sh, data.geometry, origin, { batchKsets: data.batchKsets, rate: data.rate, log });
+  let failures = 0;
+  try {
+    wakeWord = Atomics.load(sh.w, W_KICK_WB);
+    while (!stopping && !sh.stopping) {
+      let bytes = 0;
+      const t0 = performance.now();
+      try {
+        const before = { ...wb.stats };
+        bytes = await wb.step();
+        counters.add('wb_ksets', wb.stats.ksets - before.ksets);
+        counters.add('wb_keys', wb.stats.keys - before.keys);
+        counters.add('wb_bytes', wb.stats.bytes - before.bytes);
+        counters.add('wb_origin_syncs', wb.stats.originSyncs - before.originSyncs);
+        failures = 0;
+      } catch (err) {
+        if (err instanceof WritebackHalted) {
+          counters.add('wb_errors', 1);
+          await idle(IDLE_MS * 5);
+          continue;
+        }
+        counters.add('wb_errors', 1);
+        sh.setError(ERR_ORIGIN_IO);
+        const delay = BACKOFF_MS[Math.min(failures++, BACKOFF_MS.length - 1)]!;
+        log.warn({ err: (err as Error).message, retryInMs: delay, origin: err instanceof OriginIoError }, 'writeback failed; dirty data kept, retrying');
+        await sleep(delay);
+        continue;
+      }
+      if (bytes === 0) {
+        await idle(IDLE_MS);
+        continue;
+      }
+      if (data.rate > 0) {
+        const due = (bytes / data.rate) * 1000 - (performance.now() - t0);
+        if (due > 1) await sleep(Math.min(due, 5000));
+      }
+    }
+  } finally {
+    dev.close();
+    await origin.close();
+  }
+}
+
+export default async function handle(task: { op: 'start' | 'stop' }): Promise<{ ok: true }> {
+  if (task.op === 'start') {
+    if (!loopDone) {
+      loopDone = loop().catch((err) => { log.fatal({ err }, 'writeback worker failed'); });
+    }
+    return { ok: true };
+  }
+  stopping = true;
+  Atomics.add(sh.w, W_KICK_WB, 1);
+  Atomics.notify(sh.w, W_KICK_WB);
+  await loopDone;
+  return { ok: true };
+}
