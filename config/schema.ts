@@ -13,7 +13,7 @@ import { formatSize, parseSize } from '../src/util/size.js';
 import { isUri as isNbdUri } from '../src/nbd/uri.js';
 
 /** The cache modes this release can run. The others are valid names with no engine behind them yet. */
-export const IMPLEMENTED_MODES: ReadonlySet<string> = new Set(['passthrough']);
+export const IMPLEMENTED_MODES: ReadonlySet<string> = new Set(['writeback', 'passthrough']);
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export const MAX_STRIPES = 64;
 /** sun_path is 108 bytes including the terminating NUL. */
@@ -37,6 +37,13 @@ export interface RawCache {
   originConnections: number;
   slabSize: string | number;
   maxConnections: number;
+  dataCrc: boolean;
+  segmentSize: string | number;
+  gcPercent: number;
+  sequentialCutoff: string | number;
+  autocommit: { timeMs: number };
+  writeback: { rate: string | number };
+  cacheFullWaitMs: number;
 }
 
 export interface RawDaemon {
@@ -56,7 +63,18 @@ export interface KeyInfo<T> extends convict.SchemaObj<T> {
   min?: number;
   max?: number;
   align?: number;
+  /** pcached-size-or-zero: what 0 means ("off", "unlimited"). */
+  zeroMeans?: string;
+  /** A value to show in the error message of a size. */
+  example?: string;
 }
+
+/**
+ * A schema whose objects are either keys (KeyInfo, which has a `default`) or groups of keys
+ * (plain objects without one: convict nests them, and a config file writes them as objects,
+ * `"autocommit": {"timeMs": 1000}`).
+ */
+export type SchemaOf<T> = { [K in keyof T]: T[K] extends object ? SchemaOf<T[K]> : KeyInfo<T[K]> };
 
 // convict appends ": value was <json>" only when the value is truthy; we add it for 0, "", false
 // and NaN so that every message names the bad value.
@@ -93,6 +111,26 @@ convict.addFormat({
     } catch {
       return invalid(expected, x);
     }
+    if (bytes < item.min || bytes > item.max || bytes % item.align !== 0) invalid(expected, x);
+  },
+});
+
+// A size that may also be 0, which switches the feature off (item.zeroMeans says how); any other
+// value must be within min..max and a multiple of align.
+convict.addFormat({
+  name: 'pcached-size-or-zero',
+  validate(x: unknown, item: convict.SchemaObj) {
+    const multiple = item.align > 1 ? `, a multiple of ${formatSize(item.align)}` : '';
+    const example = item.example ?? formatSize(item.default === undefined ? item.min : parseSize(item.default));
+    const expected = `must be 0 (${item.zeroMeans}) or a size ${formatSize(item.min)} to ${formatSize(item.max)}${multiple} (e.g. "${example}")`;
+    if (typeof x !== 'string' && typeof x !== 'number') invalid(expected, x);
+    let bytes: number;
+    try {
+      bytes = parseSize(x);
+    } catch {
+      return invalid(expected, x);
+    }
+    if (bytes === 0) return;
     if (bytes < item.min || bytes > item.max || bytes % item.align !== 0) invalid(expected, x);
   },
 });
@@ -168,9 +206,9 @@ export function parseTcpAddress(s: string): { host: string; port: number } | und
   return { host, port };
 }
 
-function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
+function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
   const single = form === 'single';
-  const keys: { [K in keyof RawCache]: KeyInfo<RawCache[K]> } = {
+  const keys: SchemaOf<RawCache> = {
     name: {
       doc: 'Export name clients ask for, and the name `pcached status|message` use.',
       accepts: 'non-empty UTF-8, at most 256 bytes, no NUL',
@@ -215,9 +253,9 @@ function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
       align: 4096,
     },
     mode: {
-      doc: 'Cache mode. Only `passthrough` is implemented in this release (every request goes to the origin).',
+      doc: 'Cache mode. `writeback`: a write-back cache (writes complete in the cache, are durable at FLUSH/FUA, and are written back to the origin in the background in log order). `passthrough`: no caching, every request goes to the origin. `writethrough`, `writearound` and `writeonly` are not implemented yet and are rejected.',
       accepts: CACHE_MODES.map((m) => `\`${m}\``).join(', '),
-      default: 'passthrough',
+      default: 'writeback',
       flag: '--mode',
       env: 'PCACHED_MODE',
       format(x: unknown) {
@@ -225,7 +263,7 @@ function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
           invalid(`must be one of ${CACHE_MODES.join(', ')}`, x);
         }
         if (!IMPLEMENTED_MODES.has(x)) {
-          invalid('this mode is not implemented yet: this release has no cache engine, only "passthrough" works', x);
+          invalid(`this mode is not implemented yet: only ${[...IMPLEMENTED_MODES].map((m) => `"${m}"`).join(' and ')} work`, x);
         }
       },
     },
@@ -326,21 +364,129 @@ function cacheKeys(form: 'file' | 'single'): convict.Schema<RawCache> {
       min: 1,
       max: 65536,
     },
+    dataCrc: {
+      doc: 'Keep a CRC32C of every cached extent and check it on read. Format-time: it is recorded when the cache is formatted, and a cache formatted with the other setting is refused.',
+      accepts: 'boolean',
+      default: false,
+      flag: '--data-crc',
+      env: 'PCACHED_DATA_CRC',
+      format: 'pcached-boolean',
+    },
+    segmentSize: {
+      doc: 'Segment size used when formatting a new cache (the unit of allocation and garbage collection). Format-time: an existing cache keeps the segment size it was formatted with.',
+      accepts: 'size, 1MiB-1GiB, a multiple of 64KiB',
+      default: '16MiB',
+      flag: '--segment-size',
+      env: 'PCACHED_SEGMENT_SIZE',
+      format: 'pcached-size',
+      min: 2 ** 20,
+      max: 2 ** 30,
+      align: 64 * 2 ** 10,
+    },
+    gcPercent: {
+      doc: 'Garbage collection runs while at least this percentage of the segments is in use; 0 reclaims whatever has been written back.',
+      accepts: 'integer 0-90',
+      default: 70,
+      flag: '--gc-percent',
+      env: 'PCACHED_GC_PERCENT',
+      format: 'pcached-integer',
+      min: 0,
+      max: 90,
+    },
+    sequentialCutoff: {
+      doc: 'A sequential read run longer than this many bytes is not promoted into the cache (it goes to the origin only); 0 turns the cutoff off.',
+      accepts: 'size, 0 or 512B-1TiB, a multiple of 512B',
+      default: '4MiB',
+      flag: '--sequential-cutoff',
+      env: 'PCACHED_SEQUENTIAL_CUTOFF',
+      format: 'pcached-size-or-zero',
+      zeroMeans: 'off',
+      min: 512,
+      max: 2 ** 40,
+      align: 512,
+    },
+    autocommit: {
+      timeMs: {
+        doc: 'A key set (the metadata of cached writes) is committed to the cache at the latest this many milliseconds after its first key, even without a FLUSH or FUA.',
+        accepts: 'integer 1-3600000',
+        default: 1000,
+        env: 'PCACHED_AUTOCOMMIT_TIME_MS',
+        format: 'pcached-integer',
+        min: 1,
+        max: 3_600_000,
+      },
+    },
+    writeback: {
+      rate: {
+        doc: 'Origin bandwidth the background writeback may use, in bytes per second; 0 means unlimited.',
+        accepts: 'size per second, 0 or 1MiB-1TiB',
+        default: 0,
+        env: 'PCACHED_WRITEBACK_RATE',
+        format: 'pcached-size-or-zero',
+        zeroMeans: 'unlimited',
+        example: '100MiB',
+        min: 2 ** 20,
+        max: 2 ** 40,
+        align: 1,
+      },
+    },
+    cacheFullWaitMs: {
+      doc: 'How long a write waits for free cache space (garbage collection, writeback) before it bypasses the cache and goes to the origin; 0 bypasses at once. A write over data not yet written back cannot bypass (it would be reordered) and keeps waiting.',
+      accepts: 'integer 0-600000',
+      default: 2000,
+      env: 'PCACHED_CACHE_FULL_WAIT_MS',
+      format: 'pcached-integer',
+      min: 0,
+      max: 600_000,
+    },
   };
   return keys;
 }
 
+/** A schema entry is a key when it has a default (convict's rule); otherwise a group of keys. */
+function isKeyInfo(x: unknown): x is KeyInfo<unknown> {
+  return typeof x === 'object' && x !== null && 'default' in x;
+}
+
+/** The keys of a schema with their dotted names (`autocommit.timeMs`), in schema order. */
+export function schemaLeaves(schema: object, prefix = ''): [string, KeyInfo<unknown>][] {
+  const out: [string, KeyInfo<unknown>][] = [];
+  for (const [k, v] of Object.entries(schema)) {
+    if (isKeyInfo(v)) out.push([`${prefix}${k}`, v]);
+    else out.push(...schemaLeaves(v as object, `${prefix}${k}.`));
+  }
+  return out;
+}
+
+/** A schema without its environment bindings, groups included. */
+function withoutEnv(schema: object): object {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(schema)) {
+    if (isKeyInfo(v)) {
+      const { env: _env, ...rest } = v;
+      out[k] = rest;
+    } else {
+      out[k] = withoutEnv(v as object);
+    }
+  }
+  return out;
+}
+
+/** The value at a dotted path of a (raw or resolved) cache, or undefined. */
+export function valueAt(obj: unknown, dotted: string): unknown {
+  let v: unknown = obj;
+  for (const part of dotted.split('.')) {
+    if (typeof v !== 'object' || v === null || !Object.hasOwn(v, part)) return undefined;
+    v = (v as Record<string, unknown>)[part];
+  }
+  return v;
+}
+
 /** Schema for one cache. `single`: the defaults of the single-cache form (flags, environment, embedded default). */
 export function cacheSchema(form: 'file' | 'single', bindEnv: boolean): convict.Schema<RawCache> {
-  const schema = cacheKeys(form) as unknown as Record<string, KeyInfo<unknown>>;
-  if (bindEnv) return schema as unknown as convict.Schema<RawCache>;
+  const schema = cacheKeys(form);
   // Without the bindings convict ignores the environment for this instance (several caches in one file).
-  const out: Record<string, KeyInfo<unknown>> = {};
-  for (const [k, v] of Object.entries(schema)) {
-    const { env: _env, ...rest } = v;
-    out[k] = rest as KeyInfo<unknown>;
-  }
-  return out as unknown as convict.Schema<RawCache>;
+  return (bindEnv ? schema : withoutEnv(schema)) as unknown as convict.Schema<RawCache>;
 }
 
 export function daemonSchema(): convict.Schema<RawDaemon> {
@@ -388,21 +534,31 @@ export function daemonSchema(): convict.Schema<RawDaemon> {
   return keys;
 }
 
-/** Cache keys in schema order, for the reference and for diffs. */
+/** Top-level cache keys in schema order (`autocommit` for the group `autocommit.timeMs`). */
 export const CACHE_KEYS = Object.keys(cacheKeys('file')) as (keyof RawCache & keyof CacheConfig)[];
+/** Every cache key with its dotted name (`autocommit.timeMs`), in schema order: for the reference and for diffs. */
+export const CACHE_LEAF_KEYS: readonly string[] = schemaLeaves(cacheKeys('file')).map(([k]) => k);
+/** Groups of cache keys and the keys each holds: `{ autocommit: ['timeMs'], ... }`. */
+export const CACHE_GROUPS: Readonly<Record<string, readonly string[]>> = Object.fromEntries(
+  Object.entries(cacheKeys('file'))
+    .filter(([, v]) => !isKeyInfo(v))
+    .map(([k, v]) => [k, Object.keys(v as object)]),
+);
 export const DAEMON_KEYS = ['control', 'logLevel', 'dataDir'] as const satisfies readonly (keyof DaemonConfig)[];
 
 export function keyInfo(scope: 'daemon', key: keyof RawDaemon): KeyInfo<unknown>;
-export function keyInfo(scope: 'cache', key: keyof RawCache, form?: 'file' | 'single'): KeyInfo<unknown>;
+/** `key` may be dotted (`autocommit.timeMs`). */
+export function keyInfo(scope: 'cache', key: string, form?: 'file' | 'single'): KeyInfo<unknown>;
 export function keyInfo(scope: 'daemon' | 'cache', key: string, form: 'file' | 'single' = 'file'): KeyInfo<unknown> {
-  const table = (scope === 'daemon' ? daemonSchema() : cacheKeys(form)) as unknown as Record<string, KeyInfo<unknown>>;
-  const info = table[key];
-  if (!info) throw new RangeError(`no ${scope} key ${key}`);
+  const info = scope === 'daemon' ? (daemonSchema() as Record<string, unknown>)[key] : valueAt(cacheKeys(form), key);
+  if (!isKeyInfo(info)) throw new RangeError(`no ${scope} key ${key}`);
   return info;
 }
 
+/** Whether SIGHUP may change `key`; a key of a group (`autocommit.timeMs`) is reloadable when its group is. */
 export function isReloadable(scope: 'daemon' | 'cache', key: string): boolean {
+  const top = key.split('.')[0] ?? key;
   return scope === 'daemon'
-    ? (RELOADABLE_DAEMON_KEYS as readonly string[]).includes(key)
-    : (RELOADABLE_CACHE_KEYS as readonly string[]).includes(key);
+    ? (RELOADABLE_DAEMON_KEYS as readonly string[]).includes(top)
+    : (RELOADABLE_CACHE_KEYS as readonly string[]).includes(top);
 }

@@ -49,9 +49,11 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
   t.is(config.logLevel, 'info');
   t.deepEqual(config.caches, [{
     name: 'default', origin: join(dir, 'var/origin.img'), cache: join(dir, 'var/cache.img'), cacheSize: 256 * 2 ** 20,
-    mode: 'passthrough', unix: join(dir, 'var/pcached.sock'), tcp: '127.0.0.1:10809',
+    mode: 'writeback', unix: join(dir, 'var/pcached.sock'), tcp: '127.0.0.1:10809',
     stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false,
     originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
+    dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
+    autocommit: { timeMs: 1000 }, writeback: { rate: 0 }, cacheFullWaitMs: 2000,
   }]);
 });
 
@@ -66,6 +68,12 @@ test('config/example.json is valid: two caches, one with an NBD origin', (t) => 
   t.deepEqual(config.caches.map((c) => c.name), ['vm1', 'data']);
   t.is(config.caches[1]!.origin, 'nbd+unix:///data?socket=/run/nbdkit.sock');
   t.is(config.caches[1]!.cacheSize, 16 * 2 ** 30);
+  t.is(config.caches[0]!.mode, 'writeback');
+  t.deepEqual(config.caches[0]!.autocommit, { timeMs: 500 });
+  t.deepEqual(config.caches[0]!.writeback, { rate: 200 * 2 ** 20 });
+  t.is(config.caches[0]!.segmentSize, 32 * 2 ** 20);
+  t.is(config.caches[1]!.sequentialCutoff, 16 * 2 ** 20);
+  t.deepEqual(config.caches[1]!.autocommit, { timeMs: 1000 }, 'an absent group takes its defaults');
 });
 
 test('precedence: flags > environment > file > defaults', (t) => {
@@ -151,12 +159,17 @@ test('unknown keys, wrong types and bad files are rejected', (t) => {
   configError(t, () => load({ configFile: file({ $comment: 1 }) }), '$comment: must be a string');
 });
 
-test('only passthrough is implemented; the other modes say so', (t) => {
-  for (const mode of ['writeback', 'writethrough', 'writearound', 'writeonly']) {
-    configError(t, () => load({ flags: { mode } }), 'mode: this mode is not implemented yet', 'only "passthrough" works', `value was "${mode}"`);
+test('writeback and passthrough are implemented; the other modes say so', (t) => {
+  for (const mode of ['writethrough', 'writearound', 'writeonly']) {
+    configError(t, () => load({ flags: { mode } }), 'mode: this mode is not implemented yet', 'only "writeback" and "passthrough" work', `value was "${mode}"`);
   }
+  configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', mode: 'writethrough' }] }) }),
+    'caches[0].mode: this mode is not implemented yet', 'value was "writethrough"');
   configError(t, () => load({ flags: { mode: 'turbo' } }), 'mode: must be one of', 'value was "turbo"');
   t.is(load({ flags: { mode: 'passthrough' } }).config.caches[0]!.mode, 'passthrough');
+  t.is(load({ flags: { mode: 'writeback' } }).config.caches[0]!.mode, 'writeback');
+  t.is(load({ env: { PCACHED_MODE: 'passthrough' } }).config.caches[0]!.mode, 'passthrough');
+  t.is(load().config.caches[0]!.mode, 'writeback', 'the default mode');
 });
 
 test('duplicate names, sockets, addresses and files; listeners', (t) => {
@@ -227,4 +240,143 @@ test('a reload is a fresh load from the same sources', (t) => {
   t.is(second.config.logLevel, 'warn', 'the flag still wins');
   t.deepEqual(diffConfig(first.config, second.config).changed, ['caches[a].description']);
   t.is(JSON.parse(readFileSync(path, 'utf8')).logLevel, 'debug');
+});
+
+const one = (extra: object = {}) => ({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', ...extra }] });
+const cache0 = (l: LoadedConfig) => l.config.caches[0]!;
+
+test('dataCrc: boolean from file, environment and --data-crc', (t) => {
+  t.false(cache0(load()).dataCrc);
+  t.true(cache0(load({ configFile: file(one({ dataCrc: true })) })).dataCrc);
+  t.true(cache0(load({ env: { PCACHED_DATA_CRC: 'on' } })).dataCrc);
+  t.false(cache0(load({ env: { PCACHED_DATA_CRC: '0' } })).dataCrc);
+  t.true(cache0(load({ flags: { dataCrc: true } })).dataCrc);
+  configError(t, () => load({ env: { PCACHED_DATA_CRC: 'maybe' } }), 'dataCrc: must be true or false', 'value was "maybe"');
+  configError(t, () => load({ configFile: file(one({ dataCrc: 1 })) }), 'caches[0].dataCrc: must be true or false', 'value was 1');
+});
+
+test('segmentSize: 1MiB-1GiB, a multiple of 64KiB, in bytes', (t) => {
+  t.is(cache0(load()).segmentSize, 16 * 2 ** 20);
+  t.is(cache0(load({ flags: { segmentSize: '1M' } })).segmentSize, 2 ** 20);
+  t.is(cache0(load({ flags: { segmentSize: '1GiB' } })).segmentSize, 2 ** 30);
+  t.is(cache0(load({ env: { PCACHED_SEGMENT_SIZE: '1088K' } })).segmentSize, 1088 * 1024);
+  t.is(cache0(load({ configFile: file(one({ segmentSize: 2 ** 22 })) })).segmentSize, 2 ** 22);
+  const expected = 'segmentSize: must be a size 1MiB to 1GiB, a multiple of 64KiB (e.g. "16MiB")';
+  configError(t, () => load({ flags: { segmentSize: '512K' } }), expected, 'value was "512K"');
+  configError(t, () => load({ flags: { segmentSize: '2G' } }), expected, 'value was "2G"');
+  configError(t, () => load({ flags: { segmentSize: '1040K' } }), expected, 'value was "1040K"');
+  configError(t, () => load({ flags: { segmentSize: 'big' } }), expected, 'value was "big"');
+  configError(t, () => load({ configFile: file(one({ segmentSize: 0 })) }), 'caches[0].segmentSize: must be a size', 'value was 0');
+  configError(t, () => load({ configFile: file(one({ segmentSize: true })) }), 'caches[0].segmentSize: must be a size', 'value was true');
+});
+
+test('gcPercent: integer 0-90', (t) => {
+  t.is(cache0(load()).gcPercent, 70);
+  t.is(cache0(load({ flags: { gcPercent: '0' } })).gcPercent, 0);
+  t.is(cache0(load({ env: { PCACHED_GC_PERCENT: '90' } })).gcPercent, 90);
+  t.is(cache0(load({ configFile: file(one({ gcPercent: 55 })) })).gcPercent, 55);
+  configError(t, () => load({ flags: { gcPercent: '91' } }), 'gcPercent: must be an integer between 0 and 90', 'value was 91');
+  configError(t, () => load({ flags: { gcPercent: '-1' } }), 'gcPercent: must be an integer between 0 and 90', 'value was -1');
+  configError(t, () => load({ env: { PCACHED_GC_PERCENT: '50%' } }), 'gcPercent: must be an integer', 'value was "50%"');
+  configError(t, () => load({ configFile: file(one({ gcPercent: 12.5 })) }), 'caches[0].gcPercent: must be an integer', 'value was 12.5');
+});
+
+test('sequentialCutoff: 0 (off) or up to 1TiB, a multiple of 512, in bytes', (t) => {
+  t.is(cache0(load()).sequentialCutoff, 4 * 2 ** 20);
+  t.is(cache0(load({ flags: { sequentialCutoff: '0' } })).sequentialCutoff, 0);
+  t.is(cache0(load({ configFile: file(one({ sequentialCutoff: 0 })) })).sequentialCutoff, 0);
+  t.is(cache0(load({ flags: { sequentialCutoff: '512' } })).sequentialCutoff, 512);
+  t.is(cache0(load({ env: { PCACHED_SEQUENTIAL_CUTOFF: '1T' } })).sequentialCutoff, 2 ** 40);
+  t.is(cache0(load({ configFile: file(one({ sequentialCutoff: '64KiB' })) })).sequentialCutoff, 64 * 1024);
+  const expected = 'sequentialCutoff: must be 0 (off) or a size 512B to 1TiB, a multiple of 512B (e.g. "4MiB")';
+  configError(t, () => load({ flags: { sequentialCutoff: '1000' } }), expected, 'value was "1000"');
+  configError(t, () => load({ flags: { sequentialCutoff: '2T' } }), expected, 'value was "2T"');
+  configError(t, () => load({ env: { PCACHED_SEQUENTIAL_CUTOFF: 'off' } }), expected, 'value was "off"');
+  configError(t, () => load({ configFile: file(one({ sequentialCutoff: -512 })) }), 'caches[0].sequentialCutoff: must be 0 (off)', 'value was -512');
+});
+
+test('cacheFullWaitMs: integer 0-600000', (t) => {
+  t.is(cache0(load()).cacheFullWaitMs, 2000);
+  t.is(cache0(load({ env: { PCACHED_CACHE_FULL_WAIT_MS: '0' } })).cacheFullWaitMs, 0);
+  t.is(cache0(load({ configFile: file(one({ cacheFullWaitMs: 600000 })) })).cacheFullWaitMs, 600000);
+  configError(t, () => load({ env: { PCACHED_CACHE_FULL_WAIT_MS: '600001' } }), 'cacheFullWaitMs: must be an integer between 0 and 600000', 'value was 600001');
+  configError(t, () => load({ configFile: file(one({ cacheFullWaitMs: '2s' })) }), 'caches[0].cacheFullWaitMs: must be an integer', 'value was "2s"');
+});
+
+test('autocommit.timeMs: a nested key, from the file and the environment', (t) => {
+  t.deepEqual(cache0(load()).autocommit, { timeMs: 1000 });
+  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: { timeMs: 250 } })) })).autocommit, { timeMs: 250 });
+  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: {} })) })).autocommit, { timeMs: 1000 }, 'an empty group keeps the defaults');
+  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: { $comment: 'why', timeMs: 3600000 } })) })).autocommit, { timeMs: 3600000 });
+  t.deepEqual(cache0(load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '5' } })).autocommit, { timeMs: 5 });
+  // With one cache in the file the environment refines it, nested keys too; the sibling keys stay.
+  const l = load({ configFile: file(one({ autocommit: { timeMs: 250 }, writeback: { rate: '1M' } })), env: { PCACHED_AUTOCOMMIT_TIME_MS: '7' } });
+  t.deepEqual(cache0(l).autocommit, { timeMs: 7 });
+  t.deepEqual(cache0(l).writeback, { rate: 2 ** 20 });
+  t.true(l.overrides.includes('PCACHED_AUTOCOMMIT_TIME_MS'));
+  configError(t, () => load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '0' } }), 'autocommit.timeMs: must be an integer between 1 and 3600000', 'value was 0');
+  configError(t, () => load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '1s' } }), 'autocommit.timeMs: must be an integer', 'value was "1s"');
+  configError(t, () => load({ configFile: file(one({ autocommit: { timeMs: 3600001 } })) }), 'caches[0].autocommit.timeMs: must be an integer between 1 and 3600000', 'value was 3600001');
+});
+
+test('writeback.rate: a nested size, 0 = unlimited, in bytes per second', (t) => {
+  t.deepEqual(cache0(load()).writeback, { rate: 0 });
+  t.deepEqual(cache0(load({ configFile: file(one({ writeback: { rate: '100MiB' } })) })).writeback, { rate: 100 * 2 ** 20 });
+  t.deepEqual(cache0(load({ configFile: file(one({ writeback: { rate: 3_000_000 } })) })).writeback, { rate: 3_000_000 });
+  t.deepEqual(cache0(load({ env: { PCACHED_WRITEBACK_RATE: '1.5G' } })).writeback, { rate: 1.5 * 2 ** 30 });
+  t.deepEqual(cache0(load({ env: { PCACHED_WRITEBACK_RATE: '0' } })).writeback, { rate: 0 });
+  const expected = 'writeback.rate: must be 0 (unlimited) or a size 1MiB to 1TiB (e.g. "100MiB")';
+  configError(t, () => load({ env: { PCACHED_WRITEBACK_RATE: '100K' } }), expected, 'value was "100K"');
+  configError(t, () => load({ env: { PCACHED_WRITEBACK_RATE: 'fast' } }), expected, 'value was "fast"');
+  configError(t, () => load({ configFile: file(one({ writeback: { rate: -1 } })) }), `caches[0].${expected}`, 'value was -1');
+  configError(t, () => load({ configFile: file(one({ writeback: { rate: false } })) }), 'caches[0].writeback.rate: must be 0 (unlimited)', 'value was false');
+});
+
+test('groups: unknown nested keys, wrong shapes and a dotted key in the file are rejected', (t) => {
+  configError(t, () => load({ configFile: file(one({ autocommit: { foo: 1 } })) }),
+    'caches[0].autocommit.foo: not a known key (allowed: timeMs): value was 1');
+  configError(t, () => load({ configFile: file(one({ writeback: { rate: '1M', burst: '2M' } })) }), 'caches[0].writeback.burst: not a known key (allowed: rate)');
+  configError(t, () => load({ configFile: file(one({ autocommit: 1000 })) }), 'caches[0].autocommit: must be an object with the keys timeMs', 'value was 1000');
+  configError(t, () => load({ configFile: file(one({ writeback: '100M' })) }), 'caches[0].writeback: must be an object with the keys rate', 'value was "100M"');
+  configError(t, () => load({ configFile: file(one({ autocommit: null })) }), 'caches[0].autocommit: must be an object', 'value was null');
+  configError(t, () => load({ configFile: file(one({ autocommit: [1] })) }), 'caches[0].autocommit: must be an object');
+  configError(t, () => load({ configFile: file(one({ autocommit: { timeMs: { ms: 1 } } })) }), 'caches[0].autocommit.timeMs: must be a string, number or boolean');
+  configError(t, () => load({ configFile: file(one({ 'autocommit.timeMs': 5 })) }), 'caches[0].autocommit.timeMs: not a known key');
+  configError(t, () => load({ configFile: file('{"caches": [{"name": "x", "origin": "/o", "cache": "/c", "unix": "/u", "autocommit": {"__proto__": {"polluted": 1}}}]}') }), 'is not allowed');
+  t.is(({} as Record<string, unknown>).polluted, undefined);
+  // Several caches: each its own group values; the single-cache environment is refused.
+  const l = load({ configFile: file(two({ autocommit: { timeMs: 10 } }, { writeback: { rate: '2M' } })) });
+  t.deepEqual(l.config.caches.map((c) => [c.autocommit.timeMs, c.writeback.rate]), [[10, 0], [1000, 2 * 2 ** 20]]);
+  configError(t, () => load({ configFile: file(two()), env: { PCACHED_WRITEBACK_RATE: '2M' } }), 'PCACHED_WRITEBACK_RATE set the keys of a single cache');
+});
+
+test('diffConfig: the new reloadable keys, nested ones by their dotted names, and the format-time keys', (t) => {
+  const old = daemon([{ name: 'a' }, { name: 'b', unix: '/b.sock' }]);
+  const next = daemon([
+    { name: 'a', gcPercent: 80, sequentialCutoff: 0, autocommit: { timeMs: 10 } },
+    { name: 'b', unix: '/b.sock', writeback: { rate: 2 ** 20 }, cacheFullWaitMs: 0 },
+  ]);
+  t.deepEqual(diffConfig(old, next), {
+    changed: ['caches[a].gcPercent', 'caches[a].sequentialCutoff', 'caches[a].autocommit.timeMs', 'caches[b].writeback.rate', 'caches[b].cacheFullWaitMs'],
+    reloadable: true, rejected: [], changedCaches: ['a', 'b'],
+  });
+  // Equal groups in fresh objects are not a change.
+  t.deepEqual(diffConfig(old, daemon([{ name: 'a', autocommit: { timeMs: 1000 } }, { name: 'b', unix: '/b.sock', writeback: { rate: 0 } }])).changed, []);
+  for (const change of [{ segmentSize: 2 ** 20 }, { dataCrc: true }, { mode: 'passthrough' as const }]) {
+    const d = diffConfig(old, daemon([{ name: 'a', ...change, autocommit: { timeMs: 5 } }, { name: 'b', unix: '/b.sock' }]));
+    const key = `caches[a].${Object.keys(change)[0]}`;
+    t.false(d.reloadable, key);
+    t.deepEqual(d.rejected, [key]);
+    t.deepEqual(d.changed, [key, 'caches[a].autocommit.timeMs']);
+  }
+});
+
+test('a reload picks up a nested key changed in the file', (t) => {
+  const path = file(two({ autocommit: { timeMs: 100 } }));
+  const first = load({ configFile: path });
+  writeFileSync(path, JSON.stringify(two({ autocommit: { timeMs: 200 } }, { writeback: { rate: '10M' } })));
+  const d = diffConfig(first.config, loadConfig(first.source).config);
+  t.deepEqual(d, { changed: ['caches[a].autocommit.timeMs', 'caches[b].writeback.rate'], reloadable: true, rejected: [], changedCaches: ['a', 'b'] });
+  writeFileSync(path, JSON.stringify(two({ autocommit: { timeMs: 100 }, segmentSize: '32M' })));
+  t.deepEqual(diffConfig(first.config, loadConfig(first.source).config).rejected, ['caches[a].segmentSize']);
 });

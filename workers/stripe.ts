@@ -318,9 +318,6 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
           geometry: c.geometry,
           origin,
           blockCrc: c.blockCrc ? new Int32Array(c.blockCrc) : null,
-          autocommitMs: c.autocommitMs,
-          cacheFullWaitMs: c.cacheFullWaitMs,
-          cacheFullMaxWaitMs: c.cacheFullMaxWaitMs,
           stats: { add: (name: EngineCounter, n: number) => { if (names.has(name)) counters.addAt(counters.indexOf(name as never), n); } },
           log,
         });

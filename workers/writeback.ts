@@ -19,8 +19,6 @@ export interface CacheWorkerData {
   origin: OriginSpec;
   counters: SharedArrayBuffer;
   logLevel: string;
-  /** Writeback: origin bytes per second (0 = unlimited). */
-  rate: number;
   batchKsets: number;
 }
 
@@ -46,7 +44,7 @@ async function idle(ms: number): Promise<void> {
 async function loop(): Promise<void> {
   const dev = FileBlockDevice.open(data.path);
   const origin = await openOrigin(data.origin);
-  const wb = new Writeback(dev, sh, data.geometry, origin, { batchKsets: data.batchKsets, rate: data.rate, log });
+  const wb = new Writeback(dev, sh, data.geometry, origin, { batchKsets: data.batchKsets, log });
   let failures = 0;
   try {
     wakeWord = Atomics.load(sh.w, W_KICK_WB);
@@ -78,8 +76,9 @@ async function loop(): Promise<void> {
         await idle(IDLE_MS);
         continue;
       }
-      if (data.rate > 0) {
-        const due = (bytes / data.rate) * 1000 - (performance.now() - t0);
+      const rate = sh.writebackRate;
+      if (rate > 0) {
+        const due = (bytes / rate) * 1000 - (performance.now() - t0);
         if (due > 1) await sleep(Math.min(due, 5000));
       }
     }

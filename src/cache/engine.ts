@@ -16,7 +16,7 @@ import type { CacheKey } from './kset.js';
 import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, SEG_DATA, W_FREED } from './shared.js';
+import { ERR_CACHE_IO, SEG_DATA, W_FREED, W_KICK_GC } from './shared.js';
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
@@ -50,11 +50,6 @@ export interface EngineOptions {
   origin: Origin;
   /** dataCrc only: one CRC32C per 4 KiB cache block, shared (Int32 words). */
   blockCrc: Int32Array | null;
-  autocommitMs: number;
-  /** How long a write waits for GC to free space before it may bypass to the origin. */
-  cacheFullWaitMs: number;
-  /** A write over dirty data cannot bypass (writeback would reorder it); it fails with EIO after this long. */
-  cacheFullMaxWaitMs: number;
   stats?: EngineStats;
   log?: EngineLog;
   now?: () => number;
@@ -192,7 +187,7 @@ export class StripeEngine {
   tick(): void {
     const now = this.now();
     try {
-      if (this.ready.length > 0 || (this.open.length > 0 && now - this.openSince >= this.opts.autocommitMs)) this.commit(false);
+      if (this.ready.length > 0 || (this.open.length > 0 && now - this.openSince >= this.sh.autocommitMs)) this.commit(false);
       if (this.flushWaiters.length > 0) this.finishFlushes();
     } catch (err) {
       this.cacheError(err, 'autocommit');
@@ -208,7 +203,7 @@ export class StripeEngine {
   /** Milliseconds until tick() has something to do (for the stripe's idle wait). */
   nextTickIn(): number {
     if (this.ready.length > 0 || this.queue.length > 0 || this.flushWaiters.length > 0) return 5;
-    if (this.open.length > 0) return Math.max(0, this.opts.autocommitMs - (this.now() - this.openSince));
+    if (this.open.length > 0) return Math.max(0, this.sh.autocommitMs - (this.now() - this.openSince));
     return Infinity;
   }
 
@@ -282,6 +277,7 @@ export class StripeEngine {
     }
     if (r === 'full') {
       this.stats.add('write_blocked', 1);
+      this.sh.kick(W_KICK_GC);
       this.queue.push(q);
       return;
     }
@@ -393,13 +389,13 @@ export class StripeEngine {
         continue;
       }
       const waited = this.now() - q.since;
-      if (waited < this.opts.cacheFullWaitMs) return;
+      if (waited < this.sh.cacheFullWaitMs) return;
       if (this.canBypass(q.off, q.len)) {
         this.queue.shift();
         this.bypass(q);
         continue;
       }
-      if (waited < this.opts.cacheFullMaxWaitMs) return;
+      if (waited < this.sh.cacheFullMaxWaitMs) return;
       this.queue.shift();
       this.log.error({ off: q.off, len: q.len, waitedMs: waited }, 'cache full and writeback not freeing space: write failed');
       q.done(NbdErr.EIO);

@@ -42,6 +42,9 @@ const W_WRITER_SEQ = 19;
 const W_SEGMENTS = 20;
 const W_LOG_RESERVE = 21;
 const W_BYTES_PER_BLOCK = 22;
+const W_AUTOCOMMIT_MS = 23;
+const W_FULL_WAIT_MS = 24;
+const W_FULL_MAX_WAIT_MS = 25;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -50,6 +53,7 @@ const B_KEY_TAIL_LSN = B_BASE + 1;
 const B_DIRTY_TAIL_LSN = B_BASE + 2;
 const B_DURABLE_LSN = B_BASE + 3;
 const B_DIRTY_BYTES = B_BASE + 4;
+const B_WB_RATE = B_BASE + 5;
 
 /** Dual-slot state of the three cache-wide records: [seq, newest slot or -1]. */
 export const REC_CACHE_INFO = 48;
@@ -74,7 +78,21 @@ export interface SharedInit {
   gcPercent: number;
   /** Segments data allocation leaves for the key log. */
   logReserve: number;
+  tunables?: Partial<Tunables>;
 }
+
+/** Settings every thread reads live from the shared words, so a reload needs no messages. */
+export interface Tunables {
+  autocommitMs: number;
+  /** How long a write waits for GC to free space before it may bypass to the origin. */
+  cacheFullWaitMs: number;
+  /** A write over dirty data cannot bypass (writeback would reorder it); it fails with EIO after this long. */
+  cacheFullMaxWaitMs: number;
+  /** Writeback origin bytes per second, 0 = unlimited. */
+  writebackRate: number;
+}
+
+export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0 };
 
 /** Lock words: a short spin, then a futex wait; holders never block on anything but the device. */
 function lockWord(w: Int32Array, i: number): void {
@@ -116,6 +134,7 @@ export class CacheShared {
     s.setKeyTail(init.keyTail);
     s.setDirtyTail(init.dirtyTail);
     w[W_GC_PERCENT] = init.gcPercent;
+    s.setTunables({ ...DEFAULT_TUNABLES, ...init.tunables });
     for (let i = 0; i < init.segmentCount; i++) s.infoNewest[i] = -1, s.genNewest[i] = -1;
     w[REC_CACHE_INFO + 1] = -1;
     w[REC_KEY_TAIL + 1] = -1;
@@ -184,6 +203,17 @@ export class CacheShared {
 
   get gcPercent(): number { return Atomics.load(this.w, W_GC_PERCENT); }
   set gcPercent(v: number) { Atomics.store(this.w, W_GC_PERCENT, v); this.kick(W_KICK_GC); }
+  get autocommitMs(): number { return Atomics.load(this.w, W_AUTOCOMMIT_MS); }
+  get cacheFullWaitMs(): number { return Atomics.load(this.w, W_FULL_WAIT_MS); }
+  get cacheFullMaxWaitMs(): number { return Atomics.load(this.w, W_FULL_MAX_WAIT_MS); }
+  get writebackRate(): number { return Number(Atomics.load(this.b, B_WB_RATE)); }
+  setTunables(t: Partial<Tunables>): void {
+    if (t.autocommitMs !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_MS, t.autocommitMs);
+    if (t.cacheFullWaitMs !== undefined) Atomics.store(this.w, W_FULL_WAIT_MS, t.cacheFullWaitMs);
+    if (t.cacheFullMaxWaitMs !== undefined) Atomics.store(this.w, W_FULL_MAX_WAIT_MS, t.cacheFullMaxWaitMs);
+    if (t.writebackRate !== undefined) Atomics.store(this.b, B_WB_RATE, BigInt(t.writebackRate));
+  }
+
   get usedSegments(): number { return Atomics.load(this.w, W_USED); }
   get logReserve(): number { return this.w[W_LOG_RESERVE]!; }
   get errors(): number { return Atomics.load(this.w, W_ERRORS); }

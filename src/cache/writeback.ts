@@ -19,8 +19,6 @@ import { errnoName } from '../coordinator/io.js';
 export interface WritebackOptions {
   /** Ksets per origin sync (dm-pcache: 1). */
   batchKsets: number;
-  /** Origin bytes per second, 0 = unlimited. */
-  rate: number;
   log?: EngineLog;
 }
 

@@ -37,6 +37,27 @@ export function formatStatus(caches: CacheStatus[]): string {
     ];
     const counters = Object.entries(c.stats ?? {}).map(([k, v]): [string, string] => [k, String(v)]);
     const lines = [`cache ${c.name}`, ...aligned(head, '  ')];
+    const cs = c.cacheState;
+    if (cs) {
+      const pct = (n: number, of: number): string => (of > 0 ? ` (${((100 * n) / of).toFixed(1)}%)` : '');
+      const rows: [string, string][] = [
+        ['errors', cs.errors.length ? cs.errors.join('; ') : 'none'],
+        ['cache blocks', `${cs.blocks} (${formatSize(cs.blocks * 4096)})`],
+        ['free blocks', `${cs.freeBlocks}${pct(cs.freeBlocks, cs.blocks)}`],
+        ['dirty blocks', `${cs.dirtyBlocks}`],
+        ['read blocks', String(cs.readBlocks ?? 0)],
+        ['read hits', `${cs.readHits ?? 0}${pct(cs.readHits ?? 0, cs.readBlocks ?? 0)}`],
+        ['write blocks', String(cs.writeBlocks ?? 0)],
+        ['write bypass', String(cs.writeBypass ?? 0)],
+        ['segments used', `${cs.segmentsUsed}/${cs.segments} (${formatSize(cs.segmentSize)} each)`],
+        ['key_head', cs.keyHead],
+        ['dirty_tail', cs.dirtyTail],
+        ['key_tail', cs.keyTail],
+        ['gc_percent', String(cs.gcPercent)],
+        ['data crc', cs.dataCrc ? 'on' : 'off'],
+      ];
+      lines.push('  cache engine', ...aligned(rows, '    '));
+    }
     if (counters.length) lines.push('  counters', ...aligned(counters, '    ', true));
     return lines.join('\n');
   });

@@ -8,8 +8,8 @@ import { availableParallelism } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import convict from 'convict';
 import {
-  CACHE_KEYS, DAEMON_KEYS, DATA_DIR_TOKEN, MAX_STRIPES, MAX_UNIX_PATH_BYTES,
-  cacheSchema, daemonSchema, isNbdUri, isReloadable, parseTcpAddress,
+  CACHE_GROUPS, CACHE_KEYS, CACHE_LEAF_KEYS, DAEMON_KEYS, DATA_DIR_TOKEN, MAX_STRIPES, MAX_UNIX_PATH_BYTES,
+  cacheSchema, daemonSchema, isNbdUri, isReloadable, parseTcpAddress, schemaLeaves, valueAt,
 } from '../../config/schema.js';
 import type { RawCache, RawDaemon } from '../../config/schema.js';
 import { PcachedError } from '../util/errors.js';
@@ -31,6 +31,10 @@ export interface StartFlags {
   readOnly?: boolean;
   format?: boolean;
   logLevel?: string;
+  dataCrc?: boolean;
+  segmentSize?: string;
+  gcPercent?: string;
+  sequentialCutoff?: string;
 }
 
 /** Everything a load depends on; kept so that SIGHUP can load again from the same sources. */
@@ -62,12 +66,17 @@ export interface ConfigDiff {
   changedCaches: string[];
 }
 
-const CACHE_FLAGS = ['name', 'origin', 'cache', 'cacheSize', 'mode', 'unix', 'tcp', 'stripes', 'readOnly', 'format'] as const;
-const DAEMON_FLAGS = ['control', 'logLevel'] as const;
-const FLAG_NAMES: Record<string, string> = {
-  name: '--name', origin: '--origin', cache: '--cache', cacheSize: '--cache-size', mode: '--mode', unix: '--unix',
-  tcp: '--tcp', stripes: '--stripes', readOnly: '--read-only', format: '--format', control: '--control', logLevel: '--log-level',
-};
+// The flags come from the schema's `flag` property; commander hands `--cache-size` over as
+// `cacheSize`, the schema key (test/config-reference.test.ts checks the two agree).
+const flagKeys = (schema: object): (keyof StartFlags)[] =>
+  schemaLeaves(schema).filter(([, info]) => info.flag !== undefined).map(([k]) => k as keyof StartFlags);
+const CACHE_FLAGS = flagKeys(cacheSchema('single', true));
+const DAEMON_FLAGS = flagKeys(daemonSchema());
+const FLAG_NAMES: Record<string, string> = Object.fromEntries(
+  [...schemaLeaves(daemonSchema()), ...schemaLeaves(cacheSchema('single', true))]
+    .filter(([, info]) => info.flag !== undefined)
+    .map(([k, info]) => [k, info.flag!]),
+);
 /** JSON keys that would reach Object.prototype through a careless merge; refused outright. */
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 const COMMENT_KEY = '$comment';
@@ -78,8 +87,7 @@ function envName(info: unknown): string | undefined {
 
 /** The single-cache environment variables (PCACHED_ORIGIN, ...) that are set. */
 function cacheEnvSet(env: ConfigSource['env'], flags: StartFlags): string[] {
-  const schema = cacheSchema('single', true) as Record<string, unknown>;
-  return Object.entries(schema)
+  return schemaLeaves(cacheSchema('single', true))
     .filter(([k]) => flags[k as keyof StartFlags] === undefined)
     .map(([, info]) => envName(info))
     .filter((n): n is string => n !== undefined && env[n] !== undefined);
@@ -127,9 +135,10 @@ function rejectForbiddenKeys(x: unknown, at: string, problems: string[]): void {
 
 /**
  * Keeps the keys convict can judge: drops `$comment`, reports unknown keys and non-scalar values
- * (convict would flatten `{"origin": {...}}` into a confusing "missing from config").
+ * (convict would flatten `{"origin": {...}}` into a confusing "missing from config"). A group
+ * (`"autocommit": {"timeMs": 1000}`) must be an object and is screened the same way, one level down.
  */
-function screenKeys(obj: Record<string, unknown>, known: readonly string[], prefix: string, problems: string[], except: readonly string[] = []): Record<string, unknown> {
+function screenKeys(obj: Record<string, unknown>, known: readonly string[], prefix: string, problems: string[], groups: Readonly<Record<string, readonly string[]>> = {}): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(obj)) {
     const key = `${prefix}${k}`;
@@ -141,7 +150,16 @@ function screenKeys(obj: Record<string, unknown>, known: readonly string[], pref
       problems.push(`${key}: not a known key (allowed: ${known.join(', ')}): value was ${JSON.stringify(v)}`);
       continue;
     }
-    if (!except.includes(k) && v !== null && typeof v === 'object') {
+    const group = Object.hasOwn(groups, k) ? groups[k] : undefined;
+    if (group !== undefined) {
+      if (!isPlainObject(v)) {
+        problems.push(`${key}: must be an object with the keys ${group.join(', ')} (e.g. {"${group[0]}": ...}): value was ${JSON.stringify(v)}`);
+        continue;
+      }
+      out[k] = screenKeys(v, group, `${key}.`, problems);
+      continue;
+    }
+    if (v !== null && typeof v === 'object') {
       problems.push(`${key}: must be a string, number or boolean: value was ${JSON.stringify(v)}`);
       continue;
     }
@@ -218,7 +236,7 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
       }
       // With one cache in the file the single-cache flags and environment refine it.
       const c = convict<RawCache>(cacheSchema('file', one), { env: one ? { ...env } : {}, args: [] });
-      c.load(screenKeys(element, CACHE_KEYS, prefix, problems));
+      c.load(screenKeys(element, CACHE_KEYS, prefix, problems, CACHE_GROUPS));
       if (one) {
         setFlags(c as convict.Config<unknown>, flags, CACHE_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
       }
@@ -279,6 +297,13 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     originConnections: raw.originConnections,
     slabSize: parseSize(raw.slabSize),
     maxConnections: raw.maxConnections,
+    dataCrc: raw.dataCrc,
+    segmentSize: parseSize(raw.segmentSize),
+    gcPercent: raw.gcPercent,
+    sequentialCutoff: parseSize(raw.sequentialCutoff),
+    autocommit: { timeMs: raw.autocommit.timeMs },
+    writeback: { rate: parseSize(raw.writeback.rate) },
+    cacheFullWaitMs: raw.cacheFullWaitMs,
   };
 }
 
@@ -345,8 +370,10 @@ export function diffConfig(old: DaemonConfig, next: DaemonConfig): ConfigDiff {
       continue;
     }
     let reconfigure = false;
-    for (const k of CACHE_KEYS) {
-      if (prev[k] === c[k]) continue;
+    // Key by key, a group's keys by their dotted names: `autocommit.timeMs` is reloadable when
+    // the group `autocommit` is.
+    for (const k of CACHE_LEAF_KEYS) {
+      if (valueAt(prev, k) === valueAt(c, k)) continue;
       const ok = isReloadable('cache', k);
       note(`caches[${name}].${k}`, ok);
       reconfigure ||= ok;
@@ -358,6 +385,6 @@ export function diffConfig(old: DaemonConfig, next: DaemonConfig): ConfigDiff {
 
 /** The environment variables pcached reads, for `--help`. */
 export function environmentVariables(): string[] {
-  const names = [...Object.values(daemonSchema()), ...Object.values(cacheSchema('single', true))].map(envName);
+  const names = [...schemaLeaves(daemonSchema()), ...schemaLeaves(cacheSchema('single', true))].map(([, info]) => envName(info));
   return ['PCACHED_CONFIG', ...names.filter((n): n is string => n !== undefined)];
 }

@@ -2,7 +2,7 @@
 // cannot drift from what the loader accepts: docs/configuration.md holds this text between its
 // markers, test/config-reference.test.ts compares them, scripts/gen-config-reference.mjs rewrites it.
 
-import { CACHE_KEYS, DAEMON_KEYS, keyInfo, isReloadable } from '../../config/schema.js';
+import { CACHE_GROUPS, CACHE_LEAF_KEYS, DAEMON_KEYS, keyInfo, isReloadable } from '../../config/schema.js';
 import type { KeyInfo } from '../../config/schema.js';
 
 export const REFERENCE_START = '<!-- config-reference:start -->';
@@ -20,6 +20,17 @@ function row(key: string, info: KeyInfo<unknown>, defaults: string, reloadable: 
   const env = info.env ? `\`${info.env}\`` : '';
   const flag = info.flag ? `\`${info.flag}\`` : '';
   return `| \`${key}\` | ${cell(info.accepts)} | ${defaults} | ${env} | ${flag} | ${reloadable ? 'yes' : 'no'} | ${cell(info.doc)} |`;
+}
+
+/** `"autocommit": {"timeMs": 1000}` sets `autocommit.timeMs`, from the schema's groups. */
+function groupExample(): string {
+  const parts = Object.entries(CACHE_GROUPS).map(([group, keys]) => {
+    const k = `${group}.${keys[0]}`;
+    const info = keyInfo('cache', k);
+    const v = info.example ?? info.default;
+    return `\`"${group}": {"${keys[0]}": ${JSON.stringify(v)}}\` sets \`${k}\``;
+  });
+  return `in a config file ${parts.join(', ')}`;
 }
 
 const HEADER = [
@@ -44,10 +55,11 @@ export function renderConfigReference(): string {
     'the two forms differ the default column shows both: in a config file `origin` and `cache` are',
     'required and no listener is on by default. The environment variables and flags apply to the',
     'single-cache form, and to a config file that defines exactly one cache (they override it).',
+    `A dotted key is a key of an object: ${groupExample()}.`,
     '',
     ...HEADER,
   );
-  for (const k of CACHE_KEYS) {
+  for (const k of CACHE_LEAF_KEYS) {
     const file = keyInfo('cache', k, 'file');
     const single = keyInfo('cache', k, 'single');
     const defaults = file.default === single.default
@@ -69,7 +81,11 @@ export function renderConfigReference(): string {
     '- Cache names, Unix socket paths (including `control`) and TCP addresses must be unique; every',
     '  cache needs at least one listener; a cache file belongs to one cache; an origin may be shared',
     '  only by read-only caches.',
-    '- Only `passthrough` mode is implemented in this release; the other modes are rejected.',
+    '- Only the `writeback` and `passthrough` modes are implemented in this release; the other modes',
+    '  are rejected.',
+    '- `dataCrc` and `segmentSize` are format-time keys: they take effect when pcached formats a new',
+    '  cache. Changing `segmentSize` does not reformat an existing cache; a cache formatted with the',
+    '  other `dataCrc` setting is refused.',
     '- SIGHUP (or `pcached reload`) re-reads the file, validates it as a whole and applies it only if',
     '  every changed key is marked `yes` above; otherwise the reload is rejected',
     '  (`ERR_CONFIG_RELOAD_REJECTED` in the log, naming the keys) and the daemon keeps its running',

@@ -19,6 +19,8 @@ import { StripeOp } from '../ring/layout.js';
 import type { StripeWork } from './stripe-ring.js';
 import { errnoName } from './io.js';
 import { unlinkSync } from 'node:fs';
+import { CacheRuntime } from './cache-runtime.js';
+import { SequentialDetector } from './sequential.js';
 import { basename } from 'node:path';
 
 const RING_CAPACITY = 1024;
@@ -59,6 +61,9 @@ export class Coordinator {
   #cache: CacheConfig;
   readonly #facts: OriginFacts;
   readonly #stripes: StripeSet;
+  /** Write-back mode only. */
+  readonly #cacheRt: CacheRuntime | null;
+  readonly #sequential: SequentialDetector | null;
   readonly counters: CounterBlock<CoordinatorCounter>;
   readonly #servers: Server[] = [];
   readonly #listeners: string[] = [];
@@ -71,10 +76,12 @@ export class Coordinator {
   #state: 'running' | 'draining' | 'stopped' = 'running';
   #shutdown: Promise<void> | null = null;
 
-  private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, log: Logger) {
+  private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
     this.#cache = cache;
     this.#facts = facts;
     this.#stripes = stripes;
+    this.#cacheRt = cacheRt;
+    this.#sequential = cacheRt ? new SequentialDetector(cache.sequentialCutoff) : null;
     this.#log = log;
     this.counters = new CounterBlock(COORDINATOR_COUNTERS);
     this.#exp = { name: cache.name, description: describe(cache), size: facts.size, readOnly: cache.readOnly || facts.readOnly };
@@ -89,10 +96,18 @@ export class Coordinator {
       throw new PcachedError('ERR_ORIGIN', `cannot open origin ${cache.origin}: ${(err as Error).message}`, { cause: err });
     }
     log.info({ origin: facts.description, size: facts.size, readOnly: facts.readOnly }, 'origin opened');
-    const stripes = await StripeSet.start({
-      stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), maxSpinners: maxSpinners(), logLevel, log,
-    });
-    const c = new Coordinator(cache, facts, stripes, log);
+    const cacheRt = cache.mode === 'writeback' ? await CacheRuntime.open(cache, facts.size, cache.stripes, spec, log, logLevel) : null;
+    let stripes: StripeSet;
+    try {
+      stripes = await StripeSet.start({
+        stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), maxSpinners: maxSpinners(), logLevel, log,
+        cacheData: cacheRt ? (i) => cacheRt.stripeData(i) : undefined,
+      });
+    } catch (err) {
+      await cacheRt?.close();
+      throw err;
+    }
+    const c = new Coordinator(cache, facts, stripes, cacheRt, log);
     try {
       await c.#listen();
     } catch (err) {
@@ -149,7 +164,7 @@ export class Coordinator {
     c.add('connections_total', 1);
     c.add('connections_open', 1);
     const ctx: SessionContext = {
-      exp: this.#exp, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures,
+      exp: this.#exp, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures, sequential: this.#sequential,
       closed: (s) => {
         if (this.#sessions.delete(s)) c.add('connections_open', -1);
       },
@@ -157,8 +172,12 @@ export class Coordinator {
     this.#sessions.add(new Session(this.#nextSession++, sock, ctx));
   }
 
-  /** Make every completed write durable on the origin (message flush, shutdown). */
-  flushOrigin(): Promise<void> {
+  /**
+   * Make every completed write durable: in write-back mode every stripe commits its keys and the
+   * cache is synced (the origin is the writeback worker's business); in pass-through, the origin
+   * is flushed (message flush, shutdown).
+   */
+  flushAll(): Promise<void> {
     return new Promise((resolve, reject) => {
       let remaining = this.#stripes.count;
       let firstErr = 0;
@@ -166,7 +185,7 @@ export class Coordinator {
         if (errno !== 0 && firstErr === 0) firstErr = errno;
         if (--remaining === 0) {
           if (firstErr === 0) resolve();
-          else reject(new PcachedError('ERR_ORIGIN', `origin flush failed: ${errnoName(firstErr)}`));
+          else reject(new PcachedError(this.#cacheRt ? 'ERR_CACHE_FILE' : 'ERR_ORIGIN', `${this.#cacheRt ? 'cache' : 'origin'} flush failed: ${errnoName(firstErr)}`));
         }
       };
       for (let s = 0; s < this.#stripes.count; s++) {
@@ -195,6 +214,18 @@ export class Coordinator {
       stripeRestarts: this.#stripes.restarts,
       stats,
       stripeStats,
+      ...(this.#cacheRt ? { cacheState: this.#cacheState(stripeStats) } : {}),
+    };
+  }
+
+  #cacheState(stripeStats: Record<string, number>[]): NonNullable<CacheStatus['cacheState']> {
+    const sum = (k: string): number => stripeStats.reduce((a, s) => a + (s[k] ?? 0), 0);
+    const st = this.#cacheRt!.status();
+    return {
+      ...st,
+      readBlocks: sum('read_blocks'), readHits: sum('read_hits'), writeBlocks: sum('write_blocks'),
+      writeBypass: sum('write_bypass'), writeBlocked: sum('write_blocked'), flushes: sum('cache_flushes'), discards: sum('discards'),
+      fills: sum('fills'), crcErrors: sum('crc_errors'), cacheErrors: sum('cache_errors'),
     };
   }
 
@@ -203,7 +234,7 @@ export class Coordinator {
     switch (verb) {
       case 'flush':
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush takes no arguments');
-        await this.flushOrigin();
+        await this.flushAll();
         return { flushed: true };
       case 'debug_crash_stripe': {
         if (process.env.PCACHED_TEST_HOOKS !== '1') break;
@@ -216,9 +247,17 @@ export class Coordinator {
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'clear_stats takes no arguments');
         this.counters.clear();
         for (const r of this.#stripes.rings) r.counters.clear();
+        this.#cacheRt?.counters.clear();
         return { cleared: true };
+      case 'gc_percent': {
+        if (!this.#cacheRt) throw new PcachedError('ERR_BAD_ARGUMENT', `gc_percent needs a cache; this one runs in ${this.#cache.mode} mode`);
+        if (args.length !== 1 || !/^\d+$/.test(args[0]!)) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: gc_percent N (an integer 0-90)');
+        this.#cacheRt.setGcPercent(Number(args[0]));
+        return { gcPercent: Number(args[0]) };
+      }
     }
-    throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: flush, clear_stats`);
+    const known = this.#cacheRt ? 'flush, clear_stats, gc_percent N' : 'flush, clear_stats';
+    throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: ${known}`);
   }
 
   /** Apply the reloadable keys; the supervisor has already refused anything else. */
@@ -230,6 +269,13 @@ export class Coordinator {
     }
     if (cache.maxConnections !== this.#cache.maxConnections) changed.push('maxConnections');
     if (cache.originTimeoutMs !== this.#cache.originTimeoutMs) changed.push('originTimeoutMs (applies to new origin connections)');
+    if (this.#cacheRt) {
+      changed.push(...this.#cacheRt.reconfigure(this.#cache, cache));
+      if (cache.sequentialCutoff !== this.#cache.sequentialCutoff) {
+        this.#sequential!.cutoff = cache.sequentialCutoff;
+        changed.push('sequentialCutoff');
+      }
+    }
     this.#cache = cache;
     return changed;
   }
@@ -258,11 +304,14 @@ export class Coordinator {
     clearTimeout(timer);
     await closed;
     try {
-      if (!this.#exp.readOnly) await this.flushOrigin();
+      if (!this.#exp.readOnly || this.#cacheRt) await this.flushAll();
     } catch (err) {
-      this.#log.error({ err }, 'shutdown: origin flush failed');
+      this.#log.error({ err }, 'shutdown: flush failed');
     }
+    // Writeback stops after its batch: dirty data stays in the cache and is replayed next start.
+    await this.#cacheRt?.stopWorkers();
     await this.#stripes.close();
+    await this.#cacheRt?.close();
     this.#state = 'stopped';
   }
 }

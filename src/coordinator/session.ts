@@ -13,6 +13,7 @@ import { Negotiation, type ExportInfo } from './negotiate.js';
 import { validateRequest, type ExportState } from './validate.js';
 import { splitRequest, firstSubtreeLength, stripeOf } from './router.js';
 import { Io, errorReply, errnoName, type IoWork, type ReplySink } from './io.js';
+import type { SequentialDetector } from './sequential.js';
 import type { StripeSet } from './stripes.js';
 import type { CounterBlock, CoordinatorCounter } from '../stats/counters.js';
 import type { FlowBudget } from './flow.js';
@@ -42,6 +43,8 @@ export interface SessionContext {
   log: Logger;
   /** Shared by the cache's sessions to rate-limit failure logging. */
   failures: { lastLogged: number; suppressed: number };
+  /** Write-back mode: long sequential reads are marked so the stripes do not promote them. */
+  sequential: SequentialDetector | null;
   closed(session: Session): void;
 }
 
@@ -198,6 +201,7 @@ export class Session implements ReplySink {
         const op = type === Cmd.READ ? StripeOp.READ : type === Cmd.WRITE ? StripeOp.WRITE
           : type === Cmd.TRIM ? StripeOp.TRIM : type === Cmd.CACHE ? StripeOp.CACHE : StripeOp.ZERO;
         let flags = fua;
+        if (type === Cmd.READ && this.#ctx.sequential?.read(req.offset, length)) flags |= StripeFlag.NO_FILL;
         if (type === Cmd.WRITE_ZEROES) {
           if ((req.flags & CmdFlag.NO_HOLE) !== 0) flags |= StripeFlag.NO_HOLE;
           if ((req.flags & CmdFlag.FAST_ZERO) !== 0) flags |= StripeFlag.FAST_ZERO;

@@ -4,7 +4,7 @@
 
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
-import { DOORBELL_WORDS, BELL_COUNT, BELL_POLLING, type StripeWorkerData } from '../ring/layout.js';
+import { DOORBELL_WORDS, BELL_COUNT, BELL_POLLING, type StripeWorkerData, type StripeCacheData } from '../ring/layout.js';
 import { StripeRing, type StripeWork } from './stripe-ring.js';
 import type { OriginSpec } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
@@ -21,6 +21,8 @@ export interface StripeSetOptions {
   pollNs: number;
   logLevel: string;
   log: Logger;
+  /** Write-back mode: what each stripe needs to serve from the cache. */
+  cacheData?: (stripe: number) => StripeCacheData;
 }
 
 /** Polling only pays at low queue depth: beyond this, completions come in batches anyway. */
@@ -80,6 +82,7 @@ export class StripeSet {
       spinNs: this.#opts.spinNs,
       maxSpinners: this.#opts.maxSpinners,
       logLevel: this.#opts.logLevel,
+      cache: this.#opts.cacheData?.(ring.id),
     };
     const pool = new Piscina({
       filename: WORKER_URL.href,

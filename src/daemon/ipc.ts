@@ -24,6 +24,8 @@ export interface CacheStatus {
   stats: Record<string, number>;
   /** Per-stripe counters, index = stripe id. */
   stripeStats: Record<string, number>[];
+  /** Write-back mode: the cache's state (blocks, tails, gc_percent, errors). */
+  cacheState?: import('../coordinator/cache-runtime.js').CacheStatusFields;
 }
 
 export type SupervisorToCoordinator =

@@ -113,7 +113,4 @@ export interface StripeCacheData {
   index: import('../cache/index/layout.js').IndexSabs;
   blockCrc: SharedArrayBuffer | null;
   geometry: import('../cache/log.js').Geometry;
-  autocommitMs: number;
-  cacheFullWaitMs: number;
-  cacheFullMaxWaitMs: number;
 }

@@ -1,0 +1,197 @@
+// The cache side of one coordinator in write-back mode: the cache device opened (formatted when
+// blank) and replayed into shared state and per-stripe indexes, the writeback and GC worker
+// threads (piscina pools of one thread each), and the cache's part of status and messages.
+
+import { Piscina } from 'piscina';
+import type { Logger } from 'pino';
+import type { CacheConfig } from '../config/types.js';
+import type { OriginSpec } from '../origin/types.js';
+import type { StripeCacheData } from '../ring/layout.js';
+import { FileBlockDevice } from '../cache/blockdev.js';
+import { openCache, type OpenedCache } from '../cache/replay.js';
+import { CACHE_INFO_OFFSETS } from '../cache/layout.js';
+import { cacheInfoCodec, MAX_GC_PERCENT } from '../cache/meta-slots.js';
+import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO } from '../cache/shared.js';
+import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
+import { PcachedError } from '../util/errors.js';
+import type { CacheWorkerData } from '../../workers/writeback.js';
+
+const WRITEBACK_URL = new URL('../../workers/writeback.js', import.meta.url);
+const GC_URL = new URL('../../workers/gc.js', import.meta.url);
+
+/** Ksets per writeback origin sync, and per GC persist. */
+const WRITEBACK_BATCH_KSETS = 8;
+const GC_BATCH_KSETS = 64;
+const BLOCK = 4096;
+
+export interface CacheStatusFields {
+  blocks: number;
+  freeBlocks: number;
+  dirtyBlocks: number;
+  segments: number;
+  segmentsUsed: number;
+  segmentSize: number;
+  keyHead: string;
+  dirtyTail: string;
+  keyTail: string;
+  gcPercent: number;
+  dataCrc: boolean;
+  errors: string[];
+  workers: Record<string, number>;
+  /** Filled by the coordinator from the stripe counters. */
+  readBlocks?: number;
+  readHits?: number;
+  writeBlocks?: number;
+  writeBypass?: number;
+  writeBlocked?: number;
+  flushes?: number;
+  discards?: number;
+  fills?: number;
+  crcErrors?: number;
+  cacheErrors?: number;
+}
+
+function tunablesOf(cache: CacheConfig) {
+  return { autocommitMs: cache.autocommit.timeMs, cacheFullWaitMs: cache.cacheFullWaitMs, writebackRate: cache.writeback.rate };
+}
+
+export class CacheRuntime {
+  readonly #dev: FileBlockDevice;
+  readonly #opened: OpenedCache;
+  readonly #pools: Piscina[] = [];
+  readonly counters: CounterBlock<(typeof CACHE_WORKER_COUNTERS)[number]>;
+  readonly #path: string;
+
+  private constructor(dev: FileBlockDevice, opened: OpenedCache, path: string) {
+    this.#dev = dev;
+    this.#opened = opened;
+    this.#path = path;
+    this.counters = new CounterBlock(CACHE_WORKER_COUNTERS);
+  }
+
+  static async open(cache: CacheConfig, originSize: number, stripes: number, origin: OriginSpec, log: Logger, logLevel: string): Promise<CacheRuntime> {
+    let dev: FileBlockDevice;
+    try {
+      dev = FileBlockDevice.open(cache.cache);
+    } catch (err) {
+      throw new PcachedError('ERR_CACHE_FILE', `cache "${cache.name}": ${(err as Error).message}`, { cause: err });
+    }
+    let opened: OpenedCache;
+    try {
+      opened = openCache(dev, {
+        originSize, dataCrc: cache.dataCrc, stripes, format: cache.format, segmentSize: cache.segmentSize, gcPercent: cache.gcPercent, mode: cache.mode,
+      });
+    } catch (err) {
+      dev.close();
+      const e = err as PcachedError;
+      throw new PcachedError(e.code ?? 'ERR_CACHE_FILE', `cache "${cache.name}" (${cache.cache}): ${e.message}`, { cause: err });
+    }
+    const r = opened.report;
+    for (const w of r.warnings) log.warn({ cacheFile: cache.cache }, w);
+    log.info({
+      cacheFile: cache.cache, formatted: r.formatted, ksets: r.ksets, keys: r.keys, staleKeys: r.staleKeys, dirtyKeys: r.dirtyKeys,
+      crcErrors: r.crcErrors, stop: r.stop, ms: Math.round(r.ms), segments: opened.geometry.segmentCount, segmentSize: opened.geometry.segmentSize,
+    }, r.formatted ? 'cache formatted' : 'cache replayed');
+    opened.shared.setTunables(tunablesOf(cache));
+    const rt = new CacheRuntime(dev, opened, cache.cache);
+    try {
+      await rt.#startWorkers(origin, logLevel);
+    } catch (err) {
+      await rt.close();
+      throw err;
+    }
+    return rt;
+  }
+
+  async #startWorkers(origin: OriginSpec, logLevel: string): Promise<void> {
+    const base: Omit<CacheWorkerData, 'batchKsets'> = {
+      path: this.#path, shared: this.#opened.shared.sab, geometry: this.#opened.geometry, origin, counters: this.counters.sab, logLevel,
+    };
+    for (const [url, batchKsets] of [[WRITEBACK_URL, WRITEBACK_BATCH_KSETS], [GC_URL, GC_BATCH_KSETS]] as const) {
+      const pool = new Piscina({
+        filename: url.href, minThreads: 1, maxThreads: 1, idleTimeout: Infinity, atomics: 'disabled', concurrentTasksPerWorker: 2,
+        workerData: { ...base, batchKsets } satisfies CacheWorkerData,
+      });
+      this.#pools.push(pool);
+      await pool.run({ op: 'start' });
+    }
+  }
+
+  stripeData(_stripe: number): StripeCacheData {
+    const o = this.#opened;
+    return { path: this.#path, shared: o.shared.sab, index: o.indexes[_stripe]!.sabs, blockCrc: o.blockCrc, geometry: o.geometry };
+  }
+
+  get shared() {
+    return this.#opened.shared;
+  }
+
+  /** `message NAME gc_percent N`: applied at once and persisted in the cache info record. */
+  setGcPercent(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || n > MAX_GC_PERCENT) {
+      throw new PcachedError('ERR_BAD_ARGUMENT', `gc_percent must be an integer 0-${MAX_GC_PERCENT}`);
+    }
+    const sh = this.#opened.shared;
+    const info = { ...this.#opened.state.cacheInfo.value, gcPercent: n };
+    sh.writeRecord(this.#dev, REC_CACHE_INFO, CACHE_INFO_OFFSETS, cacheInfoCodec, info, this.#opened.geometry.salt);
+    this.#dev.sync();
+    this.#opened.state.cacheInfo.value = info;
+    sh.gcPercent = n;
+  }
+
+  /** SIGHUP: the reloadable cache keys this runtime owns. */
+  reconfigure(prev: CacheConfig, next: CacheConfig): string[] {
+    const changed: string[] = [];
+    if (next.gcPercent !== prev.gcPercent) {
+      this.setGcPercent(next.gcPercent);
+      changed.push('gcPercent');
+    }
+    const a = tunablesOf(prev), b = tunablesOf(next);
+    if (a.autocommitMs !== b.autocommitMs) changed.push('autocommit.timeMs');
+    if (a.cacheFullWaitMs !== b.cacheFullWaitMs) changed.push('cacheFullWaitMs');
+    if (a.writebackRate !== b.writebackRate) changed.push('writeback.rate');
+    this.#opened.shared.setTunables(b);
+    return changed;
+  }
+
+  status(): CacheStatusFields {
+    const sh = this.#opened.shared;
+    const g = this.#opened.geometry;
+    const perSeg = g.dataAreaSize / BLOCK;
+    const pos = (p: { segment: number; offset: number; lsn: number }) => `${p.segment}:${p.offset}#${p.lsn}`;
+    const errs = sh.errors;
+    const errors: string[] = [];
+    if (errs & ERR_WRITEBACK) errors.push('writeback halted');
+    if (errs & ERR_GC) errors.push('gc halted');
+    if (errs & ERR_CACHE_IO) errors.push('cache device I/O error');
+    if (errs & ERR_ORIGIN_IO) errors.push('origin I/O error (writeback retrying)');
+    return {
+      blocks: g.segmentCount * perSeg,
+      freeBlocks: sh.freeSegments * perSeg,
+      dirtyBlocks: Math.ceil(sh.dirtyBytes / BLOCK),
+      segments: g.segmentCount,
+      segmentsUsed: sh.usedSegments,
+      segmentSize: g.segmentSize,
+      keyHead: pos(sh.head()),
+      dirtyTail: pos(sh.dirtyTail()),
+      keyTail: pos(sh.keyTail()),
+      gcPercent: sh.gcPercent,
+      dataCrc: g.dataCrc,
+      errors,
+      workers: this.counters.snapshot(),
+    };
+  }
+
+  /** Stop the writeback and GC threads (after their current batch); stripes commit on their own stop. */
+  async stopWorkers(): Promise<void> {
+    this.#opened.shared.stop();
+    await Promise.all(this.#pools.map((p) => p.run({ op: 'stop' }).catch(() => undefined)));
+    await Promise.all(this.#pools.map((p) => p.destroy()));
+    this.#pools.length = 0;
+  }
+
+  async close(): Promise<void> {
+    await this.stopWorkers();
+    this.#dev.close();
+  }
+}
