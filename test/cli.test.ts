@@ -48,7 +48,7 @@ test('configuration errors: exit 1, the key and value named, nothing created', (
   t.is(r.code, 1);
   t.is(r.stderr, 'pcached: invalid configuration: stripes: must be an integer between 1 and 64, or 0 for one per core but one: value was -3\n');
   t.false(existsSync(join(r.cwd, 'var')));
-  const m = pcached(['start', '--mode', 'writeback']);
+  const m = pcached(['start', '--mode', 'writethrough']);
   t.is(m.code, 1);
   t.regex(m.stderr, /mode: this mode is not implemented yet/);
 });

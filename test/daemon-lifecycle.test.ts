@@ -53,7 +53,8 @@ t_('a coordinator killed with SIGKILL is restarted by the supervisor and serves 
   // The data written before the crash is on the origin, and new I/O works.
   t.is(await readByte(d.uri, 0), 0x11);
   await writeRead(d.uri, 1 << 20, 0x22);
-  t.is(readFileSync(d.origin!).subarray(1 << 20, (1 << 20) + 4096).every((b) => b === 0x22), true);
+  // Write-back: the writeback worker carries it to the origin shortly after the FLUSH.
+  await waitFor('writeback to reach the origin', () => readFileSync(d.origin!).subarray(1 << 20, (1 << 20) + 4096).every((b) => b === 0x22), 30_000, 100);
   t.regex(d.stderr(), /killed by SIGKILL; restarting in \d+ ms/);
 
   // Once more: restarts counts up (the back-off doubles, still well under a second here).
@@ -166,8 +167,10 @@ t_('supervisor killed with SIGKILL: the coordinator notices and exits by itself'
   t.false(await socketAccepts(d.sock));
 });
 
-t_('SIGTERM while a client writes: exit 0, every acknowledged write is on the origin' + skipSuffix(why), async (t) => {
-  const d = await startDaemon({ originSize: 16 << 20 });
+t_('SIGTERM while a client writes (pass-through): exit 0, every acknowledged write is on the origin' + skipSuffix(why), async (t) => {
+  // Pass-through writes straight to the origin; the write-back version of this guarantee (acked
+  // data served after the restart) is in cache-daemon.test.ts.
+  const d = await startDaemon({ originSize: 16 << 20, extraArgs: ['--mode', 'passthrough'] });
   const coord = await coordinatorPid(d.control);
   const blocks = (16 << 20) / BLOCK;
   const writer = startWriter(d.uri, blocks);

@@ -21,7 +21,7 @@ const why = needTools('nbdsh', 'python3-nbd');
 
   const human = await pcachedCli(['status', '--control', d.control]);
   t.is(human.code, 0, human.stderr);
-  for (const re of [/^cache vol$/m, /^\s+state\s+running$/m, /^\s+mode\s+passthrough$/m, new RegExp(`^\\s+origin\\s+.*${d.origin}`, 'm'),
+  for (const re of [/^cache vol$/m, /^\s+state\s+running$/m, /^\s+mode\s+writeback$/m, new RegExp(`^\\s+origin\\s+.*${d.origin}`, 'm'),
     new RegExp(`^\\s+listeners\\s+unix:${d.sock}`, 'm'), /^\s+connections\s+\d+$/m, /^\s+counters$/m, /^\s+reqs_read\s+\d+$/m, /^\s+reqs_write\s+\d+$/m]) {
     t.regex(human.stdout, re);
   }
@@ -29,7 +29,7 @@ const why = needTools('nbdsh', 'python3-nbd');
   t.is(before.caches.length, 1);
   const c0 = before.caches[0]!;
   t.is(c0.name, 'vol');
-  t.is(c0.mode, 'passthrough');
+  t.is(c0.mode, 'writeback');
   t.is(typeof c0.stats, 'object');
   t.is(typeof c0.stats.reqs_read, 'number');
   t.is(typeof c0.stats.reqs_write, 'number');

@@ -612,7 +612,8 @@ export class StripeEngine {
     const out: StatusExtent[] = [];
     for (const p of pieces) {
       if (isGap(p) || out.length >= maxExtents) break;
-      const flags = p.flags & ExtentFlag.TRIM ? BlockState.HOLE | BlockState.ZERO : p.flags & ExtentFlag.ZERO ? BlockState.ZERO : 0;
+      // Writeback zeroes with holes allowed (the key does not keep NO_HOLE), so both read as holes.
+      const flags = p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO) ? BlockState.HOLE | BlockState.ZERO : 0;
       const last = out[out.length - 1];
       if (last && last.flags === flags) last.length += p.len;
       else out.push({ length: p.len, flags });

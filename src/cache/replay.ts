@@ -5,7 +5,7 @@ import { PcachedError } from '../util/errors.js';
 import type { BlockDevice } from './blockdev.js';
 import { formatDevice, isBlankDevice, openDevice, updateDirtyTail } from './format.js';
 import type { CacheState } from './format.js';
-import { CACHE_INFO_OFFSETS, DIRTY_TAIL_OFFSETS, KEY_TAIL_OFFSETS, crc32cOf, dataOffset } from './layout.js';
+import { CACHE_INFO_OFFSETS, DEFAULT_SEGMENT_SIZE, DIRTY_TAIL_OFFSETS, KEY_TAIL_OFFSETS, META_AREA_SIZE, MIN_SEGMENT_SIZE, MiB, crc32cOf, dataOffset } from './layout.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, hasData } from './kset.js';
 import { scanLog } from './key-log.js';
 import type { ScanStop } from './key-log.js';
@@ -62,12 +62,23 @@ export function defaultIndexMaxBytes(deviceSize: number, stripes: number): numbe
   return Math.ceil((deviceSize / BLOCK) * 40 / stripes) + 4 * 1024 * 1024;
 }
 
+/**
+ * The configured segment size is an upper bound: a small cache gets smaller segments (powers of
+ * two, at least 1 MiB, or 64 KiB for tiny test devices) so that it holds at least 8 of them.
+ */
+export function segmentSizeFor(deviceSize: number, wanted = DEFAULT_SEGMENT_SIZE): number {
+  let s = wanted;
+  while (s > MiB && (deviceSize - META_AREA_SIZE) / s < 8) s /= 2;
+  while (s > MIN_SEGMENT_SIZE && (deviceSize - META_AREA_SIZE) / s < 2) s /= 2;
+  return s;
+}
+
 export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
   const t0 = performance.now();
   let formatted = false;
   let state: CacheState;
   if (isBlankDevice(dev)) {
-    state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: p.segmentSize, gcPercent: p.gcPercent, mode: p.mode });
+    state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: segmentSizeFor(dev.size, p.segmentSize), gcPercent: p.gcPercent, mode: p.mode });
     formatted = true;
   } else {
     try {
@@ -77,7 +88,7 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
         const e = err as PcachedError;
         throw new PcachedError(e.code ?? 'ERR_BAD_SUPERBLOCK', `${e.message} (start with --format to erase it and format a new cache)`, { cause: err });
       }
-      state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: p.segmentSize, gcPercent: p.gcPercent, mode: p.mode, force: true });
+      state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: segmentSizeFor(dev.size, p.segmentSize), gcPercent: p.gcPercent, mode: p.mode, force: true });
       formatted = true;
     }
   }
