@@ -6,6 +6,7 @@
 import type { BlockDevice } from './blockdev.js';
 import { DIRTY_TAIL_OFFSETS, KSET_MAX_SIZE, crc32cOf, dataOffset } from './layout.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM } from './kset.js';
+import type { CacheKey } from './kset.js';
 import { limitsOf, readKsetAt } from './log.js';
 import type { Geometry } from './log.js';
 import { dirtyTailCodec } from './meta-slots.js';
@@ -16,7 +17,63 @@ import type { Origin } from '../origin/types.js';
 import type { EngineLog } from './engine.js';
 import { errnoName } from '../coordinator/io.js';
 
+/** Keys per batch: bounds the memory of one batch and the work a failed batch repeats. */
+const MAX_BATCH_KEYS = 2048;
+
+interface Piece { key: CacheKey; off: number; len: number; shared: boolean }
+
+/**
+ * The parts of each key that no later key in the batch overwrites, in log order. Walks the keys
+ * newest first with a sorted list of covered intervals (a batch is at most a few thousand keys).
+ */
+export function resolveNewestFirst(keys: readonly CacheKey[]): Piece[] {
+  const covered: [number, number][] = []; // sorted, disjoint, merged
+  const out: Piece[][] = [];
+  for (let i = keys.length - 1; i >= 0; i--) {
+    const k = keys[i]!;
+    const a = k.originOffset, b = a + k.length;
+    const mine: Piece[] = [];
+    let cur = a;
+    let j = lowerBound(covered, a);
+    for (; j < covered.length && covered[j]![0] < b; j++) {
+      const [ca, cb] = covered[j]!;
+      if (ca > cur) mine.push({ key: k, off: cur, len: ca - cur, shared: false });
+      cur = Math.max(cur, cb);
+    }
+    if (cur < b) mine.push({ key: k, off: cur, len: b - cur, shared: false });
+    if (mine.length > 1) for (const p of mine) p.shared = true;
+    out.push(mine);
+    insertInterval(covered, a, b);
+  }
+  return out.reverse().flat();
+}
+
+/** First interval whose end is past `x`. */
+function lowerBound(iv: [number, number][], x: number): number {
+  let lo = 0, hi = iv.length;
+  while (lo < hi) {
+    const m = (lo + hi) >> 1;
+    if (iv[m]![1] <= x) lo = m + 1; else hi = m;
+  }
+  return lo;
+}
+
+function insertInterval(iv: [number, number][], a: number, b: number): void {
+  let i = lowerBound(iv, a);
+  // Merge with every interval touching [a, b).
+  if (i > 0 && iv[i - 1]![1] === a) i--;
+  let j = i;
+  while (j < iv.length && iv[j]![0] <= b) {
+    a = Math.min(a, iv[j]![0]);
+    b = Math.max(b, iv[j]![1]);
+    j++;
+  }
+  iv.splice(i, j - i, [a, b]);
+}
+
 export interface WritebackOptions {
+  /** Origin requests in flight at once inside a batch. */
+  concurrency?: number;
   /** Ksets per origin sync (dm-pcache: 1). */
   batchKsets: number;
   log?: EngineLog;
@@ -73,8 +130,9 @@ export class Writeback {
     if (this.sh.durableLsn < head) this.sh.syncCache(this.dev);
     const limit = Math.min(head, this.sh.durableLsn);
     const lim = limitsOf(this.g);
-    let bytes = 0, ksets = 0, keys = 0, dirtyDone = 0;
-    while (pos.lsn < limit && ksets < this.opts.batchKsets) {
+    let ksets = 0, keys = 0, dirtyDone = 0;
+    const batch: CacheKey[] = [];
+    while (pos.lsn < limit && ksets < this.opts.batchKsets && batch.length < MAX_BATCH_KEYS) {
       const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
       if ('error' in r) return this.halt(`kset at sequence ${pos.lsn} (segment ${pos.segment} offset ${pos.offset}) does not verify: ${r.error}`);
       ksets++;
@@ -83,28 +141,16 @@ export class Writeback {
           if (k.flags === KEY_CLEAN) continue;
           keys++;
           dirtyDone += k.length;
-          if (k.flags === KEY_DIRTY) {
-            if (k.generation !== this.sh.genOf(k.segment)) {
-              this.opts.log?.warn({ segment: k.segment, origin: k.originOffset }, 'writeback: key names a reclaimed segment; skipped');
-              continue;
-            }
-            if (this.data.length < k.length) this.data = Buffer.alloc(k.length);
-            const buf = this.data.subarray(0, k.length);
-            this.dev.pread(buf, dataOffset(k.segment, k.offset, this.g.segmentSize));
-            if (this.g.dataCrc && crc32cOf(buf) !== k.dataCrc) {
-              return this.halt(`data CRC mismatch for origin ${k.originOffset}+${k.length} (segment ${k.segment} offset ${k.offset})`);
-            }
-            await call((cb) => this.origin.write(k.originOffset, buf, false, cb), 'write');
-            bytes += k.length;
-          } else if (k.flags === KEY_TRIM) {
-            await call((cb) => this.origin.trim(k.originOffset, k.length, false, cb), 'trim');
-          } else {
-            await call((cb) => this.origin.zero(k.originOffset, k.length, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
+          if (k.flags === KEY_DIRTY && k.generation !== this.sh.genOf(k.segment)) {
+            this.opts.log?.warn({ segment: k.segment, origin: k.originOffset }, 'writeback: key names a reclaimed segment; skipped');
+            continue;
           }
+          batch.push(k);
         }
       }
       pos = r.next;
     }
+    const bytes = await this.writeBatch(batch);
     await call((cb) => this.origin.flush(cb), 'flush');
     this.stats.originSyncs++;
     this.sh.clearError(ERR_ORIGIN_IO);
@@ -116,6 +162,48 @@ export class Writeback {
     this.stats.keys += keys;
     this.stats.bytes += bytes;
     return Math.max(bytes, 1);
+  }
+
+  /**
+   * Writes one batch to the origin: overlaps resolved newest-first (as dm-pcache's per-kset
+   * writeback tree does, so superseded bytes inside the batch are not written twice), then up to
+   * `concurrency` origin requests in flight. The batch is all-or-nothing for dirty_tail.
+   */
+  private async writeBatch(batch: readonly CacheKey[]): Promise<number> {
+    const pieces = resolveNewestFirst(batch);
+    let next = 0;
+    let bytes = 0;
+    const cache = new Map<CacheKey, Buffer>();
+    const run = async (): Promise<void> => {
+      while (next < pieces.length) {
+        const p = pieces[next++]!;
+        const k = p.key;
+        if (k.flags === KEY_DIRTY) {
+          let data = cache.get(k);
+          if (!data) {
+            data = Buffer.allocUnsafe(k.length);
+            this.dev.pread(data, dataOffset(k.segment, k.offset, this.g.segmentSize));
+            if (this.g.dataCrc && crc32cOf(data) !== k.dataCrc) {
+              this.halt(`data CRC mismatch for origin ${k.originOffset}+${k.length} (segment ${k.segment} offset ${k.offset})`);
+            }
+            if (p.shared) cache.set(k, data);
+          }
+          const from = p.off - k.originOffset;
+          const src = data.subarray(from, from + p.len);
+          await call((cb) => this.origin.write(p.off, src, false, cb), 'write');
+          bytes += p.len;
+        } else if (k.flags === KEY_TRIM) {
+          await call((cb) => this.origin.trim(p.off, p.len, false, cb), 'trim');
+        } else {
+          await call((cb) => this.origin.zero(p.off, p.len, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
+        }
+      }
+    };
+    const workers: Promise<void>[] = [];
+    for (let i = 0; i < Math.min(this.opts.concurrency ?? 16, pieces.length); i++) workers.push(run());
+    const results = await Promise.allSettled(workers);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    return bytes;
   }
 
   private halt(why: string): never {
