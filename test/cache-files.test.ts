@@ -336,8 +336,9 @@ t_('an absent cache file is created at --cache-size, formatted for the origin, a
   const d2 = await start(tr, e);
   t.is(readAt(e.cache, SUPERBLOCK_OFFSET + 48, 16).toString('hex'), uuid, 'same superblock UUID after a restart');
   t.is(firstDiff(await nbdReadAll(e, ORIGIN_SIZE), model.img), null);
+  await drained(e);
   await stop(t, d2);
-  t.is(firstDiff(readFileSync(e.origin), model.img), null, 'everything written back to the origin by a graceful stop... or still readable from the cache');
+  t.is(firstDiff(readFileSync(e.origin), model.img), null, 'the origin holds every write once writeback has drained');
 });
 
 t_('a cache file whose first MiB is zeros is formatted; stale bytes behind it are never served' + skipSuffix(why), async (t) => {
@@ -472,8 +473,8 @@ async function prepare(t: ExecutionContext, seed: number, opts: { gcPercentMessa
 }
 
 /**
- * Start on the damaged file: either it is refused (checked by `refused`, matching `refusal`) or it
- * starts; then every block read must satisfy `check`. Returns the running daemon or null.
+ * Start on the damaged file: either it starts (the running daemon is returned) or it is refused
+ * with every property `refused` checks, the reason matching `refusal` (null is returned).
  */
 async function startOrRefuse(t: ExecutionContext, p: Prepared, refusal: RegExp, what: string): Promise<Running | null> {
   const before = fileState(p.e.cache);
@@ -522,8 +523,9 @@ async function verifyAndContinue(t: ExecutionContext, p: Prepared, d: Running, w
   await stop(t, d);
   const d2 = await start(p.tr, p.e);
   t.is(firstDiff(await nbdReadAll(p.e, ORIGIN_SIZE), p.model.img), null, `${what}: after one more restart`);
+  await drained(p.e);
   await stop(t, d2);
-  t.is(firstDiff(readFileSync(p.e.origin), p.model.img), null, `${what}: the origin holds everything after graceful stops`);
+  t.is(firstDiff(readFileSync(p.e.origin), p.model.img), null, `${what}: the origin holds everything once writeback has drained`);
 }
 
 for (const [rec, offsets, key] of [
@@ -610,6 +612,7 @@ t_('damaged: a flipped bit inside a kset ends the log there; every block served 
   t.not(fresh.log.stop.reason, 'bad-crc', `the new log is clean: ${JSON.stringify(fresh.log.stop)}`);
   const d2 = await start(p.tr, p.e);
   t.is(firstDiff(await nbdReadAll(p.e, ORIGIN_SIZE), model.img), null, 'after one more restart');
+  await drained(p.e);
   await stop(t, d2);
-  t.is(firstDiff(readFileSync(p.e.origin), model.img), null, 'the origin agrees after graceful stops');
+  t.is(firstDiff(readFileSync(p.e.origin), model.img), null, 'the origin agrees once writeback has drained');
 });
