@@ -81,3 +81,42 @@ export function toolVersion(cmd: string, args: string[]): string {
   return (r.stdout || r.stderr || '').split('\n')[0]?.trim() ?? '';
 }
 
+
+export interface Proc { label: string; pid: number; sock: string; exited: Promise<number>; log: () => string; alive: () => boolean }
+const procs = new Set<Proc>();
+
+export function killAllProcs(): void {
+  for (const p of procs) {
+    try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+}
+
+/** Starts a server that listens on the Unix socket `sock`; resolves once it accepts. Stopped by PID. */
+export async function startProc(label: string, cmd: string, args: string[], sock: string, cwd: string): Promise<Proc> {
+  const child = spawn(cmd, args, { cwd, env: TOOL_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-65536); });
+  child.stderr!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-65536); });
+  let code: number | null = null;
+  const exited = new Promise<number>((res) => child.on('exit', (c, sig) => { code = c ?? (sig ? 128 : -1); res(code); }));
+  await new Promise<void>((res, rej) => { child.once('spawn', () => res()); child.once('error', rej); });
+  const p: Proc = { label, pid: child.pid!, sock, exited, log: () => log, alive: () => code === null };
+  procs.add(p);
+  const deadline = Date.now() + 60_000;
+  while (!(await canConnect(sock))) {
+    if (code !== null) throw new Error(`${label} exited (${code}) before listening:\n${cmd} ${args.join(' ')}\n${log}`);
+    if (Date.now() > deadline) throw new Error(`${label} did not listen on ${sock} within 60 s:\n${log}`);
+    await sleep(50);
+  }
+  return p;
+}
+
+export async function stopProc(p: Proc): Promise<void> {
+  try { process.kill(p.pid, 'SIGTERM'); } catch { /* gone */ }
+  const t = setTimeout(() => { try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ } }, 30_000);
+  await p.exited;
+  clearTimeout(t);
+  procs.delete(p);
+}
+
+process.on('exit', killAllProcs);

@@ -23,8 +23,10 @@ export class Cursor {
   private tail = false;
   private readonly t = { off: 0, len: 0, flags: 0, seg: 0, segOff: 0, gen: 0 };
 
-  constructor(private readonly w: Int32Array, private readonly meta: Int32Array,
-    private readonly arena: PageArena, private readonly f64: Float64Array) {}
+  constructor(private readonly meta: Int32Array, private readonly arena: PageArena, private readonly f64: Float64Array) {}
+
+  /** The arena's current view (it is replaced when the pool grows). */
+  private get w(): Int32Array { return this.arena.w; }
 
   private headWord(slot: number): number { return META_HDR_WORDS + slot * SUB_WORDS + S_HEAD; }
   private count(p: number): number { return this.w[p * PAGE_WORDS + P_COUNT]; }

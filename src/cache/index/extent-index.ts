@@ -45,7 +45,6 @@ export class ExtentIndex {
   private readonly meta: Int32Array;
   private readonly f64: Float64Array;
   private readonly arena: PageArena;
-  private readonly w: Int32Array;
   private readonly cur: Cursor;
   private readonly stripe: number;
   private readonly stripes: number;
@@ -95,11 +94,10 @@ export class ExtentIndex {
     this.meta = new Int32Array(sabs.meta);
     this.f64 = new Float64Array(sabs.meta, 0, META_HDR_WORDS / 2);
     this.arena = new PageArena(this.meta, sabs.pages);
-    this.w = this.arena.w;
     this.stripe = this.meta[M_STRIPE];
     this.stripes = this.meta[M_STRIPES];
     this.nsub = this.meta[M_NSUB];
-    this.cur = new Cursor(this.w, this.meta, this.arena, this.f64);
+    this.cur = new Cursor(this.meta, this.arena, this.f64);
   }
 
   // ---- statistics (safe from any thread; counters may be one mutation behind) ----
@@ -221,6 +219,7 @@ export class ExtentIndex {
     const b = this.base(slot);
     const so = off - b;
     if (this.writer) { this.cur.walk(slot, so, so + len, b, this.scratch, cb); return; }
+    this.arena.refresh();
     const pieces = this.readStable(slot, () => this.cur.snapshotRange(slot, so, so + len, b));
     for (const p of pieces) cb(p.off, p.len, p.flags === -1 ? null : p);
   }
@@ -230,6 +229,7 @@ export class ExtentIndex {
     const slot = this.slotOf(subtree * SUBTREE_SIZE, 0);
     const b = this.base(slot);
     if (this.writer) return this.cur.snapshotRange(slot, 0, SUBTREE_SIZE, b)!.filter((p) => p.flags !== -1);
+    this.arena.refresh();
     return this.readStable(slot, () => this.cur.snapshotRange(slot, 0, SUBTREE_SIZE, b)).filter((p) => p.flags !== -1);
   }
 

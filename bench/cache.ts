@@ -1,0 +1,256 @@
+// Cache-engine benchmark (issue 3): pcached in write-back mode against nbdkit's cache filter and
+// memory plugin, on a fast file origin and on a slow (1 ms) origin, plus the engine's own
+// numbers (index bytes per extent, replay seconds per million keys).
+//
+//   npm run bench:cache                   # 10 s cells (30 s + 10 s ramp on the slow origin), median of 3
+//   npm run bench:cache -- --quick        # shorter cells, one repetition
+//
+// fio (ioengine=nbd) drives every server over a Unix socket, one job, one connection; servers
+// run one at a time, interleaved per repetition. Results: bench/results/cache-*.json|.md.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type Proc, type Sample } from './lib.js';
+
+interface Opts { runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
+
+function parseArgs(argv: string[]): Opts {
+  const o: Opts = { runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const next = (): string => argv[++i] ?? (() => { throw new Error(`${a} needs a value`); })();
+    if (a === '--quick') Object.assign(o, { runtime: 4, ramp: 1, slowRuntime: 12, slowRamp: 6, reps: 1 });
+    else if (a === '--reps') o.reps = Number(next());
+    else if (a === '--runtime') o.runtime = Number(next());
+    else if (a === '--slow-runtime') o.slowRuntime = Number(next());
+    else if (a === '--only') o.only = next().split(',');
+    else if (a === '--out') o.out = next();
+    else if (a === '--keep') o.keep = true;
+    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,engine --out DIR --keep)`);
+  }
+  return o;
+}
+
+interface FioDir { iops: number; bw_bytes: number; lat_ns: { mean: number; percentile?: Record<string, number> } }
+
+async function fioCell(uri: string, name: string, extra: string[], runtime: number, ramp: number, outFile: string): Promise<Sample & { readIops: number; writeIops: number }> {
+  const j = await fio([
+    `--name=${name}`, '--ioengine=nbd', `--uri=${uri}`, '--numjobs=1', '--time_based', `--runtime=${runtime}`, `--ramp_time=${ramp}`,
+    '--randrepeat=0', '--lat_percentiles=1', '--percentile_list=50:99', ...extra,
+  ], outFile, (runtime + ramp + 120) * 1000);
+  const job = (j.jobs as Array<Record<string, FioDir> & { error: number }>)[0]!;
+  if (job.error) throw new Error(`fio job error ${job.error}`);
+  const r = job.read!, w = job.write!;
+  const main = r.iops >= w.iops ? r : w;
+  const pct = main.lat_ns.percentile ?? {};
+  return {
+    iops: r.iops + w.iops, readIops: r.iops, writeIops: w.iops, mbps: (r.bw_bytes + w.bw_bytes) / 1e6,
+    p50us: (pct['50.000000'] ?? NaN) / 1000, p99us: (pct['99.000000'] ?? NaN) / 1000, meanus: main.lat_ns.mean / 1000,
+  };
+}
+
+function pcachedStatus(control: string): Record<string, unknown> & { cacheState?: Record<string, number> } {
+  const out = execFileSync(process.execPath, [join(REPO, 'bin', 'pcached'), 'status', '--control', control, '--json'], { encoding: 'utf8' });
+  return (JSON.parse(out) as { caches: Array<Record<string, unknown> & { cacheState?: Record<string, number> }> }).caches[0]!;
+}
+
+interface Row { scenario: string; workload: string; server: string; samples: Sample[]; median: Sample; note?: string }
+
+const rows: Row[] = [];
+function record(scenario: string, workload: string, server: string, samples: Sample[], note?: string): void {
+  const m = (k: keyof Sample) => median(samples.map((s) => s[k]));
+  rows.push({ scenario, workload, server, samples, median: { iops: m('iops'), mbps: m('mbps'), p50us: m('p50us'), p99us: m('p99us'), meanus: m('meanus') }, note });
+  const med = rows[rows.length - 1]!.median;
+  process.stdout.write(`  ${scenario} ${workload} ${server}: ${Math.round(med.iops).toLocaleString('en-US')} IOPS, p50 ${med.p50us.toFixed(1)} µs${note ? ` (${note})` : ''}\n`);
+}
+
+function pcachedArgs(dir: string, tag: string, origin: string, cacheSize: string, extra: string[] = []): { args: string[]; sock: string; control: string } {
+  const sock = join(dir, `${tag}.sock`);
+  const control = join(dir, `${tag}-control.sock`);
+  return {
+    sock, control,
+    args: [join(REPO, 'bin', 'pcached'), 'start', '--origin', origin, '--cache', join(dir, `${tag}-cache.img`), '--cache-size', cacheSize,
+      '--unix', sock, '--tcp', '', '--name', 'bench', '--control', control, '--log-level', 'warn', ...extra],
+  };
+}
+
+const uriOf = (sock: string, name = ''): string => `nbd+unix:///${name}?socket=${sock}`;
+
+/** Fast origin: the working set fits the cache; QD32 4 KiB random writes, then reads of cached data. */
+async function fastScenario(o: Opts, dir: string): Promise<void> {
+  process.stdout.write(`\n== fast origin: ${o.size >> 20} MiB file, working set fits the cache\n`);
+  const originP = join(dir, 'fast-pcached.img');
+  const originN = join(dir, 'fast-nbdkit.img');
+  prefillFile(originP, o.size);
+  copyFileSync(originP, originN);
+  execFileSync('sync');
+  const pc = pcachedArgs(dir, 'fast-pcached', originP, `${Math.max(1024, (o.size >> 20) * 6)}M`);
+  const servers: { name: string; uri: string; proc: Proc }[] = [];
+  servers.push({ name: 'pcached', uri: uriOf(pc.sock, 'bench'), proc: await startProc('pcached', process.execPath, pc.args, pc.sock, dir) });
+  const cs = join(dir, 'fast-nbdkit-cache.sock');
+  servers.push({ name: 'nbdkit-cache', uri: uriOf(cs), proc: await startProc('nbdkit-cache', 'nbdkit', ['-f', '-U', cs, '--filter=cache', 'file', originN, 'cache=writeback', 'cache-on-read=true'], cs, dir) });
+  const ms = join(dir, 'fast-nbdkit-memory.sock');
+  servers.push({ name: 'nbdkit-memory', uri: uriOf(ms), proc: await startProc('nbdkit-memory', 'nbdkit', ['-f', '-U', ms, 'memory', String(o.size)], ms, dir) });
+  try {
+    // Warm every server over the whole volume (random 64 KiB reads: promotes into both caches; the
+    // memory plugin gets its pages written so reads are not of holes).
+    for (const s of servers) {
+      const warm = s.name === 'nbdkit-memory' ? ['--rw=write', '--bs=1m', '--iodepth=8'] : ['--rw=randread', '--bs=64k', '--iodepth=16'];
+      await fio([`--name=warm-${s.name}`, '--ioengine=nbd', `--uri=${s.uri}`, ...warm, `--size=${o.size}`], join(dir, `warm-${s.name}.json`), 600_000);
+    }
+    const before = pcachedStatus(pc.control).cacheState!;
+    process.stdout.write(`  pcached after warm-up: ${before.readHits}/${before.readBlocks} read hits, ${before.segmentsUsed}/${before.segments} segments\n`);
+    const workloads: [string, string[]][] = [
+      ['randread-4k-qd32', ['--rw=randread', '--bs=4k', '--iodepth=32', '--norandommap']],
+      ['randwrite-4k-qd32', ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--norandommap']],
+    ];
+    for (const [w, args] of workloads) {
+      const samples = new Map<string, Sample[]>();
+      for (let rep = 0; rep < o.reps; rep++) {
+        const order = servers.map((_, i) => servers[(i + rep) % servers.length]!);
+        for (const s of order) {
+          const x = await fioCell(s.uri, w, args, o.runtime, o.ramp, join(dir, `${w}-${s.name}-${rep}.json`));
+          samples.set(s.name, [...(samples.get(s.name) ?? []), x]);
+          if (!s.proc.alive()) throw new Error(`${s.name} died:\n${s.proc.log()}`);
+        }
+      }
+      const st = pcachedStatus(pc.control).cacheState!;
+      for (const s of servers) record('fast', w, s.name, samples.get(s.name)!, s.name === 'pcached' ? `hits ${st.readHits}/${st.readBlocks}, bypass ${st.writeBypass}` : undefined);
+    }
+  } finally {
+    for (const s of servers) await stopProc(s.proc);
+  }
+}
+
+/** Slow origin: 1 ms per origin request; zipf 1.1, 70 % reads, QD32; cache 25 % of the origin. */
+async function slowScenario(o: Opts, dir: string): Promise<void> {
+  process.stdout.write(`\n== slow origin: ${o.slowSize >> 20} MiB file behind nbdkit delay 1 ms; zipf:1.1, 70 % reads, QD32; cache 25 %\n`);
+  const files = ['slow-direct.img', 'slow-pcached.img', 'slow-nbdkit.img'].map((f) => join(dir, f));
+  prefillFile(files[0]!, o.slowSize);
+  for (const f of files.slice(1)) copyFileSync(files[0]!, f);
+  execFileSync('sync');
+  const delay = ['delay-read=1ms', 'delay-write=1ms'];
+  const cacheBytes = Math.floor(o.slowSize / 4);
+  const job = ['--rw=randrw', '--rwmixread=70', '--random_distribution=zipf:1.1', '--bs=4k', '--iodepth=32', '--norandommap'];
+  const cells: { name: string; start: () => Promise<{ uri: string; procs: Proc[]; control?: string }> }[] = [
+    {
+      name: 'delayed-origin', start: async () => {
+        const s = join(dir, 'slow-direct.sock');
+        return { uri: uriOf(s), procs: [await startProc('delay', 'nbdkit', ['-f', '-U', s, '--filter=delay', 'file', files[0]!, ...delay], s, dir)] };
+      },
+    },
+    {
+      name: 'pcached', start: async () => {
+        const os = join(dir, 'slow-origin-for-pcached.sock');
+        const origin = await startProc('delay-for-pcached', 'nbdkit', ['-f', '-U', os, '--filter=delay', 'file', files[1]!, ...delay], os, dir);
+        const pc = pcachedArgs(dir, 'slow-pcached', uriOf(os), `${(cacheBytes >> 20) + 1}M`, ['--origin-connections', '4']);
+        rmSync(join(dir, 'slow-pcached-cache.img'), { force: true });
+        const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir);
+        return { uri: uriOf(pc.sock, 'bench'), procs: [p, origin], control: pc.control };
+      },
+    },
+    {
+      name: 'nbdkit-cache', start: async () => {
+        const s = join(dir, 'slow-nbdkit-cache.sock');
+        return {
+          uri: uriOf(s),
+          procs: [await startProc('nbdkit-cache-delay', 'nbdkit', ['-f', '-U', s, '--filter=cache', '--filter=delay', 'file', files[2]!, ...delay,
+            'cache=writeback', 'cache-on-read=true', `cache-max-size=${cacheBytes}`], s, dir)],
+        };
+      },
+    },
+  ];
+  const samples = new Map<string, Sample[]>();
+  const notes = new Map<string, string>();
+  for (let rep = 0; rep < o.reps; rep++) {
+    for (const c of cells) {
+      const { uri, procs, control } = await c.start();
+      try {
+        const x = await fioCell(uri, `zipf-${c.name}`, job, o.slowRuntime, o.slowRamp, join(dir, `zipf-${c.name}-${rep}.json`));
+        samples.set(c.name, [...(samples.get(c.name) ?? []), x]);
+        if (control) {
+          const st = pcachedStatus(control).cacheState!;
+          notes.set(c.name, `read hits ${(100 * st.readHits / Math.max(1, st.readBlocks)).toFixed(1)} %, dirty ${st.dirtyBlocks} blocks, bypass ${st.writeBypass}, blocked ${st.writeBlocked}`);
+        }
+      } finally {
+        for (const p of procs) await stopProc(p);
+      }
+    }
+  }
+  for (const c of cells) record('slow', 'zipf-70r-4k-qd32', c.name, samples.get(c.name)!, notes.get(c.name));
+}
+
+function engineNumbers(): Record<string, number> {
+  process.stdout.write('\n== engine: index memory and replay\n');
+  const idx = spawnSync(process.execPath, [join(REPO, 'dist', 'bench', 'index-memory.js'), '1000000', '64'], { encoding: 'utf8' });
+  const m = /"bytesPerExtent":([\d.]+)/.exec(idx.stdout);
+  const rep = spawnSync(process.execPath, [join(REPO, 'dist', 'bench', 'replay.js'), '1000000'], { encoding: 'utf8' });
+  const r = /([\d.]+) s per million keys/.exec(rep.stdout);
+  process.stdout.write(idx.stdout + rep.stdout + idx.stderr + rep.stderr);
+  return { indexBytesPerExtent: m ? Number(m[1]) : NaN, replaySecondsPerMillionKeys: r ? Number(r[1]) : NaN };
+}
+
+function targets(engine: Record<string, number>): string[] {
+  const get = (scenario: string, w: string, s: string) => rows.find((r) => r.scenario === scenario && r.workload === w && r.server === s)?.median.iops;
+  const out: string[] = [];
+  const check = (label: string, a: number | undefined, b: number | undefined, min: number) => {
+    if (a === undefined || b === undefined) return;
+    out.push(`${a / b >= min ? 'PASS' : 'MISS'}  ${label}: ${(a / b).toFixed(2)}× (target ≥ ${min}×)`);
+  };
+  check('fast randwrite QD32 vs nbdkit cache filter', get('fast', 'randwrite-4k-qd32', 'pcached'), get('fast', 'randwrite-4k-qd32', 'nbdkit-cache'), 2.0);
+  check('fast randwrite QD32 vs nbdkit memory', get('fast', 'randwrite-4k-qd32', 'pcached'), get('fast', 'randwrite-4k-qd32', 'nbdkit-memory'), 0.8);
+  check('fast randread QD32 (cached) vs nbdkit cache filter', get('fast', 'randread-4k-qd32', 'pcached'), get('fast', 'randread-4k-qd32', 'nbdkit-cache'), 1.3);
+  check('fast randread QD32 (cached) vs nbdkit memory', get('fast', 'randread-4k-qd32', 'pcached'), get('fast', 'randread-4k-qd32', 'nbdkit-memory'), 0.8);
+  check('slow zipf vs nbdkit cache filter on the delayed file', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'nbdkit-cache'), 10);
+  check('slow zipf vs the delayed origin directly', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'delayed-origin'), 3);
+  if (Number.isFinite(engine.indexBytesPerExtent)) out.push(`${engine.indexBytesPerExtent! <= 32 ? 'PASS' : 'MISS'}  index memory: ${engine.indexBytesPerExtent} bytes per extent (target ≤ 32)`);
+  if (Number.isFinite(engine.replaySecondsPerMillionKeys)) out.push(`${engine.replaySecondsPerMillionKeys! <= 2 ? 'PASS' : 'MISS'}  replay: ${engine.replaySecondsPerMillionKeys} s per million keys (target ≤ 2)`);
+  return out;
+}
+
+function markdown(o: Opts, engine: Record<string, number>, tg: string[]): string {
+  const lines = ['| scenario | workload | server | IOPS | p50 µs | p99 µs | notes |', '|---|---|---|---|---|---|---|'];
+  for (const r of rows) {
+    lines.push(`| ${r.scenario} | ${r.workload} | ${r.server} | ${Math.round(r.median.iops).toLocaleString('en-US')} | ${r.median.p50us.toFixed(1)} | ${r.median.p99us.toFixed(1)} | ${r.note ?? ''} |`);
+  }
+  lines.push('', `engine: ${JSON.stringify(engine)}`, '', 'targets:', ...tg.map((t) => `- ${t}`), '',
+    `median of ${o.reps}; fast cells ${o.runtime} s (+${o.ramp} s ramp), slow cells ${o.slowRuntime} s (+${o.slowRamp} s ramp)`);
+  return lines.join('\n') + '\n';
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-bench-cache-'));
+  const started = new Date();
+  const want = (x: string) => o.only.length === 0 || o.only.includes(x);
+  try {
+    if (want('fast')) await fastScenario(o, dir);
+    if (want('slow')) await slowScenario(o, dir);
+    const engine = want('engine') ? engineNumbers() : {};
+    const tg = targets(engine);
+    const md = markdown(o, engine, tg);
+    process.stdout.write(`\n${md}`);
+    mkdirSync(o.out, { recursive: true });
+    const stamp = started.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z');
+    const result = {
+      date: started.toISOString(),
+      host: { cpus: cpus().length, cpu: cpus()[0]?.model, memGiB: Math.round(totalmem() / 1024 ** 3), kernel: release(), node: process.version, fio: toolVersion('fio', ['--version']), nbdkit: toolVersion('nbdkit', ['--version']) },
+      options: o, rows, engine, targets: tg,
+    };
+    writeFileSync(join(o.out, `cache-${stamp}.json`), JSON.stringify(result, null, 2) + '\n');
+    writeFileSync(join(o.out, `cache-${stamp}.md`), md);
+    process.stdout.write(`wrote ${join(o.out, `cache-${stamp}.json`)} and .md\n`);
+  } finally {
+    if (o.keep) process.stdout.write(`kept ${dir}\n`);
+    else rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+void TOOL_ENV;
+main().catch((e: unknown) => {
+  process.stderr.write(`bench failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+  killAllProcs();
+  process.exit(1);
+});
