@@ -11,8 +11,12 @@ export interface BlockDevice {
   /** Fills `buf` completely from `off`; reading past the end is an error, never a short read. */
   pread(buf: Uint8Array, off: number): void;
   pwrite(buf: Uint8Array, off: number): void;
+  /** Gathered write of consecutive buffers starting at `off` (optional: callers fall back to pwrite). */
+  pwritev?(bufs: readonly Uint8Array[], off: number): void;
   /** Barrier: every completed pwrite is durable when this returns. */
   sync(): void;
+  /** The same barrier off-thread: every pwrite completed before the call is durable at the callback. */
+  syncAsync?(cb: (err: Error | null) => void): void;
   close(): void;
 }
 
@@ -74,9 +78,32 @@ export class FileBlockDevice implements BlockDevice {
     while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, off + done);
   }
 
+  pwritev(bufs: readonly Uint8Array[], off: number): void {
+    if (this.readOnly) throw new PcachedError('ERR_CACHE_FILE', `${this.path} is open read-only`);
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    checkRange(this, total, off, 'write');
+    let done = fs.writevSync(this.fd, bufs as Uint8Array[], off);
+    // A short gathered write is finished piece by piece.
+    if (done < total) {
+      let skip = done;
+      for (const b of bufs) {
+        if (skip >= b.length) { skip -= b.length; continue; }
+        this.pwrite(b.subarray(skip), off + done);
+        done += b.length - skip;
+        skip = 0;
+      }
+    }
+  }
+
   sync(): void {
     if (this.readOnly) throw new PcachedError('ERR_CACHE_FILE', `${this.path} is open read-only`);
     fs.fdatasyncSync(this.fd);
+  }
+
+  syncAsync(cb: (err: Error | null) => void): void {
+    if (this.readOnly) { cb(new PcachedError('ERR_CACHE_FILE', `${this.path} is open read-only`)); return; }
+    fs.fdatasync(this.fd, cb);
   }
 
   close(): void {

@@ -191,7 +191,7 @@ export class CacheShared {
   }
   /** Every kset with a smaller sequence number is known durable on the cache device. */
   get durableLsn(): number { return Number(Atomics.load(this.b, B_DURABLE_LSN)); }
-  private noteDurable(lsn: number): void {
+  noteDurable(lsn: number): void {
     for (;;) {
       const cur = Atomics.load(this.b, B_DURABLE_LSN);
       if (cur >= BigInt(lsn) || Atomics.compareExchange(this.b, B_DURABLE_LSN, cur, BigInt(lsn)) === cur) return;

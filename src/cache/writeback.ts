@@ -18,7 +18,7 @@ import type { EngineLog } from './engine.js';
 import { errnoName } from '../coordinator/io.js';
 
 /** Keys per batch: bounds the memory of one batch and the work a failed batch repeats. */
-const MAX_BATCH_KEYS = 2048;
+const MAX_BATCH_KEYS = 8192;
 
 interface Piece { key: CacheKey; off: number; len: number; shared: boolean }
 

@@ -20,7 +20,7 @@ const WRITEBACK_URL = new URL('../../workers/writeback.js', import.meta.url);
 const GC_URL = new URL('../../workers/gc.js', import.meta.url);
 
 /** Ksets per writeback origin sync, and per GC persist. */
-const WRITEBACK_BATCH_KSETS = 8;
+const WRITEBACK_BATCH_KSETS = 64;
 const GC_BATCH_KSETS = 64;
 const BLOCK = 4096;
 

@@ -10,6 +10,7 @@ import { StripeEngine } from '../../src/cache/engine.js';
 import { Writeback } from '../../src/cache/writeback.js';
 import { Gc } from '../../src/cache/gc.js';
 import { META_AREA_SIZE } from '../../src/cache/layout.js';
+import { collectLog } from '../../src/cache/key-log.js';
 import type { Origin, Done, Extent, ZeroFlags } from '../../src/origin/types.js';
 import { SUBTREE_SIZE } from '../../src/ring/layout.js';
 
@@ -138,6 +139,22 @@ export class SimCache {
   }
 }
 
+/** Failure forensics: the index pieces over a sector and every replayable key covering it. */
+function debugSector(cache: SimCache, sector: number): string {
+  const off = sector * SECTOR;
+  const out: string[] = [];
+  const e = cache.engines[Math.floor(off / SUBTREE_SIZE) % cache.engines.length]!;
+  (e as unknown as { index: { lookup(o: number, l: number, cb: (o: number, l: number, x: unknown) => void): void } }).index.lookup(off, SECTOR, (o, l, x) => out.push(`index ${o}+${l}: ${JSON.stringify(x)}`));
+  const st = cache.opened.state;
+  for (const k of collectLog(st).ksets) {
+    for (const key of k.keys) {
+      if (key.originOffset <= off && off < key.originOffset + key.length) out.push(`log lsn ${k.lsn}: ${JSON.stringify(key)}`);
+    }
+  }
+  out.push(`gens: ${[...cache.opened.shared.gen].join(',')}`);
+  return out.join('\n');
+}
+
 /** The content a version writes into a sector: recognisable, and different for every (version, sector). */
 export function sectorPattern(version: number, sector: number, out: Buffer): void {
   if (version === 0) { out.fill(0); return; }
@@ -183,6 +200,15 @@ export class Model {
 /** Identifies which version a sector's bytes are, or -1 for bytes no version ever wrote. */
 const ZEROS = Buffer.alloc(SECTOR);
 
+/** What a sector holds, for failure messages: a stamp (version, sector it was written for), zeros, or garbage. */
+export function describeSector(b: Buffer): string {
+  if (b.equals(ZEROS)) return 'zeros';
+  const v = b.readUInt32LE(0), sec = b.readUInt32LE(4);
+  const scratch = Buffer.alloc(SECTOR);
+  sectorPattern(v, sec, scratch);
+  return scratch.equals(b) ? `version ${v} written for sector ${sec}` : 'bytes no version wrote';
+}
+
 export function identify(buf: Buffer, sector: number, candidates: Iterable<number>, scratch: Buffer): number {
   // The stamp names the one candidate worth generating in full.
   const stamped = buf.readUInt32LE(0);
@@ -205,7 +231,7 @@ export interface RunResult { crashes: number; ops: number; flushes: number; bypa
  * crashes (between operations and inside them), each crash followed by a restart and a check of
  * the whole volume against the model; at the end, a drain and a byte comparison of the origin.
  */
-export async function simRun(seed: number, opts: SimOptions, steps: number, crashEvery: number): Promise<RunResult> {
+export async function simRun(seed: number, opts: SimOptions, steps: number, crashEvery: number, trace?: (msg: string) => void): Promise<RunResult> {
   const rng = new Rng(seed);
   const sectors = opts.originSize / SECTOR;
   const model = new Model(sectors);
@@ -242,7 +268,8 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
         if (maybe === undefined) {
           // The common case, kept cheap: one allowed version.
           const want = model.latest[s]!;
-          if (identify(bytes, s, [want], scratch) !== want) fail(`after crash ${res.crashes}, sector ${s} does not hold its flushed version ${want}`);
+          if (identify(bytes, s, [want], scratch) !== want && process.env.PCACHED_SIM_DEBUG) console.log(debugSector(cache, s));
+          if (identify(bytes, s, [want], scratch) !== want) fail(`after crash ${res.crashes}, sector ${s} does not hold its flushed version ${want} but ${describeSector(bytes)}`);
           continue;
         }
         const got = identify(bytes, s, maybe, scratch);
@@ -280,12 +307,14 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
       for (let i = 0; i < n; i++) sectorPattern(v, s + i, data.subarray(i * SECTOR, (i + 1) * SECTOR));
       const fua = rng.chance(0.1);
       model.issued(s, n, v);
+      trace?.(`step ${step} write v${v} sectors ${s}+${n}${fua ? ' fua' : ''}${midCrash ? ' midcrash' : ''}`);
       outcome = await op((d) => cache.write(s * SECTOR, data, fua, d), midCrash);
       if (outcome === 0) model.acked(s, n, v, fua);
     } else if (r < 52) {
       const [s, n] = pickRange();
       model.issued(s, n, 0);
       const trim = rng.chance(0.5);
+      trace?.(`step ${step} ${trim ? 'trim' : 'zero'} sectors ${s}+${n}${midCrash ? ' midcrash' : ''}`);
       outcome = await op((d) => (trim ? cache.trim(s * SECTOR, n * SECTOR, d) : cache.zero(s * SECTOR, n * SECTOR, d)), midCrash);
       if (outcome === 0) model.acked(s, n, 0, false);
     } else if (r < 75) {
@@ -302,13 +331,17 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
       }
     } else if (r < 85) {
       res.flushes++;
+      trace?.(`step ${step} flush${midCrash ? ' midcrash' : ''}`);
       outcome = await op((d) => cache.flush(d), midCrash);
       if (outcome === 0) model.flushed();
     } else {
       outcome = await op((d) => { void cache.background(100 + rng.below(1500)).then(() => d(0), (e) => { if (e instanceof CrashNow) d(0); else throw e; }); }, midCrash);
     }
     if (outcome !== 'crashed' && outcome !== 0) fail(`step ${step}: operation failed with errno ${outcome}`);
-    if (outcome === 'crashed' || rng.chance(1 / crashEvery)) await crashAndRestart();
+    if (outcome === 'crashed' || rng.chance(1 / crashEvery)) {
+      trace?.(`step ${step} crash (${outcome === 'crashed' ? 'inside the operation' : 'between operations'})`);
+      await crashAndRestart();
+    }
   }
   for (const e of cache.engines) res.bypasses += 0 * e.queuedWrites;
   await cache.drain();
