@@ -78,6 +78,8 @@ export class CacheRuntime {
     }
     let opened: OpenedCache;
     try {
+      const why = dev.preallocate();
+      if (why) log.warn({ cacheFile: cache.cache }, why);
       opened = openCache(dev, {
         originSize, dataCrc: cache.dataCrc, stripes, format: cache.format, segmentSize: cache.segmentSize, gcPercent: cache.gcPercent, mode: cache.mode,
       });
