@@ -384,7 +384,7 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       align: 64 * 2 ** 10,
     },
     gcPercent: {
-      doc: 'Garbage collection runs while at least this percentage of the segments is in use; 0 reclaims whatever has been written back.',
+      doc: 'Garbage collection runs while at least this percentage of the segments is in use; 0 reclaims whatever has been written back. The cache file stores the value (`message NAME gc_percent N` changes it there); at start a configured value other than the default 70 replaces the stored one, and the default keeps it.',
       accepts: 'integer 0-90',
       default: 70,
       flag: '--gc-percent',

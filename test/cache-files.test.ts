@@ -345,7 +345,7 @@ t_('a cache file whose first MiB is zeros is formatted; stale bytes behind it ar
   t.timeout(180_000);
   const e = makeEnv(t);
   const tr = tracker(t);
-  // Blank metadata area, garbage (e.g. an old kset-like pattern, random data) in every segment.
+  // A blank metadata area, random bytes in every segment (what an old cache may leave behind).
   writeFileSync(e.cache, Buffer.concat([Buffer.alloc(MiB), randomBytes(15 * MiB)]));
   const d = await start(tr, e);
   const model = new Model(e.originInit);
@@ -382,6 +382,17 @@ t_('random bytes are refused without --format (file unchanged); with --format th
   await stop(t, d2);
 });
 
+t_('a refusal names the cache once: `pcached: cache "NAME" (PATH): reason`' + skipSuffix(why), async (t) => {
+  t.timeout(120_000);
+  const e = makeEnv(t);
+  const tr = tracker(t);
+  writeFileSync(e.cache, randomBytes(2 * MiB));
+  const line = await refused(t, tr, e, [], /--format/, 'random bytes');
+  // Observed: `pcached: cache "vol": cache "vol" (/tmp/.../cache.img): no pcached superblock ...`:
+  // CoordinatorHandle prefixes `cache "NAME": ` to a fatal message CacheRuntime.open already prefixed.
+  t.is(line.split(`cache "${NAME}"`).length - 1, 1, line);
+});
+
 t_('a cache formatted for a 64 MiB origin is refused for a 128 MiB origin (both sizes named); --format reformats it' + skipSuffix(why), async (t) => {
   t.timeout(180_000);
   const e = makeEnv(t);
@@ -399,7 +410,7 @@ t_('a cache formatted for a 64 MiB origin is refused for a 128 MiB origin (both 
   const d2 = await start(tr, e, ['--format']);
   const ins = await inspect(e.cache);
   t.is(ins.superblock.originSize, 2 * ORIGIN_SIZE);
-  const model = new Model(Buffer.concat([readFileSync(e.origin)]));
+  const model = new Model(readFileSync(e.origin));
   t.is(firstDiff(await nbdReadAll(e, 2 * ORIGIN_SIZE), model.img), null);
   const ws = makeWrites(6, 5, new Set(), 2 * ORIGIN_SIZE);
   await nbdWrite(e, ws, 'b');
@@ -423,15 +434,31 @@ t_('a cache formatted without --data-crc is refused with --data-crc (and vice ve
   // The refusal changed nothing: a start with the original setting still serves the same data.
   const d2 = await start(tr, e);
   t.is(firstDiff(await nbdReadAll(e, ORIGIN_SIZE), model.img), null);
+  // Reformatting drops whatever is still dirty in the cache: let writeback finish first.
+  await drained(e);
   await stop(t, d2);
 
   const d3 = await start(tr, e, ['--data-crc', '--format']);
   t.is((await inspect(e.cache)).superblock.dataCrc, true);
   t.is((await statusJson(e.control)).caches[0]!.cacheState!.dataCrc, true);
-  // Everything from before was written back by the graceful stops, so nothing is lost by reformatting.
+  // Everything from before is on the origin, so nothing is lost by reformatting.
   t.is(firstDiff(await nbdReadAll(e, ORIGIN_SIZE), model.img), null);
   await stop(t, d3);
   await refused(t, tr, e, [], /dataCrc/, 'formatted with dataCrc, started without --data-crc');
+});
+
+t_('--gc-percent given at a restart is applied, not silently replaced by the value stored in the cache file' + skipSuffix(why), async (t) => {
+  // gcPercent is a run-time setting (reloadable; flags > env > config > defaults), not a format-time
+  // one. Observed: the restarted daemon reports (and uses) the gcPercent of the cache info record.
+  t.timeout(120_000);
+  const e = makeEnv(t);
+  const tr = tracker(t);
+  const d = await start(tr, e, ['--gc-percent', '90']);
+  t.is((await statusJson(e.control)).caches[0]!.cacheState!.gcPercent, 90);
+  await stop(t, d);
+  const d2 = await start(tr, e, ['--gc-percent', '20']);
+  t.is((await statusJson(e.control)).caches[0]!.cacheState!.gcPercent, 20, 'the --gc-percent of this start');
+  await stop(t, d2);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -465,6 +492,10 @@ async function prepare(t: ExecutionContext, seed: number, opts: { gcPercentMessa
   const writes = makeWrites(40, seed);
   await nbdWrite(e, writes, 'prep');
   model.apply(writes);
+  if (opts.gcPercentMessage === 0) {
+    // GC retires what writeback has done: wait until it has moved the key tail at least once.
+    await waitFor('GC to move the key tail', async () => !(await statusJson(e.control)).caches[0]!.cacheState!.keyTail.endsWith('#1'), 60_000, 50);
+  }
   const st = (await statusJson(e.control)).caches[0]!.cacheState!;
   t.deepEqual(st.errors, []);
   await stop(t, d);
@@ -528,28 +559,33 @@ async function verifyAndContinue(t: ExecutionContext, p: Prepared, d: Running, w
   t.is(firstDiff(readFileSync(p.e.origin), p.model.img), null, `${what}: the origin holds everything once writeback has drained`);
 }
 
-for (const [rec, offsets, key] of [
-  ['cache info', CACHE_INFO_OFFSETS, 'cacheInfo'],
-  ['key tail', KEY_TAIL_OFFSETS, 'keyTail'],
-  ['dirty tail', DIRTY_TAIL_OFFSETS, 'dirtyTail'],
+for (const [rec, offsets, key, gcPercent] of [
+  // gc_percent changed at run time, so the cache info record has a second, newer slot.
+  ['cache info', CACHE_INFO_OFFSETS, 'cacheInfo', 85],
+  // GC at 90 % never runs here: the key tail keeps its one slot from format, and nothing can replace it.
+  ['key tail', KEY_TAIL_OFFSETS, 'keyTail', 85],
+  // GC at 0 % retires what writeback has done: the key tail moves and both slots hold a copy.
+  ['key tail (moved by GC)', KEY_TAIL_OFFSETS, 'keyTail', 0],
+  ['dirty tail', DIRTY_TAIL_OFFSETS, 'dirtyTail', 85],
 ] as const) {
   t_(`damaged: a flipped bit in the newest ${rec} slot: falls back to the other slot (or a clear refusal), never wrong data` + skipSuffix(why), async (t) => {
     t.timeout(240_000);
-    // gc_percent changed at run time, so the cache info record has a second, newer slot.
-    const p = await prepare(t, 20 + offsets[0] / 4096, { gcPercentMessage: 85 });
+    const p = await prepare(t, 20 + offsets[0] / 4096 + gcPercent, { gcPercentMessage: gcPercent });
     const before = await inspect(p.e.cache);
     const slot = before[key].slot;
-    t.log(`${rec}: newest slot ${slot}, seq ${before[key].seq}; dirty tail ${JSON.stringify(before.dirtyTail)}`);
+    t.log(`${rec}: newest slot ${slot}, seq ${before[key].seq}; key tail ${JSON.stringify(before.keyTail)}; dirty tail ${JSON.stringify(before.dirtyTail)}`);
     t.not(slot, null);
+    if (gcPercent === 0) t.true(before.keyTail.seq >= 2, 'GC moved the key tail, so both of its slots were written');
     // Bit 2 of the first body byte: inside the CRC-covered part of the record.
     flipBit(p.e.cache, offsets[slot!] + 12, 2);
     const after = await inspect(p.e.cache).catch((err: Error) => err);
     t.log(`inspect after the flip: ${after instanceof Error ? after.message.split('\n').find((l) => l.includes('pcached:')) : JSON.stringify(after[key])}`);
     if (!(after instanceof Error)) t.not(after[key].slot, slot, 'the damaged slot no longer wins');
-    const d = await startOrRefuse(t, p, /key tail|cache info|dirty tail|metadata/i, `${rec} newest slot flipped`);
+    const d = await startOrRefuse(t, p, /key tail: no valid slot/, `${rec} newest slot flipped`);
     if (d === null) {
-      // Only acceptable when the damaged slot was the only valid one of a record that cannot default.
-      t.is(rec, 'key tail', 'cache info and dirty tail have defined fallbacks (docs/format.md §4)');
+      // Acceptable only when no valid copy is left of a record that has no default (the key tail):
+      // then `inspect` refuses the file too.
+      t.true(after instanceof Error, 'refused although the other slot is valid');
       return;
     }
     if (rec === 'cache info') {
@@ -561,58 +597,66 @@ for (const [rec, offsets, key] of [
   });
 }
 
-t_('damaged: a flipped bit inside a kset ends the log there; every block served is the written data or the origin\'s' + skipSuffix(why), async (t) => {
-  t.timeout(240_000);
-  const p = await prepare(t, 31);
-  const ins = await inspect(p.e.cache);
-  const ksets = walkLog(p.e.cache, ins).filter((k) => !k.last && k.keys.length > 0);
-  t.log(`log: ${ins.log.ksets} ksets, lsn ${ins.log.firstLsn}..${ins.log.lastLsn}; dirty tail lsn ${ins.dirtyTail.lsn}; stop ${JSON.stringify(ins.log.stop)}`);
-  t.true(ksets.length >= 3, `enough ksets to damage one in the middle (${ksets.length})`);
-  // Prefer a kset that is still dirty (not yet written back), so the damage costs something.
-  const dirty = ksets.filter((k) => k.lsn >= ins.dirtyTail.lsn);
-  const pool = dirty.length >= 2 ? dirty : ksets;
-  const victim = pool[Math.floor(pool.length / 2)]!;
-  t.log(`damaging kset lsn ${victim.lsn} at byte ${victim.at} (${victim.keys.length} keys; ${dirty.length} ksets still dirty)`);
-  // Blocks whose keys sit in ksets before the victim are committed and must read as written.
-  const committed = new Set<number>();
-  for (const k of ksets) {
-    if (k.lsn >= victim.lsn) continue;
-    for (const key of k.keys) for (let b = key.off / BLK; b < (key.off + key.len) / BLK; b++) committed.add(b);
-  }
-  flipBit(p.e.cache, victim.at + KSET_HEADER_SIZE + 8, 1); // the first key's length
-  const damaged = await inspect(p.e.cache);
-  t.like(damaged.log.stop, { lsn: victim.lsn, reason: 'bad-crc' }, 'inspect sees the log end at the damaged kset');
-  const originAtRestart = readFileSync(p.e.origin);
+for (const where of ['still dirty', 'already written back'] as const) {
+  t_(`damaged: a flipped bit inside a kset (${where}) ends the log there; every block served is the written data or the origin's` + skipSuffix(why), async (t) => {
+    t.timeout(240_000);
+    const p = await prepare(t, where === 'still dirty' ? 31 : 32);
+    const ins = await inspect(p.e.cache);
+    const ksets = walkLog(p.e.cache, ins).filter((k) => !k.last && k.keys.length > 0);
+    t.log(`log: ${ins.log.ksets} ksets, lsn ${ins.log.firstLsn}..${ins.log.lastLsn}; dirty tail lsn ${ins.dirtyTail.lsn}; stop ${JSON.stringify(ins.log.stop)}`);
+    t.true(ksets.length >= 3, `enough ksets to damage one in the middle (${ksets.length})`);
+    // 'still dirty': the damage costs data not yet on the origin. 'already written back': the log
+    // then ends before the dirty tail, which start-up must pull back to the end of the log.
+    const dirty = ksets.filter((k) => k.lsn >= ins.dirtyTail.lsn);
+    const clean = ksets.filter((k) => k.lsn < ins.dirtyTail.lsn && k.lsn > ksets[0]!.lsn);
+    let pool = where === 'still dirty' ? dirty : clean;
+    if (pool.length < 1) {
+      t.log(`no kset ${where} (dirty tail lsn ${ins.dirtyTail.lsn}); damaging one in the middle of the log instead`);
+      pool = ksets.slice(1);
+    }
+    const victim = pool[Math.floor(pool.length / 2)]!;
+    t.log(`damaging kset lsn ${victim.lsn} at byte ${victim.at} (${victim.keys.length} keys; ${dirty.length} ksets still dirty)`);
+    // Blocks whose keys sit in ksets before the victim are committed and must read as written.
+    const committed = new Set<number>();
+    for (const k of ksets) {
+      if (k.lsn >= victim.lsn) continue;
+      for (const key of k.keys) for (let b = key.off / BLK; b < (key.off + key.len) / BLK; b++) committed.add(b);
+    }
+    flipBit(p.e.cache, victim.at + KSET_HEADER_SIZE + 8, 1); // the first key's length
+    const damaged = await inspect(p.e.cache);
+    t.like(damaged.log.stop, { lsn: victim.lsn, reason: 'bad-crc' }, 'inspect sees the log end at the damaged kset');
+    const originAtRestart = readFileSync(p.e.origin);
 
-  const d = await startOrRefuse(t, p, /never/, 'kset bit flip');
-  if (d === null) { t.fail('a damaged kset must not stop the cache from starting'); return; }
-  const got = await nbdReadAll(p.e, ORIGIN_SIZE);
-  const bad: string[] = [];
-  let lost = 0;
-  for (let b = 0; b * BLK < ORIGIN_SIZE; b++) {
-    const g = got.subarray(b * BLK, (b + 1) * BLK);
-    const want = p.model.img.subarray(b * BLK, (b + 1) * BLK);
-    if (g.equals(want)) continue;
-    if (committed.has(b)) { bad.push(`block ${b}: committed before the damaged kset but not as written`); continue; }
-    if (g.equals(originAtRestart.subarray(b * BLK, (b + 1) * BLK))) { lost++; continue; }
-    bad.push(`block ${b}: neither the data written nor the origin's (garbage)`);
-  }
-  t.deepEqual(bad.slice(0, 10), [], `${bad.length} bad blocks`);
-  t.log(`${lost} written blocks lost with the damaged kset and the ksets after it (read as the origin's)`);
-  t.deepEqual((await statusJson(p.e.control)).caches[0]!.cacheState!.errors, []);
+    const d = await startOrRefuse(t, p, /never/, 'kset bit flip');
+    if (d === null) { t.fail('a damaged kset must not stop the cache from starting'); return; }
+    const got = await nbdReadAll(p.e, ORIGIN_SIZE);
+    const bad: string[] = [];
+    let lost = 0;
+    for (let b = 0; b * BLK < ORIGIN_SIZE; b++) {
+      const g = got.subarray(b * BLK, (b + 1) * BLK);
+      const want = p.model.img.subarray(b * BLK, (b + 1) * BLK);
+      if (g.equals(want)) continue;
+      if (committed.has(b)) { bad.push(`block ${b}: committed before the damaged kset but not as written`); continue; }
+      if (g.equals(originAtRestart.subarray(b * BLK, (b + 1) * BLK))) { lost++; continue; }
+      bad.push(`block ${b}: neither the data written nor the origin's (garbage)`);
+    }
+    t.deepEqual(bad.slice(0, 10), [], `${bad.length} bad blocks`);
+    t.log(`${lost} written blocks lost with the damaged kset and the ksets after it (read as the origin's)`);
+    t.deepEqual((await statusJson(p.e.control)).caches[0]!.cacheState!.errors, []);
 
-  // What is served now is the new truth: keep writing on top, restart, and it all stays.
-  const model = new Model(got);
-  const more = makeWrites(10, 77, blocksOf(p.writes));
-  await nbdWrite(p.e, more, 'more');
-  model.apply(more);
-  t.is(firstDiff(await nbdReadAll(p.e, ORIGIN_SIZE), model.img), null, 'writes after the recovery');
-  await stop(t, d);
-  const fresh = await inspect(p.e.cache);
-  t.not(fresh.log.stop.reason, 'bad-crc', `the new log is clean: ${JSON.stringify(fresh.log.stop)}`);
-  const d2 = await start(p.tr, p.e);
-  t.is(firstDiff(await nbdReadAll(p.e, ORIGIN_SIZE), model.img), null, 'after one more restart');
-  await drained(p.e);
-  await stop(t, d2);
-  t.is(firstDiff(readFileSync(p.e.origin), model.img), null, 'the origin agrees once writeback has drained');
-});
+    // What is served now is the new truth: keep writing on top, restart, and it all stays.
+    const model = new Model(got);
+    const more = makeWrites(10, 77, blocksOf(p.writes));
+    await nbdWrite(p.e, more, 'more');
+    model.apply(more);
+    t.is(firstDiff(await nbdReadAll(p.e, ORIGIN_SIZE), model.img), null, 'writes after the recovery');
+    await stop(t, d);
+    const fresh = await inspect(p.e.cache);
+    t.not(fresh.log.stop.reason, 'bad-crc', `the new log is clean: ${JSON.stringify(fresh.log.stop)}`);
+    const d2 = await start(p.tr, p.e);
+    t.is(firstDiff(await nbdReadAll(p.e, ORIGIN_SIZE), model.img), null, 'after one more restart');
+    await drained(p.e);
+    await stop(t, d2);
+    t.is(firstDiff(readFileSync(p.e.origin), model.img), null, 'the origin agrees once writeback has drained');
+  });
+}

@@ -268,7 +268,8 @@ async function loop(o: Origin): Promise<void> {
   while (Atomics.load(ring, STOP) === 0) {
     if (engine !== null) engineTick(engine);
     if (runBatch(o) > 0) {
-      if (++batches % YIELD_EVERY_BATCHES === 0) await yieldMacrotask();
+      // A commit round's fdatasync completes through the event loop: let it in.
+      if (++batches % YIELD_EVERY_BATCHES === 0 || engine?.committing) await yieldMacrotask();
       continue;
     }
     const idleSince = process.hrtime.bigint();
@@ -282,7 +283,7 @@ async function loop(o: Origin): Promise<void> {
       // A synchronous origin has nothing pending in the event loop, so block the thread
       // (cheapest wake-up); an async origin must keep its sockets serviced.
       const waitMs = engine === null ? IDLE_WAIT_MS : Math.max(1, Math.min(IDLE_WAIT_MS, engine.nextTickIn()));
-      if (o.synchronous) {
+      if (o.synchronous && !engine?.committing) {
         result = Atomics.wait(ring, REQ_HEAD, reqTail, waitMs);
       } else {
         const w = Atomics.waitAsync(ring, REQ_HEAD, reqTail, waitMs);
@@ -347,6 +348,8 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       Atomics.notify(ring, REQ_HEAD);
       if (stopped) await stopped;
       if (engine) {
+        // A round in flight appends its ksets when its sync returns; the last keys go after them.
+        for (let i = 0; engine.committing && i < 2000; i++) await new Promise((r) => setTimeout(r, 5));
         try {
           engine.drain();
         } catch (err) {

@@ -505,16 +505,17 @@ export class StripeEngine {
   }
 
   /**
-   * A bypass writes straight to the origin, which is only safe where the cache holds nothing dirty:
-   * otherwise log-ordered writeback of the older dirty data would later overwrite it.
+   * A bypass writes straight to the origin. It is only safe where the index holds nothing live:
+   * a dirty extent would be written back over it later, and a clean or trim/zero extent may have
+   * a key in the log that replay would bring back over the bypassed data. Gaps and extents of
+   * reclaimed segments have no live key.
    */
   private canBypass(off: number, len: number): boolean {
     let ok = true;
     const gen = this.sh.gen;
     this.index.lookup(off, len, (_o, _l, e) => {
       if (e === null || (e.flags & ExtentFlag.EMPTY)) return;
-      if (e.flags & ExtentFlag.CLEAN) return;
-      if ((e.flags & ExtentFlag.DIRTY) && Atomics.load(gen, e.seg) !== e.gen) return;
+      if ((e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) && Atomics.load(gen, e.seg) !== e.gen) return;
       ok = false;
     });
     return ok;
@@ -528,12 +529,13 @@ export class StripeEngine {
       this.bypassing = false;
       q.done(errno);
     };
+    // FUA: a FLUSH only syncs the cache, so a bypassed write must be durable on its own.
     if (q.kind === 'write') {
       this.stats.add('origin_writes', 1);
       this.stats.add('origin_write_bytes', q.len);
-      this.origin.write(q.off, q.data!, q.fua, finish);
-    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, q.fua, finish);
-    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: q.fua }, finish);
+      this.origin.write(q.off, q.data!, true, finish);
+    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, true, finish);
+    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: true }, finish);
   }
 
   // ---- READ ----

@@ -30,7 +30,12 @@ export class Gc {
 
   /** Segment use has reached gc_percent (0: reclaim whatever is written back). */
   get needed(): boolean {
-    return this.sh.usedSegments * 100 >= this.sh.gcPercent * this.g.segmentCount;
+    return this.neededAfter(0);
+  }
+
+  /** Whether use is still at gc_percent once `freeing` segments retired in this batch are free. */
+  private neededAfter(freeing: number): boolean {
+    return (this.sh.usedSegments - freeing) * 100 >= this.sh.gcPercent * this.g.segmentCount;
   }
 
   /** Retires one batch of ksets; returns how many (0: nothing to do). */
@@ -43,7 +48,8 @@ export class Gc {
     const freeData: number[] = [];
     const freeLog: number[] = [];
     let n = 0;
-    while (pos.lsn < limit && n < this.opts.batchKsets) {
+    // Stop as soon as the batch frees enough: GC reclaims down to gc_percent, not below.
+    while (pos.lsn < limit && n < this.opts.batchKsets && this.neededAfter(freeData.length + freeLog.length)) {
       const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
       if ('error' in r) {
         this.halted = `kset at sequence ${pos.lsn} does not verify: ${r.error}`;

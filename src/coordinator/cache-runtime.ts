@@ -11,6 +11,7 @@ import { FileBlockDevice } from '../cache/blockdev.js';
 import { openCache, type OpenedCache } from '../cache/replay.js';
 import { CACHE_INFO_OFFSETS } from '../cache/layout.js';
 import { cacheInfoCodec, MAX_GC_PERCENT } from '../cache/meta-slots.js';
+import { DEFAULT_GC_PERCENT } from '../cache/format.js';
 import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO } from '../cache/shared.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
 import { PcachedError } from '../util/errors.js';
@@ -74,7 +75,8 @@ export class CacheRuntime {
     try {
       dev = FileBlockDevice.open(cache.cache);
     } catch (err) {
-      throw new PcachedError('ERR_CACHE_FILE', `cache "${cache.name}": ${(err as Error).message}`, { cause: err });
+      // The supervisor names the cache in front of this message.
+      throw new PcachedError('ERR_CACHE_FILE', (err as Error).message, { cause: err });
     }
     let opened: OpenedCache;
     try {
@@ -86,7 +88,7 @@ export class CacheRuntime {
     } catch (err) {
       dev.close();
       const e = err as PcachedError;
-      throw new PcachedError(e.code ?? 'ERR_CACHE_FILE', `cache "${cache.name}" (${cache.cache}): ${e.message}`, { cause: err });
+      throw new PcachedError(e.code ?? 'ERR_CACHE_FILE', `${cache.cache}: ${e.message}`, { cause: err });
     }
     const r = opened.report;
     for (const w of r.warnings) log.warn({ cacheFile: cache.cache }, w);
@@ -96,6 +98,9 @@ export class CacheRuntime {
     }, r.formatted ? 'cache formatted' : 'cache replayed');
     opened.shared.setTunables(tunablesOf(cache));
     const rt = new CacheRuntime(dev, opened, cache.cache);
+    // The stored gc_percent (set at format time or by `message gc_percent`) wins over the default;
+    // a value configured explicitly (anything but the default) is applied and persisted.
+    if (cache.gcPercent !== DEFAULT_GC_PERCENT && cache.gcPercent !== opened.shared.gcPercent) rt.setGcPercent(cache.gcPercent);
     try {
       await rt.#startWorkers(origin, logLevel);
     } catch (err) {
