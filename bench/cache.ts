@@ -145,9 +145,10 @@ async function slowScenario(o: Opts, dir: string): Promise<void> {
       name: 'pcached', start: async () => {
         const os = join(dir, 'slow-origin-for-pcached.sock');
         const origin = await startProc('delay-for-pcached', 'nbdkit', ['-f', '-U', os, '--filter=delay', 'file', files[1]!, ...delay], os, dir);
-        const pc = pcachedArgs(dir, 'slow-pcached', uriOf(os), `${(cacheBytes >> 20) + 1}M`, ['--origin-connections', '4']);
+        const pc = pcachedArgs(dir, 'slow-pcached', uriOf(os), `${(cacheBytes >> 20) + 1}M`);
         rmSync(join(dir, 'slow-pcached-cache.img'), { force: true });
-        const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir);
+        // Misses wait 1 ms each: several origin connections per stripe keep them in parallel.
+        const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir, { PCACHED_ORIGIN_CONNECTIONS: '4' });
         return { uri: uriOf(pc.sock, 'bench'), procs: [p, origin], control: pc.control };
       },
     },

@@ -92,8 +92,8 @@ export function killAllProcs(): void {
 }
 
 /** Starts a server that listens on the Unix socket `sock`; resolves once it accepts. Stopped by PID. */
-export async function startProc(label: string, cmd: string, args: string[], sock: string, cwd: string): Promise<Proc> {
-  const child = spawn(cmd, args, { cwd, env: TOOL_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startProc(label: string, cmd: string, args: string[], sock: string, cwd: string, env: Record<string, string> = {}): Promise<Proc> {
+  const child = spawn(cmd, args, { cwd, env: { ...TOOL_ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-65536); });
   child.stderr!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-65536); });

@@ -4,7 +4,7 @@
 
 import { workerData } from 'piscina';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
-import { CacheShared, ERR_ORIGIN_IO, W_KICK_WB } from '../src/cache/shared.js';
+import { CacheShared, ERR_ORIGIN_IO, W_FOREGROUND, W_KICK_WB } from '../src/cache/shared.js';
 import { Writeback, WritebackHalted, OriginIoError } from '../src/cache/writeback.js';
 import type { Geometry } from '../src/cache/log.js';
 import { openOrigin } from '../src/origin/open.js';
@@ -48,7 +48,18 @@ async function loop(): Promise<void> {
   let failures = 0;
   try {
     wakeWord = Atomics.load(sh.w, W_KICK_WB);
+    let fgSeen = Atomics.load(sh.w, W_FOREGROUND);
+    let fgAt = 0;
     while (!stopping && !sh.stopping) {
+      // dm-writecache's pause_writeback: recent foreground writes and room to spare → wait.
+      const fg = Atomics.load(sh.w, W_FOREGROUND);
+      if (fg !== fgSeen) { fgSeen = fg; fgAt = performance.now(); }
+      const pauseMs = sh.writebackPauseMs;
+      const roomy = sh.usedSegments * 100 < sh.gcPercent * data.geometry.segmentCount;
+      if (pauseMs > 0 && roomy && performance.now() - fgAt < pauseMs && wb.pending) {
+        await sleep(Math.min(100, pauseMs));
+        continue;
+      }
       let bytes = 0;
       const t0 = performance.now();
       try {

@@ -16,7 +16,7 @@ import type { CacheKey } from './kset.js';
 import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, SEG_DATA, W_FREED, W_KICK_GC } from './shared.js';
+import { ERR_CACHE_IO, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
@@ -222,7 +222,7 @@ export class StripeEngine {
         appended = r.appended;
         if (appended > 0) {
           this.lastLsn = r.headLsn;
-          this.stats.add('ksets', appended);
+          this.count('ksets', appended);
         }
       } catch (e) {
         fail(e);
@@ -242,7 +242,7 @@ export class StripeEngine {
 
   private endRound(waiters: Done[], errno: number): void {
     this.roundRunning = false;
-    if (errno === 0 && waiters.length > 0) this.stats.add('cache_flushes', 1);
+    if (errno === 0 && waiters.length > 0) this.count('cache_flushes', 1);
     for (const d of waiters) d(errno);
     if (this.wantRound || this.durableWaiters.length > 0) this.kickCommit(this.durableWaiters.length > 0);
   }
@@ -258,6 +258,7 @@ export class StripeEngine {
 
   /** Housekeeping between batches: autocommit, queued writes, the stale-entry sweep. */
   tick(): void {
+    this.publishStats();
     this.flushData();
     const now = this.now();
     // Closed ksets wait for the autocommit time (or for enough of them): every round costs a sync.
@@ -293,7 +294,7 @@ export class StripeEngine {
 
   private cacheError(err: unknown, what: string): void {
     this.sh.setError(ERR_CACHE_IO);
-    this.stats.add('cache_errors', 1);
+    this.count('cache_errors', 1);
     this.log.error({ err, what }, 'cache device error');
   }
 
@@ -305,6 +306,11 @@ export class StripeEngine {
   }
 
   endBatch(): void {
+    this.publishStats();
+    if (this.wroteInBatch) {
+      this.wroteInBatch = false;
+      Atomics.add(this.sh.w, W_FOREGROUND, 1);
+    }
     this.flushData();
     if (this.durableWaiters.length > 0) this.kickCommit(true);
   }
@@ -323,7 +329,35 @@ export class StripeEngine {
     this.submit({ kind: 'zero', off, len, data: null, fua, done, since: this.now() });
   }
 
+  /** Foreground I/O seen in this batch (reads included: writeback competes for the same CPU). */
+  private wroteInBatch = false;
+
+  // Counters are SharedArrayBuffer BigInt words: an Atomics.add (and a BigInt) per request costs
+  // more than the request's own bookkeeping, so the engine sums locally and publishes per batch.
+  private readonly local = new Map<EngineCounter, number>();
+  private dirtyDelta = 0;
+
+  private count(name: EngineCounter, n: number): void {
+    this.local.set(name, (this.local.get(name) ?? 0) + n);
+  }
+
+  private addDirty(n: number): void {
+    this.dirtyDelta += n;
+  }
+
+  /** Publishes the locally summed counters (end of every batch and tick). */
+  publishStats(): void {
+    if (this.dirtyDelta !== 0) {
+      this.sh.addDirty(this.dirtyDelta);
+      this.dirtyDelta = 0;
+    }
+    if (this.local.size === 0) return;
+    for (const [k, v] of this.local) if (v !== 0) this.stats.add(k, v);
+    this.local.clear();
+  }
+
   private submit(q: Queued): void {
+    this.wroteInBatch = true;
     // Writes waiting for space keep their order: nothing overtakes them.
     if (this.queue.length > 0 || this.bypassing) {
       this.queue.push(q);
@@ -338,7 +372,7 @@ export class StripeEngine {
       return;
     }
     if (r === 'full') {
-      this.stats.add('write_blocked', 1);
+      this.count('write_blocked', 1);
       this.sh.kick(W_KICK_GC);
       this.queue.push(q);
       return;
@@ -363,8 +397,8 @@ export class StripeEngine {
       if (this.sh.freeSegments === 0 && this.ready.length > 0) return 'full';
       this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
       this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
-      this.sh.addDirty(q.len);
-      this.stats.add('discards', 1);
+      this.addDirty(q.len);
+      this.count('discards', 1);
       return 'ok';
     }
     const data = q.data!;
@@ -390,8 +424,8 @@ export class StripeEngine {
       });
       pos += a.len;
     }
-    this.sh.addDirty(data.length);
-    this.stats.add('write_blocks', blocks(data.length));
+    this.addDirty(data.length);
+    this.count('write_blocks', blocks(data.length));
     return 'ok';
   }
 
@@ -523,7 +557,7 @@ export class StripeEngine {
 
   private bypass(q: Queued): void {
     this.index.remove(q.off, q.len);
-    this.stats.add('write_bypass', 1);
+    this.count('write_bypass', 1);
     this.bypassing = true;
     const finish = (errno: number): void => {
       this.bypassing = false;
@@ -531,8 +565,8 @@ export class StripeEngine {
     };
     // FUA: a FLUSH only syncs the cache, so a bypassed write must be durable on its own.
     if (q.kind === 'write') {
-      this.stats.add('origin_writes', 1);
-      this.stats.add('origin_write_bytes', q.len);
+      this.count('origin_writes', 1);
+      this.count('origin_write_bytes', q.len);
       this.origin.write(q.off, q.data!, true, finish);
     } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, true, finish);
     else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: true }, finish);
@@ -542,6 +576,7 @@ export class StripeEngine {
 
   /** `noFill`: the coordinator saw a long sequential run; serve it without promoting it. */
   read(off: number, buf: Uint8Array, noFill: boolean, done: Done): void {
+    this.wroteInBatch = true; // any foreground I/O pauses writeback (see shared.ts writebackPauseMs)
     // A hit may be in a gathered run that is not in the file yet.
     if (this.runBufs.length > 0) this.flushData();
     const len = buf.length;
@@ -583,8 +618,8 @@ export class StripeEngine {
       }
       hitBytes += p.len;
     }
-    this.stats.add('read_blocks', blocks(len));
-    this.stats.add('read_hits', hitBytes === len ? blocks(len) : Math.floor(hitBytes / BLOCK));
+    this.count('read_blocks', blocks(len));
+    this.count('read_hits', hitBytes === len ? blocks(len) : Math.floor(hitBytes / BLOCK));
     if (gaps.length === 0 || errno !== 0) { done(errno); return; }
     let remaining = gaps.length;
     let firstErr = 0;
@@ -620,7 +655,7 @@ export class StripeEngine {
       const blockStart = segOff - (segOff % BLOCK);
       this.dev.pread(blk, dataOffset(p.seg, blockStart, this.g.segmentSize));
       if ((crc32cOf(blk) | 0) !== Atomics.load(crc, this.blockNo(p.seg, blockStart))) {
-        this.stats.add('crc_errors', 1);
+        this.count('crc_errors', 1);
         this.sh.setError(ERR_CACHE_IO);
         this.log.error({ segment: p.seg, offset: blockStart, origin: p.off + done }, 'data CRC mismatch on a cache read: returning EIO');
         return false;
@@ -634,8 +669,8 @@ export class StripeEngine {
   }
 
   private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
-    this.stats.add('origin_reads', 1);
-    this.stats.add('origin_read_bytes', into.length);
+    this.count('origin_reads', 1);
+    this.count('origin_read_bytes', into.length);
     if (!fill) {
       this.origin.read(off, into, done);
       return;
@@ -674,7 +709,7 @@ export class StripeEngine {
     // Fills never wait and never take the last free segments from writes.
     if (this.headSeg < 0 || this.headOff + data.length > this.g.dataAreaSize) {
       if (this.sh.freeSegments <= this.sh.logReserve + 1) {
-        this.stats.add('fills_skipped', 1);
+        this.count('fills_skipped', 1);
         this.dropPlaceholder(token, off, data.length);
         return;
       }
@@ -682,7 +717,7 @@ export class StripeEngine {
     const a = this.allocData(data.length);
     if (a === null || a.len < data.length) {
       if (a) this.releaseRef(a.seg);
-      this.stats.add('fills_skipped', 1);
+      this.count('fills_skipped', 1);
       this.dropPlaceholder(token, off, data.length);
       return;
     }
@@ -694,7 +729,7 @@ export class StripeEngine {
     const filled = this.index.replacePlaceholder(token, { off, len: data.length, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
     if (filled === data.length) {
       this.pushKey({ originOffset: off, length: data.length, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(data) : 0 });
-      this.stats.add('fills', 1);
+      this.count('fills', 1);
     } else {
       // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
       // logging them would let replay put them after the newer write. The segment's generation

@@ -45,6 +45,9 @@ const W_BYTES_PER_BLOCK = 22;
 const W_AUTOCOMMIT_MS = 23;
 const W_FULL_WAIT_MS = 24;
 const W_FULL_MAX_WAIT_MS = 25;
+/** Bumped by the stripes once per batch that wrote: the writeback worker's sign of foreground I/O. */
+export const W_FOREGROUND = 26;
+const W_WB_PAUSE_MS = 27;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -90,9 +93,15 @@ export interface Tunables {
   cacheFullMaxWaitMs: number;
   /** Writeback origin bytes per second, 0 = unlimited. */
   writebackRate: number;
+  /**
+   * Writeback waits while the stripes saw writes within this many milliseconds and segment use is
+   * below gc_percent (dm-writecache's pause_writeback): background origin I/O then does not take
+   * CPU and device time from the foreground until space is needed. 0 = never pause.
+   */
+  writebackPauseMs: number;
 }
 
-export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0 };
+export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000 };
 
 /** Lock words: a short spin, then a futex wait; holders never block on anything but the device. */
 function lockWord(w: Int32Array, i: number): void {
@@ -207,11 +216,13 @@ export class CacheShared {
   get cacheFullWaitMs(): number { return Atomics.load(this.w, W_FULL_WAIT_MS); }
   get cacheFullMaxWaitMs(): number { return Atomics.load(this.w, W_FULL_MAX_WAIT_MS); }
   get writebackRate(): number { return Number(Atomics.load(this.b, B_WB_RATE)); }
+  get writebackPauseMs(): number { return Atomics.load(this.w, W_WB_PAUSE_MS); }
   setTunables(t: Partial<Tunables>): void {
     if (t.autocommitMs !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_MS, t.autocommitMs);
     if (t.cacheFullWaitMs !== undefined) Atomics.store(this.w, W_FULL_WAIT_MS, t.cacheFullWaitMs);
     if (t.cacheFullMaxWaitMs !== undefined) Atomics.store(this.w, W_FULL_MAX_WAIT_MS, t.cacheFullMaxWaitMs);
     if (t.writebackRate !== undefined) Atomics.store(this.b, B_WB_RATE, BigInt(t.writebackRate));
+    if (t.writebackPauseMs !== undefined) Atomics.store(this.w, W_WB_PAUSE_MS, t.writebackPauseMs);
   }
 
   get usedSegments(): number { return Atomics.load(this.w, W_USED); }
