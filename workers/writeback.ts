@@ -69,6 +69,7 @@ async function loop(): Promise<void> {
         counters.add('wb_keys', wb.stats.keys - before.keys);
         counters.add('wb_bytes', wb.stats.bytes - before.bytes);
         counters.add('wb_origin_syncs', wb.stats.originSyncs - before.originSyncs);
+        counters.add('wb_crc_skipped', wb.stats.crcSkipped - before.crcSkipped);
         failures = 0;
       } catch (err) {
         if (err instanceof WritebackHalted) {

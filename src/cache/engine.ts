@@ -706,36 +706,37 @@ export class StripeEngine {
 
   /** Promotes a miss into the cache as clean data, where its placeholder survived. */
   private fill(token: number, off: number, data: Uint8Array): void {
-    // Fills never wait and never take the last free segments from writes.
-    if (this.headSeg < 0 || this.headOff + data.length > this.g.dataAreaSize) {
-      if (this.sh.freeSegments <= this.sh.logReserve + 1) {
-        this.count('fills_skipped', 1);
-        this.dropPlaceholder(token, off, data.length);
-        return;
-      }
-    }
-    const a = this.allocData(data.length);
-    if (a === null || a.len < data.length) {
-      if (a) this.releaseRef(a.seg);
-      this.count('fills_skipped', 1);
-      this.dropPlaceholder(token, off, data.length);
-      return;
-    }
     // The read buffer goes back to its owner with the reply, before the gathered run is written.
     const copy = Buffer.allocUnsafe(data.length);
     copy.set(data);
-    this.writeData(a, copy);
-    const gen = this.sh.genOf(a.seg);
-    const filled = this.index.replacePlaceholder(token, { off, len: data.length, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
-    if (filled === data.length) {
-      this.pushKey({ originOffset: off, length: data.length, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(data) : 0 });
-      this.count('fills', 1);
-    } else {
-      // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
-      // logging them would let replay put them after the newer write. The segment's generation
-      // retires them when it is freed.
-      this.releaseRef(a.seg);
+    let pos = 0;
+    let logged = 0;
+    while (pos < data.length) {
+      // Fills never wait, and never take the last free segments from writes.
+      const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
+      if (needsSegment && this.sh.freeSegments <= this.sh.logReserve + 1) break;
+      const a = this.allocData(data.length - pos);
+      if (a === null) break;
+      const piece = copy.subarray(pos, pos + a.len);
+      this.writeData(a, piece);
+      const gen = this.sh.genOf(a.seg);
+      const filled = this.index.replacePlaceholder(token, { off: off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
+      if (filled === a.len) {
+        this.pushKey({ originOffset: off + pos, length: a.len, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0 });
+        logged++;
+      } else {
+        // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
+        // logging them would let replay put them after the newer write. The segment's generation
+        // retires them when it is freed.
+        this.releaseRef(a.seg);
+      }
+      pos += a.len;
     }
+    if (pos < data.length) {
+      this.count('fills_skipped', 1);
+      this.dropPlaceholder(token, off + pos, data.length - pos);
+    }
+    if (logged > 0) this.count('fills', 1);
   }
 
   // ---- BLOCK_STATUS ----

@@ -122,6 +122,8 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
     const dirtyZone = k.lsn >= dirtyTail.lsn;
     for (const key of k.keys) {
       keys++;
+      // Writeback walks every key of the dirty zone, whether replay keeps it or not.
+      if (dirtyZone && key.flags !== KEY_CLEAN) { dirtyKeys++; dirtyBytes += key.length; }
       if (Math.floor((key.originOffset + key.length - 1) / SUBTREE_SIZE) !== Math.floor(key.originOffset / SUBTREE_SIZE)) {
         staleKeys++;
         warnings.push(`key at ${key.originOffset}+${key.length} crosses a subtree; skipped`);
@@ -146,7 +148,6 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
       }
       const flags = key.flags === KEY_DIRTY ? ExtentFlag.DIRTY : key.flags === KEY_CLEAN ? ExtentFlag.CLEAN : key.flags === KEY_TRIM ? ExtentFlag.TRIM : ExtentFlag.ZERO;
       pending.push(key.originOffset, key.length, key.segment, key.offset, key.generation, flags);
-      if (dirtyZone && key.flags !== KEY_CLEAN) { dirtyKeys++; dirtyBytes += key.length; }
     }
   }
   insertGrouped(pending, indexes, p.stripes);

@@ -39,6 +39,8 @@ export interface CacheStatusFields {
   dataCrc: boolean;
   errors: string[];
   workers: Record<string, number>;
+  /** What the start-up replay found (keys dropped for a bad data CRC are counted here). */
+  replay: { formatted: boolean; ksets: number; keys: number; staleKeys: number; crcErrors: number; stop: string; ms: number };
   /** Filled by the coordinator from the stripe counters. */
   readBlocks?: number;
   readHits?: number;
@@ -186,6 +188,7 @@ export class CacheRuntime {
       dataCrc: g.dataCrc,
       errors,
       workers: this.counters.snapshot(),
+      replay: (({ formatted, ksets, keys, staleKeys, crcErrors, stop, ms }) => ({ formatted, ksets, keys, staleKeys, crcErrors, stop, ms: Math.round(ms) }))(this.#opened.report),
     };
   }
 

@@ -23,7 +23,7 @@ export const STRIPE_COUNTERS = [
 
 /** Counted by the writeback and GC workers of one cache (one block per cache). */
 export const CACHE_WORKER_COUNTERS = [
-  'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors',
+  'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors', 'wb_crc_skipped',
   'gc_ksets', 'gc_segments_freed', 'gc_errors',
 ] as const;
 
