@@ -1,7 +1,7 @@
 // Pieces every benchmark script shares: tool environment, fio runs, pre-filled files, medians.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -93,6 +93,8 @@ export function killAllProcs(): void {
 
 /** Starts a server that listens on the Unix socket `sock`; resolves once it accepts. Stopped by PID. */
 export async function startProc(label: string, cmd: string, args: string[], sock: string, cwd: string, env: Record<string, string> = {}): Promise<Proc> {
+  // A server stopped in an earlier repetition may have left its socket file behind.
+  rmSync(sock, { force: true });
   const child = spawn(cmd, args, { cwd, env: { ...TOOL_ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-65536); });

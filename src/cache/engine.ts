@@ -580,6 +580,12 @@ export class StripeEngine {
     // A hit may be in a gathered run that is not in the file yet.
     if (this.runBufs.length > 0) this.flushData();
     const len = buf.length;
+    if (this.opts.blockCrc === null && this.readWholeHit(off, buf)) {
+      this.count('read_blocks', blocks(len));
+      this.count('read_hits', blocks(len));
+      done(0);
+      return;
+    }
     const pieces = this.collect(off, len);
     const gen = this.sh.gen;
     const gaps: { o: number; l: number; fill: boolean }[] = [];
@@ -628,6 +634,34 @@ export class StripeEngine {
       if (--remaining === 0) done(firstErr);
     };
     for (const gap of gaps) this.readMiss(gap.o, buf.subarray(gap.o - off, gap.o - off + gap.l), gap.fill, pieceDone);
+  }
+
+  // The common read, one cached extent covering the whole request, without allocating: a
+  // reusable callback records the first piece, and the data goes straight into the buffer.
+  private hitPieces = 0;
+  private readonly hit: Extent = { off: 0, len: 0, seg: 0, segOff: 0, gen: 0, flags: 0 };
+  private readonly hitCb = (o: number, l: number, e: Extent | null): void => {
+    if (this.hitPieces++ > 0 || e === null) return;
+    const h = this.hit;
+    h.off = o; h.len = l; h.seg = e.seg; h.segOff = e.segOff; h.gen = e.gen; h.flags = e.flags;
+  };
+
+  /** True when the request was served whole from one live data extent. */
+  private readWholeHit(off: number, buf: Uint8Array): boolean {
+    this.hitPieces = 0;
+    this.hit.flags = 0;
+    this.index.lookup(off, buf.length, this.hitCb);
+    const h = this.hit;
+    if (this.hitPieces !== 1 || (h.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || h.len !== buf.length) return false;
+    const gen = this.sh.gen;
+    if (Atomics.load(gen, h.seg) !== h.gen) return false;
+    try {
+      this.dev.pread(buf, dataOffset(h.seg, h.segOff, this.g.segmentSize));
+    } catch {
+      return false; // the general path reports it
+    }
+    // GC may have freed and reused the segment while we read.
+    return Atomics.load(gen, h.seg) === h.gen;
   }
 
   /** Copies of the lookup pieces (flags -1 for a gap): the callback's extent object is reused. */
