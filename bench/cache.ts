@@ -14,10 +14,10 @@ import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type Proc, type Sample } from './lib.js';
 
-interface Opts { runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
+interface Opts { pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
 
 function parseArgs(argv: string[]): Opts {
-  const o: Opts = { runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [] };
+  const o: Opts = { pcachedEnv: {}, runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const next = (): string => argv[++i] ?? (() => { throw new Error(`${a} needs a value`); })();
@@ -28,7 +28,8 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--only') o.only = next().split(',');
     else if (a === '--out') o.out = next();
     else if (a === '--keep') o.keep = true;
-    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,engine --out DIR --keep)`);
+    else if (a === '--pcached-env') { const [k, ...v] = next().split('='); o.pcachedEnv[k!] = v.join('='); }
+    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,engine --pcached-env KEY=VALUE --out DIR --keep)`);
   }
   return o;
 }
@@ -88,7 +89,7 @@ async function fastScenario(o: Opts, dir: string): Promise<void> {
   execFileSync('sync');
   const pc = pcachedArgs(dir, 'fast-pcached', originP, `${Math.max(1024, (o.size >> 20) * 6)}M`);
   const servers: { name: string; uri: string; proc: Proc }[] = [];
-  servers.push({ name: 'pcached', uri: uriOf(pc.sock, 'bench'), proc: await startProc('pcached', process.execPath, pc.args, pc.sock, dir) });
+  servers.push({ name: 'pcached', uri: uriOf(pc.sock, 'bench'), proc: await startProc('pcached', process.execPath, pc.args, pc.sock, dir, o.pcachedEnv) });
   const cs = join(dir, 'fast-nbdkit-cache.sock');
   servers.push({ name: 'nbdkit-cache', uri: uriOf(cs), proc: await startProc('nbdkit-cache', 'nbdkit', ['-f', '-U', cs, '--filter=cache', 'file', originN, 'cache=writeback', 'cache-on-read=true'], cs, dir) });
   const ms = join(dir, 'fast-nbdkit-memory.sock');
@@ -148,7 +149,7 @@ async function slowScenario(o: Opts, dir: string): Promise<void> {
         const pc = pcachedArgs(dir, 'slow-pcached', uriOf(os), `${(cacheBytes >> 20) + 1}M`);
         rmSync(join(dir, 'slow-pcached-cache.img'), { force: true });
         // Misses wait 1 ms each: several origin connections per stripe keep them in parallel.
-        const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir, { PCACHED_ORIGIN_CONNECTIONS: '4' });
+        const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir, { PCACHED_ORIGIN_CONNECTIONS: '4', ...o.pcachedEnv });
         return { uri: uriOf(pc.sock, 'bench'), procs: [p, origin], control: pc.control };
       },
     },
