@@ -159,9 +159,10 @@ t_('origin gone longer than originTimeoutMs: reads fail with EIO (no hang); back
 
   await s.nbdkit.kill();
   const eioBefore = (await statusJson(s.control)).caches[0]!.stats.err_eio ?? 0;
+  // A block the cache has never seen (the first read promoted [0, 1 MiB)): only the origin has it.
   const r = await nbdsh(`
 try:
-    h.pread(4096, 0)
+    h.pread(4096, ${3 << 20})
     print('read succeeded')
 except nbd.Error as e:
     print('errno', e.errnum, e.string)
