@@ -4,14 +4,15 @@
 // replayed key naming it die) and is freed; a log segment is freed once the tail leaves it.
 
 import type { BlockDevice } from './blockdev.js';
-import { KEY_TAIL_OFFSETS, KSET_MAX_SIZE, SEGMENT_GEN_SLOTS } from './layout.js';
+import { KEY_TAIL_OFFSETS, KSET_MAX_SIZE } from './layout.js';
 import { hasData } from './kset.js';
-import { limitsOf, readKsetAt, segmentSlots, writeSegmentInfo } from './log.js';
+import { limitsOf, readKsetAt, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
-import { forSegment, keyTailCodec, segmentGenCodec } from './meta-slots.js';
+import { keyTailCodec } from './meta-slots.js';
 import type { LogPosition } from './meta-slots.js';
 import { ERR_GC, REC_KEY_TAIL } from './shared.js';
 import type { CacheShared } from './shared.js';
+import { freeDataSegment } from './engine.js';
 import type { EngineLog } from './engine.js';
 
 export interface GcStats { ksets: number; segmentsFreed: number; runs: number }
@@ -45,11 +46,13 @@ export class Gc {
     const limit = this.sh.dirtyTail().lsn;
     if (pos.lsn >= limit) return 0;
     const lim = limitsOf(this.g);
-    const freeData: number[] = [];
+    // References to drop per segment; applied only once the new key tail is durable.
+    const drops = new Map<number, number>();
+    let freeing = 0;
     const freeLog: number[] = [];
     let n = 0;
     // Stop as soon as the batch frees enough: GC reclaims down to gc_percent, not below.
-    while (pos.lsn < limit && n < this.opts.batchKsets && this.neededAfter(freeData.length + freeLog.length)) {
+    while (pos.lsn < limit && n < this.opts.batchKsets && this.neededAfter(freeing + freeLog.length)) {
       const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
       if ('error' in r) {
         this.halted = `kset at sequence ${pos.lsn} does not verify: ${r.error}`;
@@ -63,23 +66,27 @@ export class Gc {
         for (const k of r.kset.keys) {
           // A key that was already stale at replay never took a reference.
           if (!hasData(k.flags) || k.generation !== this.sh.genOf(k.segment)) continue;
-          if (this.sh.unref(k.segment) === 0) freeData.push(k.segment);
+          const d = (drops.get(k.segment) ?? 0) + 1;
+          drops.set(k.segment, d);
+          if (d === Atomics.load(this.sh.refs, k.segment)) freeing++;
         }
       }
       pos = r.next;
     }
     if (n === 0) return 0;
     const { dev, sh, g } = this;
-    for (const s of freeData) {
-      sh.writeSegmentRecord(dev, s, 'gen', segmentSlots(g, s, SEGMENT_GEN_SLOTS), forSegment(segmentGenCodec, s), sh.genOf(s) + 1, g.salt);
-      writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
-    }
-    for (const s of freeLog) writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+    // 1. The new key tail is durable before any retired key loses its reference: otherwise a
+    //    crash could keep a segment's new generation and lose the tail, and replay would then
+    //    skip the retired data keys while still replaying older trim/zero keys under them.
     sh.writeRecord(dev, REC_KEY_TAIL, KEY_TAIL_OFFSETS, keyTailCodec, pos, g.salt);
-    // New generations and the new key tail are durable before any freed segment can be reused.
+    for (const s of freeLog) writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
     sh.syncCache(dev);
     sh.setKeyTail(pos);
-    for (const s of freeData) { sh.setGen(s, sh.genOf(s) + 1); sh.freeSegment(s); }
+    // 2. Drop the references; segments left with none get a new generation, persisted before
+    //    they can be reused (a stripe releasing its data head may free one too, never both).
+    const freeData: number[] = [];
+    for (const [seg, d] of drops) if (sh.unref(seg, d) === 0) freeData.push(seg);
+    if (freeData.length > 0) freeDataSegment(dev, sh, g, freeData);
     for (const s of freeLog) sh.freeSegment(s);
     this.stats.ksets += n;
     this.stats.segmentsFreed += freeData.length + freeLog.length;
