@@ -12,7 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type Proc, type Sample } from './lib.js';
+import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type FioDir, type Proc, type Sample } from './lib.js';
 
 interface Opts { pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
 
@@ -33,8 +33,6 @@ function parseArgs(argv: string[]): Opts {
   }
   return o;
 }
-
-interface FioDir { iops: number; bw_bytes: number; lat_ns: { mean: number; percentile?: Record<string, number> } }
 
 async function fioCell(uri: string, name: string, extra: string[], runtime: number, ramp: number, outFile: string): Promise<Sample & { readIops: number; writeIops: number }> {
   const j = await fio([

@@ -22,6 +22,9 @@ export function canConnect(path: string): Promise<boolean> {
 
 
 
+/** One direction of a fio job's JSON result. */
+export interface FioDir { iops: number; bw_bytes: number; lat_ns: { mean: number; percentile?: Record<string, number> } }
+
 export interface Sample { iops: number; mbps: number; p50us: number; p99us: number; meanus: number }
 
 /** Run fio asynchronously (servers' pipes keep draining), kill it by PID on timeout. */

@@ -7,12 +7,12 @@
 //
 // See bench/README.md for the options and how to read the output.
 
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import { REPO, TOOL_ENV, canConnect, fio, median, prefillFile, sleep, toolVersion, type Sample } from './lib.js';
+import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type FioDir, type Proc, type Sample } from './lib.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -100,17 +100,10 @@ function parseArgs(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // Servers: started and stopped by PID.
 
-interface Server { name: ServerName; pid: number; uri: string; sock: string; child: ChildProcess; log: () => string; exited: Promise<number> }
-const running = new Set<Server>();
+interface Server { name: ServerName; uri: string; proc: Proc }
 
-function killAllSync(): void {
-  for (const s of running) {
-    try { process.kill(s.pid, 'SIGKILL'); } catch { /* gone */ }
-  }
-}
-process.on('exit', killAllSync);
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => { process.stderr.write(`\n${sig}: stopping servers\n`); killAllSync(); process.exit(130); });
+  process.on(sig, () => { process.stderr.write(`\n${sig}: stopping servers\n`); killAllProcs(); process.exit(130); });
 }
 
 async function startServer(name: ServerName, dir: string, file: string | null, size: number, extra: string[]): Promise<Server> {
@@ -133,33 +126,8 @@ async function startServer(name: ServerName, dir: string, file: string | null, s
     args = ['-f', '-U', sock, 'memory', String(size)];
     uri = `nbd+unix:///?socket=${sock}`;
   }
-  const child = spawn(cmd, args, { cwd: dir, env: TOOL_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stdout!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-65536); });
-  child.stderr!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-65536); });
-  let code: number | null = null;
-  const exited = new Promise<number>((res) => child.on('exit', (c, sig) => { code = c ?? (sig ? 128 : -1); res(code); }));
-  await new Promise<void>((res, rej) => { child.once('spawn', () => res()); child.once('error', rej); });
-  const server: Server = { name, pid: child.pid!, uri, sock, child, log: () => log, exited };
-  running.add(server);
-  const deadline = Date.now() + 30_000;
-  while (!(await canConnect(sock))) {
-    if (code !== null) throw new Error(`${name} exited (${code}) before listening:\n${cmd} ${args.join(' ')}\n${log}`);
-    if (Date.now() > deadline) throw new Error(`${name} did not listen on ${sock} within 30 s:\n${log}`);
-    await sleep(50);
-  }
-  return server;
+  return { name, uri, proc: await startProc(name, cmd, args, sock, dir) };
 }
-
-async function stopServer(s: Server): Promise<void> {
-  try { process.kill(s.pid, 'SIGTERM'); } catch { /* gone */ }
-  const t = setTimeout(() => { try { process.kill(s.pid, 'SIGKILL'); } catch { /* gone */ } }, 20_000);
-  await s.exited;
-  clearTimeout(t);
-  running.delete(s);
-}
-
-interface FioDir { iops: number; bw_bytes: number; lat_ns: { mean: number; percentile?: Record<string, number> } }
 
 async function runCell(s: Server, w: Workload, o: Options, outFile: string): Promise<Sample> {
   const j = await fio([
@@ -321,7 +289,7 @@ async function main(): Promise<void> {
         for (const s of order) {
           const key = `${w.id}|${s.name}`;
           const sample = await runCell(s, w, o, join(dir, `${key.replace('|', '-')}-${rep}.json`));
-          if (s.child.exitCode !== null) throw new Error(`${s.name} died during ${w.id}:\n${s.log()}`);
+          if (!s.proc.alive()) throw new Error(`${s.name} died during ${w.id}:\n${s.proc.log()}`);
           samples.set(key, [...(samples.get(key) ?? []), sample]);
           process.stdout.write(`rep ${rep + 1}/${o.reps}  ${pad(w.label, 18, true)} ${pad(s.name, 14, true)} ` +
             `${pad(fmtInt(sample.iops), 9)} IOPS ${pad(fmtInt(sample.mbps), 6)} MB/s  p50 ${fmt1(sample.p50us)} µs  p99 ${fmt1(sample.p99us)} µs\n`);
@@ -365,7 +333,7 @@ async function main(): Promise<void> {
     writeFileSync(svgPath, svg(cells, o, `pcached bench ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC`));
     process.stdout.write(`\nwrote ${jsonPath}\nwrote ${svgPath}\n`);
   } finally {
-    for (const s of servers) await stopServer(s);
+    for (const s of servers) await stopProc(s.proc);
     if (o.keep) process.stdout.write(`kept ${dir}\n`);
     else rmSync(dir, { recursive: true, force: true });
   }
@@ -373,6 +341,6 @@ async function main(): Promise<void> {
 
 main().catch((e: unknown) => {
   process.stderr.write(`bench failed: ${e instanceof Error ? e.message : String(e)}\n`);
-  killAllSync();
+  killAllProcs();
   process.exit(1);
 });
