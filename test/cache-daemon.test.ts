@@ -14,7 +14,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, rmSync, writeFileSync, wr
 import { join } from 'node:path';
 import type { CacheStatus } from '../src/daemon/ipc.js';
 import { freshDir, makeSparseFile, nbdUri } from './helpers/daemon.js';
-import { killPid, pcachedCli, pidRunning, spawnPcached, spawnTracked, statusJson, waitAccepting, waitFor, within, type Proc } from './helpers/lifecycle.js';
+import { killPid, startServing, stopGracefully, type RunningDaemon, pcachedCli, pidRunning, spawnTracked, statusJson, waitAccepting, waitFor, within, type Proc } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, run, skipSuffix, TOOL_ENV } from './helpers/tools.js';
 
 const MiB = 1 << 20;
@@ -25,13 +25,8 @@ type CacheState = NonNullable<CacheStatus['cacheState']>;
 // ---------------------------------------------------------------------------------------------
 // Daemon handling: one supervisor started with flags, its coordinator PID from status.
 
-interface Running {
-  proc: Proc;
-  /** Coordinator PID (0 once it is known to be gone). */
-  coord: number;
+interface Running extends RunningDaemon {
   dir: string;
-  sock: string;
-  control: string;
   uri: string;
   name: string;
 }
@@ -53,28 +48,8 @@ async function startCache(t: ExecutionContext, dir: string, origin: string, o: S
   const args = ['--origin', origin, '--cache', join(dir, 'cache.img'), '--cache-size', o.cacheSize ?? '64M',
     '--unix', sock, '--tcp', '', '--control', control, '--stripes', '2', '--log-level', 'warn',
     ...(o.name !== undefined ? ['--name', o.name] : []), ...(o.extra ?? [])];
-  const proc = spawnPcached(args, { cwd: dir, env: o.env });
-  const r: Running = { proc, coord: 0, dir, sock, control, uri: nbdUri(sock, o.name ?? 'default'), name: o.name ?? 'default' };
-  t.teardown(async () => {
-    await proc.stop('SIGTERM', 30_000);
-    killPid(r.coord);
-  });
-  await waitAccepting(sock, proc, 60_000);
-  const st = await waitFor('a running coordinator', async () => {
-    const c = (await statusJson(control)).caches[0];
-    return c && c.state === 'running' && c.pid > 0 ? c : undefined;
-  }, 30_000, 100);
-  r.coord = st.pid;
-  return r;
-}
-
-/** SIGTERM the supervisor, wait for it and its coordinator; resolves with the exit code. */
-async function stopGracefully(r: Running): Promise<number> {
-  const code = await within(r.proc.stop('SIGTERM', 60_000), 90_000, -1);
-  const coord = r.coord;
-  await waitFor(`coordinator ${coord} to exit`, () => !pidRunning(coord), 30_000, 50);
-  r.coord = 0;
-  return code;
+  const base = await startServing(t, args, { cwd: dir, sock, control, env: o.env });
+  return Object.assign(base, { dir, uri: nbdUri(sock, o.name ?? 'default'), name: o.name ?? 'default' });
 }
 
 /** SIGKILL the coordinator and the supervisor at once (nobody gets to clean up), wait for both. */

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CacheStatus } from '../src/daemon/ipc.js';
 import { nbdUri } from './helpers/daemon.js';
-import { killPid, pcachedCli, pidRunning, spawnPcached, statusJson, waitAccepting, waitFor, within, writeRead, type Proc } from './helpers/lifecycle.js';
+import { startServing, stopGracefully, type RunningDaemon, pcachedCli, pidRunning, spawnPcached, statusJson, waitFor, within, writeRead } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, nbdshJson, skipSuffix } from './helpers/tools.js';
 
 const MiB = 1 << 20;
@@ -49,12 +49,7 @@ function makeEnv(t: ExecutionContext): Env {
   return { dir, origin, cache: join(dir, 'cache.img'), originInit };
 }
 
-interface Running {
-  proc: Proc;
-  /** Coordinator PID (0 once it is known to be gone). */
-  coord: number;
-  sock: string;
-  control: string;
+interface Running extends RunningDaemon {
   uri: string;
 }
 
@@ -76,28 +71,8 @@ function startArgs(e: Env, o: StartOpts): string[] {
 async function startCache(t: ExecutionContext, e: Env, o: StartOpts = {}): Promise<Running> {
   const sock = join(e.dir, 'nbd.sock');
   const control = join(e.dir, 'control.sock');
-  const proc = spawnPcached(startArgs(e, o), { cwd: e.dir, env: o.env });
-  const r: Running = { proc, coord: 0, sock, control, uri: nbdUri(sock, NAME) };
-  t.teardown(async () => {
-    await proc.stop('SIGTERM', 30_000);
-    killPid(r.coord);
-  });
-  await waitAccepting(sock, proc, 60_000);
-  const st = await waitFor('a running coordinator', async () => {
-    const c = (await statusJson(control)).caches[0];
-    return c && c.state === 'running' && c.pid > 0 ? c : undefined;
-  }, 30_000, 100);
-  r.coord = st.pid;
-  return r;
-}
-
-/** SIGTERM the supervisor, wait for it and its coordinator; resolves with the exit code. */
-async function stopGracefully(r: Running): Promise<number> {
-  const code = await within(r.proc.stop('SIGTERM', 60_000), 90_000, -1);
-  const coord = r.coord;
-  await waitFor(`coordinator ${coord} to exit`, () => !pidRunning(coord), 30_000, 50);
-  r.coord = 0;
-  return code;
+  const base = await startServing(t, startArgs(e, o), { cwd: e.dir, sock, control, env: o.env });
+  return Object.assign(base, { uri: nbdUri(sock, NAME) });
 }
 
 async function cacheState(r: Running): Promise<CacheState> {

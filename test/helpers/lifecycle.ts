@@ -102,6 +102,39 @@ export function spawnPcached(args: string[], opts: { cwd: string; env?: Record<s
   return spawnTracked(process.execPath, [PCACHED_BIN, 'start', ...args], { cwd: opts.cwd, env: cleanEnv(opts.env) });
 }
 
+/** A `pcached start` and its coordinator's PID (0 once it is known to be gone). */
+export interface RunningDaemon { proc: Proc; coord: number; sock: string; control: string }
+
+/**
+ * `pcached start ARGS`; registers a teardown that stops the supervisor and the coordinator by
+ * PID, and resolves once `sock` serves and status shows a running coordinator.
+ */
+export async function startServing(t: { teardown(fn: () => unknown): void }, args: string[],
+  o: { cwd: string; sock: string; control: string; env?: Record<string, string> }): Promise<RunningDaemon> {
+  const proc = spawnPcached(args, { cwd: o.cwd, env: o.env });
+  const r: RunningDaemon = { proc, coord: 0, sock: o.sock, control: o.control };
+  t.teardown(async () => {
+    await proc.stop('SIGTERM', 30_000);
+    killPid(r.coord);
+  });
+  await waitAccepting(o.sock, proc, 60_000);
+  const st = await waitFor('a running coordinator', async () => {
+    const c = (await statusJson(o.control)).caches[0];
+    return c && c.state === 'running' && c.pid > 0 ? c : undefined;
+  }, 30_000, 100);
+  r.coord = st.pid;
+  return r;
+}
+
+/** SIGTERM the supervisor, wait for it and its coordinator; resolves with the exit code. */
+export async function stopGracefully(r: { proc: Proc; coord: number }): Promise<number> {
+  const code = await within(r.proc.stop('SIGTERM', 60_000), 90_000, -1);
+  const coord = r.coord;
+  await waitFor(`coordinator ${coord} to exit`, () => !pidRunning(coord), 30_000, 50);
+  r.coord = 0;
+  return code;
+}
+
 /** `node bin/pcached ARGS` to completion (status, message, reload). */
 export function pcachedCli(args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
   return run(process.execPath, [PCACHED_BIN, ...args], { env: cleanEnv(), cwd: opts.cwd, timeoutMs: opts.timeoutMs ?? 30_000 });
