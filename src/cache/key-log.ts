@@ -67,6 +67,16 @@ export function* scanLog(st: CacheState, from: LogPosition = st.keyTail.value): 
   }
 }
 
+/** Visits every kset of a scan in order, without keeping them; returns the stop report. */
+export function walkLog(st: CacheState, from: LogPosition, visit: (k: ScannedKset) => void): ScanStop {
+  const it = scanLog(st, from);
+  for (;;) {
+    const r = it.next();
+    if (r.done) return r.value;
+    visit(r.value);
+  }
+}
+
 /** Runs a scan to its end: every kset and the stop report. */
 export function collectLog(st: CacheState, from?: LogPosition): { ksets: ScannedKset[]; stop: ScanStop } {
   const ksets: ScannedKset[] = [];

@@ -7,7 +7,7 @@ import { formatDevice, isBlankDevice, openDevice, updateDirtyTail } from './form
 import type { CacheState } from './format.js';
 import { CACHE_INFO_OFFSETS, DEFAULT_SEGMENT_SIZE, DIRTY_TAIL_OFFSETS, KEY_TAIL_OFFSETS, META_AREA_SIZE, MIN_SEGMENT_SIZE, MiB, crc32cOf, dataOffset } from './layout.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, hasData } from './kset.js';
-import { scanLog } from './key-log.js';
+import { walkLog } from './key-log.js';
 import type { ScanStop } from './key-log.js';
 import { geometryOf } from './log.js';
 import type { Geometry } from './log.js';
@@ -111,14 +111,9 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
   let ksets = 0, keys = 0, staleKeys = 0, crcErrors = 0, dirtyKeys = 0, dirtyBytes = 0;
   let dataBuf = Buffer.alloc(0);
   const pending = new KeyColumns();
-  const it = scanLog(state, keyTail);
-  let stop: ScanStop;
-  for (;;) {
-    const r = it.next();
-    if (r.done) { stop = r.value; break; }
-    const k = r.value;
+  const stop = walkLog(state, keyTail, (k) => {
     ksets++;
-    if (k.last) { logSegs.add(k.nextSegment); continue; }
+    if (k.last) { logSegs.add(k.nextSegment); return; }
     const dirtyZone = k.lsn >= dirtyTail.lsn;
     for (const key of k.keys) {
       keys++;
@@ -149,7 +144,7 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
       const flags = key.flags === KEY_DIRTY ? ExtentFlag.DIRTY : key.flags === KEY_CLEAN ? ExtentFlag.CLEAN : key.flags === KEY_TRIM ? ExtentFlag.TRIM : ExtentFlag.ZERO;
       pending.push(key.originOffset, key.length, key.segment, key.offset, key.generation, flags);
     }
-  }
+  });
   insertGrouped(pending, indexes, p.stripes);
   if (stop.reason !== 'end') warnings.push(`key log ends at sequence ${stop.position.lsn} (${stop.reason}: ${stop.detail}); later ksets were never committed`);
   const head = stop.position;

@@ -103,7 +103,6 @@ function call(fn: (cb: (errno: number) => void) => void, what: string): Promise<
 export class Writeback {
   readonly stats: WritebackStats = { ksets: 0, keys: 0, bytes: 0, originSyncs: 0, errors: 0, crcSkipped: 0 };
   private readonly kbuf = Buffer.alloc(KSET_MAX_SIZE);
-  private data = Buffer.alloc(1 << 20);
   halted: string | null = null;
 
   constructor(

@@ -3,13 +3,12 @@
 // them, without starting anything and without writing: the file is opened O_RDONLY and the device
 // handed to the format code refuses writes and syncs. Never formats, never repairs.
 
-import fs from 'node:fs';
 import { PcachedError, isPcachedError } from '../util/errors.js';
 import { FileBlockDevice } from '../cache/blockdev.js';
 import { isBlankDevice, openDevice } from '../cache/format.js';
 import type { CacheState } from '../cache/format.js';
-import { scanLog } from '../cache/key-log.js';
-import type { ScanStop, ScanStopReason } from '../cache/key-log.js';
+import { walkLog } from '../cache/key-log.js';
+import type { ScanStopReason } from '../cache/key-log.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, KEY_ZERO } from '../cache/kset.js';
 import { DIRTY_TAIL_OFFSETS } from '../cache/layout.js';
 import { NO_NEXT, dirtyTailCodec, readDualSlot } from '../cache/meta-slots.js';
@@ -134,12 +133,7 @@ function report(st: CacheState, path: string): InspectReport {
   let bytes = 0;
   let firstLsn: number | null = null;
   let lastLsn: number | null = null;
-  const it = scanLog(st, st.keyTail.value);
-  let stop: ScanStop;
-  for (;;) {
-    const r = it.next();
-    if (r.done) { stop = r.value; break; }
-    const k = r.value;
+  const stop = walkLog(st, st.keyTail.value, (k) => {
     ksets++;
     if (k.last) lastKsets++;
     firstLsn ??= k.lsn;
@@ -150,7 +144,7 @@ function report(st: CacheState, path: string): InspectReport {
       const f = key.flags === KEY_DIRTY ? 'dirty' : key.flags === KEY_CLEAN ? 'clean' : key.flags === KEY_TRIM ? 'trim' : key.flags === KEY_ZERO ? 'zero' : null;
       if (f !== null) { keysByFlag[f]++; bytesByFlag[f] += key.length; }
     }
-  }
+  });
 
   return {
     formatted: true,
