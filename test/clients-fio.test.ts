@@ -25,7 +25,7 @@ async function fio(t: import('ava').ExecutionContext, name: string, extra: strin
   const r = await run('fio', [
     `--name=${name}`, '--ioengine=nbd', `--uri=${d!.uri}`,
     '--numjobs=4', '--size=32M', '--offset_increment=32M',
-    '--verify=crc32c', '--verify_fatal=1', '--do_verify=1',
+    '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
     '--output-format=json', `--output=${out}`, ...extra,
   ], { timeoutMs: 180_000 });
   t.is(r.code, 0, describe(r));
