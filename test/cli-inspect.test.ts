@@ -4,8 +4,7 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { copyFileSync, mkdtempSync, openSync, closeSync, readFileSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, openSync, closeSync, readFileSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
 import { formatDevice, updateCacheInfo, updateDirtyTail, updateSegmentInfo } from '../src/cache/format.js';
@@ -14,6 +13,7 @@ import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, KEY_ZERO } from '../src/cache/kset.js';
 import type { CacheKey } from '../src/cache/kset.js';
 import { KiB, MiB, SUPERBLOCK_OFFSET, dataOffset, segmentOffset } from '../src/cache/layout.js';
 import { NO_NEXT } from '../src/cache/meta-slots.js';
+import { scratchDir, removeScratchDirs } from './helpers/scratch.js';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'pcached');
 const SEG = 64 * KiB;
@@ -24,7 +24,7 @@ const CREATED = 1_700_000_000_000;
 const BIG = 11; // ksets of 128 DIRTY keys: 10 fit behind the two small ones in segment 0, the 11th chains to segment 2
 
 function pcached(args: string[], cwd?: string) {
-  const dir = cwd ?? mkdtempSync(join(tmpdir(), 'pcached-inspect-'));
+  const dir = cwd ?? scratchDir('pcached-inspect-');
   const r = spawnSync(process.execPath, [BIN, ...args], { cwd: dir, encoding: 'utf8', timeout: 30_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr, cwd: dir };
 }
@@ -41,7 +41,7 @@ function noDataKey(flags: number, originOffset: number, length: number): CacheKe
 
 /** A formatted cache file with ksets of every key kind, a chained log, a data segment and moved tails. */
 function makeCache(): { dir: string; file: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'pcached-inspect-'));
+  const dir = scratchDir('pcached-inspect-');
   const file = join(dir, 'cache.img');
   const dev = FileBlockDevice.open(file, { createSize: DEV });
   try {
@@ -96,6 +96,8 @@ const EXPECTED = {
   warnings: [],
 };
 
+test.after.always(removeScratchDirs);
+
 test('--json reports every field of a formatted cache with a chained log; the file is not written', (t) => {
   const { dir, file } = makeCache();
   const before = sha256(file);
@@ -140,7 +142,7 @@ test('human report: superblock, cache info, tails, segments and log summary', (t
 });
 
 test('a blank file is "not formatted (blank)", exit 0, and stays blank', (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'pcached-inspect-'));
+  const dir = scratchDir('pcached-inspect-');
   const file = join(dir, 'blank.img');
   writeFileSync(file, Buffer.alloc(2 * MiB));
   const before = sha256(file);
@@ -167,7 +169,7 @@ function refused(t: import('ava').ExecutionContext, file: string, re: RegExp): v
 }
 
 test('garbage is refused as not a pcached cache', (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'pcached-inspect-'));
+  const dir = scratchDir('pcached-inspect-');
   const file = join(dir, 'garbage.img');
   writeFileSync(file, randomBytes(2 * MiB));
   refused(t, file, /not a pcached cache: no pcached superblock \(bad magic\) \(ERR_BAD_SUPERBLOCK\)/);
@@ -177,7 +179,7 @@ test('a truncated cache file is refused', (t) => {
   const { file } = makeCache();
   truncateSync(file, MiB + 2 * SEG);
   refused(t, file, new RegExp(`cache device is truncated: ${MiB + 2 * SEG} bytes, formatted for ${DEV} \\(ERR_CACHE_MISMATCH\\)`));
-  const dir = mkdtempSync(join(tmpdir(), 'pcached-inspect-'));
+  const dir = scratchDir('pcached-inspect-');
   const tiny = join(dir, 'tiny.img');
   copyFileSync(file, tiny);
   truncateSync(tiny, 4 * KiB + 64); // cut inside the superblock

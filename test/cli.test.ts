@@ -3,7 +3,7 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -13,7 +13,10 @@ function pcached(args: string[], env: Record<string, string> = {}) {
   const cwd = mkdtempSync(join(tmpdir(), 'pcached-cli-'));
   const { PCACHED_CONTROL: _drop, ...base } = process.env;
   const r = spawnSync(process.execPath, [BIN, ...args], { cwd, env: { ...base, ...env }, encoding: 'utf8', timeout: 30_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr, cwd };
+  // What a failed command left behind is checked through `left` before the directory goes.
+  const left = readdirSync(cwd, { recursive: true }).map(String);
+  rmSync(cwd, { recursive: true, force: true });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr, cwd, left };
 }
 
 test('status with no daemon: one clear line, exit 1', (t) => {
@@ -47,7 +50,7 @@ test('configuration errors: exit 1, the key and value named, nothing created', (
   const r = pcached(['start', '--stripes', '-3']);
   t.is(r.code, 1);
   t.is(r.stderr, 'pcached: invalid configuration: stripes: must be an integer between 1 and 64, or 0 for one per core but one: value was -3\n');
-  t.false(existsSync(join(r.cwd, 'var')));
+  t.false(r.left.includes('var'));
   const m = pcached(['start', '--mode', 'writethrough']);
   t.is(m.code, 1);
   t.regex(m.stderr, /mode: this mode is not implemented yet/);
@@ -57,5 +60,5 @@ test('a named origin that does not exist is an error, never created', (t) => {
   const r = pcached(['start', '--origin', 'missing.img', '--log-level', 'silent']);
   t.is(r.code, 1);
   t.regex(r.stderr, /pcached: cache "default": origin .*missing\.img does not exist/);
-  t.false(existsSync(join(r.cwd, 'missing.img')));
+  t.false(r.left.includes('missing.img'));
 });

@@ -2,14 +2,15 @@
 // cross-cache rules, diffConfig, and that hostile JSON cannot reach Object.prototype.
 
 import test from 'ava';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { diffConfig, loadConfig, type ConfigSource, type LoadedConfig } from '../src/config/load.js';
 import { isPcachedError } from '../src/util/errors.js';
 import type { DaemonConfig } from '../src/config/types.js';
+import { scratchDir, removeScratchDirs } from './helpers/scratch.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'pcached-config-'));
+const dir = scratchDir('pcached-config-');
 const REPO = join(import.meta.dirname, '..', '..');
 
 function load(src: Partial<ConfigSource> = {}): LoadedConfig {
@@ -39,6 +40,8 @@ const two = (a: object = {}, b: object = {}) => ({
     { name: 'b', origin: '/srv/b.img', cache: '/srv/b.cache', tcp: '127.0.0.1:10810', ...b },
   ],
 });
+
+test.after.always(removeScratchDirs);
 
 test('embedded default: paths under ./var, documented defaults, stripes = cores - 1', (t) => {
   const { config, embeddedDefault, configFile } = load();

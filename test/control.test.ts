@@ -4,15 +4,15 @@
 import test from 'ava';
 import { mkdtempSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   ControlServer, FrameDecoder, MAX_CONTROL_FRAME, controlRequest, encodeFrame,
 } from '../src/daemon/control.js';
 import type { ControlRequest } from '../src/daemon/ipc.js';
 import { PcachedError, isPcachedError } from '../src/util/errors.js';
+import { scratchDir, removeScratchDirs } from './helpers/scratch.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'pcached-control-'));
+const dir = scratchDir('pcached-control-');
 let sockNo = 0;
 
 async function server(t: import('ava').ExecutionContext): Promise<{ path: string; seen: ControlRequest[] }> {
@@ -51,6 +51,8 @@ function read(sock: Socket, count: number): Promise<unknown[] | 'closed'> {
     sock.on('close', () => resolve(got.length >= count ? got : 'closed'));
   });
 }
+
+test.after.always(removeScratchDirs);
 
 test('decoder: a stream of frames split at every byte position', (t) => {
   const messages = [{ id: 1, op: 'status' }, { id: 2, op: 'message', name: 'x', words: ['flush'] }, { id: 3, blob: 'y'.repeat(300) }];
