@@ -55,6 +55,22 @@ function pcachedStatus(control: string): Record<string, unknown> & { cacheState?
   return (JSON.parse(out) as { caches: Array<Record<string, unknown> & { cacheState?: Record<string, number> }> }).caches[0]!;
 }
 
+/**
+ * A fresh cache file is initialized in the background (src/cache/initializer.ts); measure after
+ * that, as one preconditions a device before benchmarking it.
+ */
+async function waitInitialized(control: string): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const st = pcachedStatus(control) as { cacheState?: { workers?: Record<string, number> } };
+    const left = st.cacheState?.workers?.init_segments_left ?? 0;
+    if (left === 0) break;
+    if (Date.now() - t0 > 600_000) throw new Error(`cache file still initializing after 600 s (${left} segments left)`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  process.stdout.write(`  pcached cache file initialized in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+}
+
 interface Row { scenario: string; workload: string; server: string; samples: Sample[]; median: Sample; note?: string }
 
 const rows: Row[] = [];
@@ -88,6 +104,7 @@ async function fastScenario(o: Opts, dir: string): Promise<void> {
   const pc = pcachedArgs(dir, 'fast-pcached', originP, `${Math.max(1024, (o.size >> 20) * 6)}M`);
   const servers: { name: string; uri: string; proc: Proc }[] = [];
   servers.push({ name: 'pcached', uri: uriOf(pc.sock, 'bench'), proc: await startProc('pcached', process.execPath, pc.args, pc.sock, dir, o.pcachedEnv) });
+  await waitInitialized(pc.control);
   const cs = join(dir, 'fast-nbdkit-cache.sock');
   servers.push({ name: 'nbdkit-cache', uri: uriOf(cs), proc: await startProc('nbdkit-cache', 'nbdkit', ['-f', '-U', cs, '--filter=cache', 'file', originN, 'cache=writeback', 'cache-on-read=true'], cs, dir) });
   const ms = join(dir, 'fast-nbdkit-memory.sock');
@@ -148,6 +165,7 @@ async function slowScenario(o: Opts, dir: string): Promise<void> {
         rmSync(join(dir, 'slow-pcached-cache.img'), { force: true });
         // Misses wait 1 ms each: several origin connections per stripe keep them in parallel.
         const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir, { PCACHED_ORIGIN_CONNECTIONS: '4', ...o.pcachedEnv });
+        await waitInitialized(pc.control);
         return { uri: uriOf(pc.sock, 'bench'), procs: [p, origin], control: pc.control };
       },
     },

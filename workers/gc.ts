@@ -1,11 +1,13 @@
 // GC worker: one thread per cache, retiring ksets behind dirty_tail when segment use reaches
 // gc_percent. It wakes when dirty_tail moves or gc_percent changes (a shared word), or once a
-// second.
+// second. With nothing to collect, it initializes the unwritten parts of a fresh cache file
+// (src/cache/initializer.ts), one segment per turn.
 
 import { workerData } from 'piscina';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
 import { CacheShared, W_KICK_GC } from '../src/cache/shared.js';
 import { Gc } from '../src/cache/gc.js';
+import { SegmentInitializer } from '../src/cache/initializer.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../src/stats/counters.js';
 import { createLogger } from '../src/daemon/logger.js';
 import type { CacheWorkerData } from './writeback.js';
@@ -22,6 +24,9 @@ let loopDone: Promise<void> | null = null;
 async function loop(): Promise<void> {
   const dev = FileBlockDevice.open(data.path);
   const gc = new Gc(dev, sh, data.geometry, { batchKsets: data.batchKsets, log });
+  const init = new SegmentInitializer(dev, sh, data.geometry);
+  const initStarted = Date.now();
+  counters.set('init_segments_left', init.left);
   try {
     let seen = Atomics.load(sh.w, W_KICK_GC);
     while (!stopping && !sh.stopping) {
@@ -34,6 +39,18 @@ async function loop(): Promise<void> {
       } catch (err) {
         counters.add('gc_errors', 1);
         log.error({ err }, 'gc step failed');
+      }
+      if (n === 0 && !init.done) {
+        try {
+          counters.add('init_bytes', init.step());
+          counters.set('init_segments_left', init.left);
+        } catch (err) {
+          init.done = true;
+          counters.set('init_segments_left', 0);
+          log.warn({ err }, 'cache file initialization stopped; writes into its unwritten parts stay slower');
+        }
+        if (init.done) log.info({ segments: init.segmentsZeroed, bytes: init.bytesZeroed, ms: Date.now() - initStarted }, 'cache file initialized');
+        n = 1;
       }
       if (n > 0) {
         // Let the event loop breathe between batches (task messages, stop).

@@ -69,10 +69,12 @@ interface Queued {
 
 /**
  * Closed ksets that trigger a commit round before the autocommit time: a round costs an fdatasync,
- * so a full kset (128 keys) alone does not start one; this bounds the keys a crash can take back
- * and the memory they hold (64 x 128 keys).
+ * so a full kset (128 keys) alone does not start one. 512 x 128 = 65,536 keys is dm-writecache's
+ * autocommit_blocks default for SSDs; it bounds the memory the ksets hold (about 3 MiB) while
+ * the autocommit time bounds what a crash can take back. At 64 ksets a 4 KiB random-write load
+ * paid an fdatasync every 0.15 s and ran 10% slower.
  */
-const READY_KSETS_MAX = 64;
+const READY_KSETS_MAX = 512;
 /** A gathered run of data writes goes out at this size (bounded by IOV_MAX buffers). */
 const RUN_MAX_BYTES = 1 << 20;
 const RUN_MAX_BUFS = 256;

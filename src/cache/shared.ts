@@ -14,6 +14,8 @@ import type { DualSlot, LogPosition, RecordCodec } from './meta-slots.js';
 export const SEG_FREE = 0;
 export const SEG_DATA = 1;
 export const SEG_LOG = 2;
+/** Free, but held by the initializer while it writes zeros into the segment's unwritten ranges. */
+export const SEG_INIT = 3;
 
 // Int32 word indices of the header.
 const W_LOG_LOCK = 0;
@@ -287,6 +289,23 @@ export class CacheShared {
     }
     return -1;
   }
+
+  /**
+   * Holds a free segment away from allocation (SEG_INIT) without counting it used; only while
+   * more than `spare` segments beyond the log reserve are free, so allocation never starves.
+   */
+  holdFree(s: number, spare: number): boolean {
+    if (this.freeSegments <= this.logReserve + spare) return false;
+    return Atomics.compareExchange(this.state, s, SEG_FREE, SEG_INIT) === SEG_FREE;
+  }
+
+  releaseHeld(s: number): void {
+    Atomics.compareExchange(this.state, s, SEG_INIT, SEG_FREE);
+    this.kick(W_FREED);
+  }
+
+  /** Where allocation looks next (the initializer works ahead of it). */
+  get allocHint(): number { return Atomics.load(this.w, W_ALLOC_HINT) % this.segmentCount; }
 
   /** Marks a segment in use at replay (no allocation race: the workers have not started). */
   claimAtReplay(s: number, type: typeof SEG_DATA | typeof SEG_LOG): void {

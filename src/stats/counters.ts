@@ -24,10 +24,10 @@ export const STRIPE_COUNTERS = [
 /** Counted by the writeback and GC workers of one cache (one block per cache). */
 export const CACHE_WORKER_COUNTERS = [
   'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors', 'wb_crc_skipped',
-  'gc_ksets', 'gc_segments_freed', 'gc_errors',
+  'gc_ksets', 'gc_segments_freed', 'gc_errors', 'init_bytes', 'init_segments_left',
 ] as const;
 
-export const GAUGES: ReadonlySet<string> = new Set(['connections_open', 'inflight', 'queue_depth', 'queued_pieces']);
+export const GAUGES: ReadonlySet<string> = new Set(['connections_open', 'inflight', 'queue_depth', 'queued_pieces', 'init_segments_left']);
 
 export type CoordinatorCounter = (typeof COORDINATOR_COUNTERS)[number];
 export type StripeCounter = (typeof STRIPE_COUNTERS)[number];
