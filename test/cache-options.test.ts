@@ -20,6 +20,8 @@ import type { CacheStatus } from '../src/daemon/ipc.js';
 import { nbdUri } from './helpers/daemon.js';
 import { startServing, stopGracefully, type RunningDaemon, pcachedCli, pidRunning, spawnPcached, statusJson, waitFor, within, writeRead } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, nbdshJson, skipSuffix } from './helpers/tools.js';
+import { FileBlockDevice } from '../src/cache/blockdev.js';
+import { nativeAvailable } from '../src/native/index.js';
 
 const MiB = 1 << 20;
 const BLK = 4096;
@@ -504,4 +506,51 @@ t_('read misses of 1 MiB and 256 KiB are promoted with 1 MiB segments (cutoff of
   t.log(`at the end: ${brief(cs)}`);
   t.deepEqual(cs.errors, []);
   t.is(await stopGracefully(d), 0, d.proc.output());
+});
+
+// ---------------------------------------------------------------------------------------------
+// 6. A fresh cache file is initialized in the background (src/cache/initializer.ts).
+//
+// pcached fallocates the file; the GC worker then writes zeros into the unwritten ranges of free
+// segments. Data written while that runs must be intact, the free segments must end up written,
+// and a restart on an initialized file must write nothing.
+
+const tNative = why ? test.serial.skip : nativeAvailable() ? test.serial : test.serial.skip;
+
+tNative('a fresh cache file is initialized in the background: data written meanwhile intact, free segments written, nothing zeroed on restart' + skipSuffix(why ?? (nativeAvailable() ? null : 'no native addon')), async (t) => {
+  t.timeout(300_000);
+  const e = makeEnv(t);
+  const d = await startCache(t, e, { cacheSize: '48M' });
+  // Written while the initializer runs (it starts with the worker threads).
+  const data = randomBytes(8 * MiB);
+  await nbdWrite(e, d.uri, 4 * MiB, data, 'during-init');
+  const cs = await waitFor('initialization to finish', async () => {
+    const c = await cacheState(d);
+    return c.workers.init_segments_left === 0 ? c : undefined;
+  }, 120_000, 200);
+  t.log(`after initialization: ${brief(cs)}, init_bytes ${cs.workers.init_bytes}`);
+  t.true(cs.workers.init_bytes >= 24 * MiB, `most of the 47 segments were zeroed: ${cs.workers.init_bytes}`);
+  const dev = FileBlockDevice.open(e.cache, { readOnly: true });
+  let unwritten = 0;
+  try {
+    for (const [from, to] of dev.unwrittenRanges(0, dev.size) ?? [[0, dev.size]]) unwritten += to - from;
+  } finally {
+    dev.close();
+  }
+  // Only segments in use when the initializer passed them may keep an unwritten tail.
+  t.true(unwritten <= cs.segmentsUsed * MiB, `${unwritten} bytes unwritten with ${cs.segmentsUsed} segments in use`);
+  const back = await nbdReadChunks(e, d.uri, 4 * MiB, 8 * MiB, MiB);
+  t.is(back.failed.size, 0);
+  t.true(back.data.equals(data), 'the data written during initialization reads back');
+  t.is(await stopGracefully(d), 0, d.proc.output());
+
+  const d2 = await startCache(t, e, { cacheSize: '48M' });
+  const cs2 = await waitFor('the second initialization pass', async () => {
+    const c = await cacheState(d2);
+    return c.workers.init_segments_left === 0 ? c : undefined;
+  }, 120_000, 200);
+  t.is(cs2.workers.init_bytes, 0, 'an initialized file is left as it is');
+  const back2 = await nbdReadChunks(e, d2.uri, 4 * MiB, 8 * MiB, MiB);
+  t.true(back2.data.equals(data), 'and the data reads back after the restart');
+  t.is(await stopGracefully(d2), 0, d2.proc.output());
 });
