@@ -14,6 +14,8 @@ const variants: [string, Partial<SimOptions>][] = [
   ['one stripe, gc 0', { stripes: 1, gcPercent: 0 }],
   ['three stripes, gc 90, tiny cache', { stripes: 3, gcPercent: 90, segments: 12, originSize: 12 << 20 }],
   ['dataCrc', { dataCrc: true }],
+  ['modes switched online', { modes: true }],
+  ['modes switched online, one stripe, gc 0', { modes: true, stripes: 1, gcPercent: 0 }],
 ];
 
 let totalCrashes = 0;

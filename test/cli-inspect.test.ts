@@ -86,9 +86,9 @@ const EXPECTED = {
   segments: { total: 6, free: 3, data: 1, log: 2, damaged: [], logChain: [0, 2], logOffChain: [] },
   log: {
     ksets: 2 + BIG + 1, lastKsets: 1, keys: 5 + BIG * 128,
-    keysByFlag: { dirty: 2 + BIG * 128, clean: 1, trim: 1, zero: 1 },
+    keysByFlag: { dirty: 2 + BIG * 128, clean: 1, trim: 1, zero: 1, invalidate: 0 },
     bytes: 12 * KiB + BIG * 128 * 4 * KiB + 4 * KiB + 64 * KiB + 12 * KiB,
-    bytesByFlag: { dirty: 12 * KiB + BIG * 128 * 4 * KiB, clean: 4 * KiB, trim: 64 * KiB, zero: 12 * KiB },
+    bytesByFlag: { dirty: 12 * KiB + BIG * 128 * 4 * KiB, clean: 4 * KiB, trim: 64 * KiB, zero: 12 * KiB, invalidate: 0 },
     firstLsn: 1, lastLsn: 2 + BIG + 1,
     // LSNs: 1, 2 small; 3..12 big in segment 0; 13 LAST at 0:1024+10*5632; 14 big at 2:0.
     stop: { segment: 2, offset: 5632, lsn: 15, reason: 'end', detail: 'zeroed header' },
@@ -133,8 +133,8 @@ test('human report: superblock, cache info, tails, segments and log summary', (t
     /damaged +none/,
     /ksets +14 \(1 LAST\)/,
     /lsn range +1\.\.14/,
-    /keys +1413: dirty 1410, clean 1, trim 1, zero 1/,
-    /bytes covered +5861376: dirty 5779456, clean 4096, trim 65536, zero 12288/,
+    /keys +1413: dirty 1410, clean 1, trim 1, zero 1, invalidate 0/,
+    /bytes covered +5861376: dirty 5779456, clean 4096, trim 65536, zero 12288, invalidate 0/,
     /stopped at +2:5632 lsn 15: end \(zeroed header\)/,
     /warnings +none/,
   ]) t.regex(o, re);
@@ -210,7 +210,7 @@ test('a flipped bit in a kset stops the scan there; a damaged segment header is 
   t.is(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout);
   t.is(j.log.ksets, 1);
-  t.deepEqual(j.log.keysByFlag, { dirty: 2, clean: 1, trim: 0, zero: 0 });
+  t.deepEqual(j.log.keysByFlag, { dirty: 2, clean: 1, trim: 0, zero: 0, invalidate: 0 });
   t.is(j.log.lastLsn, 1);
   t.like(j.log.stop, { segment: 0, offset: 512, lsn: 2, reason: 'bad-crc' });
   t.deepEqual(j.segments.damaged, [4]);

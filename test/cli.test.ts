@@ -51,9 +51,10 @@ test('configuration errors: exit 1, the key and value named, nothing created', (
   t.is(r.code, 1);
   t.is(r.stderr, 'pcached: invalid configuration: stripes: must be an integer between 1 and 64, or 0 for one per core but one: value was -3\n');
   t.false(r.left.includes('var'));
-  const m = pcached(['start', '--mode', 'writethrough']);
+  const m = pcached(['start', '--gc-percent', '95']);
   t.is(m.code, 1);
-  t.regex(m.stderr, /mode: this mode is not implemented yet/);
+  t.regex(m.stderr, /gcPercent: .*95/);
+  t.false(m.left.includes('var'));
 });
 
 test('a named origin that does not exist is an error, never created', (t) => {

@@ -56,7 +56,7 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
     stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false,
     originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
     dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
-    autocommit: { timeMs: 1000 }, writeback: { rate: 0 }, cacheFullWaitMs: 2000,
+    autocommit: { timeMs: 1000 }, writeback: { rate: 0 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
   }]);
 });
 
@@ -162,12 +162,11 @@ test('unknown keys, wrong types and bad files are rejected', (t) => {
   configError(t, () => load({ configFile: file({ $comment: 1 }) }), '$comment: must be a string');
 });
 
-test('writeback and passthrough are implemented; the other modes say so', (t) => {
-  for (const mode of ['writethrough', 'writearound', 'writeonly']) {
-    configError(t, () => load({ flags: { mode } }), 'mode: this mode is not implemented yet', 'only "writeback" and "passthrough" work', `value was "${mode}"`);
+test('all five cache modes load; anything else is rejected naming them', (t) => {
+  for (const mode of ['writeback', 'writethrough', 'writearound', 'passthrough', 'writeonly'] as const) {
+    t.is(load({ flags: { mode } }).config.caches[0]!.mode, mode);
   }
-  configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', mode: 'writethrough' }] }) }),
-    'caches[0].mode: this mode is not implemented yet', 'value was "writethrough"');
+  t.is(load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', mode: 'writearound' }] }) }).config.caches[0]!.mode, 'writearound');
   configError(t, () => load({ flags: { mode: 'turbo' } }), 'mode: must be one of', 'value was "turbo"');
   t.is(load({ flags: { mode: 'passthrough' } }).config.caches[0]!.mode, 'passthrough');
   t.is(load({ flags: { mode: 'writeback' } }).config.caches[0]!.mode, 'writeback');
@@ -365,7 +364,10 @@ test('diffConfig: the new reloadable keys, nested ones by their dotted names, an
   });
   // Equal groups in fresh objects are not a change.
   t.deepEqual(diffConfig(old, daemon([{ name: 'a', autocommit: { timeMs: 1000 } }, { name: 'b', unix: '/b.sock', writeback: { rate: 0 } }])).changed, []);
-  for (const change of [{ segmentSize: 2 ** 20 }, { dataCrc: true }, { mode: 'passthrough' as const }]) {
+  // mode and pauseWritebackMs switch online.
+  t.deepEqual(diffConfig(old, daemon([{ name: 'a', mode: 'writearound' }, { name: 'b', unix: '/b.sock', pauseWritebackMs: 0 }])),
+    { changed: ['caches[a].mode', 'caches[b].pauseWritebackMs'], reloadable: true, rejected: [], changedCaches: ['a', 'b'] });
+  for (const change of [{ segmentSize: 2 ** 20 }, { dataCrc: true }]) {
     const d = diffConfig(old, daemon([{ name: 'a', ...change, autocommit: { timeMs: 5 } }, { name: 'b', unix: '/b.sock' }]));
     const key = `caches[a].${Object.keys(change)[0]}`;
     t.false(d.reloadable, key);

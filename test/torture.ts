@@ -7,7 +7,7 @@ const runs = Number(process.argv[2] ?? 200);
 const steps = Number(process.argv[3] ?? 600);
 const start = Number(process.env.TORTURE_SEED ?? Date.now() % 1_000_000);
 const BASE: SimOptions = { originSize: 12 << 20, segmentSize: 64 << 10, segments: 24, stripes: 2, dataCrc: false, gcPercent: 50 };
-const variants: Partial<SimOptions>[] = [{}, { stripes: 1, gcPercent: 0 }, { stripes: 3, gcPercent: 90, segments: 12 }, { dataCrc: true }, { segments: 64, gcPercent: 70 }];
+const variants: Partial<SimOptions>[] = [{}, { stripes: 1, gcPercent: 0 }, { stripes: 3, gcPercent: 90, segments: 12 }, { dataCrc: true }, { segments: 64, gcPercent: 70 }, { modes: true }, { modes: true, stripes: 1, gcPercent: 0 }, { modes: true, stripes: 3, gcPercent: 90, segments: 12 }];
 
 let crashes = 0;
 const t0 = Date.now();

@@ -44,7 +44,7 @@ async function idle(ms: number): Promise<void> {
 async function loop(): Promise<void> {
   const dev = FileBlockDevice.open(data.path);
   const origin = await openOrigin(data.origin);
-  const wb = new Writeback(dev, sh, data.geometry, origin, { batchKsets: data.batchKsets, log });
+  const wb = new Writeback(dev, sh, data.geometry, origin, { batchKsets: data.batchKsets, log, onInflight: (n) => counters.set('wb_inflight_blocks', n) });
   let failures = 0;
   try {
     wakeWord = Atomics.load(sh.w, W_KICK_WB);

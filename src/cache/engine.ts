@@ -11,12 +11,12 @@
 
 import type { BlockDevice } from './blockdev.js';
 import { DATA_ALIGN, KSET_MAX_KEYS, SEGMENT_GEN_SLOTS, alignUp, crc32cOf, dataOffset } from './layout.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, KEY_ZERO } from './kset.js';
+import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO } from './kset.js';
 import type { CacheKey } from './kset.js';
 import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
+import { ERR_CACHE_IO, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
@@ -35,7 +35,7 @@ export interface EngineStats {
 export type EngineCounter =
   | 'read_blocks' | 'read_hits' | 'write_blocks' | 'write_bypass' | 'write_blocked' | 'cache_flushes'
   | 'discards' | 'fills' | 'fills_skipped' | 'crc_errors' | 'cache_errors' | 'ksets' | 'origin_reads' | 'origin_read_bytes'
-  | 'origin_writes' | 'origin_write_bytes';
+  | 'origin_writes' | 'origin_write_bytes' | 'write_hits_uncommitted' | 'write_hits_committed' | 'write_allocs';
 
 export interface EngineLog {
   warn(obj: object, msg: string): void;
@@ -65,6 +65,8 @@ interface Queued {
   fua: boolean;
   done: Done;
   since: number;
+  /** Goes to the origin first (writethrough, writearound, passthrough): see submitThrough. */
+  through: boolean;
 }
 
 /**
@@ -144,6 +146,7 @@ export class StripeEngine {
     }
     const len = Math.min(maxLen, area - this.headOff);
     const a = { seg: this.headSeg, segOff: this.headOff, len };
+    if (!this.uncommitted.has(a.seg)) this.uncommitted.set(a.seg, a.segOff);
     this.headOff += alignUp(len, DATA_ALIGN);
     this.sh.ref(a.seg);
     return a;
@@ -198,6 +201,8 @@ export class StripeEngine {
     this.durableWaiters = [];
     this.wantRound = false;
     this.roundRunning = true;
+    // Everything allocated so far has its key in this round.
+    this.uncommitted.clear();
     const batch = this.ready;
     this.ready = [];
     const fail = (err: unknown): void => {
@@ -284,9 +289,9 @@ export class StripeEngine {
     return Infinity;
   }
 
-  /** True while keys or replies wait on a commit round. */
+  /** True while keys or replies wait on a commit round, or writes on the origin (modes that write it first). */
   get committing(): boolean {
-    return this.roundRunning || this.durableWaiters.length > 0;
+    return this.roundRunning || this.durableWaiters.length > 0 || this.throughInflight.length > 0;
   }
 
   private sweepStale(): void {
@@ -304,7 +309,23 @@ export class StripeEngine {
 
   /** Group commit: every FLUSH (and FUA) of one batch shares one round (see endBatch). */
   flush(done: Done): void {
-    this.durableWaiters.push(done);
+    if (!this.originUnflushed) {
+      this.durableWaiters.push(done);
+      return;
+    }
+    // Writes completed on the origin since its last flush (modes that write it first).
+    this.originUnflushed = false;
+    let left = 2;
+    let first = 0;
+    const both = (errno: number): void => {
+      if (errno !== 0 && first === 0) first = errno;
+      if (--left === 0) done(first);
+    };
+    this.origin.flush((errno) => {
+      if (errno !== 0) this.originUnflushed = true;
+      both(errno);
+    });
+    this.durableWaiters.push(both);
   }
 
   endBatch(): void {
@@ -320,15 +341,191 @@ export class StripeEngine {
   // ---- WRITE / TRIM / ZERO ----
 
   write(off: number, data: Uint8Array, fua: boolean, done: Done): void {
-    this.submit({ kind: 'write', off, len: data.length, data, fua, done, since: this.now() });
+    this.enter({ kind: 'write', off, len: data.length, data, fua, done, since: this.now(), through: this.writesThrough() });
   }
 
   trim(off: number, len: number, fua: boolean, done: Done): void {
-    this.submit({ kind: 'trim', off, len, data: null, fua, done, since: this.now() });
+    this.enter({ kind: 'trim', off, len, data: null, fua, done, since: this.now(), through: this.writesThrough() });
   }
 
   zero(off: number, len: number, fua: boolean, done: Done): void {
-    this.submit({ kind: 'zero', off, len, data: null, fua, done, since: this.now() });
+    this.enter({ kind: 'zero', off, len, data: null, fua, done, since: this.now(), through: this.writesThrough() });
+  }
+
+  /** writeback and writeonly complete writes in the cache; the other modes write the origin first. */
+  private writesThrough(): boolean {
+    const m = this.sh.mode;
+    return m !== MODE_WRITEBACK && m !== MODE_WRITEONLY;
+  }
+
+  // ---- modes that write the origin first ----
+  //
+  // The origin and the cache must never disagree in a way a crash could expose: a clean cached
+  // copy replayed over newer origin data would change the volume by itself later, when it is
+  // evicted. So a write that goes to the origin first (writethrough, writearound, passthrough):
+  //  * over a range still holding dirty data (written in write-back mode, or a TRIM/ZERO key),
+  //    is taken by the cache as a dirty write instead; writeback puts it on the origin after the
+  //    older data, in log order;
+  //  * otherwise drops the cached copies of its range first, and, if one was live (replay would
+  //    restore it), logs an INVALIDATE key and makes it durable before the origin write starts;
+  //  * is not overtaken: later writes overlapping it wait in `parked`, in order, and reads of its
+  //    range do not promote (a fill could read the origin's old data);
+  //  * in writethrough, a WRITE is then cached as a clean extent (if there is room now).
+  // A FLUSH then flushes the origin too.
+
+  private throughInflight: Queued[] = [];
+  private parked: Queued[] = [];
+  private originUnflushed = false;
+
+  private overlapsInflight(off: number, len: number): boolean {
+    for (const t of this.throughInflight) if (off < t.off + t.len && t.off < off + len) return true;
+    return false;
+  }
+
+  private enter(q: Queued): void {
+    this.wroteInBatch = true;
+    if (this.parked.length > 0 || (this.throughInflight.length > 0 && this.overlapsInflight(q.off, q.len))) {
+      this.parked.push(q);
+      return;
+    }
+    if (q.through) this.submitThrough(q);
+    else this.submit(q);
+  }
+
+  private unpark(): void {
+    while (this.parked.length > 0 && !this.overlapsInflight(this.parked[0]!.off, this.parked[0]!.len)) {
+      const q = this.parked.shift()!;
+      if (q.through) this.submitThrough(q);
+      else this.submit(q);
+    }
+  }
+
+  private submitThrough(q: Queued): void {
+    // Writes waiting for cache space keep their order: nothing overtakes them.
+    if (this.queue.length > 0 || this.bypassing) {
+      this.queue.push(q);
+      return;
+    }
+    this.startThrough(q);
+  }
+
+  private startThrough(q: Queued): void {
+    if (this.hasDirty(q.off, q.len)) {
+      this.submit({ ...q, through: false });
+      return;
+    }
+    this.throughInflight.push(q);
+    let logged: boolean;
+    try {
+      logged = this.invalidate(q.off, q.len);
+    } catch (err) {
+      this.cacheError(err, 'invalidate');
+      this.endThrough(q, NbdErr.EIO, false);
+      return;
+    }
+    if (!logged) {
+      this.writeOrigin(q);
+      return;
+    }
+    // The INVALIDATE key is durable before the origin can hold data the old copy contradicts.
+    this.durableWaiters.push((errno) => {
+      if (errno !== 0) this.endThrough(q, errno, false);
+      else this.writeOrigin(q);
+    });
+    this.kickCommit(true);
+  }
+
+  private writeOrigin(q: Queued): void {
+    const finish = (errno: number): void => {
+      let cached = false;
+      if (errno === 0 && q.kind === 'write' && this.sh.mode === MODE_WRITETHROUGH) {
+        try {
+          cached = this.cacheClean(q.off, q.data!);
+        } catch (err) {
+          // The origin has the write and the range holds no cached copy: still a success.
+          this.cacheError(err, 'write-through cache copy');
+        }
+      }
+      this.endThrough(q, errno, cached);
+    };
+    if (q.kind === 'write') {
+      this.count('origin_writes', 1);
+      this.count('origin_write_bytes', q.len);
+      this.origin.write(q.off, q.data!, q.fua, finish);
+    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, q.fua, finish);
+    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: q.fua }, finish);
+  }
+
+  private endThrough(q: Queued, errno: number, cached: boolean): void {
+    this.throughInflight.splice(this.throughInflight.indexOf(q), 1);
+    if (errno === 0) this.originUnflushed = true;
+    // A cached copy sits in a gathered run: acknowledged once it is in the file (flushData).
+    if (cached && errno === 0 && this.runBufs.length > 0) this.dataAcks.push(q.done);
+    else q.done(errno);
+    this.unpark();
+    this.flushData();
+  }
+
+  /** Live dirty data, or a TRIM/ZERO key, anywhere in the range (writeback still owes it to the origin). */
+  private hasDirty(off: number, len: number): boolean {
+    let dirty = false;
+    const gen = this.sh.gen;
+    this.index.lookup(off, len, (_o, _l, e) => {
+      if (e === null || dirty) return;
+      if (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) dirty = true;
+      else if ((e.flags & ExtentFlag.DIRTY) && Atomics.load(gen, e.seg) === e.gen) dirty = true;
+    });
+    return dirty;
+  }
+
+  /**
+   * Drops the clean copies and placeholders in the range (the range holds no dirty data: see
+   * startThrough). Returns true when an INVALIDATE key was logged for a live copy, which replay
+   * would otherwise restore.
+   */
+  private invalidate(off: number, len: number): boolean {
+    const drop: [number, number, boolean][] = [];
+    const gen = this.sh.gen;
+    this.index.lookup(off, len, (o, l, e) => {
+      if (e === null) return;
+      const live = (e.flags & ExtentFlag.CLEAN) !== 0 && Atomics.load(gen, e.seg) === e.gen;
+      drop.push([o, l, live]);
+    });
+    let logged = false;
+    for (const [o, l, live] of drop) {
+      this.index.remove(o, l);
+      if (live) {
+        this.pushKey({ originOffset: o, length: l, flags: KEY_INVALIDATE, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
+        logged = true;
+      }
+    }
+    return logged;
+  }
+
+  /** Caches data the origin already holds as clean extents; false (nothing cached) when there is no room now. */
+  private cacheClean(off: number, data: Uint8Array): boolean {
+    const allocs: Alloc[] = [];
+    for (let pos = 0; pos < data.length;) {
+      const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
+      const a = needsSegment && this.sh.freeSegments <= this.sh.logReserve + 1 ? null : this.allocData(data.length - pos);
+      if (a === null) {
+        for (const x of allocs) this.releaseRef(x.seg);
+        return false;
+      }
+      allocs.push(a);
+      pos += a.len;
+    }
+    let pos = 0;
+    for (const a of allocs) {
+      const piece = data.subarray(pos, pos + a.len);
+      this.writeData(a, piece);
+      const gen = this.sh.genOf(a.seg);
+      this.insertIndex({ off: off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
+      this.pushKey({ originOffset: off + pos, length: a.len, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0 });
+      pos += a.len;
+    }
+    this.count('write_blocks', blocks(data.length));
+    return true;
   }
 
   /** Foreground I/O seen in this batch (reads included: writeback competes for the same CPU). */
@@ -400,7 +597,7 @@ export class StripeEngine {
       this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
       this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
       this.addDirty(q.len);
-      this.count('discards', 1);
+      if (q.kind === 'trim') this.count('discards', blocks(q.len));
       return 'ok';
     }
     const data = q.data!;
@@ -414,6 +611,8 @@ export class StripeEngine {
       allocs.push(a);
       pos += a.len;
     }
+    this.countWriteHits(q.off, data.length);
+    this.count('write_allocs', blocks(data.length));
     let pos = 0;
     for (const a of allocs) {
       const piece = data.subarray(pos, pos + a.len);
@@ -429,6 +628,29 @@ export class StripeEngine {
     this.addDirty(data.length);
     this.count('write_blocks', blocks(data.length));
     return 'ok';
+  }
+
+  /**
+   * dm-writecache's write hits: blocks of a write that were already cached, split by whether
+   * the copy they replace is in a key not yet captured by a commit round (`uncommitted`: data
+   * allocated since the last round took its ksets) or already committed.
+   */
+  private readonly uncommitted = new Map<number, number>();
+  private hitsUncommitted = 0;
+  private hitsCommitted = 0;
+  private readonly hitCountCb = (_o: number, l: number, e: Extent | null): void => {
+    if (e === null || (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || Atomics.load(this.sh.gen, e.seg) !== e.gen) return;
+    const from = this.uncommitted.get(e.seg);
+    if (from !== undefined && e.segOff >= from) this.hitsUncommitted += l;
+    else this.hitsCommitted += l;
+  };
+
+  private countWriteHits(off: number, len: number): void {
+    this.hitsUncommitted = 0;
+    this.hitsCommitted = 0;
+    this.index.lookup(off, len, this.hitCountCb);
+    if (this.hitsUncommitted > 0) this.count('write_hits_uncommitted', blocks(this.hitsUncommitted));
+    if (this.hitsCommitted > 0) this.count('write_hits_committed', blocks(this.hitsCommitted));
   }
 
   /** Index inserts never fail for lack of memory while stale entries can be swept. */
@@ -512,6 +734,11 @@ export class StripeEngine {
   private runQueue(): void {
     while (this.queue.length > 0 && !this.bypassing) {
       const q = this.queue[0]!;
+      if (q.through) {
+        this.queue.shift();
+        this.startThrough(q);
+        continue;
+      }
       let r: 'ok' | 'full';
       try {
         r = this.apply(q);
@@ -579,6 +806,8 @@ export class StripeEngine {
   /** `noFill`: the coordinator saw a long sequential run; serve it without promoting it. */
   read(off: number, buf: Uint8Array, noFill: boolean, done: Done): void {
     this.wroteInBatch = true; // any foreground I/O pauses writeback (see shared.ts writebackPauseMs)
+    const mode = this.sh.mode;
+    if (mode === MODE_PASSTHROUGH || mode === MODE_WRITEONLY) noFill = true;
     // A hit may be in a gathered run that is not in the file yet.
     if (this.runBufs.length > 0) this.flushData();
     const len = buf.length;
@@ -705,6 +934,7 @@ export class StripeEngine {
   }
 
   private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
+    if (fill && this.throughInflight.length > 0 && this.overlapsInflight(off, into.length)) fill = false;
     this.count('origin_reads', 1);
     this.count('origin_read_bytes', into.length);
     if (!fill) {

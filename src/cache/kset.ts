@@ -11,7 +11,17 @@ export const KEY_DIRTY = 1;
 export const KEY_CLEAN = 2;
 export const KEY_TRIM = 4;
 export const KEY_ZERO = 8;
-const KEY_KINDS = [KEY_DIRTY, KEY_CLEAN, KEY_TRIM, KEY_ZERO];
+/**
+ * The range's cached copies are gone (a write went around the cache to the origin): replay drops
+ * the range from the index; writeback has nothing to send.
+ */
+export const KEY_INVALIDATE = 16;
+const KEY_KINDS = [KEY_DIRTY, KEY_CLEAN, KEY_TRIM, KEY_ZERO, KEY_INVALIDATE];
+
+/** Keys writeback sends to the origin (and that count as dirty until it has). */
+export function needsWriteback(flags: number): boolean {
+  return flags === KEY_DIRTY || flags === KEY_TRIM || flags === KEY_ZERO;
+}
 
 export const KSET_MAGIC = 0x5445534b; // "KSET" as little-endian bytes
 export const KSET_LAST = 1;
@@ -58,7 +68,7 @@ export function decodeKey(dv: DataView, at: number, lim: KeyLimits): CacheKey | 
   const generation = getU64(dv, at + 24);
   const dataCrc = dv.getUint32(at + 32, true);
   if (dv.getUint32(at + 36, true) !== 0) return 'reserved not zero';
-  if (!KEY_KINDS.includes(flags)) return `flags 0x${flags.toString(16)} are not exactly one of DIRTY/CLEAN/TRIM/ZERO`;
+  if (!KEY_KINDS.includes(flags)) return `flags 0x${flags.toString(16)} are not exactly one of DIRTY/CLEAN/TRIM/ZERO/INVALIDATE`;
   if (length === 0 || length > MAX_KEY_LENGTH) return `length ${length} out of range`;
   if (originOffset === null || originOffset + length > lim.originSize) return 'extent beyond the origin';
   if (generation === null) return 'generation out of range';
@@ -67,7 +77,7 @@ export function decodeKey(dv: DataView, at: number, lim: KeyLimits): CacheKey | 
     if (offset % DATA_ALIGN !== 0 || offset + length > lim.dataAreaSize) return `data offset ${offset} invalid`;
     if (!lim.dataCrc && dataCrc !== 0) return 'data CRC present but dataCrc is off';
   } else if (segment !== 0 || offset !== 0 || generation !== 0 || dataCrc !== 0) {
-    return 'TRIM/ZERO key carries data fields';
+    return 'key without data carries data fields';
   }
   return { originOffset, length, flags, segment, offset, generation, dataCrc };
 }

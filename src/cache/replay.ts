@@ -6,7 +6,7 @@ import type { BlockDevice } from './blockdev.js';
 import { formatDevice, isBlankDevice, openDevice, updateDirtyTail } from './format.js';
 import type { CacheState } from './format.js';
 import { CACHE_INFO_OFFSETS, DEFAULT_SEGMENT_SIZE, DIRTY_TAIL_OFFSETS, KEY_TAIL_OFFSETS, META_AREA_SIZE, MIN_SEGMENT_SIZE, MiB, crc32cOf, dataOffset } from './layout.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, hasData } from './kset.js';
+import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, hasData, needsWriteback } from './kset.js';
 import { walkLog } from './key-log.js';
 import type { ScanStop } from './key-log.js';
 import { geometryOf } from './log.js';
@@ -118,7 +118,7 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
     for (const key of k.keys) {
       keys++;
       // Writeback walks every key of the dirty zone, whether replay keeps it or not.
-      if (dirtyZone && key.flags !== KEY_CLEAN) { dirtyKeys++; dirtyBytes += key.length; }
+      if (dirtyZone && needsWriteback(key.flags)) { dirtyKeys++; dirtyBytes += key.length; }
       if (Math.floor((key.originOffset + key.length - 1) / SUBTREE_SIZE) !== Math.floor(key.originOffset / SUBTREE_SIZE)) {
         staleKeys++;
         warnings.push(`key at ${key.originOffset}+${key.length} crosses a subtree; skipped`);
@@ -141,7 +141,8 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
         }
         refs[key.segment]!++;
       }
-      const flags = key.flags === KEY_DIRTY ? ExtentFlag.DIRTY : key.flags === KEY_CLEAN ? ExtentFlag.CLEAN : key.flags === KEY_TRIM ? ExtentFlag.TRIM : ExtentFlag.ZERO;
+      const flags = key.flags === KEY_DIRTY ? ExtentFlag.DIRTY : key.flags === KEY_CLEAN ? ExtentFlag.CLEAN : key.flags === KEY_TRIM ? ExtentFlag.TRIM
+        : key.flags === KEY_INVALIDATE ? REMOVE : ExtentFlag.ZERO;
       pending.push(key.originOffset, key.length, key.segment, key.offset, key.generation, flags);
     }
   });
@@ -181,6 +182,9 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
 }
 
 /** Replayed keys as columns (six numbers per key): a million keys without a million objects. */
+/** An INVALIDATE key in the replay columns: remove the range rather than insert. */
+const REMOVE = -1;
+
 class KeyColumns {
   data = new Float64Array(6 * 4096);
   n = 0;
@@ -219,7 +223,9 @@ function insertGrouped(k: KeyColumns, indexes: ExtentIndex[], stripes: number): 
   for (let j = 0; j < n; j++) {
     const i = order[j]! * 6;
     e.off = d[i]!; e.len = d[i + 1]!; e.seg = d[i + 2]!; e.segOff = d[i + 3]!; e.gen = d[i + 4]!; e.flags = d[i + 5]!;
-    indexes[sub[order[j]!]! % stripes]!.insert(e);
+    const index = indexes[sub[order[j]!]! % stripes]!;
+    if (e.flags === REMOVE) index.remove(e.off, e.len);
+    else index.insert(e);
   }
 }
 

@@ -17,6 +17,21 @@ export const SEG_LOG = 2;
 /** Free, but held by the initializer while it writes zeros into the segment's unwritten ranges. */
 export const SEG_INIT = 3;
 
+/** Cache modes, numbered as in the cache info record (docs/format.md). */
+export const MODE_WRITEBACK = 0;
+export const MODE_WRITETHROUGH = 1;
+export const MODE_WRITEAROUND = 2;
+export const MODE_PASSTHROUGH = 3;
+export const MODE_WRITEONLY = 4;
+export const MODE_NAMES = ['writeback', 'writethrough', 'writearound', 'passthrough', 'writeonly'] as const;
+export type CacheModeName = (typeof MODE_NAMES)[number];
+
+export function modeCode(name: string): number {
+  const i = (MODE_NAMES as readonly string[]).indexOf(name);
+  if (i < 0) throw new RangeError(`unknown cache mode ${name}`);
+  return i;
+}
+
 // Int32 word indices of the header.
 const W_LOG_LOCK = 0;
 const W_SYNC_LOCK = 1;
@@ -50,6 +65,8 @@ const W_FULL_MAX_WAIT_MS = 25;
 /** Bumped by the stripes once per batch that wrote: the writeback worker's sign of foreground I/O. */
 export const W_FOREGROUND = 26;
 const W_WB_PAUSE_MS = 27;
+/** The cache mode (MODE_*), read by the stripes per request: switching is one store. */
+const W_MODE = 28;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -226,6 +243,9 @@ export class CacheShared {
     if (t.writebackRate !== undefined) Atomics.store(this.b, B_WB_RATE, BigInt(t.writebackRate));
     if (t.writebackPauseMs !== undefined) Atomics.store(this.w, W_WB_PAUSE_MS, t.writebackPauseMs);
   }
+
+  get mode(): number { return Atomics.load(this.w, W_MODE); }
+  set mode(m: number) { Atomics.store(this.w, W_MODE, m); }
 
   get usedSegments(): number { return Atomics.load(this.w, W_USED); }
   get logReserve(): number { return this.w[W_LOG_RESERVE]!; }

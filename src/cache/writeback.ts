@@ -5,7 +5,7 @@
 
 import type { BlockDevice } from './blockdev.js';
 import { DIRTY_TAIL_OFFSETS, KSET_MAX_SIZE, crc32cOf, dataOffset } from './layout.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM } from './kset.js';
+import { KEY_DIRTY, KEY_TRIM, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
 import { limitsOf, readKsetAt } from './log.js';
 import type { Geometry } from './log.js';
@@ -77,6 +77,8 @@ export interface WritebackOptions {
   /** Ksets per origin sync (dm-pcache: 1). */
   batchKsets: number;
   log?: EngineLog;
+  /** Blocks of the batch being written to the origin (dm-writecache's "blocks under writeback"); 0 between batches. */
+  onInflight?: (blocks: number) => void;
 }
 
 export interface WritebackStats {
@@ -139,7 +141,7 @@ export class Writeback {
       ksets++;
       if (!r.kset.last) {
         for (const k of r.kset.keys) {
-          if (k.flags === KEY_CLEAN) continue;
+          if (!needsWriteback(k.flags)) continue;
           keys++;
           dirtyDone += k.length;
           if (k.flags === KEY_DIRTY && k.generation !== this.sh.genOf(k.segment)) {
@@ -151,7 +153,15 @@ export class Writeback {
       }
       pos = r.next;
     }
-    const bytes = await this.writeBatch(batch);
+    let inflight = 0;
+    for (const k of batch) if (k.flags === KEY_DIRTY) inflight += Math.ceil(k.length / 4096);
+    this.opts.onInflight?.(inflight);
+    let bytes: number;
+    try {
+      bytes = await this.writeBatch(batch);
+    } finally {
+      this.opts.onInflight?.(0);
+    }
     await call((cb) => this.origin.flush(cb), 'flush');
     this.stats.originSyncs++;
     this.sh.clearError(ERR_ORIGIN_IO);

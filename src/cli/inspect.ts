@@ -9,7 +9,7 @@ import { isBlankDevice, openDevice } from '../cache/format.js';
 import type { CacheState } from '../cache/format.js';
 import { walkLog } from '../cache/key-log.js';
 import type { ScanStopReason } from '../cache/key-log.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, KEY_ZERO } from '../cache/kset.js';
+import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO } from '../cache/kset.js';
 import { DIRTY_TAIL_OFFSETS } from '../cache/layout.js';
 import { NO_NEXT, dirtyTailCodec, readDualSlot } from '../cache/meta-slots.js';
 import type { LogPosition, SegmentType } from '../cache/meta-slots.js';
@@ -25,7 +25,7 @@ export interface SlotInfo {
 
 export interface TailReport extends LogPosition, SlotInfo {}
 
-export interface FlagCounts { dirty: number; clean: number; trim: number; zero: number }
+export interface FlagCounts { dirty: number; clean: number; trim: number; zero: number; invalidate: number }
 
 export interface InspectReport {
   formatted: true;
@@ -125,8 +125,8 @@ function report(st: CacheState, path: string): InspectReport {
   }
   const logOffChain = st.segments.flatMap((seg, s) => (seg.info.value?.type === 'log' && !seen.has(s) ? [s] : []));
 
-  const keysByFlag: FlagCounts = { dirty: 0, clean: 0, trim: 0, zero: 0 };
-  const bytesByFlag: FlagCounts = { dirty: 0, clean: 0, trim: 0, zero: 0 };
+  const keysByFlag: FlagCounts = { dirty: 0, clean: 0, trim: 0, zero: 0, invalidate: 0 };
+  const bytesByFlag: FlagCounts = { dirty: 0, clean: 0, trim: 0, zero: 0, invalidate: 0 };
   let ksets = 0;
   let lastKsets = 0;
   let keys = 0;
@@ -141,7 +141,7 @@ function report(st: CacheState, path: string): InspectReport {
     for (const key of k.keys) {
       keys++;
       bytes += key.length;
-      const f = key.flags === KEY_DIRTY ? 'dirty' : key.flags === KEY_CLEAN ? 'clean' : key.flags === KEY_TRIM ? 'trim' : key.flags === KEY_ZERO ? 'zero' : null;
+      const f = key.flags === KEY_DIRTY ? 'dirty' : key.flags === KEY_CLEAN ? 'clean' : key.flags === KEY_TRIM ? 'trim' : key.flags === KEY_ZERO ? 'zero' : key.flags === KEY_INVALIDATE ? 'invalidate' : null;
       if (f !== null) { keysByFlag[f]++; bytesByFlag[f] += key.length; }
     }
   });
@@ -212,7 +212,7 @@ function size(n: number): string {
 
 const slotText = (s: SlotInfo): string => (s.slot === null ? 'no valid slot' : `slot ${s.slot}, seq ${s.seq}`);
 const at = (p: LogPosition): string => `${p.segment}:${p.offset} lsn ${p.lsn}`;
-const flags = (c: FlagCounts): string => `dirty ${c.dirty}, clean ${c.clean}, trim ${c.trim}, zero ${c.zero}`;
+const flags = (c: FlagCounts): string => `dirty ${c.dirty}, clean ${c.clean}, trim ${c.trim}, zero ${c.zero}, invalidate ${c.invalidate}`;
 const list = (xs: number[]): string => (xs.length === 0 ? 'none' : xs.join(', '));
 
 export function formatInspectReport(r: InspectReport | BlankReport): string {

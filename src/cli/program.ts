@@ -10,7 +10,7 @@ import { createLogger } from '../daemon/logger.js';
 import { Supervisor } from '../daemon/supervisor.js';
 import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
-import { formatStatus } from './status-format.js';
+import { formatStatus, formatWritecacheLine } from './status-format.js';
 import { formatInspectReport, inspectCache } from './inspect.js';
 
 export interface CliIo {
@@ -79,13 +79,16 @@ function buildProgram(io: CliIo): Command {
 
   program
     .command('status')
-    .description("Print each cache's state, listeners and counters")
-    .argument('[name]', 'only this cache')
+    .description("Print each cache's state, listeners and counters; with NAME, its one-line dm-writecache style status")
+    .argument('[name]', 'only this cache: one line, the 14 dm-writecache status fields then pcached\'s own (docs/operations.md)')
     .option('--json', 'print {"caches":[...]} as JSON')
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
     .action(async (name: string | undefined, opts: { json?: boolean; control?: string }) => {
       const result = (await controlRequest(controlPath(io, opts.control), name === undefined ? { op: 'status' } : { op: 'status', name })) as { caches: CacheStatus[] };
-      io.stdout(opts.json ? `${JSON.stringify({ caches: result.caches })}\n` : formatStatus(result.caches));
+      const one = name !== undefined ? result.caches[0]?.cacheState?.writecache : undefined;
+      if (opts.json) io.stdout(`${JSON.stringify({ caches: result.caches })}\n`);
+      else if (one) io.stdout(`${formatWritecacheLine(one)}\n`);
+      else io.stdout(formatStatus(result.caches));
     });
 
   program

@@ -1,6 +1,7 @@
 // Human output of `pcached status`: one block per cache, the counters one per line, aligned.
 
 import type { CacheStatus } from '../daemon/ipc.js';
+import { WRITECACHE_FIELDS, type WritecacheStatus } from '../coordinator/cache-runtime.js';
 import { formatSize } from '../util/size.js';
 
 function duration(sec: number): string {
@@ -20,11 +21,22 @@ function aligned(rows: [string, string][], indent: string, rightAlignValues = fa
   return rows.map(([k, v]) => `${indent}${k.padEnd(keyWidth)}  ${rightAlignValues ? v.padStart(valueWidth) : v}`.trimEnd());
 }
 
+/**
+ * `pcached status NAME`: one line, dm-writecache's 14 status fields in their order (error,
+ * blocks, free, under writeback, read blocks, read hits, write blocks, write hits uncommitted,
+ * write hits committed, write bypass, write allocations, writes blocked on the free list,
+ * flushes, discards), then pcached's own (mode, dirty blocks, key_head, dirty_tail, key_tail,
+ * segments used, gc_percent, writeback bytes/s, hit ratio). `--json` names them.
+ */
+export function formatWritecacheLine(w: WritecacheStatus): string {
+  return WRITECACHE_FIELDS.map((k) => String(w[k])).join(' ');
+}
+
 export function formatStatus(caches: CacheStatus[]): string {
   const blocks = caches.map((c) => {
     const head: [string, string][] = [
       ['state', c.state],
-      ['mode', c.mode],
+      ['mode', c.cacheState?.draining ? `${c.mode} (switched from write-back: ${c.cacheState.dirtyBlocks} dirty blocks still being written back)` : c.mode],
       ['pid', c.pid ? String(c.pid) : '-'],
       ['origin', `${c.origin}${c.originSize ? ` (${formatSize(c.originSize)}, ${c.originSize} bytes)` : ''}`],
       ['cache', c.cache],
@@ -42,6 +54,7 @@ export function formatStatus(caches: CacheStatus[]): string {
       const pct = (n: number, of: number): string => (of > 0 ? ` (${((100 * n) / of).toFixed(1)}%)` : '');
       const rows: [string, string][] = [
         ['errors', cs.errors.length ? cs.errors.join('; ') : 'none'],
+        ...(cs.writecache ? [['status line', formatWritecacheLine(cs.writecache)] as [string, string]] : []),
         ['cache blocks', `${cs.blocks} (${formatSize(cs.blocks * 4096)})`],
         ['free blocks', `${cs.freeBlocks}${pct(cs.freeBlocks, cs.blocks)}`],
         ['dirty blocks', `${cs.dirtyBlocks}`],

@@ -304,6 +304,7 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     autocommit: { timeMs: raw.autocommit.timeMs },
     writeback: { rate: parseSize(raw.writeback.rate) },
     cacheFullWaitMs: raw.cacheFullWaitMs,
+    pauseWritebackMs: raw.pauseWritebackMs,
   };
 }
 

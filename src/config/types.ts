@@ -51,6 +51,8 @@ export interface CacheConfig {
   };
   /** How long a write waits for free cache space before it bypasses to the origin. */
   cacheFullWaitMs: number;
+  /** dm-writecache's pause_writeback, in ms (0: never pause). */
+  pauseWritebackMs: number;
 }
 
 export interface DaemonConfig {
@@ -65,7 +67,7 @@ export interface DaemonConfig {
 
 /** Keys of a cache that SIGHUP may change on a running coordinator. */
 export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = [
-  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs',
+  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs', 'mode', 'pauseWritebackMs',
 ];
 /** Daemon-wide keys SIGHUP may change. */
 export const RELOADABLE_DAEMON_KEYS: ReadonlyArray<keyof DaemonConfig> = ['logLevel'];

@@ -4,7 +4,7 @@
 
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
-import type { CacheConfig } from '../config/types.js';
+import type { CacheConfig, CacheMode } from '../config/types.js';
 import type { OriginSpec } from '../origin/types.js';
 import type { StripeCacheData } from '../ring/layout.js';
 import { FileBlockDevice } from '../cache/blockdev.js';
@@ -12,7 +12,7 @@ import { openCache, type OpenedCache } from '../cache/replay.js';
 import { CACHE_INFO_OFFSETS } from '../cache/layout.js';
 import { cacheInfoCodec, MAX_GC_PERCENT } from '../cache/meta-slots.js';
 import { DEFAULT_GC_PERCENT } from '../cache/format.js';
-import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO } from '../cache/shared.js';
+import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO, MODE_WRITEBACK, MODE_WRITEONLY, modeCode } from '../cache/shared.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
 import { PcachedError } from '../util/errors.js';
 import type { CacheWorkerData } from '../../workers/writeback.js';
@@ -26,6 +26,8 @@ const GC_BATCH_KSETS = 64;
 const BLOCK = 4096;
 
 export interface CacheStatusFields {
+  /** The mode does not cache writes as dirty, but dirty data written before is still draining. */
+  draining: boolean;
   blocks: number;
   freeBlocks: number;
   dirtyBlocks: number;
@@ -52,10 +54,45 @@ export interface CacheStatusFields {
   fills?: number;
   crcErrors?: number;
   cacheErrors?: number;
+  /** dm-writecache's status fields in their order, then pcached's own (filled by the coordinator). */
+  writecache?: WritecacheStatus;
 }
 
+/** The 14 dm-writecache status fields in their order, then pcached's own, as `pcached status NAME` prints them. */
+export interface WritecacheStatus {
+  error: number;
+  blocks: number;
+  freeBlocks: number;
+  blocksUnderWriteback: number;
+  readBlocks: number;
+  readHits: number;
+  writeBlocks: number;
+  writeHitsUncommitted: number;
+  writeHitsCommitted: number;
+  writeBypass: number;
+  writeAllocations: number;
+  writesBlockedOnFreelist: number;
+  flushes: number;
+  discards: number;
+  mode: string;
+  dirtyBlocks: number;
+  keyHead: string;
+  dirtyTail: string;
+  keyTail: string;
+  segmentsUsed: number;
+  gcPercent: number;
+  writebackBytesPerSec: number;
+  hitRatio: number;
+}
+
+export const WRITECACHE_FIELDS: readonly (keyof WritecacheStatus)[] = [
+  'error', 'blocks', 'freeBlocks', 'blocksUnderWriteback', 'readBlocks', 'readHits', 'writeBlocks', 'writeHitsUncommitted',
+  'writeHitsCommitted', 'writeBypass', 'writeAllocations', 'writesBlockedOnFreelist', 'flushes', 'discards',
+  'mode', 'dirtyBlocks', 'keyHead', 'dirtyTail', 'keyTail', 'segmentsUsed', 'gcPercent', 'writebackBytesPerSec', 'hitRatio',
+];
+
 function tunablesOf(cache: CacheConfig) {
-  return { autocommitMs: cache.autocommit.timeMs, cacheFullWaitMs: cache.cacheFullWaitMs, writebackRate: cache.writeback.rate };
+  return { autocommitMs: cache.autocommit.timeMs, cacheFullWaitMs: cache.cacheFullWaitMs, writebackRate: cache.writeback.rate, writebackPauseMs: cache.pauseWritebackMs };
 }
 
 export class CacheRuntime {
@@ -100,6 +137,8 @@ export class CacheRuntime {
     }, r.formatted ? 'cache formatted' : 'cache replayed');
     opened.shared.setTunables(tunablesOf(cache));
     const rt = new CacheRuntime(dev, opened, cache.cache);
+    // The configured mode applies at every start (a `message mode` lasts until restart or reload).
+    rt.setMode(cache.mode);
     // The stored gc_percent (set at format time or by `message gc_percent`) wins over the default;
     // a value configured explicitly (anything but the default) is applied and persisted.
     if (cache.gcPercent !== DEFAULT_GC_PERCENT && cache.gcPercent !== opened.shared.gcPercent) rt.setGcPercent(cache.gcPercent);
@@ -148,6 +187,17 @@ export class CacheRuntime {
     sh.gcPercent = n;
   }
 
+  /** The stripes read the mode word per request; the cache info record keeps it for `inspect`. */
+  setMode(mode: CacheMode): void {
+    const sh = this.#opened.shared;
+    sh.mode = modeCode(mode);
+    if (this.#opened.state.cacheInfo.value.mode === mode) return;
+    const info = { ...this.#opened.state.cacheInfo.value, mode };
+    sh.writeRecord(this.#dev, REC_CACHE_INFO, CACHE_INFO_OFFSETS, cacheInfoCodec, info, this.#opened.geometry.salt);
+    this.#dev.sync();
+    this.#opened.state.cacheInfo.value = info;
+  }
+
   /** SIGHUP: the reloadable cache keys this runtime owns. */
   reconfigure(prev: CacheConfig, next: CacheConfig): string[] {
     const changed: string[] = [];
@@ -159,6 +209,7 @@ export class CacheRuntime {
     if (a.autocommitMs !== b.autocommitMs) changed.push('autocommit.timeMs');
     if (a.cacheFullWaitMs !== b.cacheFullWaitMs) changed.push('cacheFullWaitMs');
     if (a.writebackRate !== b.writebackRate) changed.push('writeback.rate');
+    if (a.writebackPauseMs !== b.writebackPauseMs) changed.push('pauseWritebackMs');
     this.#opened.shared.setTunables(b);
     return changed;
   }
@@ -174,10 +225,12 @@ export class CacheRuntime {
     if (errs & ERR_GC) errors.push('gc halted');
     if (errs & ERR_CACHE_IO) errors.push('cache device I/O error');
     if (errs & ERR_ORIGIN_IO) errors.push('origin I/O error (writeback retrying)');
+    const dirtyBlocks = Math.ceil(sh.dirtyBytes / BLOCK);
     return {
+      draining: dirtyBlocks > 0 && sh.mode !== MODE_WRITEBACK && sh.mode !== MODE_WRITEONLY,
       blocks: g.segmentCount * perSeg,
       freeBlocks: sh.freeSegments * perSeg,
-      dirtyBlocks: Math.ceil(sh.dirtyBytes / BLOCK),
+      dirtyBlocks,
       segments: g.segmentCount,
       segmentsUsed: sh.usedSegments,
       segmentSize: g.segmentSize,

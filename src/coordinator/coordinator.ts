@@ -4,7 +4,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
-import type { CacheConfig } from '../config/types.js';
+import { CACHE_MODES, type CacheConfig, type CacheMode } from '../config/types.js';
 import type { CacheStatus } from '../daemon/ipc.js';
 import { claimUnixSocketPath } from '../util/unix-socket.js';
 import { PcachedError } from '../util/errors.js';
@@ -18,8 +18,9 @@ import type { ExportInfo } from './negotiate.js';
 import { StripeOp } from '../ring/layout.js';
 import type { StripeWork } from './stripe-ring.js';
 import { errnoName } from './io.js';
+import { NbdErr } from '../nbd/constants.js';
 import { unlinkSync } from 'node:fs';
-import { CacheRuntime } from './cache-runtime.js';
+import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
 import { SequentialDetector } from './sequential.js';
 import { basename } from 'node:path';
 
@@ -85,6 +86,10 @@ export class Coordinator {
     this.#log = log;
     this.counters = new CounterBlock(COORDINATOR_COUNTERS);
     this.#exp = { name: cache.name, description: describe(cache), size: facts.size, readOnly: cache.readOnly || facts.readOnly };
+    if (cacheRt) {
+      this.#wbRate.timer = setInterval(() => this.#sampleWritebackRate(), 1000);
+      this.#wbRate.timer.unref();
+    }
   }
 
   static async start(cache: CacheConfig, log: Logger, logLevel: string): Promise<Coordinator> {
@@ -96,7 +101,7 @@ export class Coordinator {
       throw new PcachedError('ERR_ORIGIN', `cannot open origin ${cache.origin}: ${(err as Error).message}`, { cause: err });
     }
     log.info({ origin: facts.description, size: facts.size, readOnly: facts.readOnly }, 'origin opened');
-    const cacheRt = cache.mode === 'writeback' ? await CacheRuntime.open(cache, facts.size, cache.stripes, spec, log, logLevel) : null;
+    const cacheRt = await CacheRuntime.open(cache, facts.size, cache.stripes, spec, log, logLevel);
     let stripes: StripeSet;
     try {
       stripes = await StripeSet.start({
@@ -221,12 +226,57 @@ export class Coordinator {
   #cacheState(stripeStats: Record<string, number>[]): NonNullable<CacheStatus['cacheState']> {
     const sum = (k: string): number => stripeStats.reduce((a, s) => a + (s[k] ?? 0), 0);
     const st = this.#cacheRt!.status();
+    const readBlocks = sum('read_blocks');
+    const readHits = sum('read_hits');
+    const writecache: WritecacheStatus = {
+      error: st.errors.length > 0 ? -NbdErr.EIO : 0,
+      blocks: st.blocks,
+      freeBlocks: st.freeBlocks,
+      blocksUnderWriteback: st.workers.wb_inflight_blocks ?? 0,
+      readBlocks,
+      readHits,
+      writeBlocks: sum('write_blocks'),
+      writeHitsUncommitted: sum('write_hits_uncommitted'),
+      writeHitsCommitted: sum('write_hits_committed'),
+      writeBypass: sum('write_bypass'),
+      writeAllocations: sum('write_allocs'),
+      writesBlockedOnFreelist: sum('write_blocked'),
+      flushes: this.counters.get('reqs_flush'),
+      discards: sum('discards'),
+      mode: this.#cache.mode,
+      dirtyBlocks: st.dirtyBlocks,
+      keyHead: st.keyHead,
+      dirtyTail: st.dirtyTail,
+      keyTail: st.keyTail,
+      segmentsUsed: st.segmentsUsed,
+      gcPercent: st.gcPercent,
+      writebackBytesPerSec: Math.round(this.#wbRate.rate),
+      hitRatio: readBlocks > 0 ? Math.round((readHits / readBlocks) * 1000) / 1000 : 0,
+    };
     return {
       ...st,
-      readBlocks: sum('read_blocks'), readHits: sum('read_hits'), writeBlocks: sum('write_blocks'),
+      readBlocks, readHits, writeBlocks: sum('write_blocks'),
       writeBypass: sum('write_bypass'), writeBlocked: sum('write_blocked'), flushes: sum('cache_flushes'), discards: sum('discards'),
       fills: sum('fills'), crcErrors: sum('crc_errors'), cacheErrors: sum('cache_errors'),
+      writecache,
     };
+  }
+
+  /** Writeback bytes per second, sampled once a second from the workers' counter (smoothed over a few seconds). */
+  readonly #wbRate = { bytes: 0, at: 0, rate: 0, timer: null as NodeJS.Timeout | null };
+
+  #sampleWritebackRate(): void {
+    const rt = this.#cacheRt;
+    if (!rt) return;
+    const now = performance.now();
+    const bytes = rt.counters.get('wb_bytes');
+    const r = this.#wbRate;
+    if (r.at > 0 && now > r.at) {
+      const inst = Math.max(0, bytes - r.bytes) / ((now - r.at) / 1000);
+      r.rate = r.rate === 0 ? inst : r.rate * 0.5 + inst * 0.5;
+    }
+    r.bytes = bytes;
+    r.at = now;
   }
 
   async message(words: string[]): Promise<unknown> {
@@ -249,6 +299,23 @@ export class Coordinator {
         for (const r of this.#stripes.rings) r.counters.clear();
         this.#cacheRt?.counters.clear();
         return { cleared: true };
+      case 'mode': {
+        if (!this.#cacheRt) break;
+        if (args.length !== 1 || !(CACHE_MODES as readonly string[]).includes(args[0]!)) {
+          throw new PcachedError('ERR_BAD_ARGUMENT', `usage: mode M (one of ${CACHE_MODES.join(', ')})`);
+        }
+        const from = this.#cache.mode;
+        this.#setMode(args[0] as CacheMode);
+        return { mode: args[0], from, dirtyBlocks: this.#cacheRt.status().dirtyBlocks };
+      }
+      case 'pause_writeback_ms': {
+        if (!this.#cacheRt) break;
+        if (args.length !== 1 || !/^\d+$/.test(args[0]!) || Number(args[0]) > 600_000) {
+          throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: pause_writeback_ms N (an integer 0-600000)');
+        }
+        this.#cacheRt.shared.setTunables({ writebackPauseMs: Number(args[0]) });
+        return { pauseWritebackMs: Number(args[0]) };
+      }
       case 'gc_percent': {
         if (!this.#cacheRt) throw new PcachedError('ERR_BAD_ARGUMENT', `gc_percent needs a cache; this one runs in ${this.#cache.mode} mode`);
         if (args.length !== 1 || !/^\d+$/.test(args[0]!)) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: gc_percent N (an integer 0-90)');
@@ -256,13 +323,29 @@ export class Coordinator {
         return { gcPercent: Number(args[0]) };
       }
     }
-    const known = this.#cacheRt ? 'flush, clear_stats, gc_percent N' : 'flush, clear_stats';
+    const known = this.#cacheRt ? 'flush, clear_stats, mode M, gc_percent N, pause_writeback_ms N' : 'flush, clear_stats';
     throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: ${known}`);
+  }
+
+  /**
+   * Online mode switch: the stripes read the mode word per request. Leaving write-back keeps every
+   * dirty block served from the cache until writeback has drained it (status shows the drain).
+   */
+  #setMode(mode: CacheMode): void {
+    if (mode === this.#cache.mode) return;
+    this.#log.info({ from: this.#cache.mode, to: mode, dirtyBlocks: this.#cacheRt?.status().dirtyBlocks }, 'cache mode switched');
+    this.#cacheRt?.setMode(mode);
+    this.#cache = { ...this.#cache, mode };
+    this.#exp.description = describe(this.#cache);
   }
 
   /** Apply the reloadable keys; the supervisor has already refused anything else. */
   reconfigure(cache: CacheConfig): string[] {
     const changed: string[] = [];
+    if (cache.mode !== this.#cache.mode) {
+      this.#setMode(cache.mode);
+      changed.push('mode');
+    }
     if (cache.description !== this.#cache.description) {
       this.#exp.description = describe(cache);
       changed.push('description');
@@ -288,6 +371,7 @@ export class Coordinator {
 
   async #shutdownOnce(): Promise<void> {
     this.#state = 'draining';
+    if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
     // close() only calls back once every connection has ended: start it, drain, then wait.
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     // Only a socket file we created is ours to remove (a refused start must not delete a live daemon's).

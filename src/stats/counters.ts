@@ -19,15 +19,16 @@ export const STRIPE_COUNTERS = [
   'queue_depth', 'batches', 'wakeups',
   'read_blocks', 'read_hits', 'write_blocks', 'write_bypass', 'write_blocked', 'cache_flushes',
   'discards', 'fills', 'fills_skipped', 'crc_errors', 'cache_errors', 'ksets',
+  'write_hits_uncommitted', 'write_hits_committed', 'write_allocs',
 ] as const;
 
 /** Counted by the writeback and GC workers of one cache (one block per cache). */
 export const CACHE_WORKER_COUNTERS = [
   'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors', 'wb_crc_skipped',
-  'gc_ksets', 'gc_segments_freed', 'gc_errors', 'init_bytes', 'init_segments_left',
+  'gc_ksets', 'gc_segments_freed', 'gc_errors', 'init_bytes', 'init_segments_left', 'wb_inflight_blocks',
 ] as const;
 
-export const GAUGES: ReadonlySet<string> = new Set(['connections_open', 'inflight', 'queue_depth', 'queued_pieces', 'init_segments_left']);
+export const GAUGES: ReadonlySet<string> = new Set(['connections_open', 'inflight', 'queue_depth', 'queued_pieces', 'init_segments_left', 'wb_inflight_blocks']);
 
 export type CoordinatorCounter = (typeof COORDINATOR_COUNTERS)[number];
 export type StripeCounter = (typeof STRIPE_COUNTERS)[number];

@@ -56,6 +56,8 @@ export interface SimOptions {
   stripes: number;
   dataCrc: boolean;
   gcPercent: number;
+  /** Switch the cache mode (all five) at random steps, as `message NAME mode M` does. */
+  modes?: boolean;
 }
 
 /** One incarnation of the cache over a device image; a crash makes a new one from the surviving image. */
@@ -239,6 +241,7 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
   let sim = new SimBlockDevice(SimCache.deviceBytes(opts));
   let cache = new SimCache(new FaultyDevice(sim, Infinity), origin, opts);
   let version = 0;
+  let mode = 0;
   const res: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0 };
   const scratch = Buffer.alloc(SECTOR);
   const fail = (msg: string): never => { throw new Error(`seed ${seed}: ${msg}`); };
@@ -256,6 +259,7 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     res.segmentsFreed += cache.gc.stats.segmentsFreed;
     sim = sim.crash(rng, { keep: rng.below(100) / 100, torn: rng.below(50) / 100 });
     cache = new SimCache(new FaultyDevice(sim, Infinity), origin, opts);
+    cache.opened.shared.mode = mode;
     // Every sector must hold a version the model allows; then the model adopts what it found.
     const buf = Buffer.alloc(1 << 20);
     for (let off = 0; off < opts.originSize; off += buf.length) {
@@ -329,6 +333,11 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
           }
         }
       }
+    } else if (opts.modes && r >= 97) {
+      mode = rng.below(5);
+      trace?.(`step ${step} mode ${mode}`);
+      cache.opened.shared.mode = mode;
+      outcome = 0;
     } else if (r < 85) {
       res.flushes++;
       trace?.(`step ${step} flush${midCrash ? ' midcrash' : ''}`);
