@@ -49,6 +49,7 @@ export interface RawDaemon {
   control: string;
   logLevel: string;
   dataDir: string;
+  metrics: { listen: string; allowRemote: boolean };
   caches: unknown[];
 }
 
@@ -494,8 +495,13 @@ export function cacheSchema(form: 'file' | 'single', bindEnv: boolean): convict.
   return (bindEnv ? schema : withoutEnv(schema)) as unknown as convict.Schema<RawCache>;
 }
 
+/** True for 127.0.0.0/8, ::1 and localhost: where metrics may listen without `metrics.allowRemote`. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
 export function daemonSchema(): convict.Schema<RawDaemon> {
-  const keys: { [K in keyof RawDaemon]: KeyInfo<RawDaemon[K]> } = {
+  const keys: { [K in Exclude<keyof RawDaemon, 'metrics'>]: KeyInfo<RawDaemon[K]> } & { metrics: { listen: KeyInfo<string>; allowRemote: KeyInfo<boolean> } } = {
     control: {
       doc: 'Control socket for `pcached status|message` (mode 0600).',
       accepts: `path (at most ${MAX_UNIX_PATH_BYTES} bytes once resolved)`,
@@ -527,6 +533,27 @@ export function daemonSchema(): convict.Schema<RawDaemon> {
         checkPath(x, false, 'a folder path');
       },
     },
+    metrics: {
+      listen: {
+        doc: 'HOST:PORT for Prometheus metrics (`GET /metrics`, text format: every cache\'s counters read at scrape time, plus the daemon\'s process metrics); `""` is off. Only a loopback host unless `metrics.allowRemote`.',
+        accepts: 'HOST:PORT or `""`',
+        default: '',
+        env: 'PCACHED_METRICS_LISTEN',
+        format(x: unknown) {
+          if (typeof x !== 'string') invalid('must be a string', x);
+          if (x === '') return;
+          const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(x);
+          if (!m || Number(m[3]) > 65535) invalid('must be HOST:PORT (e.g. 127.0.0.1:9464) or ""', x);
+        },
+      },
+      allowRemote: {
+        doc: 'Let `metrics.listen` use an address other than loopback (the metrics are not authenticated).',
+        accepts: 'boolean',
+        default: false,
+        env: 'PCACHED_METRICS_ALLOW_REMOTE',
+        format: Boolean,
+      },
+    },
     caches: {
       doc: 'The caches this host serves, each an object with the cache keys below. Empty or absent: one cache from the flags and environment (the single-cache form).',
       accepts: 'array of objects',
@@ -550,12 +577,15 @@ export const CACHE_GROUPS: Readonly<Record<string, readonly string[]>> = Object.
     .map(([k, v]) => [k, Object.keys(v as object)]),
 );
 export const DAEMON_KEYS = ['control', 'logLevel', 'dataDir'] as const satisfies readonly (keyof DaemonConfig)[];
+/** Daemon keys with their dotted names (`metrics.listen`), in schema order, `caches` left out. */
+export const DAEMON_LEAF_KEYS: readonly string[] = schemaLeaves(daemonSchema()).map(([k]) => k).filter((k) => k !== 'caches');
+export const DAEMON_GROUPS: Readonly<Record<string, readonly string[]>> = { metrics: ['listen', 'allowRemote'] };
 
-export function keyInfo(scope: 'daemon', key: keyof RawDaemon): KeyInfo<unknown>;
+export function keyInfo(scope: 'daemon', key: keyof RawDaemon | 'metrics.listen' | 'metrics.allowRemote'): KeyInfo<unknown>;
 /** `key` may be dotted (`autocommit.timeMs`). */
 export function keyInfo(scope: 'cache', key: string, form?: 'file' | 'single'): KeyInfo<unknown>;
 export function keyInfo(scope: 'daemon' | 'cache', key: string, form: 'file' | 'single' = 'file'): KeyInfo<unknown> {
-  const info = scope === 'daemon' ? (daemonSchema() as Record<string, unknown>)[key] : valueAt(cacheKeys(form), key);
+  const info = scope === 'daemon' ? valueAt(daemonSchema(), key) : valueAt(cacheKeys(form), key);
   if (!isKeyInfo(info)) throw new RangeError(`no ${scope} key ${key}`);
   return info;
 }

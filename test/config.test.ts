@@ -213,7 +213,7 @@ test('prototype pollution attempts are rejected and harmless', (t) => {
 
 function daemon(caches: Partial<DaemonConfig['caches'][number]>[], extra: Partial<DaemonConfig> = {}): DaemonConfig {
   const base = load().config.caches[0]!;
-  return { control: '/c.sock', logLevel: 'info', dataDir: '/var', caches: caches.map((c) => ({ ...base, ...c })), ...extra };
+  return { control: '/c.sock', logLevel: 'info', dataDir: '/var', metrics: { listen: null, allowRemote: false }, caches: caches.map((c) => ({ ...base, ...c })), ...extra };
 }
 
 test('diffConfig: reloadable keys, keys needing a restart, caches added and removed', (t) => {
@@ -384,4 +384,18 @@ test('a reload picks up a nested key changed in the file', (t) => {
   t.deepEqual(d, { changed: ['caches[a].autocommit.timeMs', 'caches[b].writeback.rate'], reloadable: true, rejected: [], changedCaches: ['a', 'b'] });
   writeFileSync(path, JSON.stringify(two({ autocommit: { timeMs: 100 }, segmentSize: '32M' })));
   t.deepEqual(diffConfig(first.config, loadConfig(first.source).config).rejected, ['caches[a].segmentSize']);
+});
+
+test('metrics.listen: off by default, HOST:PORT, loopback unless metrics.allowRemote; a restart-only key', (t) => {
+  t.deepEqual(load().config.metrics, { listen: null, allowRemote: false });
+  t.deepEqual(load({ env: { PCACHED_METRICS_LISTEN: '127.0.0.1:9464' } }).config.metrics, { listen: { host: '127.0.0.1', port: 9464 }, allowRemote: false });
+  t.deepEqual(load({ configFile: file({ metrics: { listen: '[::1]:9000' } }) }).config.metrics.listen, { host: '::1', port: 9000 });
+  configError(t, () => load({ configFile: file({ metrics: { listen: '0.0.0.0:9464' } }) }), 'metrics.listen: 0.0.0.0 is not a loopback address', 'metrics.allowRemote');
+  t.deepEqual(load({ configFile: file({ metrics: { listen: '0.0.0.0:9464', allowRemote: true } }) }).config.metrics.listen, { host: '0.0.0.0', port: 9464 });
+  configError(t, () => load({ configFile: file({ metrics: { listen: 'localhost' } }) }), 'metrics.listen: must be HOST:PORT');
+  configError(t, () => load({ configFile: file({ metrics: { listen: '127.0.0.1:99999' } }) }), 'metrics.listen: must be HOST:PORT');
+  configError(t, () => load({ configFile: file({ metrics: { port: 1 } }) }), 'metrics.port: not a known key');
+  const a = load().config;
+  const d = diffConfig(a, { ...a, metrics: { listen: { host: '127.0.0.1', port: 1 }, allowRemote: false } });
+  t.deepEqual(d.rejected, ['metrics']);
 });

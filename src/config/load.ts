@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import convict from 'convict';
 import {
-  CACHE_GROUPS, CACHE_KEYS, CACHE_LEAF_KEYS, DAEMON_KEYS, DATA_DIR_TOKEN, MAX_STRIPES, MAX_UNIX_PATH_BYTES,
+  CACHE_GROUPS, CACHE_KEYS, CACHE_LEAF_KEYS, DAEMON_KEYS, DAEMON_GROUPS, DAEMON_LEAF_KEYS, DATA_DIR_TOKEN, isLoopbackHost, keyInfo, MAX_STRIPES, MAX_UNIX_PATH_BYTES,
   cacheSchema, daemonSchema, isNbdUri, isReloadable, parseTcpAddress, schemaLeaves, valueAt,
 } from '../../config/schema.js';
 import type { RawCache, RawDaemon } from '../../config/schema.js';
@@ -202,10 +202,10 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
   // Daemon-wide keys.
   const { caches: fileCaches, ...fileDaemon } = file;
   const daemonCfg = convict<RawDaemon>(daemonSchema(), { env: { ...env }, args: [] });
-  daemonCfg.load(screenKeys(fileDaemon, ['control', 'logLevel', 'dataDir'], '', problems));
+  daemonCfg.load(screenKeys(fileDaemon, [...DAEMON_KEYS, 'metrics'], '', problems, DAEMON_GROUPS));
   setFlags(daemonCfg as convict.Config<unknown>, flags, DAEMON_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
-  for (const k of DAEMON_KEYS) {
-    const e = envName((daemonSchema() as Record<string, unknown>)[k]);
+  for (const k of DAEMON_LEAF_KEYS) {
+    const e = envName(keyInfo('daemon', k as 'control'));
     if (e !== undefined && env[e] !== undefined && flags[k as keyof StartFlags] === undefined) overrides.push(e);
   }
   validateInto(daemonCfg, '', problems);
@@ -253,10 +253,13 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
     const expanded = p.startsWith(DATA_DIR_TOKEN) ? dataDir + p.slice(DATA_DIR_TOKEN.length) : p;
     return isAbsolute(expanded) ? resolve(expanded) : resolve(cwd, expanded);
   };
+  const metrics = metricsOf(daemon.metrics);
+  if (typeof metrics === 'string') throw configError([metrics], configFile);
   const config: DaemonConfig = {
     control: path(daemon.control),
     logLevel: daemon.logLevel as DaemonConfig['logLevel'],
     dataDir,
+    metrics,
     caches: rawCaches.map((raw) => resolveCache(raw, path)),
   };
   checkAcrossCaches(config, !(Array.isArray(fileCaches) && fileCaches.length > 0), problems);
@@ -306,6 +309,16 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     cacheFullWaitMs: raw.cacheFullWaitMs,
     pauseWritebackMs: raw.pauseWritebackMs,
   };
+}
+
+function metricsOf(raw: RawDaemon['metrics']): DaemonConfig['metrics'] | string {
+  if (raw.listen === '') return { listen: null, allowRemote: raw.allowRemote };
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(raw.listen)!;
+  const host = (m[1] ?? m[2])!;
+  if (!isLoopbackHost(host) && !raw.allowRemote) {
+    return `metrics.listen: ${host} is not a loopback address; the metrics are not authenticated, so set metrics.allowRemote to true to listen there: value was ${JSON.stringify(raw.listen)}`;
+  }
+  return { listen: { host, port: Number(m[3]) }, allowRemote: raw.allowRemote };
 }
 
 /** Rules that need more than one value: uniqueness, listeners, path lengths. */
@@ -361,6 +374,7 @@ export function diffConfig(old: DaemonConfig, next: DaemonConfig): ConfigDiff {
     if (!reloadable) rejected.push(key);
   };
   for (const k of DAEMON_KEYS) if (old[k] !== next[k]) note(k, isReloadable('daemon', k));
+  if (JSON.stringify(old.metrics) !== JSON.stringify(next.metrics)) note('metrics', false);
   const before = new Map(old.caches.map((c) => [c.name, c]));
   const after = new Map(next.caches.map((c) => [c.name, c]));
   for (const name of before.keys()) if (!after.has(name)) note(`caches[${name}] (removed)`, false);

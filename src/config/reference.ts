@@ -2,7 +2,7 @@
 // cannot drift from what the loader accepts: docs/configuration.md holds this text between its
 // markers, test/config-reference.test.ts compares them, scripts/gen-config-reference.mjs rewrites it.
 
-import { CACHE_GROUPS, CACHE_LEAF_KEYS, DAEMON_KEYS, keyInfo, isReloadable } from '../../config/schema.js';
+import { CACHE_GROUPS, CACHE_LEAF_KEYS, DAEMON_LEAF_KEYS, keyInfo, isReloadable } from '../../config/schema.js';
 import type { KeyInfo } from '../../config/schema.js';
 
 export const REFERENCE_START = '<!-- config-reference:start -->';
@@ -41,8 +41,8 @@ const HEADER = [
 export function renderConfigReference(): string {
   const lines: string[] = [];
   lines.push('### Daemon keys', '', 'Top level of the config file.', '', ...HEADER);
-  for (const k of DAEMON_KEYS) {
-    const info = keyInfo('daemon', k);
+  for (const k of DAEMON_LEAF_KEYS) {
+    const info = keyInfo('daemon', k as 'control');
     lines.push(row(k, info, code(info.default), isReloadable('daemon', k)));
   }
   const caches = keyInfo('daemon', 'caches');

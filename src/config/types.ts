@@ -62,6 +62,8 @@ export interface DaemonConfig {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** Folder for the embedded default's files. */
   dataDir: string;
+  /** Prometheus endpoint: host and port, or null when off. */
+  metrics: { listen: { host: string; port: number } | null; allowRemote: boolean };
   caches: CacheConfig[];
 }
 

@@ -7,6 +7,7 @@ import { diffConfig, loadConfig, type LoadedConfig } from '../config/load.js';
 import type { DaemonConfig } from '../config/types.js';
 import { PcachedError } from '../util/errors.js';
 import { ControlServer } from './control.js';
+import { MetricsServer } from './metrics.js';
 import { CoordinatorHandle, DEFAULT_BACKOFF, type BackoffOptions } from './coordinator-handle.js';
 import { describeCreated, prepareCacheFiles } from './files.js';
 import type { CacheStatus, ControlRequest } from './ipc.js';
@@ -43,6 +44,7 @@ export class Supervisor {
   readonly #opts: SupervisorOptions;
   readonly #handles = new Map<string, CoordinatorHandle>();
   #control: ControlServer | undefined;
+  #metrics: MetricsServer | undefined;
   #startedAt = Date.now();
   #state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
   #reloading: Promise<ReloadResult> | undefined;
@@ -82,6 +84,17 @@ export class Supervisor {
       }
       this.#control = new ControlServer({ path: config.control, handler: (r) => this.#handleControl(r), logger: this.#log });
       await this.#control.listen();
+      const m = config.metrics.listen;
+      if (m) {
+        this.#metrics = new MetricsServer({ host: m.host, port: m.port, status: () => this.status(), log: this.#log });
+        try {
+          const at = await this.#metrics.listen();
+          this.#log.info({ metrics: `http://${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}/metrics` }, 'metrics listening');
+        } catch (err) {
+          await this.#control.close();
+          throw new PcachedError('ERR_LISTEN', `cannot listen for metrics on ${m.host}:${m.port}: ${(err as Error).message}`, { cause: err });
+        }
+      }
     } catch (err) {
       this.#state = 'stopped';
       throw err;
@@ -138,6 +151,7 @@ export class Supervisor {
     this.#log.info({ reason }, 'pcached stopping: draining coordinators');
     // Stop taking control requests first, so nobody sees a half-stopped daemon.
     await this.#control?.close();
+    await this.#metrics?.close();
     const timeoutMs = this.#opts.shutdownTimeoutMs ?? 30_000;
     await Promise.all([...this.#handles.values()].map((h) => h.stop(timeoutMs)));
     this.#state = 'stopped';
