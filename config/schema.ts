@@ -40,7 +40,7 @@ export interface RawCache {
   gcPercent: number;
   sequentialCutoff: string | number;
   autocommit: { timeMs: number };
-  writeback: { rate: string | number };
+  writeback: { rate: string | number; jobs: number };
   pauseWritebackMs: number;
   cacheFullWaitMs: number;
 }
@@ -425,6 +425,15 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
         min: 2 ** 20,
         max: 2 ** 40,
         align: 1,
+      },
+      jobs: {
+        doc: "dm-writecache's writeback_jobs: origin requests writeback keeps in flight (each a coalesced run of up to 1 MiB).",
+        accepts: 'integer 1-1024',
+        default: 16,
+        env: 'PCACHED_WRITEBACK_JOBS',
+        format: 'pcached-integer',
+        min: 1,
+        max: 1024,
       },
     },
     pauseWritebackMs: {

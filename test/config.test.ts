@@ -56,7 +56,7 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
     stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false,
     originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
     dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
-    autocommit: { timeMs: 1000 }, writeback: { rate: 0 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
+    autocommit: { timeMs: 1000 }, writeback: { rate: 0, jobs: 16 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
   }]);
 });
 
@@ -73,7 +73,7 @@ test('config/example.json is valid: two caches, one with an NBD origin', (t) => 
   t.is(config.caches[1]!.cacheSize, 16 * 2 ** 30);
   t.is(config.caches[0]!.mode, 'writeback');
   t.deepEqual(config.caches[0]!.autocommit, { timeMs: 500 });
-  t.deepEqual(config.caches[0]!.writeback, { rate: 200 * 2 ** 20 });
+  t.deepEqual(config.caches[0]!.writeback, { rate: 200 * 2 ** 20, jobs: 16 });
   t.is(config.caches[0]!.segmentSize, 32 * 2 ** 20);
   t.is(config.caches[1]!.sequentialCutoff, 16 * 2 ** 20);
   t.deepEqual(config.caches[1]!.autocommit, { timeMs: 1000 }, 'an absent group takes its defaults');
@@ -314,7 +314,7 @@ test('autocommit.timeMs: a nested key, from the file and the environment', (t) =
   // With one cache in the file the environment refines it, nested keys too; the sibling keys stay.
   const l = load({ configFile: file(one({ autocommit: { timeMs: 250 }, writeback: { rate: '1M' } })), env: { PCACHED_AUTOCOMMIT_TIME_MS: '7' } });
   t.deepEqual(cache0(l).autocommit, { timeMs: 7 });
-  t.deepEqual(cache0(l).writeback, { rate: 2 ** 20 });
+  t.deepEqual(cache0(l).writeback, { rate: 2 ** 20, jobs: 16 });
   t.true(l.overrides.includes('PCACHED_AUTOCOMMIT_TIME_MS'));
   configError(t, () => load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '0' } }), 'autocommit.timeMs: must be an integer between 1 and 3600000', 'value was 0');
   configError(t, () => load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '1s' } }), 'autocommit.timeMs: must be an integer', 'value was "1s"');
@@ -322,11 +322,12 @@ test('autocommit.timeMs: a nested key, from the file and the environment', (t) =
 });
 
 test('writeback.rate: a nested size, 0 = unlimited, in bytes per second', (t) => {
-  t.deepEqual(cache0(load()).writeback, { rate: 0 });
-  t.deepEqual(cache0(load({ configFile: file(one({ writeback: { rate: '100MiB' } })) })).writeback, { rate: 100 * 2 ** 20 });
-  t.deepEqual(cache0(load({ configFile: file(one({ writeback: { rate: 3_000_000 } })) })).writeback, { rate: 3_000_000 });
-  t.deepEqual(cache0(load({ env: { PCACHED_WRITEBACK_RATE: '1.5G' } })).writeback, { rate: 1.5 * 2 ** 30 });
-  t.deepEqual(cache0(load({ env: { PCACHED_WRITEBACK_RATE: '0' } })).writeback, { rate: 0 });
+  t.deepEqual(cache0(load()).writeback, { rate: 0, jobs: 16 });
+  t.deepEqual(cache0(load({ configFile: file(one({ writeback: { rate: '100MiB' } })) })).writeback, { rate: 100 * 2 ** 20, jobs: 16 });
+  t.deepEqual(cache0(load({ configFile: file(one({ writeback: { rate: 3_000_000, jobs: 64 } })) })).writeback, { rate: 3_000_000, jobs: 64 });
+  configError(t, () => load({ configFile: file(one({ writeback: { jobs: 0 } })) }), 'caches[0].writeback.jobs', 'value was 0');
+  t.deepEqual(cache0(load({ env: { PCACHED_WRITEBACK_RATE: '1.5G' } })).writeback, { rate: 1.5 * 2 ** 30, jobs: 16 });
+  t.deepEqual(cache0(load({ env: { PCACHED_WRITEBACK_RATE: '0' } })).writeback, { rate: 0, jobs: 16 });
   const expected = 'writeback.rate: must be 0 (unlimited) or a size 1MiB to 1TiB (e.g. "100MiB")';
   configError(t, () => load({ env: { PCACHED_WRITEBACK_RATE: '100K' } }), expected, 'value was "100K"');
   configError(t, () => load({ env: { PCACHED_WRITEBACK_RATE: 'fast' } }), expected, 'value was "fast"');
@@ -337,7 +338,7 @@ test('writeback.rate: a nested size, 0 = unlimited, in bytes per second', (t) =>
 test('groups: unknown nested keys, wrong shapes and a dotted key in the file are rejected', (t) => {
   configError(t, () => load({ configFile: file(one({ autocommit: { foo: 1 } })) }),
     'caches[0].autocommit.foo: not a known key (allowed: timeMs): value was 1');
-  configError(t, () => load({ configFile: file(one({ writeback: { rate: '1M', burst: '2M' } })) }), 'caches[0].writeback.burst: not a known key (allowed: rate)');
+  configError(t, () => load({ configFile: file(one({ writeback: { rate: '1M', burst: '2M' } })) }), 'caches[0].writeback.burst: not a known key (allowed: rate, jobs)');
   configError(t, () => load({ configFile: file(one({ autocommit: 1000 })) }), 'caches[0].autocommit: must be an object with the keys timeMs', 'value was 1000');
   configError(t, () => load({ configFile: file(one({ writeback: '100M' })) }), 'caches[0].writeback: must be an object with the keys rate', 'value was "100M"');
   configError(t, () => load({ configFile: file(one({ autocommit: null })) }), 'caches[0].autocommit: must be an object', 'value was null');
@@ -356,14 +357,14 @@ test('diffConfig: the new reloadable keys, nested ones by their dotted names, an
   const old = daemon([{ name: 'a' }, { name: 'b', unix: '/b.sock' }]);
   const next = daemon([
     { name: 'a', gcPercent: 80, sequentialCutoff: 0, autocommit: { timeMs: 10 } },
-    { name: 'b', unix: '/b.sock', writeback: { rate: 2 ** 20 }, cacheFullWaitMs: 0 },
+    { name: 'b', unix: '/b.sock', writeback: { rate: 2 ** 20, jobs: 16 }, cacheFullWaitMs: 0 },
   ]);
   t.deepEqual(diffConfig(old, next), {
     changed: ['caches[a].gcPercent', 'caches[a].sequentialCutoff', 'caches[a].autocommit.timeMs', 'caches[b].writeback.rate', 'caches[b].cacheFullWaitMs'],
     reloadable: true, rejected: [], changedCaches: ['a', 'b'],
   });
   // Equal groups in fresh objects are not a change.
-  t.deepEqual(diffConfig(old, daemon([{ name: 'a', autocommit: { timeMs: 1000 } }, { name: 'b', unix: '/b.sock', writeback: { rate: 0 } }])).changed, []);
+  t.deepEqual(diffConfig(old, daemon([{ name: 'a', autocommit: { timeMs: 1000 } }, { name: 'b', unix: '/b.sock', writeback: { rate: 0, jobs: 16 } }])).changed, []);
   // mode and pauseWritebackMs switch online.
   t.deepEqual(diffConfig(old, daemon([{ name: 'a', mode: 'writearound' }, { name: 'b', unix: '/b.sock', pauseWritebackMs: 0 }])),
     { changed: ['caches[a].mode', 'caches[b].pauseWritebackMs'], reloadable: true, rejected: [], changedCaches: ['a', 'b'] });

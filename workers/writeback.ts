@@ -44,7 +44,17 @@ async function idle(ms: number): Promise<void> {
 async function loop(): Promise<void> {
   const dev = FileBlockDevice.open(data.path);
   const origin = await openOrigin(data.origin);
-  const wb = new Writeback(dev, sh, data.geometry, origin, { batchKsets: data.batchKsets, log, onInflight: (n) => counters.set('wb_inflight_blocks', n) });
+  // PCACHED_WRITEBACK_ORDER=strict: dm-pcache's one kset at a time, for comparison (npm run bench).
+  const strict = process.env.PCACHED_WRITEBACK_ORDER === 'strict';
+  const wb = new Writeback(dev, sh, data.geometry, origin, {
+    batchKsets: strict ? 1 : data.batchKsets, order: strict ? 'strict' : 'epoch', log, onInflight: (n) => counters.set('wb_inflight_blocks', n),
+    pace: async (bytes, ms) => {
+      const rate = sh.writebackRate;
+      if (rate <= 0) return;
+      const due = (bytes / rate) * 1000 - ms;
+      if (due > 1) await sleep(Math.min(due, 5000));
+    },
+  });
   let failures = 0;
   try {
     wakeWord = Atomics.load(sh.w, W_KICK_WB);
@@ -61,7 +71,6 @@ async function loop(): Promise<void> {
         continue;
       }
       let bytes = 0;
-      const t0 = performance.now();
       try {
         const before = { ...wb.stats };
         bytes = await wb.step();
@@ -70,6 +79,7 @@ async function loop(): Promise<void> {
         counters.add('wb_bytes', wb.stats.bytes - before.bytes);
         counters.add('wb_origin_syncs', wb.stats.originSyncs - before.originSyncs);
         counters.add('wb_crc_skipped', wb.stats.crcSkipped - before.crcSkipped);
+        counters.add('wb_epochs', wb.stats.epochs - before.epochs);
         failures = 0;
       } catch (err) {
         if (err instanceof WritebackHalted) {
@@ -87,11 +97,6 @@ async function loop(): Promise<void> {
       if (bytes === 0) {
         await idle(IDLE_MS);
         continue;
-      }
-      const rate = sh.writebackRate;
-      if (rate > 0) {
-        const due = (bytes / rate) * 1000 - (performance.now() - t0);
-        if (due > 1) await sleep(Math.min(due, 5000));
       }
     }
   } finally {

@@ -205,6 +205,10 @@ export class StripeEngine {
     this.uncommitted.clear();
     const batch = this.ready;
     this.ready = [];
+    // A round for FLUSH/FUA ends an epoch with its last kset; with nothing new to log, an empty
+    // kset carries the mark unless the newest kset in the log already ends one.
+    if (needDurable && batch.length === 0 && !this.sh.epochClosed) batch.push([]);
+    const epochAt = needDurable ? batch.length - 1 : -1;
     const fail = (err: unknown): void => {
       this.cacheError(err, 'commit');
       // The keys stay pending (in order) for the next round; the waiters learn of the failure.
@@ -225,7 +229,7 @@ export class StripeEngine {
       if (err) { fail(err); return; }
       let appended = 0;
       try {
-        const r = appendKsets(this.dev, this.sh, this.g, batch, this.writerId);
+        const r = appendKsets(this.dev, this.sh, this.g, batch, this.writerId, epochAt);
         appended = r.appended;
         if (appended > 0) {
           this.lastLsn = r.headLsn;

@@ -25,6 +25,11 @@ export function needsWriteback(flags: number): boolean {
 
 export const KSET_MAGIC = 0x5445534b; // "KSET" as little-endian bytes
 export const KSET_LAST = 1;
+/**
+ * The last kset a commit round for a FLUSH (or FUA) appended: an epoch ends here. Writeback merges
+ * overwrites only inside an epoch and syncs the origin at its end (docs/cache-engine.md).
+ */
+export const KSET_EPOCH = 2;
 
 export interface CacheKey {
   originOffset: number;
@@ -88,6 +93,8 @@ export interface KsetHeader {
   prevCrc: number;
   keyCount: number;
   last: boolean;
+  /** An epoch ends with this kset (KSET_EPOCH); never on a LAST kset. */
+  epoch: boolean;
   /** LAST only: the log segment the log continues in (at data offset 0). */
   nextSegment: number;
   /** Per-run nonce of the writer, so a re-written kset never equals a stale one byte for byte. */
@@ -108,7 +115,7 @@ export function ksetSpan(keyCount: number): number {
   return alignUp(ksetSize(keyCount), KSET_ALIGN);
 }
 
-export function encodeKset(h: Omit<KsetHeader, 'keyCount'>, keys: readonly CacheKey[], salt: number): { buf: Buffer; crc: number } {
+export function encodeKset(h: Omit<KsetHeader, 'keyCount' | 'epoch'> & { epoch?: boolean }, keys: readonly CacheKey[], salt: number): { buf: Buffer; crc: number } {
   if (keys.length > KSET_MAX_KEYS || (h.last && keys.length !== 0)) throw new RangeError('kset key count');
   const buf = Buffer.alloc(ksetSize(keys.length));
   const dv = view(buf);
@@ -116,7 +123,8 @@ export function encodeKset(h: Omit<KsetHeader, 'keyCount'>, keys: readonly Cache
   setU64(dv, 8, h.lsn);
   dv.setUint32(16, h.prevCrc >>> 0, true);
   dv.setUint16(20, keys.length, true);
-  dv.setUint16(22, h.last ? KSET_LAST : 0, true);
+  if (h.last && h.epoch) throw new RangeError('a LAST kset cannot end an epoch');
+  dv.setUint16(22, h.last ? KSET_LAST : h.epoch ? KSET_EPOCH : 0, true);
   dv.setUint32(24, h.last ? h.nextSegment : 0, true);
   dv.setUint32(28, h.writerId >>> 0, true);
   for (let i = 0; i < keys.length; i++) encodeKey(keys[i], dv, KSET_HEADER_SIZE + i * KEY_SIZE);
@@ -135,12 +143,13 @@ export function parseKsetHeader(buf: Uint8Array, segmentCount: number): Result<K
   const flags = dv.getUint16(22, true);
   const nextSegment = dv.getUint32(24, true);
   if (lsn === null || lsn === 0) return fail('ERR_BAD_KSET', 'kset sequence number out of range');
-  if ((flags & ~KSET_LAST) !== 0) return fail('ERR_BAD_KSET', `unknown kset flags 0x${flags.toString(16)}`);
+  if ((flags & ~(KSET_LAST | KSET_EPOCH)) !== 0 || flags === (KSET_LAST | KSET_EPOCH)) return fail('ERR_BAD_KSET', `unknown kset flags 0x${flags.toString(16)}`);
   const last = flags === KSET_LAST;
+  const epoch = flags === KSET_EPOCH;
   if (keyCount > KSET_MAX_KEYS) return fail('ERR_BAD_KSET', `kset key count ${keyCount} > ${KSET_MAX_KEYS}`);
   if (last && (keyCount !== 0 || nextSegment >= segmentCount)) return fail('ERR_BAD_KSET', 'LAST kset malformed');
   if (!last && nextSegment !== 0) return fail('ERR_BAD_KSET', 'next segment set on a non-LAST kset');
-  return ok({ lsn, prevCrc: dv.getUint32(16, true), keyCount, last, nextSegment, writerId: dv.getUint32(28, true) });
+  return ok({ lsn, prevCrc: dv.getUint32(16, true), keyCount, last, epoch, nextSegment, writerId: dv.getUint32(28, true) });
 }
 
 /** `buf` holds at least ksetSize(keyCount) bytes starting at the header. */

@@ -47,7 +47,11 @@ export function writeSegmentInfo(dev: BlockDevice, sh: CacheShared, g: Geometry,
  * decides whether the ksets must be durable before it replies. When the log needs a segment and
  * none is free, it stops early: the caller keeps ksets[appended..] and retries after GC.
  */
-export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, ksets: readonly (readonly CacheKey[])[], writerId: number): { appended: number; headLsn: number } {
+/**
+ * Appends ksets to the log in the global order (under the log lock). `epochAt`: the index of the
+ * kset that ends an epoch (a commit round for FLUSH/FUA marks its last one), -1 for none.
+ */
+export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, ksets: readonly (readonly CacheKey[])[], writerId: number, epochAt = -1): { appended: number; headLsn: number } {
   sh.lockLog();
   try {
     let head = sh.head();
@@ -79,7 +83,9 @@ export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, kset
         head = { segment: next, offset: 0, lsn: head.lsn + 1 };
       }
       if (batch.length === 0) batchAt = head;
-      const { buf, crc } = encodeKset({ lsn: head.lsn, prevCrc, last: false, nextSegment: 0, writerId }, keys, g.salt);
+      const epoch = appended === epochAt;
+      const { buf, crc } = encodeKset({ lsn: head.lsn, prevCrc, last: false, epoch, nextSegment: 0, writerId }, keys, g.salt);
+      if (epoch) sh.noteEpoch(head.lsn);
       batch.push(buf);
       const pad = span - buf.length;
       if (pad > 0) batch.push(Buffer.alloc(pad));

@@ -67,6 +67,7 @@ export const W_FOREGROUND = 26;
 const W_WB_PAUSE_MS = 27;
 /** The cache mode (MODE_*), read by the stripes per request: switching is one store. */
 const W_MODE = 28;
+const W_WB_JOBS = 29;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -76,6 +77,8 @@ const B_DIRTY_TAIL_LSN = B_BASE + 2;
 const B_DURABLE_LSN = B_BASE + 3;
 const B_DIRTY_BYTES = B_BASE + 4;
 const B_WB_RATE = B_BASE + 5;
+/** Sequence number of the last kset appended that ends an epoch (0: none since start). */
+const B_EPOCH_LSN = B_BASE + 6;
 
 /** Dual-slot state of the three cache-wide records: [seq, newest slot or -1]. */
 export const REC_CACHE_INFO = 48;
@@ -118,9 +121,11 @@ export interface Tunables {
    * CPU and device time from the foreground until space is needed. 0 = never pause.
    */
   writebackPauseMs: number;
+  /** Origin requests writeback keeps in flight (`writeback.jobs`). */
+  writebackJobs: number;
 }
 
-export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000 };
+export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000, writebackJobs: 16 };
 
 /** Lock words: a short spin, then a futex wait; holders never block on anything but the device. */
 function lockWord(w: Int32Array, i: number): void {
@@ -226,6 +231,11 @@ export class CacheShared {
     }
   }
 
+  /** Under the log lock (appendKsets). */
+  noteEpoch(lsn: number): void { Atomics.store(this.b, B_EPOCH_LSN, BigInt(lsn)); }
+  /** True when the newest kset in the log already ends an epoch (a FLUSH with nothing new needs no marker). */
+  get epochClosed(): boolean { return Number(Atomics.load(this.b, B_EPOCH_LSN)) === this.headLsn - 1; }
+
   get dirtyBytes(): number { return Number(Atomics.load(this.b, B_DIRTY_BYTES)); }
   addDirty(n: number): void { Atomics.add(this.b, B_DIRTY_BYTES, BigInt(n)); }
 
@@ -236,12 +246,14 @@ export class CacheShared {
   get cacheFullMaxWaitMs(): number { return Atomics.load(this.w, W_FULL_MAX_WAIT_MS); }
   get writebackRate(): number { return Number(Atomics.load(this.b, B_WB_RATE)); }
   get writebackPauseMs(): number { return Atomics.load(this.w, W_WB_PAUSE_MS); }
+  get writebackJobs(): number { return Atomics.load(this.w, W_WB_JOBS); }
   setTunables(t: Partial<Tunables>): void {
     if (t.autocommitMs !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_MS, t.autocommitMs);
     if (t.cacheFullWaitMs !== undefined) Atomics.store(this.w, W_FULL_WAIT_MS, t.cacheFullWaitMs);
     if (t.cacheFullMaxWaitMs !== undefined) Atomics.store(this.w, W_FULL_MAX_WAIT_MS, t.cacheFullMaxWaitMs);
     if (t.writebackRate !== undefined) Atomics.store(this.b, B_WB_RATE, BigInt(t.writebackRate));
     if (t.writebackPauseMs !== undefined) Atomics.store(this.w, W_WB_PAUSE_MS, t.writebackPauseMs);
+    if (t.writebackJobs !== undefined) Atomics.store(this.w, W_WB_JOBS, t.writebackJobs);
   }
 
   get mode(): number { return Atomics.load(this.w, W_MODE); }

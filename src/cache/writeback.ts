@@ -1,11 +1,20 @@
-// Log-ordered writeback (dm-pcache parity): walk the key log from dirty_tail, write every dirty
-// extent (and every trim/zero) to the origin in log order, sync the origin, and only then move
-// and persist dirty_tail. If the cache is lost at any moment, the origin holds a prefix of the
-// log plus part of the batch in flight.
+// Writeback: the key log from dirty_tail to the origin, then dirty_tail moves (and is persisted).
+//
+// Epoch order (the default, beyond dm-pcache): every acknowledged FLUSH (and FUA) ends an epoch
+// in the log (a KSET_EPOCH kset). Inside an epoch the order of writes does not matter to any
+// client, so writeback merges overwrites (a byte goes out once, in its newest version), sorts by
+// origin offset, coalesces adjacent extents into large writes and keeps `writeback.jobs` of them
+// in flight; at the end of the epoch it syncs the origin and only then moves dirty_tail past it.
+// An epoch larger than a window is written in several windows, each synced before the next. So
+// if the cache is lost at any moment, the origin holds every epoch up to some point plus part of
+// the next one, and nothing later.
+//
+// Strict order (dm-pcache's, PCACHED_WRITEBACK_ORDER=strict, kept to compare): one kset at a
+// time, in log order, each followed by an origin sync.
 
 import type { BlockDevice } from './blockdev.js';
 import { DIRTY_TAIL_OFFSETS, KSET_MAX_SIZE, crc32cOf, dataOffset } from './layout.js';
-import { KEY_DIRTY, KEY_TRIM, needsWriteback } from './kset.js';
+import { KEY_DIRTY, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
 import { limitsOf, readKsetAt } from './log.js';
 import type { Geometry } from './log.js';
@@ -17,8 +26,15 @@ import type { Origin } from '../origin/types.js';
 import type { EngineLog } from './engine.js';
 import { errnoName } from '../coordinator/io.js';
 
-/** Keys per batch: bounds the memory of one batch and the work a failed batch repeats. */
+/** Keys per batch (strict order): bounds the memory of one batch and the work a failed batch repeats. */
 const MAX_BATCH_KEYS = 8192;
+/** Keys and ksets one epoch-order window reads at most: bounds its memory (keys, not data). */
+const WINDOW_KEYS = 65_536;
+const WINDOW_KSETS = 4096;
+/** A coalesced origin write is at most this long. */
+const RUN_MAX_BYTES = 1 << 20;
+
+export type WritebackOrder = 'epoch' | 'strict';
 
 interface Piece { key: CacheKey; off: number; len: number; shared: boolean }
 
@@ -72,11 +88,18 @@ function insertInterval(iv: [number, number][], a: number, b: number): void {
 }
 
 export interface WritebackOptions {
-  /** Origin requests in flight at once inside a batch. */
+  /** Origin requests in flight at once inside a batch (default: the shared `writeback.jobs` word). */
   concurrency?: number;
+  /** Default 'epoch'. */
+  order?: WritebackOrder;
   /** Ksets per origin sync (dm-pcache: 1). */
   batchKsets: number;
   log?: EngineLog;
+  /**
+   * Called after each epoch (or strict batch) with the bytes it wrote and the milliseconds it took:
+   * `writeback.rate` sleeps here, so a window of many epochs is paced epoch by epoch.
+   */
+  pace?: (bytes: number, ms: number) => Promise<void>;
   /** Blocks of the batch being written to the origin (dm-writecache's "blocks under writeback"); 0 between batches. */
   onInflight?: (blocks: number) => void;
 }
@@ -89,6 +112,8 @@ export interface WritebackStats {
   errors: number;
   /** Extents whose data failed its CRC: skipped, never written to the origin. */
   crcSkipped: number;
+  /** Epochs (or windows of one) written back and synced (epoch order). */
+  epochs: number;
 }
 
 /** A latched structural error (bad kset, data CRC mismatch): writeback stops until restart. */
@@ -103,7 +128,7 @@ function call(fn: (cb: (errno: number) => void) => void, what: string): Promise<
 }
 
 export class Writeback {
-  readonly stats: WritebackStats = { ksets: 0, keys: 0, bytes: 0, originSyncs: 0, errors: 0, crcSkipped: 0 };
+  readonly stats: WritebackStats = { ksets: 0, keys: 0, bytes: 0, originSyncs: 0, errors: 0, crcSkipped: 0, epochs: 0 };
   private readonly kbuf = Buffer.alloc(KSET_MAX_SIZE);
   halted: string | null = null;
 
@@ -127,11 +152,181 @@ export class Writeback {
   async step(): Promise<number> {
     if (this.halted) throw new WritebackHalted(this.halted);
     const head = this.sh.headLsn;
-    let pos: LogPosition = this.sh.dirtyTail();
+    const pos: LogPosition = this.sh.dirtyTail();
     if (pos.lsn >= head) return 0;
     // The origin must never hold data a crash could take back from the cache: only durable ksets go.
     if (this.sh.durableLsn < head) this.sh.syncCache(this.dev);
     const limit = Math.min(head, this.sh.durableLsn);
+    return this.opts.order === 'strict' ? this.stepStrict(pos, limit) : this.stepEpochs(pos, limit);
+  }
+
+  private get jobs(): number {
+    return this.opts.concurrency ?? Math.max(1, this.sh.writebackJobs);
+  }
+
+  /** One window: the epochs (or the part of one) it holds, each written, synced and then passed by dirty_tail. */
+  private async stepEpochs(start: LogPosition, limit: number): Promise<number> {
+    const lim = limitsOf(this.g);
+    interface Group { keys: CacheKey[]; end: LogPosition; ksets: number; keyCount: number; dirty: number }
+    const groups: Group[] = [];
+    let cur: Group = { keys: [], end: start, ksets: 0, keyCount: 0, dirty: 0 };
+    let pos = start;
+    let keys = 0, ksets = 0;
+    while (pos.lsn < limit && keys < WINDOW_KEYS && ksets < WINDOW_KSETS) {
+      const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
+      if ('error' in r) {
+        if (ksets > 0) break; // write what verified; the next step halts here
+        return this.halt(`kset at sequence ${pos.lsn} (segment ${pos.segment} offset ${pos.offset}) does not verify: ${r.error}`);
+      }
+      ksets++;
+      cur.ksets++;
+      for (const k of r.kset.keys) {
+        if (!needsWriteback(k.flags)) continue;
+        keys++;
+        cur.keyCount++;
+        cur.dirty += k.length;
+        if (k.flags === KEY_DIRTY && k.generation !== this.sh.genOf(k.segment)) {
+          this.opts.log?.warn({ segment: k.segment, origin: k.originOffset }, 'writeback: key names a reclaimed segment; skipped');
+          continue;
+        }
+        cur.keys.push(k);
+      }
+      pos = r.next;
+      cur.end = pos;
+      if (r.kset.epoch) {
+        groups.push(cur);
+        cur = { keys: [], end: pos, ksets: 0, keyCount: 0, dirty: 0 };
+      }
+    }
+    if (cur.ksets > 0) groups.push(cur);
+    let bytes = 0;
+    for (const g of groups) {
+      const t0 = performance.now();
+      const before = bytes;
+      let blocks = 0;
+      for (const k of g.keys) if (k.flags === KEY_DIRTY) blocks += Math.ceil(k.length / 4096);
+      this.opts.onInflight?.(blocks);
+      try {
+        if (g.keys.length > 0) {
+          bytes += await this.writeEpoch(g.keys);
+          await call((cb) => this.origin.flush(cb), 'flush');
+          this.stats.originSyncs++;
+        }
+      } finally {
+        this.opts.onInflight?.(0);
+      }
+      this.sh.clearError(ERR_ORIGIN_IO);
+      // No sync of the record: if it is lost, writeback repeats these epochs, which is idempotent.
+      this.sh.writeRecord(this.dev, REC_DIRTY_TAIL, DIRTY_TAIL_OFFSETS, dirtyTailCodec, g.end, this.g.salt);
+      this.sh.setDirtyTail(g.end);
+      this.sh.addDirty(-g.dirty);
+      this.stats.ksets += g.ksets;
+      this.stats.keys += g.keyCount;
+      this.stats.epochs++;
+      if (bytes > before) await this.opts.pace?.(bytes - before, performance.now() - t0);
+    }
+    this.stats.bytes += bytes;
+    return Math.max(bytes, 1);
+  }
+
+  /**
+   * One epoch (or a window of one): overlaps merged newest-first, the pieces sorted by origin
+   * offset and adjacent ones of a kind coalesced (up to 1 MiB), then up to `jobs` origin requests
+   * in flight. Order inside an epoch is free; the caller syncs the origin after it.
+   */
+  private async writeEpoch(keys: readonly CacheKey[]): Promise<number> {
+    const pieces = resolveNewestFirst(keys).sort((a, b) => a.off - b.off);
+    const runs: Piece[][] = [];
+    let run: Piece[] = [];
+    let runLen = 0;
+    for (const p of pieces) {
+      const prev = run[run.length - 1];
+      if (prev && (prev.key.flags !== p.key.flags || prev.off + prev.len !== p.off || runLen + p.len > RUN_MAX_BYTES)) {
+        runs.push(run);
+        run = [];
+        runLen = 0;
+      }
+      run.push(p);
+      runLen += p.len;
+    }
+    if (run.length > 0) runs.push(run);
+    const verified = new Map<CacheKey, Buffer | null>();
+    let next = 0;
+    let bytes = 0;
+    const worker = async (): Promise<void> => {
+      while (next < runs.length) {
+        const r = runs[next++]!;
+        const first = r[0]!;
+        const off = first.off;
+        let len = 0;
+        for (const p of r) len += p.len;
+        const flags = first.key.flags;
+        if (flags === KEY_TRIM) {
+          await call((cb) => this.origin.trim(off, len, false, cb), 'trim');
+          continue;
+        }
+        if (flags === KEY_ZERO) {
+          await call((cb) => this.origin.zero(off, len, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
+          continue;
+        }
+        // DIRTY: gather the run's data; a key whose data fails its CRC splits the run around it.
+        const buf = Buffer.allocUnsafe(len);
+        const good: [number, number][] = [];
+        let at = 0;
+        for (const p of r) {
+          const into = buf.subarray(at, at + p.len);
+          if (this.readPiece(p, into, verified)) {
+            const lastGood = good[good.length - 1];
+            if (lastGood && lastGood[0] + lastGood[1] === at) lastGood[1] += p.len;
+            else good.push([at, p.len]);
+          }
+          at += p.len;
+        }
+        for (const [from, n] of good) {
+          await call((cb) => this.origin.write(off + from, buf.subarray(from, from + n), false, cb), 'write');
+          bytes += n;
+        }
+      }
+    };
+    const workers: Promise<void>[] = [];
+    for (let i = 0; i < Math.min(this.jobs, runs.length); i++) workers.push(worker());
+    const results = await Promise.allSettled(workers);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    return bytes;
+  }
+
+  /** Reads one piece of a dirty key from the cache; false (logged, counted) when the key's data fails its CRC. */
+  private readPiece(p: Piece, into: Buffer, verified: Map<CacheKey, Buffer | null>): boolean {
+    const k = p.key;
+    const from = p.off - k.originOffset;
+    if (!this.g.dataCrc) {
+      this.dev.pread(into, dataOffset(k.segment, k.offset + from, this.g.segmentSize));
+      return true;
+    }
+    // The CRC covers the whole key: read and check it once, then copy the pieces out of it.
+    let data = verified.get(k);
+    if (data === undefined) {
+      data = Buffer.allocUnsafe(k.length);
+      this.dev.pread(data, dataOffset(k.segment, k.offset, this.g.segmentSize));
+      if (crc32cOf(data) !== k.dataCrc) {
+        this.stats.crcSkipped++;
+        this.opts.log?.error({ origin: k.originOffset, length: k.length, segment: k.segment, offset: k.offset }, 'writeback: data CRC mismatch; extent not written back');
+        data = null;
+      }
+      if (!p.shared && data !== null) {
+        data.copy(into, 0, from, from + p.len);
+        return true;
+      }
+      verified.set(k, data);
+    }
+    if (data === null) return false;
+    data.copy(into, 0, from, from + p.len);
+    return true;
+  }
+
+  /** dm-pcache's order: `batchKsets` ksets (1 for strict parity) in log order, then an origin sync. */
+  private async stepStrict(start: LogPosition, limit: number): Promise<number> {
+    let pos = start;
     const lim = limitsOf(this.g);
     let ksets = 0, keys = 0, dirtyDone = 0;
     const batch: CacheKey[] = [];
@@ -153,6 +348,7 @@ export class Writeback {
       }
       pos = r.next;
     }
+    const t0 = performance.now();
     let inflight = 0;
     for (const k of batch) if (k.flags === KEY_DIRTY) inflight += Math.ceil(k.length / 4096);
     this.opts.onInflight?.(inflight);
@@ -172,6 +368,7 @@ export class Writeback {
     this.stats.ksets += ksets;
     this.stats.keys += keys;
     this.stats.bytes += bytes;
+    if (bytes > 0) await this.opts.pace?.(bytes, performance.now() - t0);
     return Math.max(bytes, 1);
   }
 
@@ -216,7 +413,7 @@ export class Writeback {
       }
     };
     const workers: Promise<void>[] = [];
-    for (let i = 0; i < Math.min(this.opts.concurrency ?? 16, pieces.length); i++) workers.push(run());
+    for (let i = 0; i < Math.min(this.jobs, pieces.length); i++) workers.push(run());
     const results = await Promise.allSettled(workers);
     for (const r of results) if (r.status === 'rejected') throw r.reason;
     return bytes;

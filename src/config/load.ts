@@ -305,7 +305,7 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     gcPercent: raw.gcPercent,
     sequentialCutoff: parseSize(raw.sequentialCutoff),
     autocommit: { timeMs: raw.autocommit.timeMs },
-    writeback: { rate: parseSize(raw.writeback.rate) },
+    writeback: { rate: parseSize(raw.writeback.rate), jobs: raw.writeback.jobs },
     cacheFullWaitMs: raw.cacheFullWaitMs,
     pauseWritebackMs: raw.pauseWritebackMs,
   };

@@ -48,6 +48,8 @@ export interface CacheConfig {
   writeback: {
     /** Origin bytes per second writeback may use (0 = unlimited). */
     rate: number;
+    /** Origin requests writeback keeps in flight. */
+    jobs: number;
   };
   /** How long a write waits for free cache space before it bypasses to the origin. */
   cacheFullWaitMs: number;

@@ -92,7 +92,7 @@ export const WRITECACHE_FIELDS: readonly (keyof WritecacheStatus)[] = [
 ];
 
 function tunablesOf(cache: CacheConfig) {
-  return { autocommitMs: cache.autocommit.timeMs, cacheFullWaitMs: cache.cacheFullWaitMs, writebackRate: cache.writeback.rate, writebackPauseMs: cache.pauseWritebackMs };
+  return { autocommitMs: cache.autocommit.timeMs, cacheFullWaitMs: cache.cacheFullWaitMs, writebackRate: cache.writeback.rate, writebackPauseMs: cache.pauseWritebackMs, writebackJobs: cache.writeback.jobs };
 }
 
 export class CacheRuntime {
@@ -210,6 +210,7 @@ export class CacheRuntime {
     if (a.cacheFullWaitMs !== b.cacheFullWaitMs) changed.push('cacheFullWaitMs');
     if (a.writebackRate !== b.writebackRate) changed.push('writeback.rate');
     if (a.writebackPauseMs !== b.writebackPauseMs) changed.push('pauseWritebackMs');
+    if (a.writebackJobs !== b.writebackJobs) changed.push('writeback.jobs');
     this.#opened.shared.setTunables(b);
     return changed;
   }
