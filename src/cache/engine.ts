@@ -16,7 +16,7 @@ import type { CacheKey } from './kset.js';
 import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
+import { ERR_CACHE_IO, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
@@ -760,12 +760,17 @@ export class StripeEngine {
       const waited = this.now() - q.since;
       if (waited < this.sh.cacheFullWaitMs) return;
       if (this.canBypass(q.off, q.len)) {
-        this.queue.shift();
-        this.bypass(q);
-        continue;
+        if (!this.drainedForBypass()) {
+          if (waited < this.sh.cacheFullMaxWaitMs) return;
+        } else {
+          this.queue.shift();
+          this.bypass(q);
+          continue;
+        }
       }
       if (waited < this.sh.cacheFullMaxWaitMs) return;
       this.queue.shift();
+      this.bypassTarget = -1;
       this.log.error({ off: q.off, len: q.len, waitedMs: waited }, 'cache full and writeback not freeing space: write failed');
       q.done(NbdErr.EIO);
     }
@@ -786,6 +791,29 @@ export class StripeEngine {
       ok = false;
     });
     return ok;
+  }
+
+  /** The log head when the write at the head of the queue decided to bypass (-1: none yet). */
+  private bypassTarget = -1;
+
+  /**
+   * Epoch order holds for bypassed writes too: one goes to the origin only once every key logged
+   * before it (this stripe's pending ones committed first) has been written back and synced, so
+   * the origin never gets a write ahead of an older epoch. Writeback runs at full speed then
+   * (segment use is past gc_percent, so it does not pause).
+   */
+  private drainedForBypass(): boolean {
+    if (this.open.length > 0 || this.ready.length > 0 || this.roundRunning) {
+      this.kickCommit(false);
+      return false;
+    }
+    if (this.bypassTarget < 0) this.bypassTarget = this.sh.headLsn;
+    if (this.sh.dirtyTail().lsn < this.bypassTarget) {
+      this.sh.kick(W_KICK_WB);
+      return false;
+    }
+    this.bypassTarget = -1;
+    return true;
   }
 
   private bypass(q: Queued): void {

@@ -26,10 +26,12 @@ export class MemOrigin implements Origin {
   writes = 0;
   constructor(readonly size: number) { this.data = Buffer.alloc(size); }
   read(off: number, dst: Uint8Array, cb: Done): void { this.data.copy(dst, 0, off, off + dst.length); cb(0); }
-  write(off: number, src: Uint8Array, _fua: boolean, cb: Done): void { this.data.set(src, off); this.writes++; cb(0); }
+  /** Called after every write, trim and zero: the crash property checks the origin mid-writeback here. */
+  afterWrite: (() => void) | null = null;
+  write(off: number, src: Uint8Array, _fua: boolean, cb: Done): void { this.data.set(src, off); this.writes++; this.afterWrite?.(); cb(0); }
   flush(cb: Done): void { cb(0); }
-  trim(off: number, len: number, _fua: boolean, cb: Done): void { this.data.fill(0, off, off + len); cb(0); }
-  zero(off: number, len: number, _f: ZeroFlags, cb: Done): void { this.data.fill(0, off, off + len); cb(0); }
+  trim(off: number, len: number, _fua: boolean, cb: Done): void { this.data.fill(0, off, off + len); this.afterWrite?.(); cb(0); }
+  zero(off: number, len: number, _f: ZeroFlags, cb: Done): void { this.data.fill(0, off, off + len); this.afterWrite?.(); cb(0); }
   cache(_off: number, _len: number, cb: Done): void { cb(0); }
   blockStatus(_off: number, len: number, _max: number, cb: (errno: number, e: Extent[]) => void): void { cb(0, [{ length: len, flags: 0 }]); }
   async close(): Promise<void> {}
@@ -58,6 +60,8 @@ export interface SimOptions {
   gcPercent: number;
   /** Switch the cache mode (all five) at random steps, as `message NAME mode M` does. */
   modes?: boolean;
+  /** Check the origin as if the cache were lost, now and then (default on). */
+  epochCheck?: boolean;
 }
 
 /** One incarnation of the cache over a device image; a crash makes a new one from the surviving image. */
@@ -119,11 +123,12 @@ export class SimCache {
   }
 
   /** Background work for one step of simulated time: autocommit, queued writes, writeback, GC. */
-  async background(ms: number): Promise<void> {
+  /** `writeback` false: time passes (autocommit, queued writes, GC) but writeback does not run. */
+  async background(ms: number, writeback = true): Promise<void> {
     this.clock += ms;
     for (const e of this.engines) e.tick();
     try {
-      await this.wb.step();
+      if (writeback) await this.wb.step();
     } catch (err) {
       if (err instanceof CrashNow) throw err;
     }
@@ -242,6 +247,7 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
   let cache = new SimCache(new FaultyDevice(sim, Infinity), origin, opts);
   let version = 0;
   let mode = 0;
+  let wentThrough = false;
   const res: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0 };
   const scratch = Buffer.alloc(SECTOR);
   const fail = (msg: string): never => { throw new Error(`seed ${seed}: ${msg}`); };
@@ -252,6 +258,88 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     const first = hot ? rng.below(Math.min(sectors, 2048)) : rng.below(sectors);
     const s = Math.min(first, sectors - count);
     return [s, count];
+  };
+
+  // Epochs as the client sees them: a FLUSH ends one. Per sector, the acknowledged versions and
+  // the epoch each was acknowledged in (versions a crash took back are dropped at the restart).
+  let epoch = 1;
+  const hist = new Map<number, { v: number; e: number }[]>();
+  const noteAcked = (s: number, n: number, v: number): void => {
+    for (let i = s; i < s + n; i++) {
+      let h = hist.get(i);
+      if (!h) { h = []; hist.set(i, h); }
+      h.push({ v, e: epoch });
+    }
+  };
+  // The operation a crash cut short: its version may have survived without an acknowledgement.
+  let cut: { s: number; n: number; v: number } | null = null;
+  let inFlight: { s: number; n: number; v: number } | null = null;
+  const noteSettled = (s: number, v: number): void => {
+    let h = hist.get(s);
+    if (!h) { h = []; hist.set(s, h); }
+    if (h.length > 0 && h[h.length - 1]!.v === v) return;
+    if (cut && s >= cut.s && s < cut.s + cut.n && v === cut.v) {
+      h.push({ v, e: epoch });
+      return;
+    }
+    // An older version: the newer ones were taken back by the crash.
+    let i = h.length - 1;
+    while (i >= 0 && h[i]!.v !== v) i--;
+    h.length = i + 1;
+  };
+  /**
+   * The cache is lost now: the origin must hold every epoch before some epoch M whole, part of M,
+   * nothing later. Non-zero versions are unique, so they bound M from below; zeros (TRIM, ZERO,
+   * never written) fit several epochs, so every M from there up is tried.
+   */
+  const checkEpochPrefix = (where: string): void => {
+    const found = new Map<number, number>();
+    let low = 0;
+    let lowAt = '';
+    // The write in flight may land on the origin before its acknowledgement: it belongs to this epoch.
+    if (inFlight) for (let i = inFlight.s; i < inFlight.s + inFlight.n; i++) if (!hist.has(i)) hist.set(i, []);
+    const cand = (sec: number, h: { v: number; e: number }[]): { v: number; e: number }[] =>
+      inFlight && sec >= inFlight.s && sec < inFlight.s + inFlight.n ? [...h, { v: inFlight.v, e: epoch }] : h;
+    for (const [sec, h0] of hist) {
+      const h = cand(sec, h0);
+      const bytes = origin.data.subarray(sec * SECTOR, (sec + 1) * SECTOR);
+      const v = identify(bytes, sec, [0, ...h.map((x) => x.v)], scratch);
+      if (v < 0) fail(`${where}: origin sector ${sec} holds bytes no acknowledged write left there (${describeSector(bytes)})`);
+      found.set(sec, v);
+      if (v !== 0) for (const x of h) if (x.v === v && x.e > low) { low = x.e; lowAt = `sector ${sec} version ${v}`; }
+    }
+    const fits = (m: number, sec: number): boolean => {
+      const v = found.get(sec)!;
+      let prev = 0;
+      for (const x of cand(sec, hist.get(sec)!)) {
+        if (x.e < m) prev = x.v;
+        else if (x.e === m && x.v === v) return true;
+      }
+      return v === prev;
+    };
+    let firstBad = -1;
+    for (let m = Math.max(low, 1); m <= epoch; m++) {
+      let bad = -1;
+      for (const sec of hist.keys()) if (!fits(m, sec)) { bad = sec; break; }
+      if (bad < 0) return;
+      if (firstBad < 0) firstBad = bad;
+    }
+    const h = hist.get(firstBad) ?? [];
+    fail(`${where}: no epoch cut explains the origin (from epoch ${low}: ${lowAt}); sector ${firstBad} holds version ${found.get(firstBad)} (epoch-prefix broken; history ${h.map((x) => `v${x.v}@e${x.e}`).join(' ')})`);
+  };
+
+  // The cache lost in the middle of writeback: after every origin write (writes are coalesced,
+  // so there are only a few hundred per run).
+  // (Writeback runs under SimCache.background, which tolerates writeback errors: a violation is
+  // kept here and raised after the step.)
+  let violation: Error | null = null;
+  origin.afterWrite = () => {
+    if (opts.epochCheck === false || wentThrough || violation) return;
+    try {
+      checkEpochPrefix('mid-writeback, the cache lost');
+    } catch (err) {
+      violation = err as Error;
+    }
   };
 
   const crashAndRestart = async (): Promise<void> => {
@@ -279,6 +367,7 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
         const got = identify(bytes, s, maybe, scratch);
         if (got < 0) fail(`after crash ${res.crashes}, sector ${s} holds bytes of none of the versions ${[...maybe].join(',')}`);
         model.settle(s, got);
+        noteSettled(s, got);
       }
     }
   };
@@ -289,7 +378,9 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     let result = -1;
     try {
       fn((e) => { result = e; });
-      for (let i = 0; result < 0 && i < 10_000; i++) await cache.background(10);
+      // Writeback runs in the background steps (so its windows span several epochs), and here
+      // only once an operation waits long (a full cache needs it to free space).
+      for (let i = 0; result < 0 && i < 10_000; i++) await cache.background(10, i > 20);
     } catch (err) {
       if (!(err instanceof CrashNow)) throw err;
     }
@@ -312,15 +403,21 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
       const fua = rng.chance(0.1);
       model.issued(s, n, v);
       trace?.(`step ${step} write v${v} sectors ${s}+${n}${fua ? ' fua' : ''}${midCrash ? ' midcrash' : ''}`);
+      inFlight = { s, n, v };
       outcome = await op((d) => cache.write(s * SECTOR, data, fua, d), midCrash);
-      if (outcome === 0) model.acked(s, n, v, fua);
+      inFlight = null;
+      if (outcome === 0) { model.acked(s, n, v, fua); noteAcked(s, n, v); }
+      cut = { s, n, v };
     } else if (r < 52) {
       const [s, n] = pickRange();
       model.issued(s, n, 0);
       const trim = rng.chance(0.5);
       trace?.(`step ${step} ${trim ? 'trim' : 'zero'} sectors ${s}+${n}${midCrash ? ' midcrash' : ''}`);
+      inFlight = { s, n, v: 0 };
       outcome = await op((d) => (trim ? cache.trim(s * SECTOR, n * SECTOR, d) : cache.zero(s * SECTOR, n * SECTOR, d)), midCrash);
-      if (outcome === 0) model.acked(s, n, 0, false);
+      inFlight = null;
+      if (outcome === 0) { model.acked(s, n, 0, false); noteAcked(s, n, 0); }
+      cut = { s, n, v: 0 };
     } else if (r < 75) {
       const [s, n] = pickRange();
       const buf = Buffer.alloc(n * SECTOR);
@@ -342,18 +439,25 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
       res.flushes++;
       trace?.(`step ${step} flush${midCrash ? ' midcrash' : ''}`);
       outcome = await op((d) => cache.flush(d), midCrash);
-      if (outcome === 0) model.flushed();
+      if (outcome === 0) { model.flushed(); epoch++; }
     } else {
       outcome = await op((d) => { void cache.background(100 + rng.below(1500)).then(() => d(0), (e) => { if (e instanceof CrashNow) d(0); else throw e; }); }, midCrash);
     }
     if (outcome !== 'crashed' && outcome !== 0) fail(`step ${step}: operation failed with errno ${outcome}`);
+    // A write in a mode that writes the origin first reaches it ahead of older dirty data still
+    // draining (as in bcache): the epoch guarantee is writeback's, and holds until then.
+    if (mode !== 0 && mode !== 4) wentThrough = true;
+    if (violation) throw violation;
+    if (opts.epochCheck !== false && !wentThrough && rng.chance(1 / 12)) checkEpochPrefix(`step ${step}, the cache lost`);
     if (outcome === 'crashed' || rng.chance(1 / crashEvery)) {
       trace?.(`step ${step} crash (${outcome === 'crashed' ? 'inside the operation' : 'between operations'})`);
       await crashAndRestart();
+      cut = null;
     }
   }
   for (const e of cache.engines) res.bypasses += 0 * e.queuedWrites;
   await cache.drain();
+  if (violation) throw violation;
   for (let s = 0; s < sectors; s++) {
     if (identify(origin.data.subarray(s * SECTOR, (s + 1) * SECTOR), s, [model.latest[s]!], scratch) < 0) {
       fail(`after the final drain, origin sector ${s} does not hold version ${model.latest[s]}`);
