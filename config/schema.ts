@@ -39,9 +39,13 @@ export interface RawCache {
   segmentSize: string | number;
   gcPercent: number;
   sequentialCutoff: string | number;
-  autocommit: { timeMs: number };
+  autocommit: { timeMs: number; blocks: number };
   writeback: { rate: string | number; jobs: number };
   pauseWritebackMs: number;
+  highWatermark: number;
+  lowWatermark: number;
+  maxAgeMs: number;
+  cleaner: boolean;
   cacheFullWaitMs: number;
 }
 
@@ -412,6 +416,15 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
         min: 1,
         max: 3_600_000,
       },
+      blocks: {
+        doc: "dm-writecache's autocommit_blocks: a commit round starts once this many 4 KiB blocks of writes wait uncommitted, even before timeMs (a round costs one fdatasync of the cache).",
+        accepts: 'integer 1-1048576',
+        default: 65_536,
+        env: 'PCACHED_AUTOCOMMIT_BLOCKS',
+        format: 'pcached-integer',
+        min: 1,
+        max: 1_048_576,
+      },
     },
     writeback: {
       rate: {
@@ -435,6 +448,40 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
         min: 1,
         max: 1024,
       },
+    },
+    highWatermark: {
+      doc: "dm-writecache's high_watermark: when this percent of the cache's blocks is dirty, writeback runs at full speed (no pause, no rate limit) until lowWatermark.",
+      accepts: 'integer 1-100',
+      default: 50,
+      env: 'PCACHED_HIGH_WATERMARK',
+      format: 'pcached-integer',
+      min: 1,
+      max: 100,
+    },
+    lowWatermark: {
+      doc: "dm-writecache's low_watermark: full-speed writeback started by highWatermark stops at this percent of dirty blocks. At most highWatermark.",
+      accepts: 'integer 0-100',
+      default: 45,
+      env: 'PCACHED_LOW_WATERMARK',
+      format: 'pcached-integer',
+      min: 0,
+      max: 100,
+    },
+    maxAgeMs: {
+      doc: "dm-writecache's max_age: dirty data older than this many milliseconds makes writeback run at full speed; 0 is no limit.",
+      accepts: 'integer 0-86400000',
+      default: 0,
+      env: 'PCACHED_MAX_AGE_MS',
+      format: 'pcached-integer',
+      min: 0,
+      max: 86_400_000,
+    },
+    cleaner: {
+      doc: "dm-writecache's cleaner: writes are no longer cached (they go to the origin, dropping cached copies) and everything dirty is written back at full speed. `pcached clean NAME` turns it on and waits.",
+      accepts: 'boolean',
+      default: false,
+      env: 'PCACHED_CLEANER',
+      format: 'pcached-boolean',
     },
     pauseWritebackMs: {
       doc: "dm-writecache's pause_writeback: writeback waits while the volume saw foreground I/O within this many milliseconds and segment use is below gcPercent; 0 never pauses.",
@@ -560,7 +607,7 @@ export function daemonSchema(): convict.Schema<RawDaemon> {
         accepts: 'boolean',
         default: false,
         env: 'PCACHED_METRICS_ALLOW_REMOTE',
-        format: Boolean,
+        format: 'pcached-boolean',
       },
     },
     caches: {

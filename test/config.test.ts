@@ -56,7 +56,8 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
     stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false,
     originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
     dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
-    autocommit: { timeMs: 1000 }, writeback: { rate: 0, jobs: 16 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
+    autocommit: { timeMs: 1000, blocks: 65_536 }, writeback: { rate: 0, jobs: 16 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
+    highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false,
   }]);
 });
 
@@ -72,11 +73,11 @@ test('config/example.json is valid: two caches, one with an NBD origin', (t) => 
   t.is(config.caches[1]!.origin, 'nbd+unix:///data?socket=/run/nbdkit.sock');
   t.is(config.caches[1]!.cacheSize, 16 * 2 ** 30);
   t.is(config.caches[0]!.mode, 'writeback');
-  t.deepEqual(config.caches[0]!.autocommit, { timeMs: 500 });
+  t.deepEqual(config.caches[0]!.autocommit, { timeMs: 500, blocks: 65_536 });
   t.deepEqual(config.caches[0]!.writeback, { rate: 200 * 2 ** 20, jobs: 16 });
   t.is(config.caches[0]!.segmentSize, 32 * 2 ** 20);
   t.is(config.caches[1]!.sequentialCutoff, 16 * 2 ** 20);
-  t.deepEqual(config.caches[1]!.autocommit, { timeMs: 1000 }, 'an absent group takes its defaults');
+  t.deepEqual(config.caches[1]!.autocommit, { timeMs: 1000, blocks: 65_536 }, 'an absent group takes its defaults');
 });
 
 test('precedence: flags > environment > file > defaults', (t) => {
@@ -306,14 +307,14 @@ test('cacheFullWaitMs: integer 0-600000', (t) => {
 });
 
 test('autocommit.timeMs: a nested key, from the file and the environment', (t) => {
-  t.deepEqual(cache0(load()).autocommit, { timeMs: 1000 });
-  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: { timeMs: 250 } })) })).autocommit, { timeMs: 250 });
-  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: {} })) })).autocommit, { timeMs: 1000 }, 'an empty group keeps the defaults');
-  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: { $comment: 'why', timeMs: 3600000 } })) })).autocommit, { timeMs: 3600000 });
-  t.deepEqual(cache0(load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '5' } })).autocommit, { timeMs: 5 });
+  t.deepEqual(cache0(load()).autocommit, { timeMs: 1000, blocks: 65_536 });
+  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: { timeMs: 250 } })) })).autocommit, { timeMs: 250, blocks: 65_536 });
+  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: {} })) })).autocommit, { timeMs: 1000, blocks: 65_536 }, 'an empty group keeps the defaults');
+  t.deepEqual(cache0(load({ configFile: file(one({ autocommit: { $comment: 'why', timeMs: 3600000 } })) })).autocommit, { timeMs: 3600000, blocks: 65_536 });
+  t.deepEqual(cache0(load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '5' } })).autocommit, { timeMs: 5, blocks: 65_536 });
   // With one cache in the file the environment refines it, nested keys too; the sibling keys stay.
   const l = load({ configFile: file(one({ autocommit: { timeMs: 250 }, writeback: { rate: '1M' } })), env: { PCACHED_AUTOCOMMIT_TIME_MS: '7' } });
-  t.deepEqual(cache0(l).autocommit, { timeMs: 7 });
+  t.deepEqual(cache0(l).autocommit, { timeMs: 7, blocks: 65_536 });
   t.deepEqual(cache0(l).writeback, { rate: 2 ** 20, jobs: 16 });
   t.true(l.overrides.includes('PCACHED_AUTOCOMMIT_TIME_MS'));
   configError(t, () => load({ env: { PCACHED_AUTOCOMMIT_TIME_MS: '0' } }), 'autocommit.timeMs: must be an integer between 1 and 3600000', 'value was 0');
@@ -337,7 +338,7 @@ test('writeback.rate: a nested size, 0 = unlimited, in bytes per second', (t) =>
 
 test('groups: unknown nested keys, wrong shapes and a dotted key in the file are rejected', (t) => {
   configError(t, () => load({ configFile: file(one({ autocommit: { foo: 1 } })) }),
-    'caches[0].autocommit.foo: not a known key (allowed: timeMs): value was 1');
+    'caches[0].autocommit.foo: not a known key (allowed: timeMs, blocks): value was 1');
   configError(t, () => load({ configFile: file(one({ writeback: { rate: '1M', burst: '2M' } })) }), 'caches[0].writeback.burst: not a known key (allowed: rate, jobs)');
   configError(t, () => load({ configFile: file(one({ autocommit: 1000 })) }), 'caches[0].autocommit: must be an object with the keys timeMs', 'value was 1000');
   configError(t, () => load({ configFile: file(one({ writeback: '100M' })) }), 'caches[0].writeback: must be an object with the keys rate', 'value was "100M"');
@@ -356,7 +357,7 @@ test('groups: unknown nested keys, wrong shapes and a dotted key in the file are
 test('diffConfig: the new reloadable keys, nested ones by their dotted names, and the format-time keys', (t) => {
   const old = daemon([{ name: 'a' }, { name: 'b', unix: '/b.sock' }]);
   const next = daemon([
-    { name: 'a', gcPercent: 80, sequentialCutoff: 0, autocommit: { timeMs: 10 } },
+    { name: 'a', gcPercent: 80, sequentialCutoff: 0, autocommit: { timeMs: 10, blocks: 65_536 } },
     { name: 'b', unix: '/b.sock', writeback: { rate: 2 ** 20, jobs: 16 }, cacheFullWaitMs: 0 },
   ]);
   t.deepEqual(diffConfig(old, next), {
@@ -364,12 +365,12 @@ test('diffConfig: the new reloadable keys, nested ones by their dotted names, an
     reloadable: true, rejected: [], changedCaches: ['a', 'b'],
   });
   // Equal groups in fresh objects are not a change.
-  t.deepEqual(diffConfig(old, daemon([{ name: 'a', autocommit: { timeMs: 1000 } }, { name: 'b', unix: '/b.sock', writeback: { rate: 0, jobs: 16 } }])).changed, []);
+  t.deepEqual(diffConfig(old, daemon([{ name: 'a', autocommit: { timeMs: 1000, blocks: 65_536 } }, { name: 'b', unix: '/b.sock', writeback: { rate: 0, jobs: 16 } }])).changed, []);
   // mode and pauseWritebackMs switch online.
   t.deepEqual(diffConfig(old, daemon([{ name: 'a', mode: 'writearound' }, { name: 'b', unix: '/b.sock', pauseWritebackMs: 0 }])),
     { changed: ['caches[a].mode', 'caches[b].pauseWritebackMs'], reloadable: true, rejected: [], changedCaches: ['a', 'b'] });
   for (const change of [{ segmentSize: 2 ** 20 }, { dataCrc: true }]) {
-    const d = diffConfig(old, daemon([{ name: 'a', ...change, autocommit: { timeMs: 5 } }, { name: 'b', unix: '/b.sock' }]));
+    const d = diffConfig(old, daemon([{ name: 'a', ...change, autocommit: { timeMs: 5, blocks: 65_536 } }, { name: 'b', unix: '/b.sock' }]));
     const key = `caches[a].${Object.keys(change)[0]}`;
     t.false(d.reloadable, key);
     t.deepEqual(d.rejected, [key]);
@@ -399,4 +400,22 @@ test('metrics.listen: off by default, HOST:PORT, loopback unless metrics.allowRe
   const a = load().config;
   const d = diffConfig(a, { ...a, metrics: { listen: { host: '127.0.0.1', port: 1 }, allowRemote: false } });
   t.deepEqual(d.rejected, ['metrics']);
+});
+
+test("dm-writecache's controls: watermarks (low at most high), maxAgeMs, cleaner, autocommit.blocks, writeback.jobs; all reloadable", (t) => {
+  const c = cache0(load());
+  t.deepEqual([c.highWatermark, c.lowWatermark, c.maxAgeMs, c.cleaner, c.autocommit.blocks, c.writeback.jobs], [50, 45, 0, false, 65_536, 16]);
+  const f = cache0(load({ configFile: file(one({ highWatermark: 80, lowWatermark: 20, maxAgeMs: 30_000, cleaner: true, autocommit: { blocks: 1024 } })) }));
+  t.deepEqual([f.highWatermark, f.lowWatermark, f.maxAgeMs, f.cleaner, f.autocommit.blocks], [80, 20, 30_000, true, 1024]);
+  t.is(cache0(load({ env: { PCACHED_CLEANER: 'true', PCACHED_HIGH_WATERMARK: '70' } })).highWatermark, 70);
+  configError(t, () => load({ configFile: file(one({ highWatermark: 40, lowWatermark: 45 })) }), 'lowWatermark: must not be above highWatermark (40): value was 45');
+  configError(t, () => load({ configFile: file(one({ highWatermark: 0 })) }), 'caches[0].highWatermark: must be an integer between 1 and 100', 'value was 0');
+  configError(t, () => load({ configFile: file(one({ maxAgeMs: -1 })) }), 'caches[0].maxAgeMs', 'value was -1');
+  configError(t, () => load({ configFile: file(one({ autocommit: { blocks: 0 } })) }), 'caches[0].autocommit.blocks', 'value was 0');
+  configError(t, () => load({ configFile: file(one({ cleaner: 'maybe' })) }), 'caches[0].cleaner: must be true or false');
+  const a = load().config;
+  const b = { ...a, caches: [{ ...a.caches[0]!, highWatermark: 60, cleaner: true, autocommit: { timeMs: 1000, blocks: 10 } }] };
+  const d = diffConfig(a, b);
+  t.true(d.reloadable);
+  t.deepEqual(d.changed.sort(), ['caches[default].autocommit.blocks', 'caches[default].cleaner', 'caches[default].highWatermark']);
 });

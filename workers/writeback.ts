@@ -4,7 +4,7 @@
 
 import { workerData } from 'piscina';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
-import { CacheShared, ERR_ORIGIN_IO, W_FOREGROUND, W_KICK_WB } from '../src/cache/shared.js';
+import { CacheShared, ERR_ORIGIN_IO, MODE_WRITEBACK, MODE_WRITEONLY, W_FOREGROUND, W_KICK_WB } from '../src/cache/shared.js';
 import { Writeback, WritebackHalted, OriginIoError } from '../src/cache/writeback.js';
 import type { Geometry } from '../src/cache/log.js';
 import { openOrigin } from '../src/origin/open.js';
@@ -50,11 +50,49 @@ async function loop(): Promise<void> {
     batchKsets: strict ? 1 : data.batchKsets, order: strict ? 'strict' : 'epoch', log, onInflight: (n) => counters.set('wb_inflight_blocks', n),
     pace: async (bytes, ms) => {
       const rate = sh.writebackRate;
-      if (rate <= 0) return;
+      if (rate <= 0 || urgency() !== null) return;
       const due = (bytes / rate) * 1000 - ms;
       if (due > 1) await sleep(Math.min(due, 5000));
     },
   });
+  // Ages of dirty data: when the log head was first seen past each sequence number (sampled every
+  // turn of this loop, at least every 100 ms while paused and every second idle), for maxAgeMs.
+  const headSeen: { lsn: number; at: number }[] = [];
+  const sampleHead = (): void => {
+    const h = sh.headLsn;
+    const last = headSeen[headSeen.length - 1];
+    if (!last || last.lsn < h) headSeen.push({ lsn: h, at: performance.now() });
+    const tail = sh.dirtyTail().lsn;
+    // Drop samples the dirty tail has passed (keep the one covering it).
+    while (headSeen.length > 1 && headSeen[1]!.lsn <= tail) headSeen.shift();
+  };
+  /** Age in ms of the oldest dirty kset: logged at or after the first sample whose head passed it. */
+  const oldestDirtyAge = (): number => {
+    const tail = sh.dirtyTail().lsn;
+    if (tail >= sh.headLsn) return 0;
+    // The first sample whose head is past the tail: the tail's kset was in the log by then.
+    for (const x of headSeen) if (x.lsn > tail) return performance.now() - x.at;
+    return 0;
+  };
+  let aboveHigh = false;
+  /**
+   * Why writeback must run at full speed now (no pause, no rate limit), or null: dirty blocks past
+   * highWatermark (until back to lowWatermark), dirty data older than maxAgeMs, the cleaner, or a
+   * mode that no longer caches writes draining what write-back left.
+   */
+  const urgency = (): string | null => {
+    const total = data.geometry.segmentCount * (data.geometry.dataAreaSize / 4096);
+    const dirtyPct = (100 * sh.dirtyBytes) / 4096 / total;
+    if (dirtyPct >= sh.highWatermark) aboveHigh = true;
+    else if (dirtyPct <= sh.lowWatermark) aboveHigh = false;
+    if (aboveHigh) return 'high watermark';
+    if (sh.cleaner) return 'cleaner';
+    const m = sh.mode;
+    if (m !== MODE_WRITEBACK && m !== MODE_WRITEONLY) return 'draining';
+    const maxAge = sh.maxAgeMs;
+    if (maxAge > 0 && oldestDirtyAge() >= maxAge) return 'max age';
+    return null;
+  };
   let failures = 0;
   try {
     wakeWord = Atomics.load(sh.w, W_KICK_WB);
@@ -64,9 +102,10 @@ async function loop(): Promise<void> {
       // dm-writecache's pause_writeback: recent foreground writes and room to spare → wait.
       const fg = Atomics.load(sh.w, W_FOREGROUND);
       if (fg !== fgSeen) { fgSeen = fg; fgAt = performance.now(); }
+      sampleHead();
       const pauseMs = sh.writebackPauseMs;
       const roomy = sh.usedSegments * 100 < sh.gcPercent * data.geometry.segmentCount;
-      if (pauseMs > 0 && roomy && performance.now() - fgAt < pauseMs && wb.pending) {
+      if (pauseMs > 0 && roomy && performance.now() - fgAt < pauseMs && wb.pending && urgency() === null) {
         await sleep(Math.min(100, pauseMs));
         continue;
       }

@@ -70,13 +70,15 @@ interface Queued {
 }
 
 /**
- * Closed ksets that trigger a commit round before the autocommit time: a round costs an fdatasync,
- * so a full kset (128 keys) alone does not start one. 512 x 128 = 65,536 keys is dm-writecache's
- * autocommit_blocks default for SSDs; it bounds the memory the ksets hold (about 3 MiB) while
- * the autocommit time bounds what a crash can take back. At 64 ksets a 4 KiB random-write load
- * paid an fdatasync every 0.15 s and ran 10% slower.
+ * Uncommitted 4 KiB blocks that start a commit round before the autocommit time (the shared
+ * `autocommit.blocks` word, dm-writecache's autocommit_blocks: 65,536 by default, its SSD value):
+ * a round costs an fdatasync, so a full kset alone does not start one. At 64 ksets (8192 blocks)
+ * a 4 KiB random-write load paid an fdatasync every 0.15 s and ran 10% slower. The autocommit time
+ * bounds what a crash can take back; this also bounds the memory the ksets hold.
  */
-const READY_KSETS_MAX = 512;
+function blocksOfKey(k: CacheKey): number {
+  return k.flags === KEY_DIRTY || k.flags === KEY_CLEAN ? Math.ceil(k.length / BLOCK) : 1;
+}
 /** A gathered run of data writes goes out at this size (bounded by IOV_MAX buffers). */
 const RUN_MAX_BYTES = 1 << 20;
 const RUN_MAX_BUFS = 256;
@@ -164,8 +166,16 @@ export class StripeEngine {
 
   // ---- keys and commit ----
 
+  /** Blocks in the open and closed ksets not yet taken by a round. */
+  private pendingBlocks = 0;
+
+  private get autocommitDue(): boolean {
+    return this.pendingBlocks >= this.sh.autocommitBlocks;
+  }
+
   private pushKey(k: CacheKey): void {
     if (this.open.length === 0 && this.ready.length === 0) this.openSince = this.now();
+    this.pendingBlocks += blocksOfKey(k);
     this.open.push(k);
     if (this.open.length >= KSET_MAX_KEYS) {
       this.ready.push(this.open);
@@ -203,6 +213,7 @@ export class StripeEngine {
     this.roundRunning = true;
     // Everything allocated so far has its key in this round.
     this.uncommitted.clear();
+    this.pendingBlocks = 0;
     const batch = this.ready;
     this.ready = [];
     // A round for FLUSH/FUA ends an epoch with its last kset; with nothing new to log, an empty
@@ -213,6 +224,7 @@ export class StripeEngine {
       this.cacheError(err, 'commit');
       // The keys stay pending (in order) for the next round; the waiters learn of the failure.
       this.ready = batch.concat(this.ready);
+      for (const ks of batch) for (const k of ks) this.pendingBlocks += blocksOfKey(k);
       this.endRound(waiters, NbdErr.EIO);
     };
     const afterAppend = (): void => {
@@ -242,6 +254,7 @@ export class StripeEngine {
       if (appended < batch.length) {
         // Log full: the rest waits for GC, and so do the durable waiters of this round.
         this.ready = batch.slice(appended).concat(this.ready);
+        for (const ks of batch.slice(appended)) for (const k of ks) this.pendingBlocks += blocksOfKey(k);
         this.durableWaiters = waiters.concat(this.durableWaiters);
         this.roundRunning = false;
         this.sh.kick(W_KICK_GC);
@@ -273,7 +286,7 @@ export class StripeEngine {
     this.flushData();
     const now = this.now();
     // Closed ksets wait for the autocommit time (or for enough of them): every round costs a sync.
-    if (!this.roundRunning && (this.ready.length >= READY_KSETS_MAX || ((this.open.length > 0 || this.ready.length > 0) && now - this.openSince >= this.sh.autocommitMs))) this.kickCommit(false);
+    if (!this.roundRunning && (this.autocommitDue || ((this.open.length > 0 || this.ready.length > 0) && now - this.openSince >= this.sh.autocommitMs))) this.kickCommit(false);
     const freed = this.sh.word(W_FREED);
     if (freed !== this.freedSeen) {
       this.freedSeen = freed;
@@ -288,7 +301,7 @@ export class StripeEngine {
 
   /** Milliseconds until tick() has something to do (for the stripe's idle wait). */
   nextTickIn(): number {
-    if (this.queue.length > 0 || (this.ready.length >= READY_KSETS_MAX && !this.roundRunning)) return 5;
+    if (this.queue.length > 0 || (this.autocommitDue && !this.roundRunning)) return 5;
     if (this.open.length > 0 || this.ready.length > 0) return Math.max(0, this.sh.autocommitMs - (this.now() - this.openSince));
     return Infinity;
   }
@@ -359,7 +372,8 @@ export class StripeEngine {
   /** writeback and writeonly complete writes in the cache; the other modes write the origin first. */
   private writesThrough(): boolean {
     const m = this.sh.mode;
-    return m !== MODE_WRITEBACK && m !== MODE_WRITEONLY;
+    // dm-writecache's cleaner: no new write promotions; writes go around the cache.
+    return (m !== MODE_WRITEBACK && m !== MODE_WRITEONLY) || this.sh.cleaner;
   }
 
   // ---- modes that write the origin first ----

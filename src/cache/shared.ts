@@ -68,6 +68,12 @@ const W_WB_PAUSE_MS = 27;
 /** The cache mode (MODE_*), read by the stripes per request: switching is one store. */
 const W_MODE = 28;
 const W_WB_JOBS = 29;
+// dm-writecache's controls (Int32 words 54-63 are free: 32-47 hold the BigInt words, 48-53 the records).
+const W_HIGH_WM = 54;
+const W_LOW_WM = 55;
+const W_MAX_AGE_MS = 56;
+const W_CLEANER = 57;
+const W_AUTOCOMMIT_BLOCKS = 58;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -123,9 +129,20 @@ export interface Tunables {
   writebackPauseMs: number;
   /** Origin requests writeback keeps in flight (`writeback.jobs`). */
   writebackJobs: number;
+  /** Percent of cache blocks dirty at which writeback runs at full speed (no pause, no rate) ... */
+  highWatermark: number;
+  /** ... until it is down to this. */
+  lowWatermark: number;
+  /** No dirty data older than this many ms: writeback runs at full speed past it (0: no limit). */
+  maxAgeMs: number;
+  /** dm-writecache's cleaner: writes are not cached (they go to the origin), everything is written back. */
+  cleaner: boolean;
+  /** A commit round starts once this many 4 KiB blocks wait uncommitted (dm-writecache's autocommit_blocks). */
+  autocommitBlocks: number;
 }
 
-export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000, writebackJobs: 16 };
+export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000, writebackJobs: 16,
+  highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, autocommitBlocks: 65_536 };
 
 /** Lock words: a short spin, then a futex wait; holders never block on anything but the device. */
 function lockWord(w: Int32Array, i: number): void {
@@ -247,6 +264,11 @@ export class CacheShared {
   get writebackRate(): number { return Number(Atomics.load(this.b, B_WB_RATE)); }
   get writebackPauseMs(): number { return Atomics.load(this.w, W_WB_PAUSE_MS); }
   get writebackJobs(): number { return Atomics.load(this.w, W_WB_JOBS); }
+  get highWatermark(): number { return Atomics.load(this.w, W_HIGH_WM); }
+  get lowWatermark(): number { return Atomics.load(this.w, W_LOW_WM); }
+  get maxAgeMs(): number { return Atomics.load(this.w, W_MAX_AGE_MS); }
+  get cleaner(): boolean { return Atomics.load(this.w, W_CLEANER) !== 0; }
+  get autocommitBlocks(): number { return Atomics.load(this.w, W_AUTOCOMMIT_BLOCKS); }
   setTunables(t: Partial<Tunables>): void {
     if (t.autocommitMs !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_MS, t.autocommitMs);
     if (t.cacheFullWaitMs !== undefined) Atomics.store(this.w, W_FULL_WAIT_MS, t.cacheFullWaitMs);
@@ -254,6 +276,14 @@ export class CacheShared {
     if (t.writebackRate !== undefined) Atomics.store(this.b, B_WB_RATE, BigInt(t.writebackRate));
     if (t.writebackPauseMs !== undefined) Atomics.store(this.w, W_WB_PAUSE_MS, t.writebackPauseMs);
     if (t.writebackJobs !== undefined) Atomics.store(this.w, W_WB_JOBS, t.writebackJobs);
+    if (t.highWatermark !== undefined) Atomics.store(this.w, W_HIGH_WM, t.highWatermark);
+    if (t.lowWatermark !== undefined) Atomics.store(this.w, W_LOW_WM, t.lowWatermark);
+    if (t.maxAgeMs !== undefined) Atomics.store(this.w, W_MAX_AGE_MS, t.maxAgeMs);
+    if (t.autocommitBlocks !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_BLOCKS, t.autocommitBlocks);
+    if (t.cleaner !== undefined) {
+      Atomics.store(this.w, W_CLEANER, t.cleaner ? 1 : 0);
+      this.kick(W_KICK_WB);
+    }
   }
 
   get mode(): number { return Atomics.load(this.w, W_MODE); }

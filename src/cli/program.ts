@@ -2,7 +2,8 @@
 // `pcached: <message>` on stderr; exit code 1, or 2 for usage errors.
 
 import { resolve } from 'node:path';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import cliProgress from 'cli-progress';
 import { environmentVariables, loadConfig, type StartFlags } from '../config/load.js';
 import { controlRequest } from '../daemon/control.js';
 import type { CacheStatus } from '../daemon/ipc.js';
@@ -12,6 +13,8 @@ import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
 import { formatStatus, formatWritecacheLine } from './status-format.js';
 import { formatInspectReport, inspectCache } from './inspect.js';
+import { formatSize } from '../util/size.js';
+import { PcachedError } from '../util/errors.js';
 
 export interface CliIo {
   stdout: (text: string) => void;
@@ -104,6 +107,20 @@ function buildProgram(io: CliIo): Command {
     });
 
   program
+    .command('clean')
+    .description('Write everything back: turn the cleaner on (writes go to the origin, nothing new is cached) and report progress until no block is dirty')
+    .argument('<name>', 'cache name')
+    .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
+    .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 50 || n > 600_000) throw new InvalidArgumentError('must be an integer 50-600000 (milliseconds)');
+      return n;
+    }, 2000)
+    .action(async (name: string, opts: { control?: string; interval: number }) => {
+      await cleanCache(io, controlPath(io, opts.control), name, opts.interval);
+    });
+
+  program
     .command('inspect')
     .description("Print a cache file's superblock, cache info, tails, segment use and key log summary (read-only: never formats, never repairs)")
     .requiredOption('--cache <path>', 'cache file or block device')
@@ -160,4 +177,45 @@ export async function runCli(args: string[], io: CliIo = processIo): Promise<num
     io.stderr(`pcached: ${message.replace(/\s*\n\s*/g, '; ')}\n`);
     return 1;
   }
+}
+
+/** The dirty blocks of one cache, from status. */
+async function dirtyOf(control: string, name: string): Promise<number> {
+  const r = (await controlRequest(control, { op: 'status', name })) as { caches: CacheStatus[] };
+  const cs = r.caches[0]?.cacheState;
+  if (!cs) throw new PcachedError('ERR_NOT_RUNNING', `cache ${JSON.stringify(name)} is not running (no cache state in status)`);
+  return cs.dirtyBlocks;
+}
+
+/**
+ * `pcached clean NAME`: cleaner on, then progress until dirty reaches 0: a bar on a terminal,
+ * a line every interval otherwise (logs, CI). The cleaner stays on afterwards (as dm-writecache's
+ * does): `pcached message NAME cleaner off` caches writes again.
+ */
+async function cleanCache(io: CliIo, control: string, name: string, interval: number): Promise<void> {
+  await controlRequest(control, { op: 'message', name, words: ['cleaner'] });
+  const first = await dirtyOf(control, name);
+  const tty = io === processIo && process.stderr.isTTY === true;
+  const t0 = Date.now();
+  let dirty = first;
+  const bar = tty && first > 0
+    ? new cliProgress.SingleBar({ format: `clean ${name} [{bar}] {percentage}% | {left} dirty blocks left | {duration_formatted}`, stream: process.stderr, hideCursor: true },
+      cliProgress.Presets.shades_classic)
+    : null;
+  bar?.start(first, 0, { left: first });
+  if (!bar) io.stdout(`clean ${name}: ${first} dirty blocks (${formatSize(first * 4096)}) to write back\n`);
+  while (dirty > 0) {
+    await new Promise((r) => setTimeout(r, bar ? Math.min(interval, 250) : interval));
+    dirty = await dirtyOf(control, name);
+    const done = Math.max(0, first - dirty);
+    if (bar) {
+      // New writes over dirty data can add to the total while cleaning.
+      if (dirty > first) bar.setTotal(done + dirty);
+      bar.update(done, { left: dirty });
+    } else if (dirty > 0) {
+      io.stdout(`clean ${name}: ${dirty} dirty blocks left (${first > 0 ? Math.min(100, Math.round((100 * done) / first)) : 100}% done, ${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
+    }
+  }
+  bar?.stop();
+  io.stdout(`clean ${name}: no dirty blocks (${first} written back in ${((Date.now() - t0) / 1000).toFixed(1)} s); the cleaner stays on: \`pcached message ${name} cleaner off\` caches writes again\n`);
 }

@@ -36,7 +36,8 @@ export function formatStatus(caches: CacheStatus[]): string {
   const blocks = caches.map((c) => {
     const head: [string, string][] = [
       ['state', c.state],
-      ['mode', c.cacheState?.draining ? `${c.mode} (switched from write-back: ${c.cacheState.dirtyBlocks} dirty blocks still being written back)` : c.mode],
+      ['mode', c.cacheState?.draining && c.mode !== 'writeback' && c.mode !== 'writeonly'
+        ? `${c.mode} (switched from write-back: ${c.cacheState.dirtyBlocks} dirty blocks still being written back)` : c.mode],
       ['pid', c.pid ? String(c.pid) : '-'],
       ['origin', `${c.origin}${c.originSize ? ` (${formatSize(c.originSize)}, ${c.originSize} bytes)` : ''}`],
       ['cache', c.cache],
@@ -58,6 +59,7 @@ export function formatStatus(caches: CacheStatus[]): string {
         ['cache blocks', `${cs.blocks} (${formatSize(cs.blocks * 4096)})`],
         ['free blocks', `${cs.freeBlocks}${pct(cs.freeBlocks, cs.blocks)}`],
         ['dirty blocks', `${cs.dirtyBlocks}`],
+        ['cleaner', cs.cleaner ? 'on (writes go to the origin; everything is being written back)' : 'off'],
         ['read blocks', String(cs.readBlocks ?? 0)],
         ['read hits', `${cs.readHits ?? 0}${pct(cs.readHits ?? 0, cs.readBlocks ?? 0)}`],
         ['write blocks', String(cs.writeBlocks ?? 0)],

@@ -304,10 +304,14 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     segmentSize: parseSize(raw.segmentSize),
     gcPercent: raw.gcPercent,
     sequentialCutoff: parseSize(raw.sequentialCutoff),
-    autocommit: { timeMs: raw.autocommit.timeMs },
+    autocommit: { timeMs: raw.autocommit.timeMs, blocks: raw.autocommit.blocks },
     writeback: { rate: parseSize(raw.writeback.rate), jobs: raw.writeback.jobs },
     cacheFullWaitMs: raw.cacheFullWaitMs,
     pauseWritebackMs: raw.pauseWritebackMs,
+    highWatermark: raw.highWatermark,
+    lowWatermark: raw.lowWatermark,
+    maxAgeMs: raw.maxAgeMs,
+    cleaner: raw.cleaner,
   };
 }
 
@@ -331,6 +335,11 @@ function checkAcrossCaches(config: DaemonConfig, single: boolean, problems: stri
     if (first !== undefined) problems.push(`${where}: ${JSON.stringify(value)} is already used by ${first}`);
     else seen.set(k, where);
   };
+  config.caches.forEach((c, i) => {
+    if (c.lowWatermark > c.highWatermark) {
+      problems.push(`${at(i, 'lowWatermark')}: must not be above highWatermark (${c.highWatermark}): value was ${c.lowWatermark}`);
+    }
+  });
   const socketPath = (p: string, where: string): void => {
     const bytes = Buffer.byteLength(p);
     if (bytes > MAX_UNIX_PATH_BYTES) {

@@ -44,6 +44,8 @@ export interface CacheConfig {
   autocommit: {
     /** A kset is committed at the latest this long after its first key. */
     timeMs: number;
+    /** ... or once this many 4 KiB blocks wait uncommitted. */
+    blocks: number;
   };
   writeback: {
     /** Origin bytes per second writeback may use (0 = unlimited). */
@@ -55,6 +57,14 @@ export interface CacheConfig {
   cacheFullWaitMs: number;
   /** dm-writecache's pause_writeback, in ms (0: never pause). */
   pauseWritebackMs: number;
+  /** Percent of cache blocks dirty that starts full-speed writeback ... */
+  highWatermark: number;
+  /** ... until this percent. */
+  lowWatermark: number;
+  /** Dirty data older than this (ms) starts full-speed writeback; 0 = no limit. */
+  maxAgeMs: number;
+  /** dm-writecache's cleaner: no write promotions, write everything back. */
+  cleaner: boolean;
 }
 
 export interface DaemonConfig {
@@ -71,7 +81,7 @@ export interface DaemonConfig {
 
 /** Keys of a cache that SIGHUP may change on a running coordinator. */
 export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = [
-  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs', 'mode', 'pauseWritebackMs',
+  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs', 'mode', 'pauseWritebackMs', 'highWatermark', 'lowWatermark', 'maxAgeMs', 'cleaner',
 ];
 /** Daemon-wide keys SIGHUP may change. */
 export const RELOADABLE_DAEMON_KEYS: ReadonlyArray<keyof DaemonConfig> = ['logLevel'];

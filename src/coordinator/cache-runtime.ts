@@ -28,6 +28,8 @@ const BLOCK = 4096;
 export interface CacheStatusFields {
   /** The mode does not cache writes as dirty, but dirty data written before is still draining. */
   draining: boolean;
+  /** dm-writecache's cleaner is on (writes go to the origin; everything is written back). */
+  cleaner: boolean;
   blocks: number;
   freeBlocks: number;
   dirtyBlocks: number;
@@ -92,7 +94,11 @@ export const WRITECACHE_FIELDS: readonly (keyof WritecacheStatus)[] = [
 ];
 
 function tunablesOf(cache: CacheConfig) {
-  return { autocommitMs: cache.autocommit.timeMs, cacheFullWaitMs: cache.cacheFullWaitMs, writebackRate: cache.writeback.rate, writebackPauseMs: cache.pauseWritebackMs, writebackJobs: cache.writeback.jobs };
+  return {
+    autocommitMs: cache.autocommit.timeMs, autocommitBlocks: cache.autocommit.blocks, cacheFullWaitMs: cache.cacheFullWaitMs,
+    writebackRate: cache.writeback.rate, writebackPauseMs: cache.pauseWritebackMs, writebackJobs: cache.writeback.jobs,
+    highWatermark: cache.highWatermark, lowWatermark: cache.lowWatermark, maxAgeMs: cache.maxAgeMs, cleaner: cache.cleaner,
+  };
 }
 
 export class CacheRuntime {
@@ -211,6 +217,8 @@ export class CacheRuntime {
     if (a.writebackRate !== b.writebackRate) changed.push('writeback.rate');
     if (a.writebackPauseMs !== b.writebackPauseMs) changed.push('pauseWritebackMs');
     if (a.writebackJobs !== b.writebackJobs) changed.push('writeback.jobs');
+    if (a.autocommitBlocks !== b.autocommitBlocks) changed.push('autocommit.blocks');
+    for (const k of ['highWatermark', 'lowWatermark', 'maxAgeMs', 'cleaner'] as const) if (a[k] !== b[k]) changed.push(k);
     this.#opened.shared.setTunables(b);
     return changed;
   }
@@ -228,7 +236,8 @@ export class CacheRuntime {
     if (errs & ERR_ORIGIN_IO) errors.push('origin I/O error (writeback retrying)');
     const dirtyBlocks = Math.ceil(sh.dirtyBytes / BLOCK);
     return {
-      draining: dirtyBlocks > 0 && sh.mode !== MODE_WRITEBACK && sh.mode !== MODE_WRITEONLY,
+      draining: dirtyBlocks > 0 && (sh.cleaner || (sh.mode !== MODE_WRITEBACK && sh.mode !== MODE_WRITEONLY)),
+      cleaner: sh.cleaner,
       blocks: g.segmentCount * perSeg,
       freeBlocks: sh.freeSegments * perSeg,
       dirtyBlocks,

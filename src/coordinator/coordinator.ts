@@ -57,6 +57,25 @@ export function parseHostPort(spec: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port };
 }
 
+/**
+ * dm-writecache's controls as messages (their table-argument names), each setting one shared word
+ * at once; a value set this way lasts until the next restart or reload (the config file is the
+ * durable place). [tunable, min, max].
+ */
+const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number]> = {
+  high_watermark: ['highWatermark', 1, 100],
+  low_watermark: ['lowWatermark', 0, 100],
+  writeback_jobs: ['writebackJobs', 1, 1024],
+  autocommit_blocks: ['autocommitBlocks', 1, 1_048_576],
+  autocommit_time: ['autocommitMs', 1, 3_600_000],
+  max_age: ['maxAgeMs', 0, 86_400_000],
+  pause_writeback: ['writebackPauseMs', 0, 600_000],
+  pause_writeback_ms: ['writebackPauseMs', 0, 600_000],
+};
+
+/** flush_on_suspend waits this long for writeback at a stop (the supervisor's own stop timeout is 30 s). */
+const FLUSH_ON_SUSPEND_MS = 25_000;
+
 export class Coordinator {
   readonly #log: Logger;
   #cache: CacheConfig;
@@ -76,6 +95,8 @@ export class Coordinator {
   #nextSession = 1;
   #state: 'running' | 'draining' | 'stopped' = 'running';
   #shutdown: Promise<void> | null = null;
+  /** `message NAME flush_on_suspend`: the next stop writes everything back first. */
+  #flushOnSuspend = false;
 
   private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
     this.#cache = cache;
@@ -308,14 +329,21 @@ export class Coordinator {
         this.#setMode(args[0] as CacheMode);
         return { mode: args[0], from, dirtyBlocks: this.#cacheRt.status().dirtyBlocks };
       }
-      case 'pause_writeback_ms': {
+      case 'cleaner': {
         if (!this.#cacheRt) break;
-        if (args.length !== 1 || !/^\d+$/.test(args[0]!) || Number(args[0]) > 600_000) {
-          throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: pause_writeback_ms N (an integer 0-600000)');
+        if (args.length > 1 || (args.length === 1 && args[0] !== 'on' && args[0] !== 'off')) {
+          throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: cleaner [on|off]');
         }
-        this.#cacheRt.shared.setTunables({ writebackPauseMs: Number(args[0]) });
-        return { pauseWritebackMs: Number(args[0]) };
+        const on = args[0] !== 'off';
+        this.#cacheRt.shared.setTunables({ cleaner: on });
+        this.#log.info({ cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks }, on ? 'cleaner on: writes go to the origin, everything is written back' : 'cleaner off');
+        return { cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks };
       }
+      case 'flush_on_suspend':
+        if (!this.#cacheRt) break;
+        if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush_on_suspend takes no arguments');
+        this.#flushOnSuspend = true;
+        return { flushOnSuspend: true };
       case 'gc_percent': {
         if (!this.#cacheRt) throw new PcachedError('ERR_BAD_ARGUMENT', `gc_percent needs a cache; this one runs in ${this.#cache.mode} mode`);
         if (args.length !== 1 || !/^\d+$/.test(args[0]!)) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: gc_percent N (an integer 0-90)');
@@ -323,7 +351,21 @@ export class Coordinator {
         return { gcPercent: Number(args[0]) };
       }
     }
-    const known = this.#cacheRt ? 'flush, clear_stats, mode M, gc_percent N, pause_writeback_ms N' : 'flush, clear_stats';
+    if (this.#cacheRt && verb !== undefined && Object.hasOwn(TUNABLE_MESSAGES, verb)) {
+      const [key, min, max] = TUNABLE_MESSAGES[verb]!;
+      if (args.length !== 1 || !/^\d+$/.test(args[0]!) || Number(args[0]) < min || Number(args[0]) > max) {
+        throw new PcachedError('ERR_BAD_ARGUMENT', `usage: ${verb} N (an integer ${min}-${max})`);
+      }
+      const n = Number(args[0]);
+      const sh = this.#cacheRt.shared;
+      if (key === 'lowWatermark' && n > sh.highWatermark) throw new PcachedError('ERR_BAD_ARGUMENT', `low_watermark ${n} is above high_watermark ${sh.highWatermark}`);
+      if (key === 'highWatermark' && n < sh.lowWatermark) throw new PcachedError('ERR_BAD_ARGUMENT', `high_watermark ${n} is below low_watermark ${sh.lowWatermark}`);
+      sh.setTunables({ [key]: n });
+      return { [key]: n };
+    }
+    const known = this.#cacheRt
+      ? `flush, clear_stats, mode M, gc_percent N, cleaner [on|off], flush_on_suspend, ${Object.keys(TUNABLE_MESSAGES).map((k) => `${k} N`).join(', ')}`
+      : 'flush, clear_stats';
     throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: ${known}`);
   }
 
@@ -337,6 +379,23 @@ export class Coordinator {
     this.#cacheRt?.setMode(mode);
     this.#cache = { ...this.#cache, mode };
     this.#exp.description = describe(this.#cache);
+  }
+
+  /** Cleaner on, then wait (at most `limitMs`) until nothing is dirty; true when it got there. */
+  async #writeBackAll(limitMs: number): Promise<boolean> {
+    const rt = this.#cacheRt!;
+    rt.shared.setTunables({ cleaner: true });
+    const t0 = Date.now();
+    this.#log.info({ dirtyBlocks: rt.status().dirtyBlocks }, 'flush_on_suspend: writing everything back before stopping');
+    while (rt.status().dirtyBlocks > 0) {
+      if (Date.now() - t0 > limitMs) {
+        this.#log.warn({ dirtyBlocks: rt.status().dirtyBlocks, ms: Date.now() - t0 }, 'flush_on_suspend: gave up waiting; the rest stays dirty in the cache');
+        return false;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    this.#log.info({ ms: Date.now() - t0 }, 'flush_on_suspend: everything written back');
+    return true;
   }
 
   /** Apply the reloadable keys; the supervisor has already refused anything else. */
@@ -392,6 +451,7 @@ export class Coordinator {
     } catch (err) {
       this.#log.error({ err }, 'shutdown: flush failed');
     }
+    if (this.#flushOnSuspend && this.#cacheRt) await this.#writeBackAll(FLUSH_ON_SUSPEND_MS);
     // Writeback stops after its batch: dirty data stays in the cache and is replayed next start.
     await this.#cacheRt?.stopWorkers();
     await this.#stripes.close();

@@ -1,0 +1,158 @@
+// dm-writecache's controls through the real daemon: `pcached clean` and the cleaner, the
+// watermarks, max_age, flush_on_suspend, autocommit_blocks, and bad values refused. Writeback is
+// held back by pause_writeback (600 s) unless a control makes it run, so "it ran" is visible.
+// Every process started here is stopped by its PID in t.teardown.
+
+import test, { type ExecutionContext } from 'ava';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { nbdUri, makeSparseFile } from './helpers/daemon.js';
+import { pcachedCli, sleep, startServing, statusJson, stopGracefully, waitFor, type RunningDaemon } from './helpers/lifecycle.js';
+import { describe, needTools, nbdshJson, skipSuffix } from './helpers/tools.js';
+
+const MiB = 1 << 20;
+const NAME = 'vol';
+
+interface Env { dir: string; origin: string; d: RunningDaemon; uri: string }
+
+async function start(t: ExecutionContext, extra: string[] = [], env: Record<string, string> = {}): Promise<Env> {
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-controls-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const origin = join(dir, 'origin.img');
+  makeSparseFile(origin, 64 * MiB);
+  const sock = join(dir, 'nbd.sock');
+  const control = join(dir, 'control.sock');
+  const d = await startServing(t, ['--origin', origin, '--cache', join(dir, 'cache.img'), '--cache-size', '32M', '--segment-size', '1M',
+    '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '2', '--log-level', 'info', ...extra],
+  { cwd: dir, sock, control, env: { PCACHED_PAUSE_WRITEBACK_MS: '600000', ...env } });
+  return { dir, origin, d, uri: nbdUri(sock, NAME) };
+}
+
+async function write(e: Env, off: number, data: Buffer, flush = true): Promise<void> {
+  const f = join(e.dir, `w-${off}.bin`);
+  writeFileSync(f, data);
+  await nbdshJson(`d = open(${JSON.stringify(f)}, 'rb').read()\nfor i in range(0, len(d), ${MiB}):\n    h.pwrite(d[i:i + ${MiB}], ${off} + i)\n${flush ? 'h.flush()\n' : ''}print('"ok"')`, { uri: e.uri, timeoutMs: 60_000 });
+  rmSync(f);
+}
+
+async function dirty(e: Env): Promise<number> {
+  return (await statusJson(e.d.control)).caches[0]!.cacheState!.dirtyBlocks;
+}
+
+async function message(e: Env, ...words: string[]): Promise<string> {
+  const r = await pcachedCli(['message', NAME, ...words, '--control', e.d.control]);
+  if (r.code !== 0) throw new Error(`message ${words.join(' ')}: ${describe(r)}`);
+  return r.stdout;
+}
+
+const originAt = (e: Env, off: number, len: number): Buffer => readFileSync(e.origin).subarray(off, off + len);
+const why = needTools('nbdsh', 'python3-nbd');
+const t_ = why ? test.serial.skip : test.serial;
+
+t_('pcached clean: progress lines, then nothing dirty and the origin holds the data; the cleaner sends new writes to the origin until turned off' + skipSuffix(why), async (t) => {
+  t.timeout(180_000);
+  // The cleaner writes back at full speed: enough data for a few progress lines.
+  const e = await start(t, ['--cache-size', '96M']);
+  const data = randomBytes(40 * MiB);
+  await write(e, 8 * MiB, data);
+  t.true((await dirty(e)) >= 10240);
+  const r = await pcachedCli(['clean', NAME, '--control', e.d.control, '--interval', '50'], { timeoutMs: 120_000 });
+  t.is(r.code, 0, describe(r));
+  const lines = r.stdout.trim().split('\n');
+  t.regex(lines[0]!, /^clean vol: \d+ dirty blocks \(.*\) to write back$/);
+  t.true(lines.some((l) => /^clean vol: \d+ dirty blocks left \(\d+% done, \d+ s\)$/.test(l)), `a progress line: ${r.stdout}`);
+  t.regex(lines[lines.length - 1]!, /^clean vol: no dirty blocks \(\d+ written back in [\d.]+ s\); the cleaner stays on/);
+  t.is(await dirty(e), 0);
+  t.true(originAt(e, 8 * MiB, data.length).equals(data));
+  const st = (await statusJson(e.d.control)).caches[0]!.cacheState!;
+  t.true(st.cleaner);
+  // Cleaner on: a write goes to the origin at once, nothing dirty.
+  const more = randomBytes(256 * 1024);
+  await write(e, 20 * MiB, more);
+  t.true(originAt(e, 20 * MiB, more.length).equals(more));
+  t.is(await dirty(e), 0);
+  await message(e, 'cleaner', 'off');
+  await write(e, 24 * MiB, more);
+  t.true((await dirty(e)) >= 64, 'cleaner off: writes are cached again (writeback paused)');
+  const bad = await pcachedCli(['clean', NAME, '--control', e.d.control, '--interval', '5']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /interval.*must be an integer 50-600000/);
+  t.is(await stopGracefully(e.d), 0, e.d.proc.output());
+});
+
+t_('watermarks: below high_watermark dirty data waits (pause_writeback); past it writeback runs until low_watermark' + skipSuffix(why), async (t) => {
+  t.timeout(180_000);
+  const e = await start(t);
+  const total = (await statusJson(e.d.control)).caches[0]!.cacheState!.blocks;
+  await message(e, 'low_watermark', '5');
+  await message(e, 'high_watermark', '10');
+  // About 6 % of the blocks: below high, so writeback stays paused.
+  const small = Math.floor(total * 0.06) * 4096;
+  await write(e, 0, randomBytes(small));
+  await sleep(1500);
+  t.true((await dirty(e)) >= small / 4096, 'below the high watermark nothing is written back');
+  // Past 10 %: full speed until at most 5 %.
+  await write(e, 16 * MiB, randomBytes(Math.floor(total * 0.08) * 4096));
+  const after = await waitFor('writeback down to the low watermark', async () => {
+    const n = await dirty(e);
+    return n <= total * 0.05 ? n : undefined;
+  }, 60_000, 100);
+  t.log(`${total} blocks; dirty after the high watermark: ${after}`);
+  t.true(after <= total * 0.05);
+  const refused = await pcachedCli(['message', NAME, 'low_watermark', '50', '--control', e.d.control]);
+  t.not(refused.code, 0);
+  t.regex(refused.stderr, /low_watermark 50 is above high_watermark 10/);
+  t.is(await stopGracefully(e.d), 0, e.d.proc.output());
+});
+
+t_('max_age: dirty data older than max_age is written back although writeback is paused' + skipSuffix(why), async (t) => {
+  t.timeout(120_000);
+  const e = await start(t);
+  await message(e, 'max_age', '2000');
+  const data = randomBytes(MiB);
+  await write(e, 4 * MiB, data);
+  const t0 = Date.now();
+  await sleep(700);
+  t.true((await dirty(e)) >= 256, 'still dirty before max_age');
+  await waitFor('max_age writeback', async () => (await dirty(e)) === 0, 30_000, 100);
+  const took = Date.now() - t0;
+  t.log(`written back ${took} ms after the write (max_age 2000)`);
+  t.true(took >= 1500, `not before its age: ${took} ms`);
+  t.true(originAt(e, 4 * MiB, data.length).equals(data));
+  t.is(await stopGracefully(e.d), 0, e.d.proc.output());
+});
+
+t_('flush_on_suspend: the next stop writes everything back first; autocommit_blocks commits without a FLUSH; bad values are refused' + skipSuffix(why), async (t) => {
+  t.timeout(120_000);
+  const e = await start(t);
+  await message(e, 'autocommit_time', '3600000');
+  await message(e, 'autocommit_blocks', '64');
+  const head0 = (await statusJson(e.d.control)).caches[0]!.cacheState!.keyHead;
+  await write(e, 0, randomBytes(MiB), false);
+  const head1 = await waitFor('a commit without FLUSH', async () => {
+    const h = (await statusJson(e.d.control)).caches[0]!.cacheState!.keyHead;
+    return h !== head0 ? h : undefined;
+  }, 10_000, 100);
+  t.not(head1, head0);
+  const data = randomBytes(2 * MiB);
+  await write(e, 8 * MiB, data);
+  t.true((await dirty(e)) >= 512);
+  t.true(originAt(e, 8 * MiB, data.length).every((x) => x === 0));
+  for (const [words, msg] of [
+    [['high_watermark', '0'], /usage: high_watermark N \(an integer 1-100\)/],
+    [['writeback_jobs', '5000'], /usage: writeback_jobs N \(an integer 1-1024\)/],
+    [['max_age', '-1'], /usage: max_age N/],
+    [['cleaner', 'maybe'], /usage: cleaner \[on\|off\]/],
+    [['autocommit_blocks'], /usage: autocommit_blocks N/],
+  ] as const) {
+    const r = await pcachedCli(['message', NAME, ...words, '--control', e.d.control]);
+    t.not(r.code, 0, words.join(' '));
+    t.regex(r.stderr, msg);
+  }
+  await message(e, 'flush_on_suspend');
+  t.is(await stopGracefully(e.d), 0, e.d.proc.output());
+  t.true(originAt(e, 8 * MiB, data.length).equals(data), 'written back at the stop');
+  t.regex(e.d.proc.output(), /flush_on_suspend: everything written back/);
+});
