@@ -195,7 +195,7 @@ async function drainScenario(o: Opts, dir: string): Promise<void> {
 
 async function slowScenario(o: Opts, dir: string): Promise<void> {
   process.stdout.write(`\n== slow origin: ${o.slowSize >> 20} MiB file behind nbdkit delay 1 ms; zipf:1.1, 70 % reads, QD32; cache 25 %\n`);
-  const files = ['slow-direct.img', 'slow-pcached.img', 'slow-nbdkit.img'].map((f) => join(dir, f));
+  const files = ['slow-direct.img', 'slow-pcached.img', 'slow-nbdkit.img', 'slow-pcached-nhit2.img'].map((f) => join(dir, f));
   prefillFile(files[0]!, o.slowSize);
   for (const f of files.slice(1)) copyFileSync(files[0]!, f);
   execFileSync('sync');
@@ -209,18 +209,20 @@ async function slowScenario(o: Opts, dir: string): Promise<void> {
         return { uri: uriOf(s), procs: [await startProc('delay', 'nbdkit', ['-f', '-U', s, '--filter=delay', 'file', files[0]!, ...delay], s, dir)] };
       },
     },
-    {
-      name: 'pcached', start: async () => {
-        const os = join(dir, 'slow-origin-for-pcached.sock');
-        const origin = await startProc('delay-for-pcached', 'nbdkit', ['-f', '-U', os, '--filter=delay', 'file', files[1]!, ...delay], os, dir);
-        const pc = pcachedArgs(dir, 'slow-pcached', uriOf(os), `${(cacheBytes >> 20) + 1}M`);
-        rmSync(join(dir, 'slow-pcached-cache.img'), { force: true });
+    // pcached with the default admission (every miss promoted) and with nhit:2 (a block on its
+    // second miss): the hit ratio and IOPS side by side.
+    ...([['pcached', files[1]!, 'always'], ['pcached-nhit2', files[3]!, 'nhit:2']] as const).map(([name, file, promotion]) => ({
+      name, start: async () => {
+        const os = join(dir, `slow-origin-for-${name}.sock`);
+        const origin = await startProc(`delay-for-${name}`, 'nbdkit', ['-f', '-U', os, '--filter=delay', 'file', file, ...delay], os, dir);
+        const pc = pcachedArgs(dir, `slow-${name}`, uriOf(os), `${(cacheBytes >> 20) + 1}M`);
+        rmSync(join(dir, `slow-${name}-cache.img`), { force: true });
         // Misses wait 1 ms each: several origin connections per stripe keep them in parallel.
-        const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir, { PCACHED_ORIGIN_CONNECTIONS: '4', ...o.pcachedEnv });
+        const p = await startProc(name, process.execPath, pc.args, pc.sock, dir, { PCACHED_ORIGIN_CONNECTIONS: '4', PCACHED_PROMOTION: promotion, ...o.pcachedEnv });
         await waitInitialized(pc.control);
         return { uri: uriOf(pc.sock, 'bench'), procs: [p, origin], control: pc.control };
       },
-    },
+    })),
     {
       name: 'nbdkit-cache', start: async () => {
         const s = join(dir, 'slow-nbdkit-cache.sock');
@@ -287,6 +289,44 @@ function targets(engine: Record<string, number>): string[] {
   return out;
 }
 
+/**
+ * The chart: one horizontal bar per cell (IOPS, median), grouped by scenario and workload, each
+ * group scaled to its own largest value; then the drain comparison (seconds and origin MiB).
+ */
+function chartSvg(): string {
+  const esc = (x: string): string => x.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+  const groups = new Map<string, Row[]>();
+  for (const r of rows) groups.set(`${r.scenario} ${r.workload}`, [...(groups.get(`${r.scenario} ${r.workload}`) ?? []), r]);
+  const W = 760, label = 230, barMax = W - label - 120, rowH = 22;
+  const parts: string[] = [];
+  let y = 30;
+  const bar = (name: string, value: number, max: number, text: string, color: string): void => {
+    const w = max > 0 ? Math.max(1, Math.round((value / max) * barMax)) : 1;
+    parts.push(`<text x="${label - 8}" y="${y + 15}" text-anchor="end">${esc(name)}</text>`,
+      `<rect x="${label}" y="${y + 3}" width="${w}" height="${rowH - 6}" fill="${color}"/>`,
+      `<text x="${label + w + 6}" y="${y + 15}">${esc(text)}</text>`);
+    y += rowH;
+  };
+  for (const [g, rs] of groups) {
+    parts.push(`<text x="10" y="${y + 15}" font-weight="bold">${esc(g)} (IOPS)</text>`);
+    y += rowH;
+    const max = Math.max(...rs.map((r) => r.median.iops));
+    for (const r of rs) bar(r.server, r.median.iops, max, Math.round(r.median.iops).toLocaleString('en-US'), r.server.startsWith('pcached') ? '#2b7bb9' : '#999');
+    y += 8;
+  }
+  if (drainRows.length > 0) {
+    for (const [what, key, unit] of [['writeback drain time', 'seconds', 's'], ['origin bytes written by the drain', 'originMiB', 'MiB']] as const) {
+      parts.push(`<text x="10" y="${y + 15}" font-weight="bold">${what} (lower is better)</text>`);
+      y += rowH;
+      const max = Math.max(...drainRows.map((r) => r[key]));
+      for (const r of drainRows) bar(`${r.order} order`, r[key], max, `${r[key].toFixed(key === 'seconds' ? 2 : 1)} ${unit}`, r.order === 'epoch' ? '#2b7bb9' : '#999');
+      y += 8;
+    }
+  }
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${y + 10}" font-family="sans-serif" font-size="12">` +
+    `<text x="10" y="18" font-size="14" font-weight="bold">pcached npm run bench</text>${parts.join('')}</svg>\n`;
+}
+
 function markdown(o: Opts, engine: Record<string, number>, tg: string[]): string {
   const lines = ['| scenario | workload | server | IOPS | p50 µs | p99 µs | notes |', '|---|---|---|---|---|---|---|'];
   for (const r of rows) {
@@ -323,7 +363,8 @@ async function main(): Promise<void> {
     };
     writeFileSync(join(o.out, `cache-${stamp}.json`), JSON.stringify(result, null, 2) + '\n');
     writeFileSync(join(o.out, `cache-${stamp}.md`), md);
-    process.stdout.write(`wrote ${join(o.out, `cache-${stamp}.json`)} and .md\n`);
+    writeFileSync(join(o.out, `cache-${stamp}.svg`), chartSvg());
+    process.stdout.write(`wrote ${join(o.out, `cache-${stamp}.json`)}, .md and .svg (the chart)\n`);
   } finally {
     if (o.keep) process.stdout.write(`kept ${dir}\n`);
     else rmSync(dir, { recursive: true, force: true });

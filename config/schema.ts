@@ -45,6 +45,7 @@ export interface RawCache {
   highWatermark: number;
   lowWatermark: number;
   maxAgeMs: number;
+  promotion: string;
   cleaner: boolean;
   cacheFullWaitMs: number;
 }
@@ -476,6 +477,15 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       min: 0,
       max: 86_400_000,
     },
+    promotion: {
+      doc: 'Admission of read misses: `always` promotes every miss (the sequential cutoff aside); `nhit:N` promotes a block on its N-th miss within a window of recent misses (about the last 16k per stripe), so data read once does not push out data read often.',
+      accepts: '`always` or `nhit:N` (N 2-16)',
+      default: 'always',
+      env: 'PCACHED_PROMOTION',
+      format(x: unknown) {
+        if (typeof x !== 'string' || promotionHits(x) === null) invalid('must be "always" or "nhit:N" with N from 2 to 16', x);
+      },
+    },
     cleaner: {
       doc: "dm-writecache's cleaner: writes are no longer cached (they go to the origin, dropping cached copies) and everything dirty is written back at full speed. `pcached clean NAME` turns it on and waits.",
       accepts: 'boolean',
@@ -549,6 +559,14 @@ export function cacheSchema(form: 'file' | 'single', bindEnv: boolean): convict.
   const schema = cacheKeys(form);
   // Without the bindings convict ignores the environment for this instance (several caches in one file).
   return (bindEnv ? schema : withoutEnv(schema)) as unknown as convict.Schema<RawCache>;
+}
+
+/** Misses before a block is promoted: 1 for `always`, N for `nhit:N` (2-16); null when malformed. */
+export function promotionHits(x: string): number | null {
+  if (x === 'always') return 1;
+  const m = /^nhit:(\d{1,2})$/.exec(x);
+  const n = m ? Number(m[1]) : NaN;
+  return n >= 2 && n <= 16 ? n : null;
 }
 
 /** True for 127.0.0.0/8, ::1 and localhost: where metrics may listen without `metrics.allowRemote`. */

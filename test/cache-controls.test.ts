@@ -156,3 +156,37 @@ t_('flush_on_suspend: the next stop writes everything back first; autocommit_blo
   t.true(originAt(e, 8 * MiB, data.length).equals(data), 'written back at the stop');
   t.regex(e.d.proc.output(), /flush_on_suspend: everything written back/);
 });
+
+t_('promotion nhit:2: a block is promoted on its second miss, not its first; `always` again promotes at once' + skipSuffix(why), async (t) => {
+  t.timeout(120_000);
+  const e = await start(t, [], { PCACHED_PROMOTION: 'nhit:2' });
+  const hits = async (): Promise<[number, number]> => {
+    const cs = (await statusJson(e.d.control)).caches[0]!.cacheState!;
+    return [cs.readBlocks ?? 0, cs.readHits ?? 0];
+  };
+  // Scattered 4 KiB reads (no sequential run), each block read three times in turn.
+  const offs = Array.from({ length: 64 }, (_, i) => (i * 37 % 64) * 65536 + 12 * MiB);
+  const pass = `for o in ${JSON.stringify(offs)}:\n    h.pread(4096, o)\nprint('"ok"')`;
+  const rounds: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const [b0, h0] = await hits();
+    await nbdshJson(pass, { uri: e.uri });
+    const [b1, h1] = await hits();
+    t.is(b1 - b0, 64);
+    rounds.push(h1 - h0);
+  }
+  t.deepEqual(rounds, [0, 0, 64], 'first miss counted, second miss promotes, third read hits');
+  await message(e, 'promotion', 'always');
+  const fresh = offs.map((o) => o + 4096);
+  const pass2 = `for o in ${JSON.stringify(fresh)}:\n    h.pread(4096, o)\nprint('"ok"')`;
+  await nbdshJson(pass2, { uri: e.uri });
+  const [b2, h2] = await hits();
+  await nbdshJson(pass2, { uri: e.uri });
+  const [b3, h3] = await hits();
+  t.is(b3 - b2, 64);
+  t.is(h3 - h2, 64, 'always: promoted on the first miss');
+  const bad = await pcachedCli(['message', NAME, 'promotion', 'nhit:99', '--control', e.d.control]);
+  t.not(bad.code, 0);
+  t.regex(bad.stderr, /usage: promotion always\|nhit:N \(N 2-16\)/);
+  t.is(await stopGracefully(e.d), 0, e.d.proc.output());
+});

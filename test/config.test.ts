@@ -57,7 +57,7 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
     originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
     dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
     autocommit: { timeMs: 1000, blocks: 65_536 }, writeback: { rate: 0, jobs: 16 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
-    highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false,
+    highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, promotion: 'always',
   }]);
 });
 
@@ -413,6 +413,10 @@ test("dm-writecache's controls: watermarks (low at most high), maxAgeMs, cleaner
   configError(t, () => load({ configFile: file(one({ maxAgeMs: -1 })) }), 'caches[0].maxAgeMs', 'value was -1');
   configError(t, () => load({ configFile: file(one({ autocommit: { blocks: 0 } })) }), 'caches[0].autocommit.blocks', 'value was 0');
   configError(t, () => load({ configFile: file(one({ cleaner: 'maybe' })) }), 'caches[0].cleaner: must be true or false');
+  t.is(cache0(load({ env: { PCACHED_PROMOTION: 'nhit:3' } })).promotion, 'nhit:3');
+  for (const bad of ['nhit:1', 'nhit:17', 'nhit', 'sometimes', 'nhit:2x']) {
+    configError(t, () => load({ configFile: file(one({ promotion: bad })) }), 'caches[0].promotion: must be "always" or "nhit:N" with N from 2 to 16', `value was "${bad}"`);
+  }
   const a = load().config;
   const b = { ...a, caches: [{ ...a.caches[0]!, highWatermark: 60, cleaner: true, autocommit: { timeMs: 1000, blocks: 10 } }] };
   const d = diffConfig(a, b);

@@ -4,7 +4,7 @@
 
 import { workerData } from 'piscina';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
-import { CacheShared, ERR_ORIGIN_IO, MODE_WRITEBACK, MODE_WRITEONLY, W_FOREGROUND, W_KICK_WB } from '../src/cache/shared.js';
+import { CacheShared, ERR_ORIGIN_IO, W_FOREGROUND, W_KICK_WB } from '../src/cache/shared.js';
 import { Writeback, WritebackHalted, OriginIoError } from '../src/cache/writeback.js';
 import type { Geometry } from '../src/cache/log.js';
 import { openOrigin } from '../src/origin/open.js';
@@ -77,8 +77,9 @@ async function loop(): Promise<void> {
   let aboveHigh = false;
   /**
    * Why writeback must run at full speed now (no pause, no rate limit), or null: dirty blocks past
-   * highWatermark (until back to lowWatermark), dirty data older than maxAgeMs, the cleaner, or a
-   * mode that no longer caches writes draining what write-back left.
+   * highWatermark (until back to lowWatermark), writes waiting for space, the cleaner, or dirty
+   * data older than maxAgeMs. (A switch to a mode that does not cache writes drains at the normal
+   * pace, as in bcache; the cleaner is the way to drain now.)
    */
   const urgency = (): string | null => {
     const total = data.geometry.segmentCount * (data.geometry.dataAreaSize / 4096);
@@ -86,9 +87,8 @@ async function loop(): Promise<void> {
     if (dirtyPct >= sh.highWatermark) aboveHigh = true;
     else if (dirtyPct <= sh.lowWatermark) aboveHigh = false;
     if (aboveHigh) return 'high watermark';
+    if (sh.writeBlockedWithin(Date.now(), 1000)) return 'writes waiting for space';
     if (sh.cleaner) return 'cleaner';
-    const m = sh.mode;
-    if (m !== MODE_WRITEBACK && m !== MODE_WRITEONLY) return 'draining';
     const maxAge = sh.maxAgeMs;
     if (maxAge > 0 && oldestDirtyAge() >= maxAge) return 'max age';
     return null;

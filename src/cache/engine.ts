@@ -35,7 +35,7 @@ export interface EngineStats {
 export type EngineCounter =
   | 'read_blocks' | 'read_hits' | 'write_blocks' | 'write_bypass' | 'write_blocked' | 'cache_flushes'
   | 'discards' | 'fills' | 'fills_skipped' | 'crc_errors' | 'cache_errors' | 'ksets' | 'origin_reads' | 'origin_read_bytes'
-  | 'origin_writes' | 'origin_write_bytes' | 'write_hits_uncommitted' | 'write_hits_committed' | 'write_allocs';
+  | 'origin_writes' | 'origin_write_bytes' | 'write_hits_uncommitted' | 'write_hits_committed' | 'write_allocs' | 'fills_deferred';
 
 export interface EngineLog {
   warn(obj: object, msg: string): void;
@@ -76,6 +76,9 @@ interface Queued {
  * a 4 KiB random-write load paid an fdatasync every 0.15 s and ran 10% slower. The autocommit time
  * bounds what a crash can take back; this also bounds the memory the ksets hold.
  */
+/** Slots of the per-stripe table of recent read misses (admission `nhit:N`). */
+const MISS_TABLE_SLOTS = 16_384;
+
 function blocksOfKey(k: CacheKey): number {
   return k.flags === KEY_DIRTY || k.flags === KEY_CLEAN ? Math.ceil(k.length / BLOCK) : 1;
 }
@@ -750,6 +753,7 @@ export class StripeEngine {
   }
 
   private runQueue(): void {
+    if (this.queue.length > 0) this.sh.noteWriteBlocked(Date.now());
     while (this.queue.length > 0 && !this.bypassing) {
       const q = this.queue[0]!;
       if (q.through) {
@@ -811,17 +815,14 @@ export class StripeEngine {
   private bypassTarget = -1;
 
   /**
-   * Epoch order holds for bypassed writes too: one goes to the origin only once every key logged
-   * before it (this stripe's pending ones committed first) has been written back and synced, so
-   * the origin never gets a write ahead of an older epoch. Writeback runs at full speed then
-   * (segment use is past gc_percent, so it does not pause).
+   * Epoch order holds for bypassed writes too: one goes to the origin only once every epoch closed
+   * before it (up to the newest EPOCH kset in the log) has been written back and synced, so the
+   * origin never gets a write ahead of an older epoch; keys after that mark are of the write's own
+   * epoch, which the origin may hold in part. Writeback runs at full speed meanwhile (writes are
+   * waiting for space).
    */
   private drainedForBypass(): boolean {
-    if (this.open.length > 0 || this.ready.length > 0 || this.roundRunning) {
-      this.kickCommit(false);
-      return false;
-    }
-    if (this.bypassTarget < 0) this.bypassTarget = this.sh.headLsn;
+    if (this.bypassTarget < 0) this.bypassTarget = this.sh.lastEpochLsn + 1;
     if (this.sh.dirtyTail().lsn < this.bypassTarget) {
       this.sh.kick(W_KICK_WB);
       return false;
@@ -979,8 +980,40 @@ export class StripeEngine {
     return true;
   }
 
+  // Admission (`promotion nhit:N`): a fixed table of recent misses per stripe, keyed by the
+  // request's first 4 KiB block. A block is promoted on its N-th miss while its entry lives; an
+  // entry dies when another block takes its slot or when the table's era moves on (every
+  // MISS_TABLE_SLOTS misses), so "within a window" means within the last 16-32k misses.
+  private readonly missTag = new Float64Array(MISS_TABLE_SLOTS).fill(-1);
+  private readonly missCount = new Uint8Array(MISS_TABLE_SLOTS);
+  private readonly missEra = new Uint32Array(MISS_TABLE_SLOTS);
+  private era = 1;
+  private missesInEra = 0;
+
+  /** Counts a miss of the block at `off`; true when it has now missed `need` times. */
+  private admit(off: number, need: number): boolean {
+    const block = Math.floor(off / BLOCK);
+    const slot = ((block * 2654435761) >>> 0) % MISS_TABLE_SLOTS;
+    if (++this.missesInEra >= MISS_TABLE_SLOTS) { this.era++; this.missesInEra = 0; }
+    const live = this.missTag[slot] === block && this.era - this.missEra[slot]! <= 1;
+    const count = live ? Math.min(255, this.missCount[slot]! + 1) : 1;
+    this.missTag[slot] = block;
+    this.missCount[slot] = count;
+    this.missEra[slot] = this.era;
+    if (count < need) return false;
+    this.missTag[slot] = -1; // promoted: its next miss (after eviction) starts over
+    return true;
+  }
+
   private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
     if (fill && this.throughInflight.length > 0 && this.overlapsInflight(off, into.length)) fill = false;
+    if (fill) {
+      const need = this.sh.promoteHits;
+      if (need > 1 && !this.admit(off, need)) {
+        fill = false;
+        this.count('fills_deferred', 1);
+      }
+    }
     this.count('origin_reads', 1);
     this.count('origin_read_bytes', into.length);
     if (!fill) {

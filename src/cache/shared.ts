@@ -74,6 +74,10 @@ const W_LOW_WM = 55;
 const W_MAX_AGE_MS = 56;
 const W_CLEANER = 57;
 const W_AUTOCOMMIT_BLOCKS = 58;
+/** Read misses a block needs before it is promoted (1: always). */
+const W_PROMOTE_HITS = 59;
+/** Last time (ms, modulo 2^31) a write waited for cache space: writeback then ignores pause and rate. */
+const W_BLOCKED_AT = 60;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -139,10 +143,12 @@ export interface Tunables {
   cleaner: boolean;
   /** A commit round starts once this many 4 KiB blocks wait uncommitted (dm-writecache's autocommit_blocks). */
   autocommitBlocks: number;
+  /** Admission: a read miss promotes its block on the block's N-th miss (1: every miss). */
+  promoteHits: number;
 }
 
 export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000, writebackJobs: 16,
-  highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, autocommitBlocks: 65_536 };
+  highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, autocommitBlocks: 65_536, promoteHits: 1 };
 
 /** Lock words: a short spin, then a futex wait; holders never block on anything but the device. */
 function lockWord(w: Int32Array, i: number): void {
@@ -252,6 +258,8 @@ export class CacheShared {
   noteEpoch(lsn: number): void { Atomics.store(this.b, B_EPOCH_LSN, BigInt(lsn)); }
   /** True when the newest kset in the log already ends an epoch (a FLUSH with nothing new needs no marker). */
   get epochClosed(): boolean { return Number(Atomics.load(this.b, B_EPOCH_LSN)) === this.headLsn - 1; }
+  /** Sequence number of the newest kset that ends an epoch (0: none in the log). */
+  get lastEpochLsn(): number { return Number(Atomics.load(this.b, B_EPOCH_LSN)); }
 
   get dirtyBytes(): number { return Number(Atomics.load(this.b, B_DIRTY_BYTES)); }
   addDirty(n: number): void { Atomics.add(this.b, B_DIRTY_BYTES, BigInt(n)); }
@@ -269,6 +277,15 @@ export class CacheShared {
   get maxAgeMs(): number { return Atomics.load(this.w, W_MAX_AGE_MS); }
   get cleaner(): boolean { return Atomics.load(this.w, W_CLEANER) !== 0; }
   get autocommitBlocks(): number { return Atomics.load(this.w, W_AUTOCOMMIT_BLOCKS); }
+  get promoteHits(): number { return Atomics.load(this.w, W_PROMOTE_HITS); }
+  noteWriteBlocked(nowMs: number): void { Atomics.store(this.w, W_BLOCKED_AT, (nowMs % 0x7fffffff) | 0); }
+  /** A write waited for cache space within the last `ms` milliseconds. */
+  writeBlockedWithin(nowMs: number, ms: number): boolean {
+    const at = Atomics.load(this.w, W_BLOCKED_AT);
+    if (at === 0) return false;
+    const age = ((nowMs % 0x7fffffff) - at + 0x7fffffff) % 0x7fffffff;
+    return age < ms;
+  }
   setTunables(t: Partial<Tunables>): void {
     if (t.autocommitMs !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_MS, t.autocommitMs);
     if (t.cacheFullWaitMs !== undefined) Atomics.store(this.w, W_FULL_WAIT_MS, t.cacheFullWaitMs);
@@ -280,6 +297,7 @@ export class CacheShared {
     if (t.lowWatermark !== undefined) Atomics.store(this.w, W_LOW_WM, t.lowWatermark);
     if (t.maxAgeMs !== undefined) Atomics.store(this.w, W_MAX_AGE_MS, t.maxAgeMs);
     if (t.autocommitBlocks !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_BLOCKS, t.autocommitBlocks);
+    if (t.promoteHits !== undefined) Atomics.store(this.w, W_PROMOTE_HITS, t.promoteHits);
     if (t.cleaner !== undefined) {
       Atomics.store(this.w, W_CLEANER, t.cleaner ? 1 : 0);
       this.kick(W_KICK_WB);

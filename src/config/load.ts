@@ -311,6 +311,7 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     highWatermark: raw.highWatermark,
     lowWatermark: raw.lowWatermark,
     maxAgeMs: raw.maxAgeMs,
+    promotion: raw.promotion,
     cleaner: raw.cleaner,
   };
 }

@@ -63,6 +63,8 @@ export interface CacheConfig {
   lowWatermark: number;
   /** Dirty data older than this (ms) starts full-speed writeback; 0 = no limit. */
   maxAgeMs: number;
+  /** Read-miss admission: `always` or `nhit:N`. */
+  promotion: string;
   /** dm-writecache's cleaner: no write promotions, write everything back. */
   cleaner: boolean;
 }
@@ -81,7 +83,7 @@ export interface DaemonConfig {
 
 /** Keys of a cache that SIGHUP may change on a running coordinator. */
 export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = [
-  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs', 'mode', 'pauseWritebackMs', 'highWatermark', 'lowWatermark', 'maxAgeMs', 'cleaner',
+  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs', 'mode', 'pauseWritebackMs', 'highWatermark', 'lowWatermark', 'maxAgeMs', 'cleaner', 'promotion',
 ];
 /** Daemon-wide keys SIGHUP may change. */
 export const RELOADABLE_DAEMON_KEYS: ReadonlyArray<keyof DaemonConfig> = ['logLevel'];

@@ -16,6 +16,7 @@ import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO, MOD
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
 import { PcachedError } from '../util/errors.js';
 import type { CacheWorkerData } from '../../workers/writeback.js';
+import { promotionHits } from '../../config/schema.js';
 
 const WRITEBACK_URL = new URL('../../workers/writeback.js', import.meta.url);
 const GC_URL = new URL('../../workers/gc.js', import.meta.url);
@@ -98,6 +99,7 @@ function tunablesOf(cache: CacheConfig) {
     autocommitMs: cache.autocommit.timeMs, autocommitBlocks: cache.autocommit.blocks, cacheFullWaitMs: cache.cacheFullWaitMs,
     writebackRate: cache.writeback.rate, writebackPauseMs: cache.pauseWritebackMs, writebackJobs: cache.writeback.jobs,
     highWatermark: cache.highWatermark, lowWatermark: cache.lowWatermark, maxAgeMs: cache.maxAgeMs, cleaner: cache.cleaner,
+    promoteHits: promotionHits(cache.promotion) ?? 1,
   };
 }
 
@@ -219,6 +221,7 @@ export class CacheRuntime {
     if (a.writebackJobs !== b.writebackJobs) changed.push('writeback.jobs');
     if (a.autocommitBlocks !== b.autocommitBlocks) changed.push('autocommit.blocks');
     for (const k of ['highWatermark', 'lowWatermark', 'maxAgeMs', 'cleaner'] as const) if (a[k] !== b[k]) changed.push(k);
+    if (a.promoteHits !== b.promoteHits) changed.push('promotion');
     this.#opened.shared.setTunables(b);
     return changed;
   }

@@ -21,6 +21,7 @@ import { errnoName } from './io.js';
 import { NbdErr } from '../nbd/constants.js';
 import { unlinkSync } from 'node:fs';
 import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
+import { promotionHits } from '../../config/schema.js';
 import { SequentialDetector } from './sequential.js';
 import { basename } from 'node:path';
 
@@ -339,6 +340,13 @@ export class Coordinator {
         this.#log.info({ cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks }, on ? 'cleaner on: writes go to the origin, everything is written back' : 'cleaner off');
         return { cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks };
       }
+      case 'promotion': {
+        if (!this.#cacheRt) break;
+        const n = args.length === 1 ? promotionHits(args[0]!) : null;
+        if (n === null) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: promotion always|nhit:N (N 2-16)');
+        this.#cacheRt.shared.setTunables({ promoteHits: n });
+        return { promotion: args[0] };
+      }
       case 'flush_on_suspend':
         if (!this.#cacheRt) break;
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush_on_suspend takes no arguments');
@@ -364,7 +372,7 @@ export class Coordinator {
       return { [key]: n };
     }
     const known = this.#cacheRt
-      ? `flush, clear_stats, mode M, gc_percent N, cleaner [on|off], flush_on_suspend, ${Object.keys(TUNABLE_MESSAGES).map((k) => `${k} N`).join(', ')}`
+      ? `flush, clear_stats, mode M, gc_percent N, cleaner [on|off], flush_on_suspend, promotion always|nhit:N, ${Object.keys(TUNABLE_MESSAGES).map((k) => `${k} N`).join(', ')}`
       : 'flush, clear_stats';
     throw new PcachedError('ERR_UNKNOWN_MESSAGE', `unknown message ${JSON.stringify(verb ?? '')}; this cache understands: ${known}`);
   }

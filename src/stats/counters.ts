@@ -19,7 +19,7 @@ export const STRIPE_COUNTERS = [
   'queue_depth', 'batches', 'wakeups',
   'read_blocks', 'read_hits', 'write_blocks', 'write_bypass', 'write_blocked', 'cache_flushes',
   'discards', 'fills', 'fills_skipped', 'crc_errors', 'cache_errors', 'ksets',
-  'write_hits_uncommitted', 'write_hits_committed', 'write_allocs',
+  'write_hits_uncommitted', 'write_hits_committed', 'write_allocs', 'fills_deferred',
 ] as const;
 
 /** Counted by the writeback and GC workers of one cache (one block per cache). */
