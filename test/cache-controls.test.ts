@@ -190,3 +190,55 @@ t_('promotion nhit:2: a block is promoted on its second miss, not its first; `al
   t.regex(bad.stderr, /usage: promotion always\|nhit:N \(N 2-16\)/);
   t.is(await stopGracefully(e.d), 0, e.d.proc.output());
 });
+
+t_('pcached detach: everything written back, the cache file released and marked clean, the volume still served (from the origin); a restart attaches it again, formatted afresh' + skipSuffix(why), async (t) => {
+  t.timeout(180_000);
+  const e = await start(t);
+  const data = randomBytes(4 * MiB);
+  await write(e, 4 * MiB, data);
+  t.true((await dirty(e)) >= 1024);
+  const r = await pcachedCli(['detach', NAME, '--control', e.d.control, '--interval', '100'], { timeoutMs: 120_000 });
+  t.is(r.code, 0, describe(r));
+  t.regex(r.stdout, /detach vol: the cache file .*cache\.img is released and marked clean/);
+  t.true(originAt(e, 4 * MiB, data.length).equals(data), 'written back before the release');
+  const st = (await statusJson(e.d.control)).caches[0]!;
+  t.true(st.detached);
+  t.is(st.cacheState, undefined);
+  t.is(st.mode, 'passthrough');
+  // Released: no thread of the coordinator holds the cache file open.
+  const { readdirSync, readlinkSync } = await import('node:fs');
+  const open = readdirSync(`/proc/${e.d.coord}/fd`).map((fd) => { try { return readlinkSync(`/proc/${e.d.coord}/fd/${fd}`); } catch { return ''; } });
+  t.false(open.some((p) => p.endsWith('cache.img')), `the cache file is closed: ${open.filter((p) => p.includes('cache')).join(' ')}`);
+  const inspect = await pcachedCli(['inspect', '--cache', join(e.dir, 'cache.img'), '--json']);
+  t.is((JSON.parse(inspect.stdout) as { cacheInfo: { flags: number } }).cacheInfo.flags, 1, 'marked detached');
+  // Still serving: reads and writes go to the origin.
+  const more = randomBytes(MiB);
+  await write(e, 16 * MiB, more);
+  t.true(originAt(e, 16 * MiB, more.length).equals(more));
+  const back = await nbdshJson<string>(`import hashlib, json\nprint(json.dumps(hashlib.sha256(h.pread(${4 * MiB}, ${4 * MiB})).hexdigest()))`, { uri: e.uri });
+  const { createHash } = await import('node:crypto');
+  t.is(back, createHash('sha256').update(data).digest('hex'));
+  const again = await pcachedCli(['message', NAME, 'detach', '--control', e.d.control]);
+  t.not(again.code, 0);
+  t.regex(again.stderr, /already detached/);
+  t.is(await stopGracefully(e.d), 0, e.d.proc.output());
+
+  // Attach again by starting on the same file: formatted afresh (its contents are not replayed).
+  const d2 = await startServing(t, ['--origin', e.origin, '--cache', join(e.dir, 'cache.img'), '--segment-size', '1M', '--unix', join(e.dir, 'nbd.sock'),
+    '--tcp', '', '--name', NAME, '--control', e.d.control, '--stripes', '2', '--log-level', 'info'], { cwd: e.dir, sock: join(e.dir, 'nbd.sock'), control: e.d.control });
+  const cs = (await statusJson(e.d.control)).caches[0]!.cacheState!;
+  t.true(cs.replay.formatted, 'the detached cache was formatted afresh');
+  t.regex(d2.proc.output(), /detached clean/);
+  t.true(originAt(e, 16 * MiB, more.length).equals(more));
+  t.is(await stopGracefully(d2), 0, d2.proc.output());
+});
+
+t_('detach refuses while data is dirty (without clean first) and says how' + skipSuffix(why), async (t) => {
+  t.timeout(60_000);
+  const e = await start(t);
+  await write(e, 0, randomBytes(MiB));
+  const r = await pcachedCli(['message', NAME, 'detach', '--control', e.d.control]);
+  t.not(r.code, 0);
+  t.regex(r.stderr, /\d+ blocks are still dirty; the cleaner is on now: write them back first \(pcached clean vol; pcached detach vol does both\)/);
+  t.is(await stopGracefully(e.d), 0, e.d.proc.output());
+});

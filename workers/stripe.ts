@@ -299,7 +299,7 @@ async function loop(o: Origin): Promise<void> {
 
 export interface StripeTask {
   /** 'crash' exists for tests of the respawn path and only with PCACHED_TEST_HOOKS=1. */
-  op: 'start' | 'stop' | 'crash';
+  op: 'start' | 'stop' | 'crash' | 'detach';
 }
 
 /** piscina task handler: the control plane of this stripe. */
@@ -308,7 +308,7 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
     case 'start': {
       if (running) return { ok: true, size: origin?.size ?? 0 };
       origin = await openOrigin(data.origin);
-      if (data.cache) {
+      if (data.cache && !new CacheShared(data.cache.shared).detached) {
         const c = data.cache;
         cacheDev = FileBlockDevice.open(c.path);
         const names = new Set<string>(STRIPE_COUNTERS);
@@ -341,6 +341,25 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       if (process.env.PCACHED_TEST_HOOKS !== '1') throw new Error('test hooks are disabled');
       // Outside the task, like a real bug in the loop: the thread dies with work in its ring.
       setImmediate(() => { throw new Error('stripe crash requested by a test hook'); });
+      return { ok: true };
+    }
+    case 'detach': {
+      // The cache is being released (pcached detach): new requests go to the origin from now on;
+      // the engine finishes what it has in motion, commits its last keys and closes the device.
+      const e = engine;
+      if (!e) return { ok: true };
+      engine = null;
+      for (let i = 0; e.busy && i < 12_000; i++) {
+        e.tick();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      try {
+        e.drain();
+      } catch (err) {
+        log.error({ err }, 'stripe detach: committing the last keys failed');
+      }
+      cacheDev?.close();
+      cacheDev = null;
       return { ok: true };
     }
     case 'stop': {

@@ -489,6 +489,8 @@ export class StripeEngine {
 
   /** Live dirty data, or a TRIM/ZERO key, anywhere in the range (writeback still owes it to the origin). */
   private hasDirty(off: number, len: number): boolean {
+    // The index keeps DIRTY/TRIM/ZERO flags after writeback; with nothing dirty anywhere, none is.
+    if (this.sh.dirtyBytes === 0) return false;
     let dirty = false;
     const gen = this.sh.gen;
     this.index.lookup(off, len, (_o, _l, e) => {
@@ -1005,6 +1007,14 @@ export class StripeEngine {
     return true;
   }
 
+  /** Origin reads of misses in flight (their fills still touch the cache when they return). */
+  private missesInFlight = 0;
+
+  /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
+  get busy(): boolean {
+    return this.committing || this.queue.length > 0 || this.parked.length > 0 || this.missesInFlight > 0 || this.runBufs.length > 0;
+  }
+
   private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
     if (fill && this.throughInflight.length > 0 && this.overlapsInflight(off, into.length)) fill = false;
     if (fill) {
@@ -1028,7 +1038,9 @@ export class StripeEngine {
       this.origin.read(off, into, done);
       return;
     }
+    this.missesInFlight++;
     this.origin.read(off, into, (errno) => {
+      this.missesInFlight--;
       if (errno === 0) {
         try {
           this.fill(token, off, into);

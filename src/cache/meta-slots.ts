@@ -98,6 +98,11 @@ export function writeDualSlot<T>(dev: BlockDevice, offsets: readonly [number, nu
 // ---- the five record kinds ----
 
 export interface CacheInfo { mode: CacheMode; gcPercent: number; flags: number }
+/**
+ * Cache info flag: the cache was detached clean (`pcached detach`): everything was written back
+ * and the origin may have changed since, so the next start formats it afresh instead of replaying.
+ */
+export const CACHE_DETACHED = 1;
 export const MAX_GC_PERCENT = 90;
 
 export const cacheInfoCodec: RecordCodec<CacheInfo> = {
@@ -115,7 +120,7 @@ export const cacheInfoCodec: RecordCodec<CacheInfo> = {
     if (dv.getUint16(at + 2, true) !== 0) return 'reserved not zero';
     const flags = dv.getUint32(at + 4, true);
     // No flag is defined in version 1; a set bit means a newer writer we cannot honour.
-    if (flags !== 0) return `unknown flags 0x${flags.toString(16)}`;
+    if ((flags & ~CACHE_DETACHED) !== 0) return `unknown flags 0x${flags.toString(16)}`;
     return { mode, gcPercent, flags };
   },
 };

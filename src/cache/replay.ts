@@ -11,6 +11,7 @@ import { walkLog } from './key-log.js';
 import type { ScanStop } from './key-log.js';
 import { geometryOf } from './log.js';
 import type { Geometry } from './log.js';
+import { CACHE_DETACHED } from './meta-slots.js';
 import { CacheShared, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, SEG_DATA, SEG_LOG } from './shared.js';
 import { ExtentFlag, ExtentIndex } from './index/extent-index.js';
 import { SUBTREE_SIZE } from '../ring/layout.js';
@@ -92,8 +93,16 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
       formatted = true;
     }
   }
+  let detachedNote: string | null = null;
+  if (!formatted && ((state.cacheInfo.value?.flags ?? 0) & CACHE_DETACHED) !== 0) {
+    // Written back whole before it was released; the origin may have changed since.
+    state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: state.sb.segmentSize, gcPercent: state.cacheInfo.value!.gcPercent, mode: p.mode, force: true });
+    formatted = true;
+    detachedNote = 'the cache was detached clean (everything written back): formatted afresh rather than replayed';
+  }
   const g = geometryOf(state.sb);
   const warnings = [...state.warnings];
+  if (detachedNote) warnings.push(detachedNote);
   const maxBytes = p.indexMaxBytes ?? defaultIndexMaxBytes(dev.size, p.stripes);
   const indexes: ExtentIndex[] = [];
   for (let i = 0; i < p.stripes; i++) indexes.push(ExtentIndex.create({ originBytes: g.originSize, stripe: i, stripes: p.stripes, maxBytes }));

@@ -78,6 +78,8 @@ const W_AUTOCOMMIT_BLOCKS = 58;
 const W_PROMOTE_HITS = 59;
 /** Last time (ms, modulo 2^31) a write waited for cache space: writeback then ignores pause and rate. */
 const W_BLOCKED_AT = 60;
+/** Set by `pcached detach`: a stripe (re)starting after it serves without the cache. */
+const W_DETACHED = 61;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -278,6 +280,8 @@ export class CacheShared {
   get cleaner(): boolean { return Atomics.load(this.w, W_CLEANER) !== 0; }
   get autocommitBlocks(): number { return Atomics.load(this.w, W_AUTOCOMMIT_BLOCKS); }
   get promoteHits(): number { return Atomics.load(this.w, W_PROMOTE_HITS); }
+  get detached(): boolean { return Atomics.load(this.w, W_DETACHED) !== 0; }
+  markDetached(): void { Atomics.store(this.w, W_DETACHED, 1); }
   noteWriteBlocked(nowMs: number): void { Atomics.store(this.w, W_BLOCKED_AT, (nowMs % 0x7fffffff) | 0); }
   /** A write waited for cache space within the last `ms` milliseconds. */
   writeBlockedWithin(nowMs: number, ms: number): boolean {

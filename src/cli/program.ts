@@ -121,6 +121,23 @@ function buildProgram(io: CliIo): Command {
     });
 
   program
+    .command('detach')
+    .description('Write everything back (as clean), then release the cache file: the volume is served from the origin until the next start, which attaches the cache again (formatted afresh)')
+    .argument('<name>', 'cache name')
+    .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
+    .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 50 || n > 600_000) throw new InvalidArgumentError('must be an integer 50-600000 (milliseconds)');
+      return n;
+    }, 2000)
+    .action(async (name: string, opts: { control?: string; interval: number }) => {
+      const control = controlPath(io, opts.control);
+      await cleanCache(io, control, name, opts.interval);
+      const r = (await controlRequest(control, { op: 'message', name, words: ['detach'] }, { timeoutMs: 600_000 })) as { cache: string };
+      io.stdout(`detach ${name}: the cache file ${r.cache} is released and marked clean; ${name} is served from its origin until the next start\n`);
+    });
+
+  program
     .command('inspect')
     .description("Print a cache file's superblock, cache info, tails, segment use and key log summary (read-only: never formats, never repairs)")
     .requiredOption('--cache <path>', 'cache file or block device')

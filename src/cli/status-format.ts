@@ -40,7 +40,7 @@ export function formatStatus(caches: CacheStatus[]): string {
         ? `${c.mode} (switched from write-back: ${c.cacheState.dirtyBlocks} dirty blocks still being written back)` : c.mode],
       ['pid', c.pid ? String(c.pid) : '-'],
       ['origin', `${c.origin}${c.originSize ? ` (${formatSize(c.originSize)}, ${c.originSize} bytes)` : ''}`],
-      ['cache', c.cache],
+      ['cache', c.detached ? `${c.cache} (detached: served from the origin until the next start)` : c.cache],
       ['read-only', c.readOnly ? 'yes' : 'no'],
       ['listeners', c.listeners.length ? c.listeners.join(' ') : '-'],
       ['connections', String(c.connections)],

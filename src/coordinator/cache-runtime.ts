@@ -10,7 +10,7 @@ import type { StripeCacheData } from '../ring/layout.js';
 import { FileBlockDevice } from '../cache/blockdev.js';
 import { openCache, type OpenedCache } from '../cache/replay.js';
 import { CACHE_INFO_OFFSETS } from '../cache/layout.js';
-import { cacheInfoCodec, MAX_GC_PERCENT } from '../cache/meta-slots.js';
+import { CACHE_DETACHED, cacheInfoCodec, MAX_GC_PERCENT } from '../cache/meta-slots.js';
 import { DEFAULT_GC_PERCENT } from '../cache/format.js';
 import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO, MODE_WRITEBACK, MODE_WRITEONLY, modeCode } from '../cache/shared.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
@@ -201,6 +201,19 @@ export class CacheRuntime {
     sh.mode = modeCode(mode);
     if (this.#opened.state.cacheInfo.value.mode === mode) return;
     const info = { ...this.#opened.state.cacheInfo.value, mode };
+    sh.writeRecord(this.#dev, REC_CACHE_INFO, CACHE_INFO_OFFSETS, cacheInfoCodec, info, this.#opened.geometry.salt);
+    this.#dev.sync();
+    this.#opened.state.cacheInfo.value = info;
+  }
+
+  /**
+   * pcached detach, last step (the stripes and workers have let go): the cache info record says
+   * "detached clean", so the next attach formats it afresh instead of replaying data the origin
+   * may have changed since.
+   */
+  markDetached(): void {
+    const sh = this.#opened.shared;
+    const info = { ...this.#opened.state.cacheInfo.value, flags: this.#opened.state.cacheInfo.value.flags | CACHE_DETACHED };
     sh.writeRecord(this.#dev, REC_CACHE_INFO, CACHE_INFO_OFFSETS, cacheInfoCodec, info, this.#opened.geometry.salt);
     this.#dev.sync();
     this.#opened.state.cacheInfo.value = info;

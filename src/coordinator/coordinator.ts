@@ -82,8 +82,9 @@ export class Coordinator {
   #cache: CacheConfig;
   readonly #facts: OriginFacts;
   readonly #stripes: StripeSet;
-  /** Write-back mode only. */
-  readonly #cacheRt: CacheRuntime | null;
+  /** The cache (null once detached: the stripes then serve from the origin). */
+  #cacheRt: CacheRuntime | null;
+  #detached = false;
   readonly #sequential: SequentialDetector | null;
   readonly counters: CounterBlock<CoordinatorCounter>;
   readonly #servers: Server[] = [];
@@ -241,6 +242,7 @@ export class Coordinator {
       stripeRestarts: this.#stripes.restarts,
       stats,
       stripeStats,
+      ...(this.#detached ? { detached: true } : {}),
       ...(this.#cacheRt ? { cacheState: this.#cacheState(stripeStats) } : {}),
     };
   }
@@ -347,6 +349,9 @@ export class Coordinator {
         this.#cacheRt.shared.setTunables({ promoteHits: n });
         return { promotion: args[0] };
       }
+      case 'detach':
+        if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'detach takes no arguments');
+        return this.#detach();
       case 'flush_on_suspend':
         if (!this.#cacheRt) break;
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush_on_suspend takes no arguments');
@@ -389,6 +394,35 @@ export class Coordinator {
     this.#exp.description = describe(this.#cache);
   }
 
+  /**
+   * `pcached detach NAME` (after `clean`): release the cache file and keep serving from the origin.
+   * Refused while anything is dirty. The cleaner goes on first, so no write can make new dirty
+   * data meanwhile; then the stripes let go of their engines (finishing what is in motion), the
+   * writeback and GC threads stop, the cache info is marked "detached clean" and the file closed:
+   * it can be deleted, or attached again (the next start formats it afresh).
+   */
+  async #detach(): Promise<unknown> {
+    const rt = this.#cacheRt;
+    if (!rt) throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${this.#cache.name} is already detached`);
+    rt.shared.setTunables({ cleaner: true });
+    const dirty = rt.status().dirtyBlocks;
+    if (dirty > 0) {
+      throw new PcachedError('ERR_BAD_ARGUMENT', `${dirty} blocks are still dirty; the cleaner is on now: write them back first (pcached clean ${this.#cache.name}; pcached detach ${this.#cache.name} does both)`);
+    }
+    rt.shared.markDetached();
+    await this.#stripes.detachCache();
+    await rt.stopWorkers();
+    rt.markDetached();
+    await rt.close();
+    this.#cacheRt = null;
+    this.#detached = true;
+    if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
+    this.#cache = { ...this.#cache, mode: 'passthrough' };
+    this.#exp.description = describe(this.#cache);
+    this.#log.info({ cacheFile: this.#cache.cache }, 'cache detached: serving from the origin; the cache file is released');
+    return { detached: true, cache: this.#cache.cache };
+  }
+
   /** Cleaner on, then wait (at most `limitMs`) until nothing is dirty; true when it got there. */
   async #writeBackAll(limitMs: number): Promise<boolean> {
     const rt = this.#cacheRt!;
@@ -409,6 +443,8 @@ export class Coordinator {
   /** Apply the reloadable keys; the supervisor has already refused anything else. */
   reconfigure(cache: CacheConfig): string[] {
     const changed: string[] = [];
+    // Once detached the volume stays pass-through until a restart attaches the cache again.
+    if (this.#detached) cache = { ...cache, mode: 'passthrough' };
     if (cache.mode !== this.#cache.mode) {
       this.#setMode(cache.mode);
       changed.push('mode');

@@ -173,6 +173,11 @@ export class StripeSet {
     }
   }
 
+  /** Release the cache in every stripe (pcached detach): they serve from the origin from then on. */
+  async detachCache(): Promise<void> {
+    await Promise.all(this.#pools.map((pool) => pool?.run({ op: 'detach' })));
+  }
+
   get inflight(): number {
     let n = 0;
     for (const r of this.rings) n += r.inflight + r.waiting;

@@ -24,7 +24,9 @@ export interface CacheStatus {
   stats: Record<string, number>;
   /** Per-stripe counters, index = stripe id. */
   stripeStats: Record<string, number>[];
-  /** Write-back mode: the cache's state (blocks, tails, gc_percent, errors). */
+  /** `pcached detach` released the cache: the volume is served from the origin. */
+  detached?: boolean;
+  /** The cache's state (blocks, tails, gc_percent, errors); absent once detached. */
   cacheState?: import('../coordinator/cache-runtime.js').CacheStatusFields;
 }
 
