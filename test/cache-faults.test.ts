@@ -1,0 +1,106 @@
+// Origin faults through the real daemon, with nbdkit's error filter as the NBD origin: while the
+// origin fails writes, writeback retries with back-off, the data stays dirty and is served from
+// the cache, status shows the error indicator and counts; a read miss that fails is EIO for that
+// request only; once the origin recovers, everything reaches it. Then the origin process is killed
+// with dirty data in the cache and started again on the same socket: the same, after reconnecting.
+// Every process started here is stopped by its PID in t.teardown.
+
+import test from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { nbdUri, makeSparseFile } from './helpers/daemon.js';
+import { startNbdkit } from './helpers/nbdkit.js';
+import { pcachedCli, startServing, statusJson, stopGracefully, waitFor } from './helpers/lifecycle.js';
+import { needTools, nbdshJson, skipSuffix } from './helpers/tools.js';
+
+const MiB = 1 << 20;
+const NAME = 'vol';
+const why = needTools('nbdsh', 'python3-nbd', 'nbdkit');
+
+(why ? test.serial.skip : test.serial)('origin write errors: writeback retries, data stays dirty and served, status shows it; read misses fail alone; all reaches the origin once it recovers' + skipSuffix(why), async (t) => {
+  t.timeout(240_000);
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-faults-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const origin = join(dir, 'origin.img');
+  makeSparseFile(origin, 64 * MiB);
+  const failWrites = join(dir, 'fail-writes');
+  const failReads = join(dir, 'fail-reads');
+  const osock = join(dir, 'origin.sock');
+  const kit = await startNbdkit(osock, ['--filter=error', 'file', origin, 'error=EIO',
+    'error-pwrite-rate=100%', `error-pwrite-file=${failWrites}`, 'error-pread-rate=100%', `error-pread-file=${failReads}`]);
+  t.teardown(() => kit.stop());
+  const sock = join(dir, 'nbd.sock');
+  const control = join(dir, 'control.sock');
+  const d = await startServing(t, ['--origin', `nbd+unix:///?socket=${osock}`, '--cache', join(dir, 'cache.img'), '--cache-size', '32M',
+    '--segment-size', '1M', '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '2', '--log-level', 'warn'],
+  { cwd: dir, sock, control, env: { PCACHED_PAUSE_WRITEBACK_MS: '0' } });
+  const uri = nbdUri(sock, NAME);
+
+  // The origin fails every write: the data written now cannot be written back.
+  writeFileSync(failWrites, '');
+  const a = randomBytes(2 * MiB);
+  const af = join(dir, 'a.bin');
+  writeFileSync(af, a);
+  await nbdshJson(`h.pwrite(open(${JSON.stringify(af)}, 'rb').read(), ${8 * MiB})\nh.flush()\nprint('"ok"')`, { uri });
+  const failing = await waitFor('writeback errors in status', async () => {
+    const c = (await statusJson(control)).caches[0]!.cacheState!;
+    return c.workers.wb_errors >= 2 && c.errors.some((x) => /origin I\/O error/.test(x)) ? c : undefined;
+  }, 60_000, 200);
+  t.log(`while the origin fails writes: ${JSON.stringify({ dirty: failing.dirtyBlocks, errors: failing.errors, wbErrors: failing.workers.wb_errors })}`);
+  t.true(failing.dirtyBlocks >= 512, 'the data stays dirty');
+  t.is(failing.writecache!.error, -5, 'the dm-writecache error indicator');
+  const line = await pcachedCli(['status', NAME, '--control', control]);
+  t.regex(line.stdout, /^-5 /);
+  // Served from the cache meanwhile.
+  const back = await nbdshJson<string>(`import hashlib, json\nprint(json.dumps(hashlib.sha256(h.pread(${2 * MiB}, ${8 * MiB})).hexdigest()))`, { uri });
+  t.is(back, createHash('sha256').update(a).digest('hex'));
+  t.true(readFileSync(origin).subarray(8 * MiB, 10 * MiB).every((x) => x === 0), 'nothing reached the origin');
+
+  // Read misses while the origin fails reads: that request gets EIO, the next one (a hit) is fine.
+  writeFileSync(failReads, '');
+  const res = await nbdshJson<[string, boolean]>(`
+import json, nbd
+try:
+    h.pread(4096, ${40 * MiB})
+    miss = 'OK'
+except nbd.Error as e:
+    miss = e.errno or str(e)
+ok = h.pread(4096, ${8 * MiB}) == bytes(open(${JSON.stringify(af)}, 'rb').read()[:4096])
+print(json.dumps([miss, ok]))
+`, { uri });
+  t.deepEqual(res, ['EIO', true]);
+  rmSync(failReads);
+
+  // The origin recovers: writeback catches up, the indicator clears, the origin holds the data.
+  rmSync(failWrites);
+  t.false(existsSync(failWrites));
+  const healed = await waitFor('writeback after the origin recovered', async () => {
+    const c = (await statusJson(control)).caches[0]!.cacheState!;
+    return c.dirtyBlocks === 0 && c.errors.length === 0 ? c : undefined;
+  }, 60_000, 200);
+  t.is(healed.writecache!.error, 0);
+  t.true(readFileSync(origin).subarray(8 * MiB, 10 * MiB).equals(a), 'nothing lost: the origin holds the data');
+
+  // The origin goes away (killed) with dirty data in the cache, and comes back on the same socket.
+  writeFileSync(failWrites, '');
+  const b = randomBytes(MiB);
+  const bf = join(dir, 'b.bin');
+  writeFileSync(bf, b);
+  await nbdshJson(`h.pwrite(open(${JSON.stringify(bf)}, 'rb').read(), ${20 * MiB})\nh.flush()\nprint('"ok"')`, { uri });
+  await kit.kill();
+  rmSync(failWrites);
+  await waitFor('errors while the origin is gone', async () => (await statusJson(control)).caches[0]!.cacheState!.errors.length > 0, 60_000, 200);
+  const back2 = await nbdshJson<string>(`import hashlib, json\nprint(json.dumps(hashlib.sha256(h.pread(${MiB}, ${20 * MiB})).hexdigest()))`, { uri });
+  t.is(back2, createHash('sha256').update(b).digest('hex'), 'served from the cache while the origin is gone');
+  rmSync(osock, { force: true }); // SIGKILL left the socket file
+  const kit2 = await startNbdkit(osock, ['file', origin]);
+  t.teardown(() => kit2.stop());
+  await waitFor('writeback after the origin came back', async () => {
+    const c = (await statusJson(control)).caches[0]!.cacheState!;
+    return c.dirtyBlocks === 0 && c.errors.length === 0 ? c : undefined;
+  }, 90_000, 200);
+  t.true(readFileSync(origin).subarray(20 * MiB, 21 * MiB).equals(b), 'written back to the origin that came back');
+  t.is(await stopGracefully(d), 0, d.proc.output());
+});
