@@ -239,7 +239,7 @@ t_('`pcached status NAME`: the dm-writecache fields in order, then pcached\'s; w
   const r = await pcachedCli(['status', NAME, '--control', d.control]);
   t.is(r.code, 0, describe(r));
   const f = r.stdout.trim().split(' ');
-  t.is(f.length, 23, r.stdout);
+  t.is(f.length, 24, r.stdout);
   const [error, blocks, free, underWb, readBlocks, readHits, writeBlocks, hitsUncommitted, hitsCommitted, bypass, allocs, blocked, flushes, discards] = f.slice(0, 14).map(Number);
   t.is(error, 0);
   t.true(blocks! > 0 && free! > 0 && free! < blocks!);
@@ -258,7 +258,8 @@ t_('`pcached status NAME`: the dm-writecache fields in order, then pcached\'s; w
   t.true(Number(f[15]) >= 9 + 16, `dirty blocks ${f[15]}`);
   t.regex(f[16]!, /^\d+:\d+#\d+$/);
   t.is(f[20], '70');
-  t.is(f[22], '1');
+  t.is(f[21], '4', 'epochs pending: four FLUSHes, writeback paused');
+  t.is(f[23], '1');
   const j = (await state(d)).cacheState.writecache!;
   t.is(j.writeHitsUncommitted, 1);
   t.is(j.hitRatio, 1);

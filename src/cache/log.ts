@@ -85,7 +85,10 @@ export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, kset
       if (batch.length === 0) batchAt = head;
       const epoch = appended === epochAt;
       const { buf, crc } = encodeKset({ lsn: head.lsn, prevCrc, last: false, epoch, nextSegment: 0, writerId }, keys, g.salt);
-      if (epoch) sh.noteEpoch(head.lsn);
+      if (epoch) {
+        sh.noteEpoch(head.lsn);
+        sh.addEpochsPending(1);
+      }
       batch.push(buf);
       const pad = span - buf.length;
       if (pad > 0) batch.push(Buffer.alloc(pad));

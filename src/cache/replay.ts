@@ -119,12 +119,16 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
   const logSegs = new Set<number>([keyTail.segment]);
   let ksets = 0, keys = 0, staleKeys = 0, crcErrors = 0, dirtyKeys = 0, dirtyBytes = 0;
   let lastEpochLsn = 0;
+  let epochsPending = 0;
   let dataBuf = Buffer.alloc(0);
   const pending = new KeyColumns();
   const stop = walkLog(state, keyTail, (k) => {
     ksets++;
     if (k.last) { logSegs.add(k.nextSegment); return; }
-    if (k.epoch) lastEpochLsn = k.lsn;
+    if (k.epoch) {
+      lastEpochLsn = k.lsn;
+      if (k.lsn >= dirtyTail.lsn) epochsPending++;
+    }
     const dirtyZone = k.lsn >= dirtyTail.lsn;
     for (const key of k.keys) {
       keys++;
@@ -185,6 +189,7 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
   }
   shared.addDirty(dirtyBytes);
   shared.noteEpoch(lastEpochLsn);
+  shared.addEpochsPending(epochsPending);
   // Everything replayed is durable as far as anyone can tell.
   shared.syncCache(dev);
   return {

@@ -80,6 +80,8 @@ const W_PROMOTE_HITS = 59;
 const W_BLOCKED_AT = 60;
 /** Set by `pcached detach`: a stripe (re)starting after it serves without the cache. */
 const W_DETACHED = 61;
+/** Epoch marks in the log that writeback has not passed yet. */
+const W_EPOCHS_PENDING = 62;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -280,6 +282,8 @@ export class CacheShared {
   get cleaner(): boolean { return Atomics.load(this.w, W_CLEANER) !== 0; }
   get autocommitBlocks(): number { return Atomics.load(this.w, W_AUTOCOMMIT_BLOCKS); }
   get promoteHits(): number { return Atomics.load(this.w, W_PROMOTE_HITS); }
+  get epochsPending(): number { return Atomics.load(this.w, W_EPOCHS_PENDING); }
+  addEpochsPending(n: number): void { Atomics.add(this.w, W_EPOCHS_PENDING, n); }
   get detached(): boolean { return Atomics.load(this.w, W_DETACHED) !== 0; }
   markDetached(): void { Atomics.store(this.w, W_DETACHED, 1); }
   noteWriteBlocked(nowMs: number): void { Atomics.store(this.w, W_BLOCKED_AT, (nowMs % 0x7fffffff) | 0); }

@@ -167,9 +167,9 @@ export class Writeback {
   /** One window: the epochs (or the part of one) it holds, each written, synced and then passed by dirty_tail. */
   private async stepEpochs(start: LogPosition, limit: number): Promise<number> {
     const lim = limitsOf(this.g);
-    interface Group { keys: CacheKey[]; end: LogPosition; ksets: number; keyCount: number; dirty: number }
+    interface Group { keys: CacheKey[]; end: LogPosition; ksets: number; keyCount: number; dirty: number; marked: boolean }
     const groups: Group[] = [];
-    let cur: Group = { keys: [], end: start, ksets: 0, keyCount: 0, dirty: 0 };
+    let cur: Group = { keys: [], end: start, ksets: 0, keyCount: 0, dirty: 0, marked: false };
     let pos = start;
     let keys = 0, ksets = 0;
     while (pos.lsn < limit && keys < WINDOW_KEYS && ksets < WINDOW_KSETS) {
@@ -194,8 +194,9 @@ export class Writeback {
       pos = r.next;
       cur.end = pos;
       if (r.kset.epoch) {
+        cur.marked = true;
         groups.push(cur);
-        cur = { keys: [], end: pos, ksets: 0, keyCount: 0, dirty: 0 };
+        cur = { keys: [], end: pos, ksets: 0, keyCount: 0, dirty: 0, marked: false };
       }
     }
     if (cur.ksets > 0) groups.push(cur);
@@ -220,6 +221,7 @@ export class Writeback {
       this.sh.writeRecord(this.dev, REC_DIRTY_TAIL, DIRTY_TAIL_OFFSETS, dirtyTailCodec, g.end, this.g.salt);
       this.sh.setDirtyTail(g.end);
       this.sh.addDirty(-g.dirty);
+      if (g.marked) this.sh.addEpochsPending(-1);
       this.stats.ksets += g.ksets;
       this.stats.keys += g.keyCount;
       this.stats.epochs++;
@@ -328,12 +330,13 @@ export class Writeback {
   private async stepStrict(start: LogPosition, limit: number): Promise<number> {
     let pos = start;
     const lim = limitsOf(this.g);
-    let ksets = 0, keys = 0, dirtyDone = 0;
+    let ksets = 0, keys = 0, dirtyDone = 0, marks = 0;
     const batch: CacheKey[] = [];
     while (pos.lsn < limit && ksets < this.opts.batchKsets && batch.length < MAX_BATCH_KEYS) {
       const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
       if ('error' in r) return this.halt(`kset at sequence ${pos.lsn} (segment ${pos.segment} offset ${pos.offset}) does not verify: ${r.error}`);
       ksets++;
+      if (r.kset.epoch) marks++;
       if (!r.kset.last) {
         for (const k of r.kset.keys) {
           if (!needsWriteback(k.flags)) continue;
@@ -365,6 +368,7 @@ export class Writeback {
     this.sh.writeRecord(this.dev, REC_DIRTY_TAIL, DIRTY_TAIL_OFFSETS, dirtyTailCodec, pos, this.g.salt);
     this.sh.setDirtyTail(pos);
     this.sh.addDirty(-dirtyDone);
+    if (marks > 0) this.sh.addEpochsPending(-marks);
     this.stats.ksets += ksets;
     this.stats.keys += keys;
     this.stats.bytes += bytes;

@@ -26,7 +26,7 @@ function aligned(rows: [string, string][], indent: string, rightAlignValues = fa
  * blocks, free, under writeback, read blocks, read hits, write blocks, write hits uncommitted,
  * write hits committed, write bypass, write allocations, writes blocked on the free list,
  * flushes, discards), then pcached's own (mode, dirty blocks, key_head, dirty_tail, key_tail,
- * segments used, gc_percent, writeback bytes/s, hit ratio). `--json` names them.
+ * segments used, gc_percent, epochs pending, writeback bytes/s, hit ratio). `--json` names them.
  */
 export function formatWritecacheLine(w: WritecacheStatus): string {
   return WRITECACHE_FIELDS.map((k) => String(w[k])).join(' ');

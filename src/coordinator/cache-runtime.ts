@@ -41,6 +41,8 @@ export interface CacheStatusFields {
   dirtyTail: string;
   keyTail: string;
   gcPercent: number;
+  /** FLUSH epochs in the log that writeback has not finished. */
+  epochsPending: number;
   dataCrc: boolean;
   errors: string[];
   workers: Record<string, number>;
@@ -84,6 +86,7 @@ export interface WritecacheStatus {
   keyTail: string;
   segmentsUsed: number;
   gcPercent: number;
+  epochsPending: number;
   writebackBytesPerSec: number;
   hitRatio: number;
 }
@@ -91,7 +94,7 @@ export interface WritecacheStatus {
 export const WRITECACHE_FIELDS: readonly (keyof WritecacheStatus)[] = [
   'error', 'blocks', 'freeBlocks', 'blocksUnderWriteback', 'readBlocks', 'readHits', 'writeBlocks', 'writeHitsUncommitted',
   'writeHitsCommitted', 'writeBypass', 'writeAllocations', 'writesBlockedOnFreelist', 'flushes', 'discards',
-  'mode', 'dirtyBlocks', 'keyHead', 'dirtyTail', 'keyTail', 'segmentsUsed', 'gcPercent', 'writebackBytesPerSec', 'hitRatio',
+  'mode', 'dirtyBlocks', 'keyHead', 'dirtyTail', 'keyTail', 'segmentsUsed', 'gcPercent', 'epochsPending', 'writebackBytesPerSec', 'hitRatio',
 ];
 
 function tunablesOf(cache: CacheConfig) {
@@ -264,6 +267,7 @@ export class CacheRuntime {
       dirtyTail: pos(sh.dirtyTail()),
       keyTail: pos(sh.keyTail()),
       gcPercent: sh.gcPercent,
+      epochsPending: sh.epochsPending,
       dataCrc: g.dataCrc,
       errors,
       workers: this.counters.snapshot(),

@@ -274,6 +274,7 @@ export class Coordinator {
       keyTail: st.keyTail,
       segmentsUsed: st.segmentsUsed,
       gcPercent: st.gcPercent,
+      epochsPending: st.epochsPending,
       writebackBytesPerSec: Math.round(this.#wbRate.rate),
       hitRatio: readBlocks > 0 ? Math.round((readHits / readBlocks) * 1000) / 1000 : 0,
     };

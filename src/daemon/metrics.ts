@@ -46,6 +46,7 @@ const GAUGES: [string, string, Pick][] = [
   ['segments', 'Cache segments', (c) => c.cacheState?.segments],
   ['segments_used', 'Cache segments in use', (c) => c.cacheState?.segmentsUsed],
   ['gc_percent', 'GC threshold (percent of segments used)', (c) => c.cacheState?.gcPercent],
+  ['epochs_pending', 'FLUSH epochs in the log writeback has not finished', (c) => c.cacheState?.epochsPending],
   ['writeback_bytes_per_second', 'Writeback rate over the last seconds', (c) => c.cacheState?.writecache?.writebackBytesPerSec],
   ['error', '1 when the cache error indicator is set', (c) => (c.cacheState ? (c.cacheState.errors.length > 0 ? 1 : 0) : undefined)],
   ['connections', 'Open client connections', (c) => c.connections],
