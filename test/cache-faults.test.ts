@@ -104,3 +104,67 @@ print(json.dumps([miss, ok]))
   t.true(readFileSync(origin).subarray(20 * MiB, 21 * MiB).equals(b), 'written back to the origin that came back');
   t.is(await stopGracefully(d), 0, d.proc.output());
 });
+
+(why ? test.serial.skip : test.serial)('cache device errors (injected): the request gets EIO, the indicator is set, nothing wrong is served, the daemon keeps serving' + skipSuffix(why), async (t) => {
+  t.timeout(120_000);
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-faults-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const origin = join(dir, 'origin.img');
+  const initial = randomBytes(32 * MiB);
+  writeFileSync(origin, initial);
+  const sock = join(dir, 'nbd.sock');
+  const control = join(dir, 'control.sock');
+  const d = await startServing(t, ['--origin', origin, '--cache', join(dir, 'cache.img'), '--cache-size', '32M',
+    '--segment-size', '1M', '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '1', '--log-level', 'warn'],
+  { cwd: dir, sock, control, env: { PCACHED_TEST_HOOKS: '1', PCACHED_PAUSE_WRITEBACK_MS: '600000' } });
+  const uri = nbdUri(sock, NAME);
+  const faults = async (what: string): Promise<void> => {
+    const r = await pcachedCli(['message', NAME, 'debug_cache_faults', what, '--control', control]);
+    if (r.code !== 0) throw new Error(r.stderr);
+  };
+  const a = randomBytes(64 * 1024);
+  const af = join(dir, 'a.bin');
+  writeFileSync(af, a);
+  await nbdshJson(`h.pwrite(open(${JSON.stringify(af)}, 'rb').read(), ${MiB})\nh.flush()\nprint('"ok"')`, { uri });
+
+  // Reads of the cache fail: the hit is EIO; a miss elsewhere still comes from the origin.
+  await faults('reads');
+  const r1 = await nbdshJson<[string, boolean]>(`
+import json, nbd
+try:
+    h.pread(65536, ${MiB})
+    hit = 'OK'
+except nbd.Error as e:
+    hit = e.errno or str(e)
+miss = h.pread(4096, ${8 * MiB})
+print(json.dumps([hit, miss == bytes(open(${JSON.stringify(origin)}, 'rb').read()[${8 * MiB}:${8 * MiB + 4096}])]))
+`, { uri });
+  t.deepEqual(r1, ['EIO', true]);
+  const s1 = (await statusJson(control)).caches[0]!.cacheState!;
+  t.true(s1.errors.some((x) => /cache device I\/O error/.test(x)));
+  t.is(s1.writecache!.error, -5);
+  t.true((s1.cacheErrors ?? 0) >= 1);
+
+  // Writes to the cache fail: the write is EIO, and what it would have written is never served.
+  await faults('writes');
+  const b = Buffer.alloc(64 * 1024, 0x5a);
+  const r2 = await nbdshJson<string>(`
+import json, nbd
+try:
+    h.pwrite(b'\\x5a' * 65536, ${4 * MiB})
+    w = 'OK'
+except nbd.Error as e:
+    w = e.errno or str(e)
+print(json.dumps(w))
+`, { uri });
+  t.is(r2, 'EIO');
+  await faults('off');
+  const after = await nbdshJson<string>(`import json\nprint(json.dumps(h.pread(65536, ${4 * MiB}).hex()))`, { uri });
+  const got = Buffer.from(after, 'hex');
+  t.true(got.equals(initial.subarray(4 * MiB, 4 * MiB + 65536)) || got.equals(b), 'the failed write reads as the old data (or, at most, the new), never other bytes');
+  // Serving goes on: the first write reads back, a new write works.
+  const back = await nbdshJson<string>(`import json\nprint(json.dumps(h.pread(65536, ${MiB}).hex()))`, { uri });
+  t.true(Buffer.from(back, 'hex').equals(a));
+  await nbdshJson(`h.pwrite(b'\\x11' * 4096, ${6 * MiB})\nh.flush()\nassert h.pread(4096, ${6 * MiB}) == b'\\x11' * 4096\nprint('"ok"')`, { uri });
+  t.is(await stopGracefully(d), 0, d.proc.output());
+});

@@ -17,8 +17,8 @@ import type { Origin, Extent } from '../src/origin/types.js';
 import { NbdErr } from '../src/nbd/constants.js';
 import { createLogger } from '../src/daemon/logger.js';
 import { StripeEngine, type EngineCounter } from '../src/cache/engine.js';
-import { FileBlockDevice } from '../src/cache/blockdev.js';
-import { CacheShared } from '../src/cache/shared.js';
+import { FileBlockDevice, type BlockDevice } from '../src/cache/blockdev.js';
+import { CacheShared, FAULT_READS, FAULT_WRITES } from '../src/cache/shared.js';
 import { ExtentIndex } from '../src/cache/index/extent-index.js';
 
 const data = workerData as StripeWorkerData;
@@ -263,6 +263,20 @@ function engineTick(e: StripeEngine): void {
 
 const yieldMacrotask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
+/** A cache device whose reads or writes fail with EIO while the shared test-faults word says so. */
+function withTestFaults(dev: FileBlockDevice, sh: CacheShared): BlockDevice {
+  const eio = (what: string): Error => Object.assign(new Error(`injected cache ${what} error (test hook)`), { code: 'EIO' });
+  return {
+    get size() { return dev.size; },
+    pread(buf, off) { if (sh.testFaults & FAULT_READS) throw eio('read'); dev.pread(buf, off); },
+    pwrite(buf, off) { if (sh.testFaults & FAULT_WRITES) throw eio('write'); dev.pwrite(buf, off); },
+    pwritev(bufs, off) { if (sh.testFaults & FAULT_WRITES) throw eio('write'); dev.pwritev(bufs, off); },
+    sync() { dev.sync(); },
+    syncAsync(cb) { dev.syncAsync(cb); },
+    close() { dev.close(); },
+  };
+}
+
 async function loop(o: Origin): Promise<void> {
   let batches = 0;
   while (Atomics.load(ring, STOP) === 0) {
@@ -311,10 +325,12 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       if (data.cache && !new CacheShared(data.cache.shared).detached) {
         const c = data.cache;
         cacheDev = FileBlockDevice.open(c.path);
+        const sharedState = new CacheShared(c.shared);
         const names = new Set<string>(STRIPE_COUNTERS);
         engine = new StripeEngine({
-          dev: cacheDev,
-          shared: new CacheShared(c.shared),
+          // Tests of cache device errors inject them here (PCACHED_TEST_HOOKS=1 only).
+          dev: process.env.PCACHED_TEST_HOOKS === '1' ? withTestFaults(cacheDev, sharedState) : cacheDev,
+          shared: sharedState,
           index: ExtentIndex.attach(c.index, 'writer'),
           geometry: c.geometry,
           origin,

@@ -489,8 +489,9 @@ export class StripeEngine {
 
   /** Live dirty data, or a TRIM/ZERO key, anywhere in the range (writeback still owes it to the origin). */
   private hasDirty(off: number, len: number): boolean {
-    // The index keeps DIRTY/TRIM/ZERO flags after writeback; with nothing dirty anywhere, none is.
-    if (this.sh.dirtyBytes === 0) return false;
+    // The index keeps DIRTY/TRIM/ZERO flags after writeback; with nothing dirty anywhere, none is
+    // (this stripe's own unpublished count included: see publishStats).
+    if (this.sh.dirtyBytes + this.dirtyDelta === 0) return false;
     let dirty = false;
     const gen = this.sh.gen;
     this.index.lookup(off, len, (_o, _l, e) => {
@@ -502,16 +503,18 @@ export class StripeEngine {
   }
 
   /**
-   * Drops the clean copies and placeholders in the range (the range holds no dirty data: see
-   * startThrough). Returns true when an INVALIDATE key was logged for a live copy, which replay
-   * would otherwise restore.
+   * Drops every cached copy, placeholder and TRIM/ZERO entry in the range (which holds nothing
+   * writeback still owes the origin: see startThrough; entries flagged DIRTY or TRIM/ZERO are
+   * written back already). Returns true when an INVALIDATE key was logged for a live entry, which
+   * replay would otherwise restore.
    */
   private invalidate(off: number, len: number): boolean {
     const drop: [number, number, boolean][] = [];
     const gen = this.sh.gen;
     this.index.lookup(off, len, (o, l, e) => {
       if (e === null) return;
-      const live = (e.flags & ExtentFlag.CLEAN) !== 0 && Atomics.load(gen, e.seg) === e.gen;
+      const live = (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) !== 0 ||
+        ((e.flags & (ExtentFlag.CLEAN | ExtentFlag.DIRTY)) !== 0 && Atomics.load(gen, e.seg) === e.gen);
       drop.push([o, l, live]);
     });
     let logged = false;
@@ -541,7 +544,7 @@ export class StripeEngine {
     let pos = 0;
     for (const a of allocs) {
       const piece = data.subarray(pos, pos + a.len);
-      this.writeData(a, piece);
+      this.writeData(a, piece, off + pos);
       const gen = this.sh.genOf(a.seg);
       this.insertIndex({ off: off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
       this.pushKey({ originOffset: off + pos, length: a.len, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0 });
@@ -639,7 +642,7 @@ export class StripeEngine {
     let pos = 0;
     for (const a of allocs) {
       const piece = data.subarray(pos, pos + a.len);
-      this.writeData(a, piece);
+      this.writeData(a, piece, q.off + pos);
       const gen = this.sh.genOf(a.seg);
       this.insertIndex({ off: q.off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.DIRTY });
       this.pushKey({
@@ -693,10 +696,11 @@ export class StripeEngine {
    * they are gathered into one pwritev per run (a 4 KiB pwrite costs ~5x a page of a batched
    * one here) and acknowledged once the run is in the file (flushData).
    */
-  private writeData(a: Alloc, piece: Uint8Array): void {
+  private writeData(a: Alloc, piece: Uint8Array, originOff: number): void {
     const at = dataOffset(a.seg, a.segOff, this.g.segmentSize);
     if (this.runBufs.length > 0 && (at !== this.runEnd || this.runBufs.length >= RUN_MAX_BUFS || this.runEnd - this.runAt >= RUN_MAX_BYTES)) this.flushRun();
     if (this.runBufs.length === 0) this.runAt = this.runEnd = at;
+    this.runPieces.push({ off: originOff, len: piece.length, seg: a.seg, segOff: a.segOff });
     const whole = piece.length - (piece.length % BLOCK);
     if (whole > 0) this.runBufs.push(piece.subarray(0, whole));
     let tail: Uint8Array | null = null;
@@ -722,29 +726,63 @@ export class StripeEngine {
   /** Writes whose data sits in runs not yet written: acknowledged by flushData. */
   private dataAcks: Done[] = [];
 
+  /** Extents whose data sits in the gathered run (index entries and keys already made). */
+  private runPieces: { off: number; len: number; seg: number; segOff: number }[] = [];
+  /** A run failed since the last acknowledgement: the writes waiting on runs get EIO. */
+  private runFailed = false;
+
   private flushRun(): void {
     const bufs = this.runBufs;
     if (bufs.length === 0) return;
     this.runBufs = [];
-    if (bufs.length === 1) this.dev.pwrite(bufs[0]!, this.runAt);
-    else if (this.dev.pwritev) this.dev.pwritev(bufs, this.runAt);
-    else {
-      let at = this.runAt;
-      for (const b of bufs) { this.dev.pwrite(b, at); at += b.length; }
+    const pieces = this.runPieces;
+    this.runPieces = [];
+    try {
+      if (bufs.length === 1) this.dev.pwrite(bufs[0]!, this.runAt);
+      else if (this.dev.pwritev) this.dev.pwritev(bufs, this.runAt);
+      else {
+        let at = this.runAt;
+        for (const b of bufs) { this.dev.pwrite(b, at); at += b.length; }
+      }
+    } catch (err) {
+      // The data never reached the cache: its index entries and keys must not survive to point at
+      // whatever the device holds there (no silent corruption). The writes get EIO.
+      this.cacheError(err, 'write');
+      this.runFailed = true;
+      this.forget(pieces);
     }
+  }
+
+  /** Drops index entries and pending keys that name extents whose data was not written. */
+  private forget(pieces: readonly { off: number; len: number; seg: number; segOff: number }[]): void {
+    const lost = new Set(pieces.map((p) => `${p.seg}:${p.segOff}`));
+    for (const p of pieces) {
+      const mine: [number, number][] = [];
+      this.index.lookup(p.off, p.len, (o, l, e) => {
+        if (e !== null && (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) && e.seg === p.seg && e.segOff - (o - p.off) === p.segOff) mine.push([o, l]);
+      });
+      for (const [o, l] of mine) this.index.remove(o, l);
+    }
+    const keep = (ks: CacheKey[]): CacheKey[] => ks.filter((k) => {
+      if ((k.flags !== KEY_DIRTY && k.flags !== KEY_CLEAN) || !lost.has(`${k.segment}:${k.offset}`)) return true;
+      if (k.flags === KEY_DIRTY) this.addDirty(-k.length);
+      this.pendingBlocks -= blocksOfKey(k);
+      this.releaseRef(k.segment);
+      return false;
+    });
+    this.open = keep(this.open);
+    this.ready = this.ready.map(keep).filter((ks) => ks.length > 0);
   }
 
   /** Writes out every gathered run and acknowledges the writes waiting on them. */
   flushData(): void {
-    let errno = 0;
-    try {
-      this.flushRun();
-    } catch (err) {
-      this.runBufs = [];
-      this.cacheError(err, 'write');
-      errno = NbdErr.EIO;
+    this.flushRun();
+    if (this.dataAcks.length === 0) {
+      this.runFailed = false;
+      return;
     }
-    if (this.dataAcks.length === 0) return;
+    const errno = this.runFailed ? NbdErr.EIO : 0;
+    this.runFailed = false;
     const acks = this.dataAcks;
     this.dataAcks = [];
     for (const d of acks) d(errno);
@@ -1075,7 +1113,7 @@ export class StripeEngine {
       const a = this.allocData(data.length - pos);
       if (a === null) break;
       const piece = copy.subarray(pos, pos + a.len);
-      this.writeData(a, piece);
+      this.writeData(a, piece, off + pos);
       const gen = this.sh.genOf(a.seg);
       const filled = this.index.replacePlaceholder(token, { off: off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
       if (filled === a.len) {

@@ -82,6 +82,10 @@ const W_BLOCKED_AT = 60;
 const W_DETACHED = 61;
 /** Epoch marks in the log that writeback has not passed yet. */
 const W_EPOCHS_PENDING = 62;
+/** Tests only (PCACHED_TEST_HOOKS=1): bit 0 fails the stripes' cache reads, bit 1 their writes. */
+const W_TEST_FAULTS = 63;
+export const FAULT_READS = 1;
+export const FAULT_WRITES = 2;
 
 // BigInt64 indices (byte offset 128 onwards).
 const B_BASE = 16;
@@ -284,6 +288,8 @@ export class CacheShared {
   get promoteHits(): number { return Atomics.load(this.w, W_PROMOTE_HITS); }
   get epochsPending(): number { return Atomics.load(this.w, W_EPOCHS_PENDING); }
   addEpochsPending(n: number): void { Atomics.add(this.w, W_EPOCHS_PENDING, n); }
+  get testFaults(): number { return Atomics.load(this.w, W_TEST_FAULTS); }
+  setTestFaults(bits: number): void { Atomics.store(this.w, W_TEST_FAULTS, bits); }
   get detached(): boolean { return Atomics.load(this.w, W_DETACHED) !== 0; }
   markDetached(): void { Atomics.store(this.w, W_DETACHED, 1); }
   noteWriteBlocked(nowMs: number): void { Atomics.store(this.w, W_BLOCKED_AT, (nowMs % 0x7fffffff) | 0); }

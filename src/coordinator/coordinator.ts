@@ -22,6 +22,7 @@ import { NbdErr } from '../nbd/constants.js';
 import { unlinkSync } from 'node:fs';
 import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
 import { promotionHits } from '../../config/schema.js';
+import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
 import { basename } from 'node:path';
 
@@ -317,6 +318,13 @@ export class Coordinator {
         if (!Number.isInteger(n) || n < 0 || n >= this.#stripes.count) throw new PcachedError('ERR_BAD_ARGUMENT', `no stripe ${args[0] ?? ''}`);
         await this.#stripes.crashStripe(n);
         return { crashed: n };
+      }
+      case 'debug_cache_faults': {
+        if (process.env.PCACHED_TEST_HOOKS !== '1' || !this.#cacheRt) break;
+        const bits = { off: 0, reads: FAULT_READS, writes: FAULT_WRITES, all: FAULT_READS | FAULT_WRITES }[args[0] ?? ''];
+        if (bits === undefined || args.length !== 1) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: debug_cache_faults off|reads|writes|all');
+        this.#cacheRt.shared.setTestFaults(bits);
+        return { cacheFaults: args[0] };
       }
       case 'clear_stats':
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'clear_stats takes no arguments');
