@@ -168,3 +168,43 @@ print(json.dumps(w))
   await nbdshJson(`h.pwrite(b'\\x11' * 4096, ${6 * MiB})\nh.flush()\nassert h.pread(4096, ${6 * MiB}) == b'\\x11' * 4096\nprint('"ok"')`, { uri });
   t.is(await stopGracefully(d), 0, d.proc.output());
 });
+
+(why ? test.serial.skip : test.serial)('an origin failing 10 % of writes at random: writeback retries until everything is there, in order' + skipSuffix(why), async (t) => {
+  t.timeout(240_000);
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-faults-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const origin = join(dir, 'origin.img');
+  makeSparseFile(origin, 64 * MiB);
+  const osock = join(dir, 'origin.sock');
+  const kit = await startNbdkit(osock, ['--filter=error', 'file', origin, 'error=EIO', 'error-pwrite-rate=10%']);
+  t.teardown(() => kit.stop());
+  const sock = join(dir, 'nbd.sock');
+  const control = join(dir, 'control.sock');
+  const d = await startServing(t, ['--origin', `nbd+unix:///?socket=${osock}`, '--cache', join(dir, 'cache.img'), '--cache-size', '32M',
+    '--segment-size', '1M', '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '2', '--log-level', 'warn'],
+  { cwd: dir, sock, control, env: { PCACHED_PAUSE_WRITEBACK_MS: '0' } });
+  // 256 scattered 4 KiB blocks, each written twice in two epochs (the second must win), so the
+  // origin sees hundreds of separate writes: some of them fail.
+  const blocks = Array.from({ length: 256 }, (_, i) => (i * 97) % 4096);
+  const script = `
+import json
+blocks = ${JSON.stringify(blocks)}
+for v in (1, 2):
+    for b in blocks:
+        h.pwrite(bytes([v, b & 255]) * 2048, b * 8192)
+    h.flush()
+print('"ok"')
+`;
+  await nbdshJson(script, { uri: nbdUri(sock, NAME), timeoutMs: 120_000 });
+  const done = await waitFor('writeback through the failures', async () => {
+    const c = (await statusJson(control)).caches[0]!.cacheState!;
+    return c.dirtyBlocks === 0 ? c : undefined;
+  }, 180_000, 250);
+  t.log(`origin requests retried: ${done.workers.wb_retries}; batches failed: ${done.workers.wb_errors}; origin syncs ${done.workers.wb_origin_syncs}`);
+  t.true(done.workers.wb_retries > 0, 'some origin writes failed and were retried');
+  const o = readFileSync(origin);
+  const wrong = blocks.filter((b) => !o.subarray(b * 8192, b * 8192 + 4096).equals(Buffer.from(Array.from({ length: 4096 }, (_, i) => (i % 2 === 0 ? 2 : b & 255)))));
+  t.deepEqual(wrong, [], 'every block holds its second (newest) version');
+  t.deepEqual(done.errors, [], 'the indicator clears once writeback succeeds');
+  t.is(await stopGracefully(d), 0, d.proc.output());
+});

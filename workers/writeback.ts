@@ -110,17 +110,23 @@ async function loop(): Promise<void> {
         continue;
       }
       let bytes = 0;
-      try {
-        const before = { ...wb.stats };
-        bytes = await wb.step();
+      const before = { ...wb.stats };
+      // Counted whether the step succeeds or not: a failed batch may have finished whole epochs.
+      const count = (): void => {
         counters.add('wb_ksets', wb.stats.ksets - before.ksets);
         counters.add('wb_keys', wb.stats.keys - before.keys);
         counters.add('wb_bytes', wb.stats.bytes - before.bytes);
         counters.add('wb_origin_syncs', wb.stats.originSyncs - before.originSyncs);
         counters.add('wb_crc_skipped', wb.stats.crcSkipped - before.crcSkipped);
         counters.add('wb_epochs', wb.stats.epochs - before.epochs);
+        counters.add('wb_retries', wb.stats.retries - before.retries);
+      };
+      try {
+        bytes = await wb.step();
+        count();
         failures = 0;
       } catch (err) {
+        count();
         if (err instanceof WritebackHalted) {
           counters.add('wb_errors', 1);
           await idle(IDLE_MS * 5);

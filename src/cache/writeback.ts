@@ -31,6 +31,8 @@ const MAX_BATCH_KEYS = 8192;
 /** Keys and ksets one epoch-order window reads at most: bounds its memory (keys, not data). */
 const WINDOW_KEYS = 65_536;
 const WINDOW_KSETS = 4096;
+/** Back-off (ms) between in-place retries of one failed origin request. */
+const REQUEST_RETRIES = [20, 50, 100, 250, 500];
 /** A coalesced origin write is at most this long. */
 const RUN_MAX_BYTES = 1 << 20;
 
@@ -114,6 +116,8 @@ export interface WritebackStats {
   crcSkipped: number;
   /** Epochs (or windows of one) written back and synced (epoch order). */
   epochs: number;
+  /** Origin requests that failed and were retried in place. */
+  retries: number;
 }
 
 /** A latched structural error (bad kset, data CRC mismatch): writeback stops until restart. */
@@ -128,7 +132,7 @@ function call(fn: (cb: (errno: number) => void) => void, what: string): Promise<
 }
 
 export class Writeback {
-  readonly stats: WritebackStats = { ksets: 0, keys: 0, bytes: 0, originSyncs: 0, errors: 0, crcSkipped: 0, epochs: 0 };
+  readonly stats: WritebackStats = { ksets: 0, keys: 0, bytes: 0, originSyncs: 0, errors: 0, crcSkipped: 0, epochs: 0, retries: 0 };
   private readonly kbuf = Buffer.alloc(KSET_MAX_SIZE);
   halted: string | null = null;
 
@@ -158,6 +162,26 @@ export class Writeback {
     if (this.sh.durableLsn < head) this.sh.syncCache(this.dev);
     const limit = Math.min(head, this.sh.durableLsn);
     return this.opts.order === 'strict' ? this.stepStrict(pos, limit) : this.stepEpochs(pos, limit);
+  }
+
+  /**
+   * One origin request, retried in place a few times with a short back-off before the batch is
+   * given up (and retried whole by the worker, with a longer one): an origin that fails a share of
+   * its writes at random (nbdkit's error filter at 10 %) would otherwise fail every batch of a few
+   * hundred requests, for ever. Order inside an epoch is free, so retrying one request is safe.
+   */
+  private async retry(fn: (cb: (errno: number) => void) => void, what: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await call(fn, what);
+        return;
+      } catch (err) {
+        if (!(err instanceof OriginIoError) || attempt >= REQUEST_RETRIES.length) throw err;
+        this.stats.retries++;
+        this.sh.setError(ERR_ORIGIN_IO);
+        await new Promise((r) => setTimeout(r, REQUEST_RETRIES[attempt]));
+      }
+    }
   }
 
   private get jobs(): number {
@@ -210,7 +234,7 @@ export class Writeback {
       try {
         if (g.keys.length > 0) {
           bytes += await this.writeEpoch(g.keys);
-          await call((cb) => this.origin.flush(cb), 'flush');
+          await this.retry((cb) => this.origin.flush(cb), 'flush');
           this.stats.originSyncs++;
         }
       } finally {
@@ -264,11 +288,11 @@ export class Writeback {
         for (const p of r) len += p.len;
         const flags = first.key.flags;
         if (flags === KEY_TRIM) {
-          await call((cb) => this.origin.trim(off, len, false, cb), 'trim');
+          await this.retry((cb) => this.origin.trim(off, len, false, cb), 'trim');
           continue;
         }
         if (flags === KEY_ZERO) {
-          await call((cb) => this.origin.zero(off, len, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
+          await this.retry((cb) => this.origin.zero(off, len, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
           continue;
         }
         // DIRTY: gather the run's data; a key whose data fails its CRC splits the run around it.
@@ -285,7 +309,7 @@ export class Writeback {
           at += p.len;
         }
         for (const [from, n] of good) {
-          await call((cb) => this.origin.write(off + from, buf.subarray(from, from + n), false, cb), 'write');
+          await this.retry((cb) => this.origin.write(off + from, buf.subarray(from, from + n), false, cb), 'write');
           bytes += n;
         }
       }
@@ -361,7 +385,7 @@ export class Writeback {
     } finally {
       this.opts.onInflight?.(0);
     }
-    await call((cb) => this.origin.flush(cb), 'flush');
+    await this.retry((cb) => this.origin.flush(cb), 'flush');
     this.stats.originSyncs++;
     this.sh.clearError(ERR_ORIGIN_IO);
     // No sync of the record: if it is lost, writeback repeats this batch, which is idempotent.
@@ -407,12 +431,12 @@ export class Writeback {
           }
           const from = p.off - k.originOffset;
           const src = data.subarray(from, from + p.len);
-          await call((cb) => this.origin.write(p.off, src, false, cb), 'write');
+          await this.retry((cb) => this.origin.write(p.off, src, false, cb), 'write');
           bytes += p.len;
         } else if (k.flags === KEY_TRIM) {
-          await call((cb) => this.origin.trim(p.off, p.len, false, cb), 'trim');
+          await this.retry((cb) => this.origin.trim(p.off, p.len, false, cb), 'trim');
         } else {
-          await call((cb) => this.origin.zero(p.off, p.len, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
+          await this.retry((cb) => this.origin.zero(p.off, p.len, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
         }
       }
     };

@@ -24,7 +24,7 @@ export const STRIPE_COUNTERS = [
 
 /** Counted by the writeback and GC workers of one cache (one block per cache). */
 export const CACHE_WORKER_COUNTERS = [
-  'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors', 'wb_crc_skipped', 'wb_epochs',
+  'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors', 'wb_crc_skipped', 'wb_epochs', 'wb_retries',
   'gc_ksets', 'gc_segments_freed', 'gc_errors', 'init_bytes', 'init_segments_left', 'wb_inflight_blocks',
 ] as const;
 
