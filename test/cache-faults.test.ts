@@ -5,7 +5,7 @@
 // with dirty data in the cache and started again on the same socket: the same, after reconnecting.
 // Every process started here is stopped by its PID in t.teardown.
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,12 +17,28 @@ import { needTools, nbdshJson, skipSuffix } from './helpers/tools.js';
 
 const MiB = 1 << 20;
 const NAME = 'vol';
+/** A scratch folder (removed in teardown). */
+function scratch(t: ExecutionContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-faults-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** `pcached start` in `dir` on `origin` (a path or an NBD URI) with a 32 MiB cache of 1 MiB segments. */
+async function start(t: ExecutionContext, dir: string, origin: string, stripes: number, env: Record<string, string>) {
+  const sock = join(dir, 'nbd.sock');
+  const control = join(dir, 'control.sock');
+  const d = await startServing(t, ['--origin', origin, '--cache', join(dir, 'cache.img'), '--cache-size', '32M', '--segment-size', '1M',
+    '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', String(stripes), '--log-level', 'warn'],
+  { cwd: dir, sock, control, env });
+  return { d, control, uri: nbdUri(sock, NAME) };
+}
+
 const why = needTools('nbdsh', 'python3-nbd', 'nbdkit');
 
 (why ? test.serial.skip : test.serial)('origin write errors: writeback retries, data stays dirty and served, status shows it; read misses fail alone; all reaches the origin once it recovers' + skipSuffix(why), async (t) => {
   t.timeout(240_000);
-  const dir = mkdtempSync(join(tmpdir(), 'pcached-faults-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = scratch(t);
   const origin = join(dir, 'origin.img');
   makeSparseFile(origin, 64 * MiB);
   const failWrites = join(dir, 'fail-writes');
@@ -31,12 +47,7 @@ const why = needTools('nbdsh', 'python3-nbd', 'nbdkit');
   const kit = await startNbdkit(osock, ['--filter=error', 'file', origin, 'error=EIO',
     'error-pwrite-rate=100%', `error-pwrite-file=${failWrites}`, 'error-pread-rate=100%', `error-pread-file=${failReads}`]);
   t.teardown(() => kit.stop());
-  const sock = join(dir, 'nbd.sock');
-  const control = join(dir, 'control.sock');
-  const d = await startServing(t, ['--origin', `nbd+unix:///?socket=${osock}`, '--cache', join(dir, 'cache.img'), '--cache-size', '32M',
-    '--segment-size', '1M', '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '2', '--log-level', 'warn'],
-  { cwd: dir, sock, control, env: { PCACHED_PAUSE_WRITEBACK_MS: '0' } });
-  const uri = nbdUri(sock, NAME);
+  const { d, control, uri } = await start(t, dir, `nbd+unix:///?socket=${osock}`, 2, { PCACHED_PAUSE_WRITEBACK_MS: '0' });
 
   // The origin fails every write: the data written now cannot be written back.
   writeFileSync(failWrites, '');
@@ -107,17 +118,11 @@ print(json.dumps([miss, ok]))
 
 (why ? test.serial.skip : test.serial)('cache device errors (injected): the request gets EIO, the indicator is set, nothing wrong is served, the daemon keeps serving' + skipSuffix(why), async (t) => {
   t.timeout(120_000);
-  const dir = mkdtempSync(join(tmpdir(), 'pcached-faults-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = scratch(t);
   const origin = join(dir, 'origin.img');
   const initial = randomBytes(32 * MiB);
   writeFileSync(origin, initial);
-  const sock = join(dir, 'nbd.sock');
-  const control = join(dir, 'control.sock');
-  const d = await startServing(t, ['--origin', origin, '--cache', join(dir, 'cache.img'), '--cache-size', '32M',
-    '--segment-size', '1M', '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '1', '--log-level', 'warn'],
-  { cwd: dir, sock, control, env: { PCACHED_TEST_HOOKS: '1', PCACHED_PAUSE_WRITEBACK_MS: '600000' } });
-  const uri = nbdUri(sock, NAME);
+  const { d, control, uri } = await start(t, dir, origin, 1, { PCACHED_TEST_HOOKS: '1', PCACHED_PAUSE_WRITEBACK_MS: '600000' });
   const faults = async (what: string): Promise<void> => {
     const r = await pcachedCli(['message', NAME, 'debug_cache_faults', what, '--control', control]);
     if (r.code !== 0) throw new Error(r.stderr);
@@ -171,18 +176,13 @@ print(json.dumps(w))
 
 (why ? test.serial.skip : test.serial)('an origin failing 10 % of writes at random: writeback retries until everything is there, in order' + skipSuffix(why), async (t) => {
   t.timeout(240_000);
-  const dir = mkdtempSync(join(tmpdir(), 'pcached-faults-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = scratch(t);
   const origin = join(dir, 'origin.img');
   makeSparseFile(origin, 64 * MiB);
   const osock = join(dir, 'origin.sock');
   const kit = await startNbdkit(osock, ['--filter=error', 'file', origin, 'error=EIO', 'error-pwrite-rate=10%']);
   t.teardown(() => kit.stop());
-  const sock = join(dir, 'nbd.sock');
-  const control = join(dir, 'control.sock');
-  const d = await startServing(t, ['--origin', `nbd+unix:///?socket=${osock}`, '--cache', join(dir, 'cache.img'), '--cache-size', '32M',
-    '--segment-size', '1M', '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '2', '--log-level', 'warn'],
-  { cwd: dir, sock, control, env: { PCACHED_PAUSE_WRITEBACK_MS: '0' } });
+  const { d, control, uri } = await start(t, dir, `nbd+unix:///?socket=${osock}`, 2, { PCACHED_PAUSE_WRITEBACK_MS: '0' });
   // 256 scattered 4 KiB blocks, each written twice in two epochs (the second must win), so the
   // origin sees hundreds of separate writes: some of them fail.
   const blocks = Array.from({ length: 256 }, (_, i) => (i * 97) % 4096);
@@ -195,7 +195,7 @@ for v in (1, 2):
     h.flush()
 print('"ok"')
 `;
-  await nbdshJson(script, { uri: nbdUri(sock, NAME), timeoutMs: 120_000 });
+  await nbdshJson(script, { uri, timeoutMs: 120_000 });
   const done = await waitFor('writeback through the failures', async () => {
     const c = (await statusJson(control)).caches[0]!.cacheState!;
     return c.dirtyBlocks === 0 ? c : undefined;

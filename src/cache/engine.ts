@@ -20,6 +20,7 @@ import { ERR_CACHE_IO, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WR
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
+import type { Replaced } from './index/cursor.js';
 import type { Origin, Extent as StatusExtent } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
 import { BlockState } from '../nbd/constants.js';
@@ -637,20 +638,20 @@ export class StripeEngine {
       allocs.push(a);
       pos += a.len;
     }
-    this.countWriteHits(q.off, data.length);
     this.count('write_allocs', blocks(data.length));
     let pos = 0;
     for (const a of allocs) {
       const piece = data.subarray(pos, pos + a.len);
       this.writeData(a, piece, q.off + pos);
       const gen = this.sh.genOf(a.seg);
-      this.insertIndex({ off: q.off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.DIRTY });
+      this.insertIndex({ off: q.off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.DIRTY }, this.replacedCb);
       this.pushKey({
         originOffset: q.off + pos, length: a.len, flags: KEY_DIRTY, segment: a.seg, offset: a.segOff, generation: gen,
         dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0,
       });
       pos += a.len;
     }
+    this.countWriteHits();
     this.addDirty(data.length);
     this.count('write_blocks', blocks(data.length));
     return 'ok';
@@ -664,29 +665,29 @@ export class StripeEngine {
   private readonly uncommitted = new Map<number, number>();
   private hitsUncommitted = 0;
   private hitsCommitted = 0;
-  private readonly hitCountCb = (_o: number, l: number, e: Extent | null): void => {
-    if (e === null || (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || Atomics.load(this.sh.gen, e.seg) !== e.gen) return;
-    const from = this.uncommitted.get(e.seg);
-    if (from !== undefined && e.segOff >= from) this.hitsUncommitted += l;
-    else this.hitsCommitted += l;
+  /** Fed by the index insert itself as it replaces older extents (no second walk of the index). */
+  private readonly replacedCb = (len: number, flags: number, seg: number, segOff: number, gen: number): void => {
+    if ((flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || Atomics.load(this.sh.gen, seg) !== gen) return;
+    const from = this.uncommitted.get(seg);
+    if (from !== undefined && segOff >= from) this.hitsUncommitted += len;
+    else this.hitsCommitted += len;
   };
 
-  private countWriteHits(off: number, len: number): void {
-    this.hitsUncommitted = 0;
-    this.hitsCommitted = 0;
-    this.index.lookup(off, len, this.hitCountCb);
+  private countWriteHits(): void {
     if (this.hitsUncommitted > 0) this.count('write_hits_uncommitted', blocks(this.hitsUncommitted));
     if (this.hitsCommitted > 0) this.count('write_hits_committed', blocks(this.hitsCommitted));
+    this.hitsUncommitted = 0;
+    this.hitsCommitted = 0;
   }
 
   /** Index inserts never fail for lack of memory while stale entries can be swept. */
-  private insertIndex(e: Extent): void {
+  private insertIndex(e: Extent, replaced?: Replaced): void {
     try {
-      this.index.insert(e);
+      this.index.insert(e, replaced);
     } catch (err) {
       if (!(err instanceof IndexFullError)) throw err;
       this.sweepStale();
-      this.index.insert(e);
+      this.index.insert(e, replaced);
     }
   }
 
@@ -700,7 +701,7 @@ export class StripeEngine {
     const at = dataOffset(a.seg, a.segOff, this.g.segmentSize);
     if (this.runBufs.length > 0 && (at !== this.runEnd || this.runBufs.length >= RUN_MAX_BUFS || this.runEnd - this.runAt >= RUN_MAX_BYTES)) this.flushRun();
     if (this.runBufs.length === 0) this.runAt = this.runEnd = at;
-    this.runPieces.push({ off: originOff, len: piece.length, seg: a.seg, segOff: a.segOff });
+    this.runPieces.push(originOff, piece.length, a.seg, a.segOff);
     const whole = piece.length - (piece.length % BLOCK);
     if (whole > 0) this.runBufs.push(piece.subarray(0, whole));
     let tail: Uint8Array | null = null;
@@ -726,8 +727,8 @@ export class StripeEngine {
   /** Writes whose data sits in runs not yet written: acknowledged by flushData. */
   private dataAcks: Done[] = [];
 
-  /** Extents whose data sits in the gathered run (index entries and keys already made). */
-  private runPieces: { off: number; len: number; seg: number; segOff: number }[] = [];
+  /** Extents whose data sits in the gathered run (index entries and keys already made), flat: origin offset, length, segment, segment offset. */
+  private runPieces: number[] = [];
   /** A run failed since the last acknowledgement: the writes waiting on runs get EIO. */
   private runFailed = false;
 
@@ -754,7 +755,9 @@ export class StripeEngine {
   }
 
   /** Drops index entries and pending keys that name extents whose data was not written. */
-  private forget(pieces: readonly { off: number; len: number; seg: number; segOff: number }[]): void {
+  private forget(flat: readonly number[]): void {
+    const pieces: { off: number; len: number; seg: number; segOff: number }[] = [];
+    for (let i = 0; i < flat.length; i += 4) pieces.push({ off: flat[i]!, len: flat[i + 1]!, seg: flat[i + 2]!, segOff: flat[i + 3]! });
     const lost = new Set(pieces.map((p) => `${p.seg}:${p.segOff}`));
     for (const p of pieces) {
       const mine: [number, number][] = [];

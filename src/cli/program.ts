@@ -39,6 +39,13 @@ class Exit extends Error {
   }
 }
 
+/** `--interval` of clean and detach. */
+function parseInterval(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 50 || n > 600_000) throw new InvalidArgumentError('must be an integer 50-600000 (milliseconds)');
+  return n;
+}
+
 function controlPath(io: CliIo, flag: string | undefined): string {
   return resolve(io.cwd, flag ?? io.env.PCACHED_CONTROL ?? DEFAULT_CONTROL);
 }
@@ -111,11 +118,7 @@ function buildProgram(io: CliIo): Command {
     .description('Write everything back: turn the cleaner on (writes go to the origin, nothing new is cached) and report progress until no block is dirty')
     .argument('<name>', 'cache name')
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
-    .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', (v: string) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 50 || n > 600_000) throw new InvalidArgumentError('must be an integer 50-600000 (milliseconds)');
-      return n;
-    }, 2000)
+    .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', parseInterval, 2000)
     .action(async (name: string, opts: { control?: string; interval: number }) => {
       await cleanCache(io, controlPath(io, opts.control), name, opts.interval);
     });
@@ -125,11 +128,7 @@ function buildProgram(io: CliIo): Command {
     .description('Write everything back (as clean), then release the cache file: the volume is served from the origin until the next start, which attaches the cache again (formatted afresh)')
     .argument('<name>', 'cache name')
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
-    .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', (v: string) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 50 || n > 600_000) throw new InvalidArgumentError('must be an integer 50-600000 (milliseconds)');
-      return n;
-    }, 2000)
+    .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', parseInterval, 2000)
     .action(async (name: string, opts: { control?: string; interval: number }) => {
       const control = controlPath(io, opts.control);
       await cleanCache(io, control, name, opts.interval);

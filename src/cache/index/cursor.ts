@@ -15,6 +15,9 @@ const SPLIT_AT = PAGE_RECS >> 1;
 
 const rec = (p: number, i: number): number => p * PAGE_WORDS + PAGE_HDR + i * REC_WORDS;
 
+/** Sees a part of an extent that an insert replaces: length, flags, segment, segment offset, generation. */
+export type Replaced = (len: number, flags: number, seg: number, segOff: number, gen: number) => void;
+
 export class Cursor {
   page = -1;
   idx = 0;
@@ -84,9 +87,10 @@ export class Cursor {
 
   /**
    * Make room for [so, se): cut, split or delete what overlaps, and leave the cursor where a record
-   * starting at `so` belongs. A split's tail is remembered for insertPendingTail.
+   * starting at `so` belongs. A split's tail is remembered for insertPendingTail. `replaced` sees
+   * each overlapped part (length, flags, segment, its segment offset, generation) before it goes.
    */
-  resolve(slot: number, so: number, se: number): void {
+  resolve(slot: number, so: number, se: number, replaced?: Replaced): void {
     const w = this.w;
     this.tail = false;
     this.locate(slot, so);
@@ -94,6 +98,7 @@ export class Cursor {
       const b = rec(this.page, this.idx);
       const os = w[b + R_OFF_FLAGS] & OFF_MASK, oe = os + w[b + R_LEN], fl = w[b + R_OFF_FLAGS] >>> OFF_BITS;
       if (os < so) {
+        replaced?.(Math.min(oe, se) - so, fl, w[b + R_SEG]!, (w[b + R_SEGOFF]! + (so - os)) | 0, w[b + R_GEN]!);
         // Old covers new: split, except that a placeholder is only cut (its fill then covers less).
         if (oe > se && !(fl & EMPTY)) {
           const t = this.t;
@@ -111,6 +116,7 @@ export class Cursor {
       const b = rec(this.page, this.idx);
       const os = w[b + R_OFF_FLAGS] & OFF_MASK, oe = os + w[b + R_LEN], fl = w[b + R_OFF_FLAGS] >>> OFF_BITS;
       if (os >= se) break; // disjoint from here on
+      replaced?.(Math.min(oe, se) - os, fl, w[b + R_SEG]!, w[b + R_SEGOFF]!, w[b + R_GEN]!);
       if (oe <= se) { this.delete(slot); continue; } // new covers (or equals) old
       // New overlaps old's head: cut old's front, moving its cache position with it.
       w[b + R_OFF_FLAGS] = se | (fl << OFF_BITS);

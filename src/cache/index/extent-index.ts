@@ -17,7 +17,7 @@ import {
 } from './layout.js';
 import type { Extent, IndexSabs } from './layout.js';
 import { SUBTREE_SHIFT, SUBTREE_SIZE } from '../../ring/layout.js';
-import { Cursor } from './cursor.js';
+import { Cursor, type Replaced } from './cursor.js';
 
 export { ExtentFlag, IndexFullError, IndexStateError } from './layout.js';
 export type { Extent, IndexSabs } from './layout.js';
@@ -120,13 +120,14 @@ export class ExtentIndex {
   // ---- owner operations ----
 
   /** Insert with six-case overlap resolution; the new extent wins everywhere it lands. */
-  insert(e: Extent): void {
+  /** `replaced` sees each part of an existing extent the new one replaces (for statistics). */
+  insert(e: Extent, replaced?: Replaced): void {
     const slot = this.slotOf(e.off, e.len);
     this.checkExtent(e);
     this.arena.ensure(2); // the new record plus a split-off tail, each possibly splitting a page
     const so = e.off - this.base(slot);
     this.beginWrite(slot);
-    this.cur.resolve(slot, so, so + e.len);
+    this.cur.resolve(slot, so, so + e.len, replaced);
     this.cur.insert(slot, so, e.len, e.flags, e.seg, e.segOff, e.gen);
     this.cur.insertPendingTail(slot, true);
     this.endWrite(slot);
