@@ -6,6 +6,7 @@
 import { workerData } from 'piscina';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
 import { CacheShared, W_KICK_GC } from '../src/cache/shared.js';
+import { GC_OWNER } from '../src/cache/durability.js';
 import { Gc } from '../src/cache/gc.js';
 import { SegmentInitializer } from '../src/cache/initializer.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../src/stats/counters.js';
@@ -14,7 +15,7 @@ import type { CacheWorkerData } from './writeback.js';
 
 const data = workerData as CacheWorkerData;
 const log = createLogger({ level: data.logLevel as 'info', name: 'gc' });
-const sh = new CacheShared(data.shared);
+const sh = new CacheShared(data.shared, GC_OWNER);
 const counters = new CounterBlock(CACHE_WORKER_COUNTERS, data.counters);
 const IDLE_MS = 1000;
 

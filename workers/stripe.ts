@@ -19,6 +19,8 @@ import { createLogger } from '../src/daemon/logger.js';
 import { StripeEngine, type EngineCounter } from '../src/cache/engine.js';
 import { FileBlockDevice, type BlockDevice } from '../src/cache/blockdev.js';
 import { CacheShared, FAULT_READS, FAULT_WRITES } from '../src/cache/shared.js';
+import { STRIPE_OWNER } from '../src/cache/durability.js';
+import { KeyJournal } from '../src/cache/journal.js';
 import { ExtentIndex } from '../src/cache/index/extent-index.js';
 
 const data = workerData as StripeWorkerData;
@@ -325,7 +327,7 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       if (data.cache && !new CacheShared(data.cache.shared).detached) {
         const c = data.cache;
         cacheDev = FileBlockDevice.open(c.path);
-        const sharedState = new CacheShared(c.shared);
+        const sharedState = new CacheShared(c.shared, STRIPE_OWNER + data.stripe);
         const names = new Set<string>(STRIPE_COUNTERS);
         engine = new StripeEngine({
           // Tests of cache device errors inject them here (PCACHED_TEST_HOOKS=1 only).
@@ -337,6 +339,7 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
           blockCrc: c.blockCrc ? new Int32Array(c.blockCrc) : null,
           stats: { add: (name: EngineCounter, n: number) => { if (names.has(name)) counters.addAt(counters.indexOf(name as never), n); } },
           log,
+          journal: new KeyJournal(c.journal),
         });
       }
       running = true;

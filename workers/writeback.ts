@@ -5,6 +5,7 @@
 import { workerData } from 'piscina';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
 import { CacheShared, ERR_ORIGIN_IO, W_FOREGROUND, W_KICK_WB } from '../src/cache/shared.js';
+import { WRITEBACK_OWNER } from '../src/cache/durability.js';
 import { Writeback, WritebackHalted, OriginIoError } from '../src/cache/writeback.js';
 import type { Geometry } from '../src/cache/log.js';
 import { openOrigin } from '../src/origin/open.js';
@@ -24,7 +25,7 @@ export interface CacheWorkerData {
 
 const data = workerData as CacheWorkerData;
 const log = createLogger({ level: data.logLevel as 'info', name: 'writeback' });
-const sh = new CacheShared(data.shared);
+const sh = new CacheShared(data.shared, WRITEBACK_OWNER);
 const counters = new CounterBlock(CACHE_WORKER_COUNTERS, data.counters);
 const BACKOFF_MS = [100, 250, 500, 1000, 2000, 5000];
 const IDLE_MS = 1000;

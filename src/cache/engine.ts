@@ -2,21 +2,26 @@
 // head and its open kset, and does the cache I/O (synchronous pread/pwrite: one outstanding I/O
 // per stripe thread, no thread hand-offs) and the origin reads of misses.
 //
-// Ordering rules this file keeps (docs/format.md §8):
+// Ordering rules this file keeps (docs/cache-engine.md "Ordering rules"):
 //  * data is durable before any kset pointing at it is written (one group-commit sync first);
-//  * a key enters the index and the stripe's kset stream in one synchronous step, so the log
-//    order of one range is the order its writes were applied;
+//  * an extent enters the index only once its data is in the file, and then in the same step as
+//    its key enters the stripe's kset stream (and its journal), so the log order of one range is
+//    the order its writes were applied and a failed data write never hides the extent it replaced;
 //  * a read-miss fill is logged only when its placeholder survived whole, so a write that raced
-//    the origin read is never overridden at replay by the older origin data.
+//    the origin read is never overridden at replay by the older origin data;
+//  * once the cache device has failed (sticky, src/cache/durability.ts), nothing new is accepted
+//    and nothing is claimed durable: writes, FLUSH and FUA get EIO, durable data is still served.
 
 import type { BlockDevice } from './blockdev.js';
 import { DATA_ALIGN, KSET_MAX_KEYS, SEGMENT_GEN_SLOTS, alignUp, crc32cOf, dataOffset } from './layout.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO } from './kset.js';
+import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
 import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
+import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
+import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE } from './durability.js';
+import { KeyJournal } from './journal.js';
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
@@ -54,6 +59,11 @@ export interface EngineOptions {
   stats?: EngineStats;
   log?: EngineLog;
   now?: () => number;
+  /**
+   * The stripe's pending keys in shared memory (src/cache/journal.ts). A respawned stripe passes
+   * its predecessor's and takes over what it had accepted; tests may leave it out.
+   */
+  journal?: KeyJournal;
 }
 
 interface Alloc { seg: number; segOff: number; len: number }
@@ -86,6 +96,11 @@ function blocksOfKey(k: CacheKey): number {
 /** A gathered run of data writes goes out at this size (bounded by IOV_MAX buffers). */
 const RUN_MAX_BYTES = 1 << 20;
 const RUN_MAX_BUFS = 256;
+/** What a run piece becomes once written: a dirty write, a read-miss fill, a write-through clean copy. */
+const PIECE_DIRTY = 0;
+const PIECE_FILL = 1;
+const PIECE_CLEAN = 2;
+const RUN_STRIDE = 8;
 
 const NO_STATS: EngineStats = { add() {} };
 const NO_LOG: EngineLog = { warn() {}, error() {} };
@@ -101,6 +116,7 @@ export class StripeEngine {
   private readonly log: EngineLog;
   private readonly now: () => number;
   private readonly writerId: number;
+  private readonly journal: KeyJournal;
 
   private headSeg = -1;
   private headOff = 0;
@@ -126,6 +142,41 @@ export class StripeEngine {
     this.now = o.now ?? Date.now;
     this.writerId = this.sh.nextWriterId();
     this.freedSeen = this.sh.word(W_FREED);
+    this.journal = o.journal ?? KeyJournal.create();
+    this.takeOver();
+  }
+
+  /** Keys a dead predecessor of this stripe had accepted, now pending here again (respawn). */
+  readonly recoveredKeys: number = 0;
+
+  /**
+   * A respawned stripe carries on where the dead thread stopped: the keys it had accepted but not
+   * logged (acknowledged writes: the next FLUSH must cover them), its data head (and the segment
+   * reference that comes with it), and the dirty bytes it had not published. Its read-miss
+   * placeholders would block promotion of their ranges for ever, so they go.
+   */
+  private takeOver(): void {
+    const j = this.journal;
+    if (j.incarnation++ === 0) return;
+    this.sh.lockLog(); // a half-done append of the dead thread is judged against the log head
+    let keys: CacheKey[];
+    try {
+      keys = j.recover(this.sh.headLsn);
+    } finally {
+      this.sh.unlockLog();
+    }
+    if (j.unpublishedDirty !== 0) {
+      this.sh.addDirty(j.unpublishedDirty);
+      j.unpublishedDirty = 0;
+    }
+    if (j.headSeg >= 0) {
+      this.headSeg = j.headSeg;
+      this.headOff = j.headOff;
+    }
+    for (const k of keys) this.queueKey(k);
+    (this as { recoveredKeys: number }).recoveredKeys = keys.length;
+    this.index.removeIf((e) => (e.flags & ExtentFlag.EMPTY) !== 0);
+    this.log.warn({ keys: keys.length, headSegment: this.headSeg }, 'stripe restarted: took over the keys its predecessor had accepted');
   }
 
   /** Keys accepted but not yet in the log (open kset plus closed ones waiting for log space). */
@@ -144,7 +195,12 @@ export class StripeEngine {
     if (this.headSeg < 0 || this.headOff >= area) {
       const s = this.sh.allocSegment(SEG_DATA);
       if (s < 0) return null;
-      writeSegmentInfo(this.dev, this.sh, this.g, s, { type: 'data', next: 0xffffffff });
+      try {
+        writeSegmentInfo(this.dev, this.sh, this.g, s, { type: 'data', next: 0xffffffff });
+      } catch (err) {
+        this.deviceWriteFailed(err, 'segment info', FAIL_META_WRITE);
+        throw err;
+      }
       this.sh.ref(s); // the head's own reference
       if (this.headSeg >= 0) this.releaseRef(this.headSeg);
       this.headSeg = s;
@@ -154,6 +210,7 @@ export class StripeEngine {
     const a = { seg: this.headSeg, segOff: this.headOff, len };
     if (!this.uncommitted.has(a.seg)) this.uncommitted.set(a.seg, a.segOff);
     this.headOff += alignUp(len, DATA_ALIGN);
+    this.journal.setHead(this.headSeg, this.headOff);
     this.sh.ref(a.seg);
     return a;
   }
@@ -165,7 +222,7 @@ export class StripeEngine {
    */
   private releaseRef(seg: number): void {
     if (this.sh.unref(seg) > 0) return;
-    freeDataSegment(this.dev, this.sh, this.g, [seg]);
+    freeDataSegment(this.dev, this.sh, this.g, [seg], this.log);
   }
 
   // ---- keys and commit ----
@@ -174,10 +231,16 @@ export class StripeEngine {
   private pendingBlocks = 0;
 
   private get autocommitDue(): boolean {
-    return this.pendingBlocks >= this.sh.autocommitBlocks;
+    return this.pendingBlocks >= this.sh.autocommitBlocks || this.journal.pending * 2 >= this.journal.capacity;
   }
 
+  /** A new key: into the open kset, and into the shared journal so it survives this thread. */
   private pushKey(k: CacheKey): void {
+    this.journal.push(k);
+    this.queueKey(k);
+  }
+
+  private queueKey(k: CacheKey): void {
     if (this.open.length === 0 && this.ready.length === 0) this.openSince = this.now();
     this.pendingBlocks += blocksOfKey(k);
     this.open.push(k);
@@ -185,6 +248,13 @@ export class StripeEngine {
       this.ready.push(this.open);
       this.open = [];
     }
+  }
+
+  /** Room in the journal for `n` more keys (it bounds what a stripe holds uncommitted). */
+  private journalRoom(n: number): boolean {
+    if (this.journal.room(n + KSET_MAX_KEYS)) return true;
+    this.wantRound = true;
+    return false;
   }
 
   /**
@@ -199,12 +269,16 @@ export class StripeEngine {
   private durableWaiters: Done[] = [];
   private wantRound = false;
 
+  /** The round in flight: its ksets, and whether the sync that covers their data succeeded. */
+  private round: { batch: CacheKey[][]; dataDurable: boolean } | null = null;
+
   /** Starts a round if one is due and none runs. */
   private kickCommit(durable: boolean): void {
     if (durable) this.wantRound = true;
     if (this.roundRunning) return;
     // The round's first sync must cover the data its keys point at.
     this.flushData();
+    if (this.noticeFailure()) return;
     if (this.open.length > 0) {
       this.ready.push(this.open);
       this.open = [];
@@ -224,39 +298,43 @@ export class StripeEngine {
     // kset carries the mark unless the newest kset in the log already ends one.
     if (needDurable && batch.length === 0 && !this.sh.epochClosed) batch.push([]);
     const epochAt = needDurable ? batch.length - 1 : -1;
-    const fail = (err: unknown): void => {
-      this.cacheError(err, 'commit');
-      // The keys stay pending (in order) for the next round; the waiters learn of the failure.
-      this.ready = batch.concat(this.ready);
-      for (const ks of batch) for (const k of ks) this.pendingBlocks += blocksOfKey(k);
+    const round = { batch, dataDurable: false };
+    this.round = round;
+    // A failed sync or log write is the device failing (sticky): the round's keys are never
+    // logged again (that would count them twice), its waiters and everyone after them get EIO.
+    const fail = (): void => {
+      this.noticeFailure();
+      this.round = null;
       this.endRound(waiters, NbdErr.EIO);
     };
+    const done = (): void => {
+      this.round = null;
+      this.endRound(waiters, 0);
+    };
     const afterAppend = (): void => {
-      if (!needDurable || this.lastLsn <= this.sh.durableLsn) { this.endRound(waiters, 0); return; }
-      const head = this.sh.headLsn;
-      this.syncAsync((err) => {
-        if (err) { fail(err); return; }
-        this.sh.noteDurable(head);
-        this.endRound(waiters, 0);
-      });
+      if (!needDurable || this.lastLsn <= this.sh.durableLsn) { done(); return; }
+      this.sh.syncCacheAsync(this.dev, (ok) => (ok ? done() : fail()));
     };
     if (batch.length === 0) { afterAppend(); return; }
-    this.syncAsync((err) => {
-      if (err) { fail(err); return; }
+    this.sh.syncCacheAsync(this.dev, (ok) => {
+      if (!ok) { fail(); return; }
+      round.dataDurable = true;
       let appended = 0;
       try {
-        const r = appendKsets(this.dev, this.sh, this.g, batch, this.writerId, epochAt);
+        const r = appendKsets(this.dev, this.sh, this.g, batch, this.writerId, epochAt, this.journal);
         appended = r.appended;
         if (appended > 0) {
           this.lastLsn = r.headLsn;
           this.count('ksets', appended);
         }
       } catch (e) {
-        fail(e);
+        this.deviceWriteFailed(e, 'key log append', FAIL_LOG_WRITE);
+        fail();
         return;
       }
       if (appended < batch.length) {
         // Log full: the rest waits for GC, and so do the durable waiters of this round.
+        this.round = null;
         this.ready = batch.slice(appended).concat(this.ready);
         for (const ks of batch.slice(appended)) for (const k of ks) this.pendingBlocks += blocksOfKey(k);
         this.durableWaiters = waiters.concat(this.durableWaiters);
@@ -275,19 +353,69 @@ export class StripeEngine {
     if (this.wantRound || this.durableWaiters.length > 0) this.kickCommit(this.durableWaiters.length > 0);
   }
 
-  private syncAsync(cb: (err: unknown) => void): void {
-    if (this.dev.syncAsync) this.dev.syncAsync(cb);
-    else {
-      let err: unknown = null;
-      try { this.dev.sync(); } catch (e) { err = e; }
-      cb(err);
+  // ---- the device failed (src/cache/durability.ts) ----
+
+  private failureSeen = false;
+
+  /**
+   * True once the cache device has failed. The first time a stripe sees it: data it wrote since the
+   * last successful sync may not be on the device (a failed fsync may have dropped those pages,
+   * and the page cache may still show them until they are evicted), so its extents are poisoned
+   * (reads get EIO, never whatever the device holds there); clean copies are dropped (the origin
+   * has the data); keys still pending are never logged; everything waiting fails with EIO.
+   * Durable data stays served, and writeback keeps writing it to the origin.
+   */
+  private noticeFailure(): boolean {
+    if (this.sh.failed === 0) return false;
+    if (this.failureSeen) return true;
+    this.failureSeen = true;
+    this.flushRun(); // pieces not yet written are aborted
+    const suspect: CacheKey[][] = [this.open, ...this.ready];
+    if (this.round && !this.round.dataDurable) suspect.push(...this.round.batch);
+    let poisoned = 0;
+    for (const ks of suspect) {
+      for (const k of ks) {
+        if (k.flags !== KEY_DIRTY) continue;
+        this.insertIndex({ off: k.originOffset, len: k.length, seg: 0, segOff: 0, gen: 0, flags: ExtentFlag.POISON });
+        poisoned += k.length;
+      }
     }
+    // Never written back in this run (writeback stops at the last durable kset).
+    for (const ks of [this.open, ...this.ready, ...(this.round?.batch ?? [])]) for (const k of ks) if (needsWriteback(k.flags)) this.addDirty(-k.length);
+    this.open = [];
+    this.ready = [];
+    this.pendingBlocks = 0;
+    this.index.removeIf((e) => (e.flags & ExtentFlag.CLEAN) !== 0);
+    if (poisoned > 0) this.log.error({ bytes: poisoned }, 'cache device failed: data not yet durable is unreadable until restart (EIO)');
+    this.failAllWaiting();
+    this.publishStats();
+    return true;
+  }
+
+  /** Every FLUSH, FUA and write still waiting gets EIO (the device failed). */
+  private failAllWaiting(): void {
+    const waiters = this.durableWaiters;
+    this.durableWaiters = [];
+    this.wantRound = false;
+    for (const d of waiters) d(NbdErr.EIO);
+    const queued = this.queue.concat(this.parked);
+    this.queue = [];
+    this.parked = [];
+    for (const q of queued) q.done(NbdErr.EIO);
+  }
+
+  /** A write to the cache device failed: the device has failed (as in dm-writecache, any write error). */
+  private deviceWriteFailed(err: unknown, what: string, why: number): void {
+    this.count('cache_errors', 1);
+    this.log.error({ err, what }, 'cache device write failed: the cache refuses writes and flushes until restart');
+    this.sh.fail(NbdErr.EIO, why);
   }
 
   /** Housekeeping between batches: autocommit, queued writes, the stale-entry sweep. */
   tick(): void {
     this.publishStats();
     this.flushData();
+    if (this.noticeFailure()) return;
     const now = this.now();
     // Closed ksets wait for the autocommit time (or for enough of them): every round costs a sync.
     if (!this.roundRunning && (this.autocommitDue || ((this.open.length > 0 || this.ready.length > 0) && now - this.openSince >= this.sh.autocommitMs))) this.kickCommit(false);
@@ -320,16 +448,27 @@ export class StripeEngine {
     this.index.removeIf((e) => (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && Atomics.load(gen, e.seg) !== e.gen);
   }
 
-  private cacheError(err: unknown, what: string): void {
+  /** Not a device error (index memory, a bug): EIO for this request only, logged. */
+  private requestError(err: unknown, what: string): void {
+    this.count('cache_errors', 1);
+    this.log.error({ err, what }, 'cache request failed');
+  }
+
+  /** A cache read failed: EIO for that request only (the data may still be good elsewhere), counted and shown. */
+  private cacheReadError(err: unknown, what: string): void {
     this.sh.setError(ERR_CACHE_IO);
     this.count('cache_errors', 1);
-    this.log.error({ err, what }, 'cache device error');
+    this.log.error({ err, what }, 'cache device read error');
   }
 
   // ---- FLUSH ----
 
   /** Group commit: every FLUSH (and FUA) of one batch shares one round (see endBatch). */
   flush(done: Done): void {
+    if (this.noticeFailure() || this.originFlushFailed) {
+      done(NbdErr.EIO);
+      return;
+    }
     if (!this.originUnflushed) {
       this.durableWaiters.push(done);
       return;
@@ -343,7 +482,14 @@ export class StripeEngine {
       if (--left === 0) done(first);
     };
     this.origin.flush((errno) => {
-      if (errno !== 0) this.originUnflushed = true;
+      // Those writes may be gone (a flush that failed may have dropped them, and a later one
+      // would succeed without them) and nothing holds a copy to write again: every later FLUSH
+      // of this stripe fails too, until a restart.
+      if (errno !== 0 && !this.originFlushFailed) {
+        this.originFlushFailed = true;
+        this.sh.setError(ERR_ORIGIN_FLUSH);
+        this.log.error({ errno }, 'origin flush failed after writes that went to the origin first: FLUSH fails until restart');
+      }
       both(errno);
     });
     this.durableWaiters.push(both);
@@ -398,6 +544,8 @@ export class StripeEngine {
   private throughInflight: Queued[] = [];
   private parked: Queued[] = [];
   private originUnflushed = false;
+  /** An origin flush failed after writes that went to the origin first (sticky, see flush()). */
+  private originFlushFailed = false;
 
   private overlapsInflight(off: number, len: number): boolean {
     for (const t of this.throughInflight) if (off < t.off + t.len && t.off < off + len) return true;
@@ -406,6 +554,10 @@ export class StripeEngine {
 
   private enter(q: Queued): void {
     this.wroteInBatch = true;
+    if (this.noticeFailure()) {
+      q.done(NbdErr.EIO);
+      return;
+    }
     if (this.parked.length > 0 || (this.throughInflight.length > 0 && this.overlapsInflight(q.off, q.len))) {
       this.parked.push(q);
       return;
@@ -432,8 +584,15 @@ export class StripeEngine {
   }
 
   private startThrough(q: Queued): void {
+    // Writes still in the gathered run take effect first: the index must show them.
+    this.flushRun();
     if (this.hasDirty(q.off, q.len)) {
       this.submit({ ...q, through: false });
+      return;
+    }
+    if (!this.journalRoom(KSET_MAX_KEYS)) {
+      this.queue.push(q);
+      this.kickCommit(false);
       return;
     }
     this.throughInflight.push(q);
@@ -441,7 +600,7 @@ export class StripeEngine {
     try {
       logged = this.invalidate(q.off, q.len);
     } catch (err) {
-      this.cacheError(err, 'invalidate');
+      this.requestError(err, 'invalidate');
       this.endThrough(q, NbdErr.EIO, false);
       return;
     }
@@ -465,7 +624,7 @@ export class StripeEngine {
           cached = this.cacheClean(q.off, q.data!);
         } catch (err) {
           // The origin has the write and the range holds no cached copy: still a success.
-          this.cacheError(err, 'write-through cache copy');
+          this.requestError(err, 'write-through cache copy');
         }
       }
       this.endThrough(q, errno, cached);
@@ -481,8 +640,10 @@ export class StripeEngine {
   private endThrough(q: Queued, errno: number, cached: boolean): void {
     this.throughInflight.splice(this.throughInflight.indexOf(q), 1);
     if (errno === 0) this.originUnflushed = true;
-    // A cached copy sits in a gathered run: acknowledged once it is in the file (flushData).
-    if (cached && errno === 0 && this.runBufs.length > 0) this.dataAcks.push(q.done);
+    // A cached copy sits in a gathered run: acknowledged once it is in the file (flushData). The
+    // origin has the write either way, so a failed copy (its extent never entered the index) does
+    // not fail it.
+    if (cached && errno === 0 && this.runBufs.length > 0) this.throughAcks.push(q.done);
     else q.done(errno);
     this.unpark();
     this.flushData();
@@ -531,6 +692,7 @@ export class StripeEngine {
 
   /** Caches data the origin already holds as clean extents; false (nothing cached) when there is no room now. */
   private cacheClean(off: number, data: Uint8Array): boolean {
+    if (this.sh.failed !== 0 || !this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS)) return false;
     const allocs: Alloc[] = [];
     for (let pos = 0; pos < data.length;) {
       const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
@@ -544,11 +706,7 @@ export class StripeEngine {
     }
     let pos = 0;
     for (const a of allocs) {
-      const piece = data.subarray(pos, pos + a.len);
-      this.writeData(a, piece, off + pos);
-      const gen = this.sh.genOf(a.seg);
-      this.insertIndex({ off: off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
-      this.pushKey({ originOffset: off + pos, length: a.len, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0 });
+      this.writeData(a, data.subarray(pos, pos + a.len), off + pos, PIECE_CLEAN, 0);
       pos += a.len;
     }
     this.count('write_blocks', blocks(data.length));
@@ -569,6 +727,7 @@ export class StripeEngine {
 
   private addDirty(n: number): void {
     this.dirtyDelta += n;
+    this.journal.unpublishedDirty = this.dirtyDelta;
   }
 
   /** Publishes the locally summed counters (end of every batch and tick). */
@@ -576,6 +735,7 @@ export class StripeEngine {
     if (this.dirtyDelta !== 0) {
       this.sh.addDirty(this.dirtyDelta);
       this.dirtyDelta = 0;
+      this.journal.unpublishedDirty = 0;
     }
     if (this.local.size === 0) return;
     for (const [k, v] of this.local) if (v !== 0) this.stats.add(k, v);
@@ -593,7 +753,7 @@ export class StripeEngine {
     try {
       r = this.apply(q);
     } catch (err) {
-      this.cacheError(err, q.kind);
+      this.requestError(err, q.kind);
       q.done(NbdErr.EIO);
       return;
     }
@@ -619,8 +779,12 @@ export class StripeEngine {
   private apply(q: Queued): 'ok' | 'full' {
     if (q.kind !== 'write') {
       const flags = q.kind === 'trim' ? KEY_TRIM : KEY_ZERO;
+      // Writes still in the gathered run come first in the index and the log.
+      this.flushRun();
+      if (this.noticeFailure()) throw new Error('the cache device failed');
       // A key without data still needs log space; keep a segment's worth of headroom.
       if (this.sh.freeSegments === 0 && this.ready.length > 0) return 'full';
+      if (!this.journalRoom(1)) return 'full';
       this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
       this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
       this.addDirty(q.len);
@@ -628,6 +792,7 @@ export class StripeEngine {
       return 'ok';
     }
     const data = q.data!;
+    if (!this.journalRoom(Math.ceil(data.length / this.g.dataAreaSize) + 1)) return 'full';
     const allocs: Alloc[] = [];
     for (let pos = 0; pos < data.length;) {
       const a = this.allocData(data.length - pos);
@@ -641,18 +806,9 @@ export class StripeEngine {
     this.count('write_allocs', blocks(data.length));
     let pos = 0;
     for (const a of allocs) {
-      const piece = data.subarray(pos, pos + a.len);
-      this.writeData(a, piece, q.off + pos);
-      const gen = this.sh.genOf(a.seg);
-      this.insertIndex({ off: q.off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.DIRTY }, this.replacedCb);
-      this.pushKey({
-        originOffset: q.off + pos, length: a.len, flags: KEY_DIRTY, segment: a.seg, offset: a.segOff, generation: gen,
-        dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0,
-      });
+      this.writeData(a, data.subarray(pos, pos + a.len), q.off + pos, PIECE_DIRTY, 0);
       pos += a.len;
     }
-    this.countWriteHits();
-    this.addDirty(data.length);
     this.count('write_blocks', blocks(data.length));
     return 'ok';
   }
@@ -695,13 +851,17 @@ export class StripeEngine {
    * Data goes out padded to whole 4 KiB blocks, so every cache block has a well-defined CRC.
    * Allocation is log-structured, so the writes of one batch are mostly contiguous in the cache:
    * they are gathered into one pwritev per run (a 4 KiB pwrite costs ~5x a page of a batched
-   * one here) and acknowledged once the run is in the file (flushData).
+   * one here). A piece takes effect (index entry, key) only once its run is in the file
+   * (commitPiece), and the writes are acknowledged after that (flushData); a run that fails to
+   * write changes nothing in the index, so the extents it would have replaced are still served.
    */
-  private writeData(a: Alloc, piece: Uint8Array, originOff: number): void {
+  private writeData(a: Alloc, piece: Uint8Array, originOff: number, kind: number, token: number): void {
     const at = dataOffset(a.seg, a.segOff, this.g.segmentSize);
     if (this.runBufs.length > 0 && (at !== this.runEnd || this.runBufs.length >= RUN_MAX_BUFS || this.runEnd - this.runAt >= RUN_MAX_BYTES)) this.flushRun();
     if (this.runBufs.length === 0) this.runAt = this.runEnd = at;
-    this.runPieces.push(originOff, piece.length, a.seg, a.segOff);
+    const gen = this.sh.genOf(a.seg);
+    const crc = this.g.dataCrc ? crc32cOf(piece) : 0;
+    this.runPieces.push(originOff, piece.length, a.seg, a.segOff, gen, kind, token, crc);
     const whole = piece.length - (piece.length % BLOCK);
     if (whole > 0) this.runBufs.push(piece.subarray(0, whole));
     let tail: Uint8Array | null = null;
@@ -711,12 +871,12 @@ export class StripeEngine {
       this.runBufs.push(tail);
     }
     this.runEnd += alignUp(piece.length, BLOCK);
-    const crc = this.opts.blockCrc;
-    if (crc) {
+    const blockCrc = this.opts.blockCrc;
+    if (blockCrc) {
       const first = this.blockNo(a.seg, a.segOff);
       for (let b = 0; b * BLOCK < piece.length; b++) {
         const chunk = b * BLOCK + BLOCK <= piece.length ? piece.subarray(b * BLOCK, b * BLOCK + BLOCK) : tail!;
-        Atomics.store(crc, first + b, crc32cOf(chunk) | 0);
+        Atomics.store(blockCrc, first + b, crc32cOf(chunk) | 0);
       }
     }
   }
@@ -726,60 +886,80 @@ export class StripeEngine {
   private runEnd = 0;
   /** Writes whose data sits in runs not yet written: acknowledged by flushData. */
   private dataAcks: Done[] = [];
+  /** Write-through writes whose clean copy sits in the run: the origin has them, so they succeed either way. */
+  private throughAcks: Done[] = [];
 
-  /** Extents whose data sits in the gathered run (index entries and keys already made), flat: origin offset, length, segment, segment offset. */
+  /** The pieces of the gathered run, flat (RUN_STRIDE numbers each): origin offset, length, segment, segment offset, generation, kind, placeholder token, data CRC. */
   private runPieces: number[] = [];
   /** A run failed since the last acknowledgement: the writes waiting on runs get EIO. */
   private runFailed = false;
 
+  /** Writes the gathered run, then gives its pieces effect in order (or undoes their allocations). */
   private flushRun(): void {
     const bufs = this.runBufs;
     if (bufs.length === 0) return;
     this.runBufs = [];
     const pieces = this.runPieces;
     this.runPieces = [];
-    try {
-      if (bufs.length === 1) this.dev.pwrite(bufs[0]!, this.runAt);
-      else if (this.dev.pwritev) this.dev.pwritev(bufs, this.runAt);
-      else {
-        let at = this.runAt;
-        for (const b of bufs) { this.dev.pwrite(b, at); at += b.length; }
+    let written = false;
+    if (this.sh.failed === 0) {
+      try {
+        if (bufs.length === 1) this.dev.pwrite(bufs[0]!, this.runAt);
+        else if (this.dev.pwritev) this.dev.pwritev(bufs, this.runAt);
+        else {
+          let at = this.runAt;
+          for (const b of bufs) { this.dev.pwrite(b, at); at += b.length; }
+        }
+        written = true;
+      } catch (err) {
+        this.deviceWriteFailed(err, 'data write', FAIL_DATA_WRITE);
       }
-    } catch (err) {
-      // The data never reached the cache: its index entries and keys must not survive to point at
-      // whatever the device holds there (no silent corruption). The writes get EIO.
-      this.cacheError(err, 'write');
-      this.runFailed = true;
-      this.forget(pieces);
     }
+    if (!written) {
+      this.runFailed = true;
+      for (let i = 0; i < pieces.length; i += RUN_STRIDE) this.abortPiece(pieces, i);
+      return;
+    }
+    for (let i = 0; i < pieces.length; i += RUN_STRIDE) this.commitPiece(pieces, i);
+    this.countWriteHits();
   }
 
-  /** Drops index entries and pending keys that name extents whose data was not written. */
-  private forget(flat: readonly number[]): void {
-    const pieces: { off: number; len: number; seg: number; segOff: number }[] = [];
-    for (let i = 0; i < flat.length; i += 4) pieces.push({ off: flat[i]!, len: flat[i + 1]!, seg: flat[i + 2]!, segOff: flat[i + 3]! });
-    const lost = new Set(pieces.map((p) => `${p.seg}:${p.segOff}`));
-    for (const p of pieces) {
-      const mine: [number, number][] = [];
-      this.index.lookup(p.off, p.len, (o, l, e) => {
-        if (e !== null && (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) && e.seg === p.seg && e.segOff - (o - p.off) === p.segOff) mine.push([o, l]);
-      });
-      for (const [o, l] of mine) this.index.remove(o, l);
+  /** A piece's data is in the file: its index entry and its key, in one step. */
+  private commitPiece(p: readonly number[], i: number): void {
+    const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!, kind = p[i + 5]!, token = p[i + 6]!, dataCrc = p[i + 7]!;
+    if (kind === PIECE_FILL) {
+      const filled = this.index.replacePlaceholder(token, { off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
+      if (filled === len) {
+        this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc });
+        this.count('fills', 1);
+      } else {
+        // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
+        // logging them would let replay put them after the newer write. The segment's generation
+        // retires them when it is freed.
+        this.releaseRef(seg);
+      }
+      return;
     }
-    const keep = (ks: CacheKey[]): CacheKey[] => ks.filter((k) => {
-      if ((k.flags !== KEY_DIRTY && k.flags !== KEY_CLEAN) || !lost.has(`${k.segment}:${k.offset}`)) return true;
-      if (k.flags === KEY_DIRTY) this.addDirty(-k.length);
-      this.pendingBlocks -= blocksOfKey(k);
-      this.releaseRef(k.segment);
-      return false;
-    });
-    this.open = keep(this.open);
-    this.ready = this.ready.map(keep).filter((ks) => ks.length > 0);
+    const dirty = kind === PIECE_DIRTY;
+    this.insertIndex({ off, len, seg, segOff, gen, flags: dirty ? ExtentFlag.DIRTY : ExtentFlag.CLEAN }, dirty ? this.replacedCb : undefined);
+    this.pushKey({ originOffset: off, length: len, flags: dirty ? KEY_DIRTY : KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc });
+    if (dirty) this.addDirty(len);
+  }
+
+  /** A piece's data never reached the file: give back its space; a fill's placeholder goes too. */
+  private abortPiece(p: readonly number[], i: number): void {
+    this.releaseRef(p[i + 2]!);
+    if (p[i + 5] === PIECE_FILL) this.dropPlaceholder(p[i + 6]!, p[i]!, p[i + 1]!);
   }
 
   /** Writes out every gathered run and acknowledges the writes waiting on them. */
   flushData(): void {
     this.flushRun();
+    if (this.throughAcks.length > 0) {
+      const acks = this.throughAcks;
+      this.throughAcks = [];
+      for (const d of acks) d(0);
+    }
     if (this.dataAcks.length === 0) {
       this.runFailed = false;
       return;
@@ -809,7 +989,7 @@ export class StripeEngine {
         r = this.apply(q);
       } catch (err) {
         this.queue.shift();
-        this.cacheError(err, q.kind);
+        this.requestError(err, q.kind);
         q.done(NbdErr.EIO);
         continue;
       }
@@ -900,6 +1080,8 @@ export class StripeEngine {
     if (mode === MODE_PASSTHROUGH || mode === MODE_WRITEONLY) noFill = true;
     // A hit may be in a gathered run that is not in the file yet.
     if (this.runBufs.length > 0) this.flushData();
+    // A failed device takes no new data, and what it holds that is not durable is poisoned.
+    if (this.noticeFailure()) noFill = true;
     const len = buf.length;
     if (this.opts.blockCrc === null && this.readWholeHit(off, buf)) {
       this.count('read_blocks', blocks(len));
@@ -918,6 +1100,10 @@ export class StripeEngine {
         gaps.push({ o: p.off, l: p.len, fill: p.flags === -1 && !noFill });
         continue;
       }
+      if (p.flags & ExtentFlag.POISON) {
+        errno = NbdErr.EIO;
+        continue;
+      }
       if (p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) {
         into.fill(0);
         hitBytes += p.len;
@@ -934,7 +1120,7 @@ export class StripeEngine {
           continue;
         }
       } catch (err) {
-        this.cacheError(err, 'read');
+        this.cacheReadError(err, 'read');
         errno = NbdErr.EIO;
         continue;
       }
@@ -1086,7 +1272,7 @@ export class StripeEngine {
         try {
           this.fill(token, off, into);
         } catch (err) {
-          this.cacheError(err, 'fill');
+          this.requestError(err, 'fill');
           this.dropPlaceholder(token, off, into.length);
         }
       } else this.dropPlaceholder(token, off, into.length);
@@ -1108,39 +1294,28 @@ export class StripeEngine {
     const copy = Buffer.allocUnsafe(data.length);
     copy.set(data);
     let pos = 0;
-    let logged = 0;
-    while (pos < data.length) {
-      // Fills never wait, and never take the last free segments from writes.
+    // Fills never wait, and never take the last free segments from writes (nor journal room).
+    const room = this.sh.failed === 0 && this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS);
+    while (room && pos < data.length) {
       const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
       if (needsSegment && this.sh.freeSegments <= this.sh.logReserve + 1) break;
       const a = this.allocData(data.length - pos);
       if (a === null) break;
-      const piece = copy.subarray(pos, pos + a.len);
-      this.writeData(a, piece, off + pos);
-      const gen = this.sh.genOf(a.seg);
-      const filled = this.index.replacePlaceholder(token, { off: off + pos, len: a.len, seg: a.seg, segOff: a.segOff, gen, flags: ExtentFlag.CLEAN });
-      if (filled === a.len) {
-        this.pushKey({ originOffset: off + pos, length: a.len, flags: KEY_CLEAN, segment: a.seg, offset: a.segOff, generation: gen, dataCrc: this.g.dataCrc ? crc32cOf(piece) : 0 });
-        logged++;
-      } else {
-        // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
-        // logging them would let replay put them after the newer write. The segment's generation
-        // retires them when it is freed.
-        this.releaseRef(a.seg);
-      }
+      // Takes effect (placeholder replaced, key logged) once the run is written: commitPiece.
+      this.writeData(a, copy.subarray(pos, pos + a.len), off + pos, PIECE_FILL, token);
       pos += a.len;
     }
     if (pos < data.length) {
       this.count('fills_skipped', 1);
       this.dropPlaceholder(token, off + pos, data.length - pos);
     }
-    if (logged > 0) this.count('fills', 1);
   }
 
   // ---- BLOCK_STATUS ----
 
   /** A prefix of the range (the protocol allows short replies): cached pieces first, else the origin's answer for the first gap. */
   blockStatus(off: number, len: number, maxExtents: number, cb: (errno: number, extents: StatusExtent[]) => void): void {
+    this.flushRun();
     const pieces = this.collect(off, len);
     const first = pieces[0];
     const gen = this.sh.gen;
@@ -1170,14 +1345,20 @@ export class StripeEngine {
    */
   drain(): boolean {
     this.flushData();
+    if (this.noticeFailure()) return false;
     if (this.open.length > 0) { this.ready.push(this.open); this.open = []; }
     if (this.ready.length > 0) {
-      this.dev.sync();
-      const r = appendKsets(this.dev, this.sh, this.g, this.ready, this.writerId);
-      if (r.appended > 0) this.lastLsn = r.headLsn;
-      this.ready.splice(0, r.appended);
+      if (!this.sh.syncCache(this.dev)) return false;
+      try {
+        const r = appendKsets(this.dev, this.sh, this.g, this.ready, this.writerId, -1, this.journal);
+        if (r.appended > 0) this.lastLsn = r.headLsn;
+        this.ready.splice(0, r.appended);
+      } catch (err) {
+        this.deviceWriteFailed(err, 'key log append at stop', FAIL_LOG_WRITE);
+        return false;
+      }
     }
-    if (this.lastLsn > this.sh.durableLsn) this.sh.syncCache(this.dev);
+    if (this.lastLsn > this.sh.durableLsn && !this.sh.syncCache(this.dev)) return false;
     return this.ready.length === 0;
   }
 }
@@ -1191,13 +1372,29 @@ function blocks(len: number): number {
  * index entries and replayed keys then ignore the old contents), sync, and only then hand the
  * segments back to the allocator, so new data can never be read through an old key.
  */
-export function freeDataSegment(dev: BlockDevice, sh: CacheShared, g: Geometry, segs: readonly number[]): void {
-  for (const s of segs) {
-    const gen = sh.genOf(s) + 1;
-    sh.writeSegmentRecord(dev, s, 'gen', segmentSlots(g, s, SEGMENT_GEN_SLOTS), forSegment(segmentGenCodec, s), gen, g.salt);
-    sh.setGen(s, gen);
-    writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+export function freeDataSegment(dev: BlockDevice, sh: CacheShared, g: Geometry, segs: readonly number[], log?: EngineLog): void {
+  // A failed device frees nothing: a new generation could not be made durable, and nothing new
+  // is written into it anyway.
+  if (sh.failed !== 0) return;
+  const freeing: number[] = [];
+  try {
+    for (const s of segs) {
+      const gen = sh.genOf(s) + 1;
+      if (gen > MAX_GENERATION) {
+        // Out of generations (2^31 reuses): retired, never reused, so no old key can name new data.
+        log?.warn({ segment: s }, 'segment generation exhausted: segment retired');
+        continue;
+      }
+      sh.writeSegmentRecord(dev, s, 'gen', segmentSlots(g, s, SEGMENT_GEN_SLOTS), forSegment(segmentGenCodec, s), gen, g.salt);
+      sh.setGen(s, gen);
+      writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+      freeing.push(s);
+    }
+  } catch (err) {
+    log?.error({ err }, 'cache device write failed while freeing segments');
+    sh.fail(NbdErr.EIO, FAIL_META_WRITE);
+    return;
   }
-  sh.syncCache(dev);
-  for (const s of segs) sh.freeSegment(s);
+  if (!sh.syncCache(dev)) return;
+  for (const s of freeing) sh.freeSegment(s);
 }

@@ -11,7 +11,8 @@ import type { Geometry } from './log.js';
 import { keyTailCodec } from './meta-slots.js';
 import type { LogPosition } from './meta-slots.js';
 import { ERR_GC, REC_KEY_TAIL } from './shared.js';
-import type { CacheShared } from './shared.js';
+import type { CacheShared, RecordUndo } from './shared.js';
+import { EIO, FAIL_META_WRITE } from './durability.js';
 import { freeDataSegment } from './engine.js';
 import type { EngineLog } from './engine.js';
 
@@ -41,7 +42,8 @@ export class Gc {
 
   /** Retires one batch of ksets; returns how many (0: nothing to do). */
   step(): number {
-    if (this.halted || !this.needed) return 0;
+    // A failed device frees nothing (no generation could be made durable) and takes no new data.
+    if (this.halted || this.sh.failed !== 0 || !this.needed) return 0;
     let pos: LogPosition = this.sh.keyTail();
     const limit = this.sh.dirtyTail().lsn;
     if (pos.lsn >= limit) return 0;
@@ -78,15 +80,26 @@ export class Gc {
     // 1. The new key tail is durable before any retired key loses its reference: otherwise a
     //    crash could keep a segment's new generation and lose the tail, and replay would then
     //    skip the retired data keys while still replaying older trim/zero keys under them.
-    sh.writeRecord(dev, REC_KEY_TAIL, KEY_TAIL_OFFSETS, keyTailCodec, pos, g.salt);
-    for (const s of freeLog) writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
-    sh.syncCache(dev);
+    const mark = sh.syncMark();
+    let undo: RecordUndo | null = null;
+    try {
+      undo = sh.writeRecord(dev, REC_KEY_TAIL, KEY_TAIL_OFFSETS, keyTailCodec, pos, g.salt);
+      for (const s of freeLog) writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+    } catch (err) {
+      this.opts.log?.error({ err }, 'gc: cache device write failed');
+      sh.fail(EIO, FAIL_META_WRITE);
+    }
+    if (undo === null || !sh.syncCache(dev, mark)) {
+      // Not durable: nothing is retired, and the next key tail write goes to the same slot.
+      if (undo !== null) sh.undoRecord(REC_KEY_TAIL, undo);
+      return 0;
+    }
     sh.setKeyTail(pos);
     // 2. Drop the references; segments left with none get a new generation, persisted before
     //    they can be reused (a stripe releasing its data head may free one too, never both).
     const freeData: number[] = [];
     for (const [seg, d] of drops) if (sh.unref(seg, d) === 0) freeData.push(seg);
-    if (freeData.length > 0) freeDataSegment(dev, sh, g, freeData);
+    if (freeData.length > 0) freeDataSegment(dev, sh, g, freeData, this.opts.log);
     for (const s of freeLog) sh.freeSegment(s);
     this.stats.ksets += n;
     this.stats.segmentsFreed += freeData.length + freeLog.length;

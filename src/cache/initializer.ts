@@ -39,6 +39,8 @@ export class SegmentInitializer {
   /** Visits one segment; returns the bytes written (0: nothing to do there, or busy). */
   step(): number {
     if (this.done) return 0;
+    // A failed device takes no writes; zeros are no help there.
+    if (this.sh.failed !== 0) { this.done = true; return 0; }
     const s = this.next;
     this.next = (this.next + 1) % this.g.segmentCount;
     if (++this.visited >= this.g.segmentCount) this.done = true;
@@ -57,7 +59,8 @@ export class SegmentInitializer {
         }
       }
       // The sync turns the extents into written ones here rather than under a stripe's write.
-      this.dev.sync();
+      // (Through the gate: one cache sync at a time, and a failure is the device's, for everyone.)
+      this.sh.syncCache(this.dev);
     } finally {
       this.sh.releaseHeld(s);
     }

@@ -10,6 +10,7 @@ import type { LogPosition, SegmentInfo } from './meta-slots.js';
 import type { BlockDevice } from './blockdev.js';
 import { SEG_LOG, W_KICK_WB, type CacheShared } from './shared.js';
 import type { Superblock } from './superblock.js';
+import type { KeyJournal } from './journal.js';
 
 /** What every thread needs to know about the cache device's geometry. Plain data: crosses threads. */
 export interface Geometry {
@@ -51,8 +52,10 @@ export function writeSegmentInfo(dev: BlockDevice, sh: CacheShared, g: Geometry,
  * Appends ksets to the log in the global order (under the log lock). `epochAt`: the index of the
  * kset that ends an epoch (a commit round for FLUSH/FUA marks its last one), -1 for none.
  */
-export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, ksets: readonly (readonly CacheKey[])[], writerId: number, epochAt = -1): { appended: number; headLsn: number } {
+export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, ksets: readonly (readonly CacheKey[])[], writerId: number, epochAt = -1,
+  journal: KeyJournal | null = null): { appended: number; headLsn: number } {
   sh.lockLog();
+  let journaling = false;
   try {
     let head = sh.head();
     let prevCrc = sh.prevCrc;
@@ -66,6 +69,7 @@ export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, kset
       batch = [];
     };
     let appended = 0;
+    let epochLsn = -1;
     for (const keys of ksets) {
       const span = ksetSpan(keys.length);
       if (head.offset + span + KSET_HEADER_SIZE > g.dataAreaSize) {
@@ -85,10 +89,7 @@ export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, kset
       if (batch.length === 0) batchAt = head;
       const epoch = appended === epochAt;
       const { buf, crc } = encodeKset({ lsn: head.lsn, prevCrc, last: false, epoch, nextSegment: 0, writerId }, keys, g.salt);
-      if (epoch) {
-        sh.noteEpoch(head.lsn);
-        sh.addEpochsPending(1);
-      }
+      if (epoch) epochLsn = head.lsn;
       batch.push(buf);
       const pad = span - buf.length;
       if (pad > 0) batch.push(Buffer.alloc(pad));
@@ -97,10 +98,24 @@ export function appendKsets(dev: BlockDevice, sh: CacheShared, g: Geometry, kset
       appended++;
     }
     flushBatch();
+    if (epochLsn >= 0) {
+      sh.noteEpoch(epochLsn);
+      sh.addEpochsPending(1);
+    }
+    if (journal && appended > 0) {
+      // The head moves now: a successor thread must know these keys are in the log.
+      let keys = 0;
+      for (let i = 0; i < appended; i++) keys += ksets[i]!.length;
+      journal.beginAppend(keys, head.lsn);
+      journaling = true;
+    }
     sh.setHead(head, prevCrc);
+    if (journaling) journal!.endAppend();
+    journaling = false;
     if (appended > 0) sh.kick(W_KICK_WB);
     return { appended, headLsn: head.lsn };
   } finally {
+    if (journaling) journal!.abortAppend();
     sh.unlockLog();
   }
 }

@@ -182,7 +182,8 @@ export const segmentGenCodec: RecordCodec<number> = {
     if (ctx.segment === undefined || dv.getUint32(at, true) !== ctx.segment) return 'belongs to another segment';
     if (dv.getUint32(at + 4, true) !== 0) return 'reserved not zero';
     const gen = getU64(dv, at + 8);
-    return gen === null ? 'generation out of range' : gen;
+    // Held in an Int32Array while running (src/cache/shared.ts MAX_GENERATION): never written larger.
+    return gen === null || gen > 0x7ffffffe ? 'generation out of range' : gen;
   },
 };
 

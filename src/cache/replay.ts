@@ -9,7 +9,8 @@ import { CACHE_INFO_OFFSETS, DEFAULT_SEGMENT_SIZE, DIRTY_TAIL_OFFSETS, KEY_TAIL_
 import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, hasData, needsWriteback } from './kset.js';
 import { walkLog } from './key-log.js';
 import type { ScanStop } from './key-log.js';
-import { geometryOf } from './log.js';
+import { appendKsets, geometryOf } from './log.js';
+import { EIO, FAIL_REPLAY } from './durability.js';
 import type { Geometry } from './log.js';
 import { CACHE_DETACHED } from './meta-slots.js';
 import { CacheShared, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, SEG_DATA, SEG_LOG } from './shared.js';
@@ -134,13 +135,18 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
       keys++;
       // Writeback walks every key of the dirty zone, whether replay keeps it or not.
       if (dirtyZone && needsWriteback(key.flags)) { dirtyKeys++; dirtyBytes += key.length; }
+      // Every data key of a live generation holds a reference on its segment, whether replay serves
+      // it or not: GC drops exactly one per such key when it retires the kset, so a key skipped
+      // here without its reference would free the segment while other flushed keys still use it.
+      const live = hasData(key.flags) && key.generation === gens[key.segment];
+      if (live) refs[key.segment]!++;
       if (Math.floor((key.originOffset + key.length - 1) / SUBTREE_SIZE) !== Math.floor(key.originOffset / SUBTREE_SIZE)) {
         staleKeys++;
         warnings.push(`key at ${key.originOffset}+${key.length} crosses a subtree; skipped`);
         continue;
       }
       if (hasData(key.flags)) {
-        if (key.generation !== gens[key.segment]) { staleKeys++; continue; }
+        if (!live) { staleKeys++; continue; }
         if (g.dataCrc) {
           const padded = Math.ceil(key.length / BLOCK) * BLOCK;
           if (dataBuf.length < padded) dataBuf = Buffer.alloc(padded);
@@ -154,7 +160,6 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
           const first = key.segment * blocksPerSeg + key.offset / BLOCK;
           for (let b = 0; b * BLOCK < padded; b++) blockCrc![first + b] = crc32cOf(data.subarray(b * BLOCK, b * BLOCK + BLOCK)) | 0;
         }
-        refs[key.segment]!++;
       }
       const flags = key.flags === KEY_DIRTY ? ExtentFlag.DIRTY : key.flags === KEY_CLEAN ? ExtentFlag.CLEAN : key.flags === KEY_TRIM ? ExtentFlag.TRIM
         : key.flags === KEY_INVALIDATE ? REMOVE : ExtentFlag.ZERO;
@@ -191,11 +196,30 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
   shared.noteEpoch(lastEpochLsn);
   shared.addEpochsPending(epochsPending);
   // Everything replayed is durable as far as anyone can tell.
-  shared.syncCache(dev);
+  if (!shared.syncCache(dev)) warnings.push('the cache device failed its first sync: it refuses writes and flushes until restart (replayed data is still served and written back)');
+  else closeOpenEpoch(dev, shared, g, stop, lastEpochLsn, warnings);
   return {
     state, geometry: g, shared, indexes, blockCrc: blockCrcSab,
     report: { formatted, ksets, keys, staleKeys, crcErrors, dirtyKeys, stop: stop.reason, stopDetail: stop.detail, ms: performance.now() - t0, warnings },
   };
+}
+
+/**
+ * Writes that survived a crash without their FLUSH are what the volume shows from now on: they get
+ * an epoch of their own, closed before anything written after the restart, so writeback never
+ * puts a later write on the origin without the survivors it was written on top of.
+ */
+function closeOpenEpoch(dev: BlockDevice, shared: CacheShared, g: Geometry, stop: ScanStop, lastEpochLsn: number, warnings: string[]): void {
+  if (stop.ksets === 0 || shared.epochClosed || lastEpochLsn === stop.position.lsn - 1) return;
+  try {
+    const r = appendKsets(dev, shared, g, [[]], shared.nextWriterId(), 0);
+    if (r.appended === 0) { warnings.push('no log space to close the epoch of the writes that survived without a FLUSH'); return; }
+  } catch (err) {
+    shared.fail(EIO, FAIL_REPLAY);
+    warnings.push(`closing the epoch of the surviving writes failed: ${(err as Error).message}`);
+    return;
+  }
+  if (!shared.syncCache(dev)) warnings.push('the cache device failed a sync after replay: it refuses writes and flushes until restart');
 }
 
 /** Replayed keys as columns (six numbers per key): a million keys without a million objects. */

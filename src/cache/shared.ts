@@ -9,6 +9,10 @@
 import type { BlockDevice } from './blockdev.js';
 import { encodeRecord, nextSlot } from './meta-slots.js';
 import type { DualSlot, LogPosition, RecordCodec } from './meta-slots.js';
+import {
+  COORDINATOR_OWNER, EIO, W_FAILED, W_FAILED_WHY, W_LOG_LOCK, W_SYNC_LOCK, lockWord, releaseWordOf, syncCache, syncCacheAsync, syncMark, unlockWord,
+} from './durability.js';
+import type { GateHost } from './durability.js';
 
 /** Segment states (the on-media segment info says the same, best effort; replay is the truth). */
 export const SEG_FREE = 0;
@@ -32,11 +36,7 @@ export function modeCode(name: string): number {
   return i;
 }
 
-// Int32 word indices of the header.
-const W_LOG_LOCK = 0;
-const W_SYNC_LOCK = 1;
-const W_SYNC_STARTED = 2;
-const W_SYNC_DONE = 3;
+// Int32 word indices of the header (0-3 and 64-66: src/cache/durability.ts).
 const W_HEAD_SEG = 4;
 const W_HEAD_OFF = 5;
 const W_PREV_CRC = 6;
@@ -103,7 +103,7 @@ export const REC_CACHE_INFO = 48;
 export const REC_KEY_TAIL = 50;
 export const REC_DIRTY_TAIL = 52;
 
-const HEADER_WORDS = 64;
+const HEADER_WORDS = 128;
 /** Per-segment words, one array each: state, references, generation, info seq/newest, gen seq/newest. */
 const SEG_ARRAYS = 7;
 
@@ -111,6 +111,8 @@ export const ERR_WRITEBACK = 1;
 export const ERR_GC = 2;
 export const ERR_CACHE_IO = 4;
 export const ERR_ORIGIN_IO = 8;
+/** A foreground origin flush failed (modes that write the origin first): FLUSH fails until restart. */
+export const ERR_ORIGIN_FLUSH = 16;
 
 export interface SharedInit {
   segmentCount: number;
@@ -158,20 +160,13 @@ export interface Tunables {
 export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000, writebackJobs: 16,
   highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, autocommitBlocks: 65_536, promoteHits: 1 };
 
-/** Lock words: a short spin, then a futex wait; holders never block on anything but the device. */
-function lockWord(w: Int32Array, i: number): void {
-  for (let n = 0; ; n++) {
-    if (Atomics.compareExchange(w, i, 0, 1) === 0) return;
-    if (n > 100) Atomics.wait(w, i, 1, 1);
-  }
-}
+/** Generations live in an Int32Array: the on-media u64 is bounded to this (docs/format.md §4). */
+export const MAX_GENERATION = 0x7ffffffe;
 
-function unlockWord(w: Int32Array, i: number): void {
-  Atomics.store(w, i, 0);
-  Atomics.notify(w, i, 1);
-}
+/** Dual-slot sequence state before a record write, to undo it when the write may not have reached the media. */
+export interface RecordUndo { seq: number; newest: number }
 
-export class CacheShared {
+export class CacheShared implements GateHost {
   readonly sab: SharedArrayBuffer;
   readonly w: Int32Array;
   readonly b: BigInt64Array;
@@ -206,8 +201,12 @@ export class CacheShared {
     return s;
   }
 
-  constructor(sab: SharedArrayBuffer) {
+  /** This thread's id in lock words (src/cache/durability.ts *_OWNER). */
+  readonly owner: number;
+
+  constructor(sab: SharedArrayBuffer, owner = COORDINATOR_OWNER) {
     this.sab = sab;
+    this.owner = owner;
     this.w = new Int32Array(sab);
     this.b = new BigInt64Array(sab, 0, HEADER_WORDS / 2);
     const n = this.w[W_SEGMENTS] || (sab.byteLength / 4 - HEADER_WORDS) / SEG_ARRAYS;
@@ -340,28 +339,31 @@ export class CacheShared {
   }
   word(i: number): number { return Atomics.load(this.w, i); }
 
-  // ---- locks and group commit ----
+  // ---- locks, group commit and the sticky failure (src/cache/durability.ts) ----
 
-  lockLog(): void { lockWord(this.w, W_LOG_LOCK); }
+  lockLog(): void { lockWord(this.w, W_LOG_LOCK, this.owner); }
   unlockLog(): void { unlockWord(this.w, W_LOG_LOCK); }
 
-  /**
-   * Group commit across threads: a sync that *started* after the caller's writes covers them, so
-   * a caller that waited for the lock while such a sync ran returns without syncing again.
-   */
-  syncCache(dev: BlockDevice): void {
-    const mark = Atomics.load(this.w, W_SYNC_STARTED);
-    lockWord(this.w, W_SYNC_LOCK);
-    try {
-      if (Atomics.load(this.w, W_SYNC_DONE) > mark) return;
-      const n = Atomics.add(this.w, W_SYNC_STARTED, 1) + 1;
-      const head = this.headLsn;
-      dev.sync();
-      Atomics.store(this.w, W_SYNC_DONE, n);
-      this.noteDurable(head);
-    } finally {
-      unlockWord(this.w, W_SYNC_LOCK);
-    }
+  /** A thread died: free the locks it held (true when it held one). */
+  releaseLocksOf(owner: number): boolean {
+    const a = releaseWordOf(this.w, W_LOG_LOCK, owner);
+    const b = releaseWordOf(this.w, W_SYNC_LOCK, owner);
+    return a || b;
+  }
+
+  /** Group commit across threads; false when the device failed (see durability.ts for `since`). */
+  syncCache(dev: BlockDevice, since = 0): boolean { return syncCache(this, dev, since); }
+  syncCacheAsync(dev: BlockDevice, cb: (ok: boolean) => void, since = 0): void { syncCacheAsync(this, dev, cb, since); }
+  syncMark(): number { return syncMark(this.w); }
+
+  /** The sticky device failure: its errno, 0 while healthy. */
+  get failed(): number { return Atomics.load(this.w, W_FAILED); }
+  get failedWhy(): number { return Atomics.load(this.w, W_FAILED_WHY); }
+  /** The first failure wins; every thread that waits on a shared word is woken to notice it. */
+  fail(errno = EIO, why = 0): void {
+    if (Atomics.compareExchange(this.w, W_FAILED, 0, errno) === 0) Atomics.store(this.w, W_FAILED_WHY, why);
+    this.setError(ERR_CACHE_IO);
+    for (const k of [W_KICK_WB, W_KICK_GC, W_FREED]) this.kick(k);
   }
 
   // ---- segments ----
@@ -438,21 +440,40 @@ export class CacheShared {
     this.genNewest[s] = gen.newest ?? -1;
   }
 
-  /** Writes a cache-wide record to its non-newest slot (no sync). One writer per record kind. */
-  writeRecord<T>(dev: BlockDevice, rec: number, offsets: readonly [number, number], codec: RecordCodec<T>, v: T, salt: number): void {
+  /**
+   * Writes a cache-wide record to its non-newest slot (no sync). One writer per record kind, and at
+   * most one write between two successful syncs: the next write goes to the other slot, which holds
+   * the last durable copy. When the sync after it fails, `undoRecord` makes the next write target
+   * the same (unsure) slot again, so the durable copy is never the one overwritten.
+   */
+  writeRecord<T>(dev: BlockDevice, rec: number, offsets: readonly [number, number], codec: RecordCodec<T>, v: T, salt: number): RecordUndo {
+    const undo = { seq: this.w[rec]!, newest: this.w[rec + 1]! };
     const { slot, seq } = nextSlot(this.slotState(null, null, rec));
     dev.pwrite(encodeRecord(codec, seq, v, salt), offsets[slot]);
     this.w[rec] = seq | 0;
     this.w[rec + 1] = slot;
+    return undo;
+  }
+
+  undoRecord(rec: number, undo: RecordUndo): void {
+    this.w[rec] = undo.seq;
+    this.w[rec + 1] = undo.newest;
   }
 
   /** Segment info or generation record: the segment's current owner is its only writer. */
-  writeSegmentRecord<T>(dev: BlockDevice, s: number, kind: 'info' | 'gen', offsets: readonly [number, number], codec: RecordCodec<T>, v: T, salt: number): void {
+  writeSegmentRecord<T>(dev: BlockDevice, s: number, kind: 'info' | 'gen', offsets: readonly [number, number], codec: RecordCodec<T>, v: T, salt: number): RecordUndo {
     const seqArr = kind === 'info' ? this.infoSeq : this.genSeq;
     const newArr = kind === 'info' ? this.infoNewest : this.genNewest;
+    const undo = { seq: seqArr[s]!, newest: newArr[s]! };
     const { slot, seq } = nextSlot(this.slotState(seqArr, newArr, s));
     dev.pwrite(encodeRecord(codec, seq, v, salt), offsets[slot]);
     seqArr[s] = seq | 0;
     newArr[s] = slot;
+    return undo;
+  }
+
+  undoSegmentRecord(s: number, kind: 'info' | 'gen', undo: RecordUndo): void {
+    (kind === 'info' ? this.infoSeq : this.genSeq)[s] = undo.seq;
+    (kind === 'info' ? this.infoNewest : this.genNewest)[s] = undo.newest;
   }
 }

@@ -21,7 +21,7 @@ import type { Geometry } from './log.js';
 import { dirtyTailCodec } from './meta-slots.js';
 import type { LogPosition } from './meta-slots.js';
 import { ERR_ORIGIN_IO, ERR_WRITEBACK, REC_DIRTY_TAIL } from './shared.js';
-import type { CacheShared } from './shared.js';
+import type { CacheShared, RecordUndo } from './shared.js';
 import type { Origin } from '../origin/types.js';
 import type { EngineLog } from './engine.js';
 import { errnoName } from '../coordinator/io.js';
@@ -122,6 +122,9 @@ export interface WritebackStats {
 
 /** A latched structural error (bad kset, data CRC mismatch): writeback stops until restart. */
 export class WritebackHalted extends Error {}
+
+/** The cache device could not make writeback's progress durable: retried later, dirty_tail unmoved. */
+export class CacheDeviceError extends Error {}
 
 export class OriginIoError extends Error {
   constructor(readonly errno: number, what: string) { super(`origin ${what} failed: ${errnoName(errno)}`); }
@@ -241,9 +244,7 @@ export class Writeback {
         this.opts.onInflight?.(0);
       }
       this.sh.clearError(ERR_ORIGIN_IO);
-      // No sync of the record: if it is lost, writeback repeats these epochs, which is idempotent.
-      this.sh.writeRecord(this.dev, REC_DIRTY_TAIL, DIRTY_TAIL_OFFSETS, dirtyTailCodec, g.end, this.g.salt);
-      this.sh.setDirtyTail(g.end);
+      this.persistDirtyTail(g.end);
       this.sh.addDirty(-g.dirty);
       if (g.marked) this.sh.addEpochsPending(-1);
       this.stats.ksets += g.ksets;
@@ -388,9 +389,7 @@ export class Writeback {
     await this.retry((cb) => this.origin.flush(cb), 'flush');
     this.stats.originSyncs++;
     this.sh.clearError(ERR_ORIGIN_IO);
-    // No sync of the record: if it is lost, writeback repeats this batch, which is idempotent.
-    this.sh.writeRecord(this.dev, REC_DIRTY_TAIL, DIRTY_TAIL_OFFSETS, dirtyTailCodec, pos, this.g.salt);
-    this.sh.setDirtyTail(pos);
+    this.persistDirtyTail(pos);
     this.sh.addDirty(-dirtyDone);
     if (marks > 0) this.sh.addEpochsPending(-marks);
     this.stats.ksets += ksets;
@@ -445,6 +444,31 @@ export class Writeback {
     const results = await Promise.allSettled(workers);
     for (const r of results) if (r.status === 'rejected') throw r.reason;
     return bytes;
+  }
+
+  /**
+   * dirty_tail moves past an epoch only once that is durable on the cache device, and before any
+   * origin write of the next epoch: replaying from an older tail after a power cut would write
+   * older epochs again over newer ones already on the origin (a state the client never saw). One
+   * epoch back is harmless: rewriting the epoch in progress leaves a prefix plus part of it.
+   * (A record written after the device failed is still made durable by a later good sync; one
+   * written before is not trusted: `since`.)
+   */
+  private persistDirtyTail(pos: LogPosition): void {
+    const sh = this.sh;
+    const mark = sh.syncMark();
+    let undo: RecordUndo;
+    try {
+      undo = sh.writeRecord(this.dev, REC_DIRTY_TAIL, DIRTY_TAIL_OFFSETS, dirtyTailCodec, pos, this.g.salt);
+    } catch (err) {
+      throw new CacheDeviceError(`dirty tail write failed: ${(err as Error).message}`);
+    }
+    if (!sh.syncCache(this.dev, mark)) {
+      // Maybe not on the device: the next attempt rewrites the same slot, never the durable one.
+      sh.undoRecord(REC_DIRTY_TAIL, undo);
+      throw new CacheDeviceError('the cache device sync after the dirty tail failed');
+    }
+    sh.setDirtyTail(pos);
   }
 
   private halt(why: string): never {

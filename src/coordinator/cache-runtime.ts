@@ -12,7 +12,9 @@ import { openCache, type OpenedCache } from '../cache/replay.js';
 import { CACHE_INFO_OFFSETS } from '../cache/layout.js';
 import { CACHE_DETACHED, cacheInfoCodec, MAX_GC_PERCENT } from '../cache/meta-slots.js';
 import { DEFAULT_GC_PERCENT } from '../cache/format.js';
-import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO, MODE_WRITEBACK, MODE_WRITEONLY, modeCode } from '../cache/shared.js';
+import { REC_CACHE_INFO, ERR_WRITEBACK, ERR_GC, ERR_CACHE_IO, ERR_ORIGIN_IO, ERR_ORIGIN_FLUSH, MODE_WRITEBACK, MODE_WRITEONLY, modeCode } from '../cache/shared.js';
+import { FAIL_WHY, GC_OWNER, STRIPE_OWNER, WRITEBACK_OWNER } from '../cache/durability.js';
+import { KeyJournal } from '../cache/journal.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
 import { PcachedError } from '../util/errors.js';
 import type { CacheWorkerData } from '../../workers/writeback.js';
@@ -112,11 +114,13 @@ export class CacheRuntime {
   readonly #pools: Piscina[] = [];
   readonly counters: CounterBlock<(typeof CACHE_WORKER_COUNTERS)[number]>;
   readonly #path: string;
+  readonly #log: Logger;
 
-  private constructor(dev: FileBlockDevice, opened: OpenedCache, path: string) {
+  private constructor(dev: FileBlockDevice, opened: OpenedCache, path: string, log: Logger) {
     this.#dev = dev;
     this.#opened = opened;
     this.#path = path;
+    this.#log = log;
     this.counters = new CounterBlock(CACHE_WORKER_COUNTERS);
   }
 
@@ -147,7 +151,7 @@ export class CacheRuntime {
       crcErrors: r.crcErrors, stop: r.stop, ms: Math.round(r.ms), segments: opened.geometry.segmentCount, segmentSize: opened.geometry.segmentSize,
     }, r.formatted ? 'cache formatted' : 'cache replayed');
     opened.shared.setTunables(tunablesOf(cache));
-    const rt = new CacheRuntime(dev, opened, cache.cache);
+    const rt = new CacheRuntime(dev, opened, cache.cache, log);
     // The configured mode applies at every start (a `message mode` lasts until restart or reload).
     rt.setMode(cache.mode);
     // The stored gc_percent (set at format time or by `message gc_percent`) wins over the default;
@@ -166,19 +170,35 @@ export class CacheRuntime {
     const base: Omit<CacheWorkerData, 'batchKsets'> = {
       path: this.#path, shared: this.#opened.shared.sab, geometry: this.#opened.geometry, origin, counters: this.counters.sab, logLevel,
     };
-    for (const [url, batchKsets] of [[WRITEBACK_URL, WRITEBACK_BATCH_KSETS], [GC_URL, GC_BATCH_KSETS]] as const) {
+    for (const [url, batchKsets, owner, what] of [[WRITEBACK_URL, WRITEBACK_BATCH_KSETS, WRITEBACK_OWNER, 'writeback'], [GC_URL, GC_BATCH_KSETS, GC_OWNER, 'gc']] as const) {
       const pool = new Piscina({
         filename: url.href, minThreads: 1, maxThreads: 1, idleTimeout: Infinity, atomics: 'disabled', concurrentTasksPerWorker: 2,
         workerData: { ...base, batchKsets } satisfies CacheWorkerData,
+      });
+      // A worker thread that dies (a bug) must not take writeback or GC with it for the rest of the
+      // daemon's life, nor leave a lock held: free its locks, start a new thread.
+      pool.on('error', (err: unknown) => {
+        if (this.#opened.shared.stopping) return;
+        this.#opened.shared.releaseLocksOf(owner);
+        this.#log.error({ err, worker: what }, 'cache worker thread died; restarting it');
+        setTimeout(() => { if (!this.#opened.shared.stopping) pool.run({ op: 'start' }).catch((e: unknown) => this.#log.error({ err: e, worker: what }, 'cache worker restart failed')); }, 250).unref();
       });
       this.#pools.push(pool);
       await pool.run({ op: 'start' });
     }
   }
 
-  stripeData(_stripe: number): StripeCacheData {
+  readonly #journals: KeyJournal[] = [];
+
+  stripeData(stripe: number): StripeCacheData {
     const o = this.#opened;
-    return { path: this.#path, shared: o.shared.sab, index: o.indexes[_stripe]!.sabs, blockCrc: o.blockCrc, geometry: o.geometry };
+    this.#journals[stripe] ??= KeyJournal.create();
+    return { path: this.#path, shared: o.shared.sab, index: o.indexes[stripe]!.sabs, blockCrc: o.blockCrc, geometry: o.geometry, journal: this.#journals[stripe]!.sab };
+  }
+
+  /** A stripe thread died: locks it held are freed before its successor (or anyone) waits on them. */
+  stripeDied(stripe: number): void {
+    if (this.#opened.shared.releaseLocksOf(STRIPE_OWNER + stripe)) this.#log.warn({ stripe }, 'released the cache locks a dead stripe thread held');
   }
 
   get shared() {
@@ -251,7 +271,9 @@ export class CacheRuntime {
     const errors: string[] = [];
     if (errs & ERR_WRITEBACK) errors.push('writeback halted');
     if (errs & ERR_GC) errors.push('gc halted');
-    if (errs & ERR_CACHE_IO) errors.push('cache device I/O error');
+    if (sh.failed !== 0) errors.push(`cache device failed (${FAIL_WHY[sh.failedWhy] || 'I/O error'}): writes, FLUSH and FUA get EIO until restart; durable data is still read and written back`);
+    else if (errs & ERR_CACHE_IO) errors.push('cache device read error');
+    if (errs & ERR_ORIGIN_FLUSH) errors.push('origin flush failed after writes that went to the origin first: FLUSH fails until restart');
     if (errs & ERR_ORIGIN_IO) errors.push('origin I/O error (writeback retrying)');
     const dirtyBlocks = Math.ceil(sh.dirtyBytes / BLOCK);
     return {

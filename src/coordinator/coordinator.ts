@@ -131,6 +131,7 @@ export class Coordinator {
       stripes = await StripeSet.start({
         stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), maxSpinners: maxSpinners(), logLevel, log,
         cacheData: cacheRt ? (i) => cacheRt.stripeData(i) : undefined,
+        onStripeDied: cacheRt ? (i) => cacheRt.stripeDied(i) : undefined,
       });
     } catch (err) {
       await cacheRt?.close();

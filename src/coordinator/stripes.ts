@@ -23,6 +23,8 @@ export interface StripeSetOptions {
   log: Logger;
   /** Write-back mode: what each stripe needs to serve from the cache. */
   cacheData?: (stripe: number) => StripeCacheData;
+  /** A stripe thread died (before it is restarted): the cache frees the locks it held. */
+  onStripeDied?: (stripe: number) => void;
 }
 
 /** Polling only pays at low queue depth: beyond this, completions come in batches anyway. */
@@ -105,6 +107,7 @@ export class StripeSet {
     if (this.#closed) return;
     this.#log.error({ err, stripe: ring.id }, 'stripe worker died; failing its in-flight requests and restarting it');
     ring.setDown(true);
+    this.#opts.onStripeDied?.(ring.id);
     ring.failAll(NbdErr.EIO);
     const attempt = async (n: number): Promise<void> => {
       if (this.#closed) return;

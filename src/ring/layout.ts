@@ -113,4 +113,6 @@ export interface StripeCacheData {
   index: import('../cache/index/layout.js').IndexSabs;
   blockCrc: SharedArrayBuffer | null;
   geometry: import('../cache/log.js').Geometry;
+  /** The stripe's pending keys (src/cache/journal.ts): a respawned stripe takes them over. */
+  journal: SharedArrayBuffer;
 }

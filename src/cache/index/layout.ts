@@ -65,6 +65,11 @@ export const enum ExtentFlag {
   ZERO = 1 << 3,
   /** Read-miss placeholder: no cache location; R_SEG holds its token. */
   EMPTY = 1 << 4,
+  /**
+   * Data whose copy on the cache device cannot be vouched for (the device failed before it was
+   * durable): reads of it fail with EIO rather than return whatever the device holds there.
+   */
+  POISON = 1 << 5,
 }
 export const FLAGS_MAX = (1 << (32 - OFF_BITS)) - 1;
 
