@@ -118,6 +118,9 @@ function endSync(h: GateHost, n: number, head: number, err: unknown): void {
  */
 export function syncCache(h: GateHost, dev: BlockDevice, since = 0): boolean {
   const w = h.w;
+  // This thread's own asynchronous sync holds the gate: waiting here would wait for ever (its
+  // completion needs this thread's event loop). Not covered; the caller tries again later.
+  if (Atomics.load(w, W_SYNC_LOCK) === h.owner) return false;
   const mark = Atomics.load(w, W_SYNC_STARTED);
   lockWord(w, W_SYNC_LOCK, h.owner);
   try {

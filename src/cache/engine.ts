@@ -195,14 +195,17 @@ export class StripeEngine {
     if (this.headSeg < 0 || this.headOff >= area) {
       const s = this.sh.allocSegment(SEG_DATA);
       if (s < 0) return null;
+      // allocSegment took the head's own reference.
+      if (this.headSeg >= 0) this.releaseRef(this.headSeg);
+      this.headSeg = -1;
+      this.journal.setHead(-1, 0);
       try {
         writeSegmentInfo(this.dev, this.sh, this.g, s, { type: 'data', next: 0xffffffff });
       } catch (err) {
+        this.releaseRef(s);
         this.deviceWriteFailed(err, 'segment info', FAIL_META_WRITE);
         throw err;
       }
-      this.sh.ref(s); // the head's own reference
-      if (this.headSeg >= 0) this.releaseRef(this.headSeg);
       this.headSeg = s;
       this.headOff = 0;
     }
@@ -216,13 +219,11 @@ export class StripeEngine {
   }
 
   /**
-   * Drops one reference; the last one out frees the segment: bump the generation (so every index
-   * entry still naming it turns stale), persist it, then release it. GC frees almost every
-   * segment; this path covers a data head or a dropped fill holding the last reference.
+   * Drops one reference. A segment left without any is garbage the GC worker frees (a stripe never
+   * syncs synchronously: its own commit round may hold the sync gate while it waits here).
    */
   private releaseRef(seg: number): void {
-    if (this.sh.unref(seg) > 0) return;
-    freeDataSegment(this.dev, this.sh, this.g, [seg], this.log);
+    if (this.sh.unref(seg) === 0) this.sh.kick(W_KICK_GC);
   }
 
   // ---- keys and commit ----
@@ -1365,36 +1366,4 @@ export class StripeEngine {
 
 function blocks(len: number): number {
   return Math.ceil(len / BLOCK);
-}
-
-/**
- * Frees data segments whose last key reference is gone: bump and persist each generation (stale
- * index entries and replayed keys then ignore the old contents), sync, and only then hand the
- * segments back to the allocator, so new data can never be read through an old key.
- */
-export function freeDataSegment(dev: BlockDevice, sh: CacheShared, g: Geometry, segs: readonly number[], log?: EngineLog): void {
-  // A failed device frees nothing: a new generation could not be made durable, and nothing new
-  // is written into it anyway.
-  if (sh.failed !== 0) return;
-  const freeing: number[] = [];
-  try {
-    for (const s of segs) {
-      const gen = sh.genOf(s) + 1;
-      if (gen > MAX_GENERATION) {
-        // Out of generations (2^31 reuses): retired, never reused, so no old key can name new data.
-        log?.warn({ segment: s }, 'segment generation exhausted: segment retired');
-        continue;
-      }
-      sh.writeSegmentRecord(dev, s, 'gen', segmentSlots(g, s, SEGMENT_GEN_SLOTS), forSegment(segmentGenCodec, s), gen, g.salt);
-      sh.setGen(s, gen);
-      writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
-      freeing.push(s);
-    }
-  } catch (err) {
-    log?.error({ err }, 'cache device write failed while freeing segments');
-    sh.fail(NbdErr.EIO, FAIL_META_WRITE);
-    return;
-  }
-  if (!sh.syncCache(dev)) return;
-  for (const s of freeing) sh.freeSegment(s);
 }

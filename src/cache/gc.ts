@@ -13,7 +13,10 @@ import type { LogPosition } from './meta-slots.js';
 import { ERR_GC, REC_KEY_TAIL } from './shared.js';
 import type { CacheShared, RecordUndo } from './shared.js';
 import { EIO, FAIL_META_WRITE } from './durability.js';
-import { freeDataSegment } from './engine.js';
+import { SEGMENT_GEN_SLOTS } from './layout.js';
+import { forSegment, segmentGenCodec } from './meta-slots.js';
+import { segmentSlots } from './log.js';
+import { MAX_GENERATION, SEG_DATA } from './shared.js';
 import type { EngineLog } from './engine.js';
 
 export interface GcStats { ksets: number; segmentsFreed: number; runs: number }
@@ -40,10 +43,29 @@ export class Gc {
     return (this.sh.usedSegments - freeing) * 100 >= this.sh.gcPercent * this.g.segmentCount;
   }
 
+  /**
+   * Data segments no key and no stripe refers to any more (a data head given up, a fill that was
+   * overwritten, a write whose data could not be written): garbage, freed here whatever the use.
+   * Only this thread frees segments, and it may wait for the sync gate.
+   */
+  freeUnreferenced(): number {
+    if (this.sh.failed !== 0) return 0;
+    const sh = this.sh;
+    const segs: number[] = [];
+    for (let s = 0; s < sh.segmentCount; s++) {
+      if (Atomics.load(sh.state, s) === SEG_DATA && Atomics.load(sh.refs, s) === 0) segs.push(s);
+    }
+    if (segs.length > 0) freeDataSegment(this.dev, sh, this.g, segs, this.opts.log);
+    this.stats.segmentsFreed += segs.length;
+    return segs.length;
+  }
+
   /** Retires one batch of ksets; returns how many (0: nothing to do). */
   step(): number {
     // A failed device frees nothing (no generation could be made durable) and takes no new data.
-    if (this.halted || this.sh.failed !== 0 || !this.needed) return 0;
+    if (this.halted || this.sh.failed !== 0) return 0;
+    const unreferenced = this.freeUnreferenced();
+    if (!this.needed) return unreferenced > 0 ? 1 : 0;
     let pos: LogPosition = this.sh.keyTail();
     const limit = this.sh.dirtyTail().lsn;
     if (pos.lsn >= limit) return 0;
@@ -106,4 +128,38 @@ export class Gc {
     this.stats.runs++;
     return n;
   }
+}
+
+/**
+ * Frees data segments whose last key reference is gone: bump and persist each generation (stale
+ * index entries and replayed keys then ignore the old contents), sync, and only then hand the
+ * segments back to the allocator, so new data can never be read through an old key.
+ */
+export function freeDataSegment(dev: BlockDevice, sh: CacheShared, g: Geometry, segs: readonly number[], log?: EngineLog): void {
+  // A failed device frees nothing: a new generation could not be made durable, and nothing new
+  // is written into it anyway.
+  if (sh.failed !== 0) return;
+  const freeing: number[] = [];
+  try {
+    for (const s of segs) {
+      const gen = sh.genOf(s) + 1;
+      if (gen > MAX_GENERATION) {
+        // Out of generations (2^31 reuses): retired, never reused, so no old key can name new data.
+        // It keeps one reference for ever, so nothing tries to free it again.
+        log?.warn({ segment: s }, 'segment generation exhausted: segment retired');
+        sh.ref(s);
+        continue;
+      }
+      sh.writeSegmentRecord(dev, s, 'gen', segmentSlots(g, s, SEGMENT_GEN_SLOTS), forSegment(segmentGenCodec, s), gen, g.salt);
+      sh.setGen(s, gen);
+      writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
+      freeing.push(s);
+    }
+  } catch (err) {
+    log?.error({ err }, 'cache device write failed while freeing segments');
+    sh.fail(EIO, FAIL_META_WRITE);
+    return;
+  }
+  if (!sh.syncCache(dev)) return;
+  for (const s of freeing) sh.freeSegment(s);
 }

@@ -370,18 +370,26 @@ export class CacheShared implements GateHost {
 
   get freeSegments(): number { return this.segmentCount - this.usedSegments; }
 
-  /** Claims a free segment (data allocations leave `logReserve` segments to the key log); -1 if none. */
+  /**
+   * Claims a free segment (data allocations leave `logReserve` segments to the key log); -1 if
+   * none. A data segment comes with one reference (its taker's, as a data head), taken while it is
+   * still free: the GC worker frees any data segment without references, and must never see a
+   * fresh one in between.
+   */
   allocSegment(type: typeof SEG_DATA | typeof SEG_LOG): number {
     const n = this.segmentCount;
     if (type === SEG_DATA && this.freeSegments <= this.logReserve) return -1;
     const start = Atomics.load(this.w, W_ALLOC_HINT) % n;
     for (let i = 0; i < n; i++) {
       const s = (start + i) % n;
-      if (Atomics.load(this.state, s) === SEG_FREE && Atomics.compareExchange(this.state, s, SEG_FREE, type) === SEG_FREE) {
+      if (Atomics.load(this.state, s) !== SEG_FREE) continue;
+      if (type === SEG_DATA) Atomics.add(this.refs, s, 1);
+      if (Atomics.compareExchange(this.state, s, SEG_FREE, type) === SEG_FREE) {
         Atomics.add(this.w, W_USED, 1);
         Atomics.store(this.w, W_ALLOC_HINT, s + 1);
         return s;
       }
+      if (type === SEG_DATA) Atomics.sub(this.refs, s, 1);
     }
     return -1;
   }
