@@ -180,6 +180,8 @@ export interface CrashOptions {
   keep?: number;
   /** Probability that an unsynced write survives torn: a random subset of its sectors (default 0.25). */
   torn?: number;
+  /** Probability that an unsynced write that survives (whole or torn) comes out with one bit flipped. */
+  corrupt?: number;
 }
 
 /**
@@ -213,6 +215,8 @@ export class SimBlockDevice implements BlockDevice {
     data.copy(this.current, off);
     this.pending.push({ off, data });
     this.writes++;
+    // A dropped write overwritten since is not the page cache's to forget any more.
+    if (this.dropped.length > 0) this.dropped = this.dropped.filter((w) => w.off + w.data.length <= off || off + data.length <= w.off);
   }
 
   sync(): void {
@@ -223,6 +227,26 @@ export class SimBlockDevice implements BlockDevice {
 
   close(): void { this.closed = true; }
 
+  /**
+   * A sync that failed, the way Linux handles a writeback error: the writes since the last sync
+   * never reach the media (a later sync succeeds without them), but reads still see them, as the
+   * page cache does until the pages are evicted (`evictDropped`).
+   */
+  dropPending(): void {
+    this.dropped.push(...this.pending);
+    this.pending = [];
+  }
+
+  /** The page cache lets go of dropped writes: reads of those ranges show the media again. */
+  evictDropped(): number {
+    const n = this.dropped.length;
+    for (const w of this.dropped) this.durable.copy(this.current, w.off, w.off, w.off + w.data.length);
+    this.dropped = [];
+    return n;
+  }
+
+  private dropped: PendingWrite[] = [];
+
   /** Writes issued since the last sync (the ones a crash may lose or tear). */
   get unsynced(): number { return this.pending.length; }
 
@@ -232,20 +256,31 @@ export class SimBlockDevice implements BlockDevice {
   crash(rng: Rng, opts: CrashOptions = {}): SimBlockDevice {
     const keep = opts.keep ?? 0.5;
     const torn = opts.torn ?? 0.25;
+    const corrupt = opts.corrupt ?? 0;
     const img = Buffer.from(this.durable);
     for (const w of this.pending) {
       const r = rng.u32() / 0x1_0000_0000;
-      if (r < keep) { w.data.copy(img, w.off); continue; }
       if (r >= keep + torn) continue;
+      let data = w.data;
+      if (corrupt > 0 && rng.chance(corrupt)) {
+        data = Buffer.from(w.data);
+        data[rng.below(data.length)]! ^= 1 << rng.below(8);
+        this.corrupted++;
+      }
+      if (r < keep) { data.copy(img, w.off); continue; }
       // Sectors are device-aligned: a write starting mid-sector tears at the sector boundary.
-      const end = w.off + w.data.length;
+      const end = w.off + data.length;
       for (let s = Math.floor(w.off / SECTOR) * SECTOR; s < end; s += SECTOR) {
         if (!rng.chance(0.5)) continue;
         const from = Math.max(s, w.off);
         const to = Math.min(s + SECTOR, end);
-        w.data.copy(img, from, from - w.off, to - w.off);
+        data.copy(img, from, from - w.off, to - w.off);
       }
     }
     return new SimBlockDevice(img);
   }
+
+  /** Unsynced writes that came out of a crash with a flipped bit (CrashOptions.corrupt). */
+  corrupted = 0;
+
 }

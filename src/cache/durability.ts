@@ -76,6 +76,12 @@ export interface GateHost {
   readonly headLsn: number;
   noteDurable(lsn: number): void;
   fail(errno: number, why: number): void;
+  /**
+   * How an asynchronous caller waits for the gate to be free: by default Atomics.waitAsync on the
+   * completion word (with a timeout, for a holder that died). The in-process simulator runs every
+   * "thread" on one event loop and queues the retry deterministically instead.
+   */
+  gateWaiter?: ((retry: () => void) => void) | null;
 }
 
 /** True when no sync failed at or after sync number `since` (0: none ever). */
@@ -145,6 +151,7 @@ export function syncCacheAsync(h: GateHost, dev: BlockDevice, cb: (ok: boolean) 
     if (!tryLockWord(w, W_SYNC_LOCK, h.owner)) {
       // Someone syncs now: when it ends, either it started after our call (we are covered) or we
       // take the lock next. The timeout re-checks a lock a dead thread may still hold.
+      if (h.gateWaiter) { h.gateWaiter(attempt); return; }
       const r = Atomics.waitAsync(w, W_SYNC_DONE, Atomics.load(w, W_SYNC_DONE), 20);
       if (r.async) void r.value.then(attempt);
       else queueMicrotask(attempt);

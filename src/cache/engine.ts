@@ -101,6 +101,8 @@ const PIECE_DIRTY = 0;
 const PIECE_FILL = 1;
 const PIECE_CLEAN = 2;
 const RUN_STRIDE = 8;
+/** Write-through copies waiting for the origin's flush before their keys are logged. */
+const MAX_UNLOGGED_CLEAN = 8192;
 
 const NO_STATS: EngineStats = { add() {} };
 const NO_LOG: EngineLog = { warn() {}, error() {} };
@@ -175,6 +177,11 @@ export class StripeEngine {
     }
     for (const k of keys) this.queueKey(k);
     (this as { recoveredKeys: number }).recoveredKeys = keys.length;
+    // Writes the predecessor sent to the origin first and did not flush there yet, or an origin
+    // flush of its that failed: the successor owes the same.
+    const origin = j.originState;
+    this.originFlushFailed = (origin & 2) !== 0;
+    this.originUnflushed = (origin & 1) !== 0;
     this.index.removeIf((e) => (e.flags & ExtentFlag.EMPTY) !== 0);
     this.log.warn({ keys: keys.length, headSegment: this.headSeg }, 'stripe restarted: took over the keys its predecessor had accepted');
   }
@@ -482,7 +489,13 @@ export class StripeEngine {
       if (errno !== 0 && first === 0) first = errno;
       if (--left === 0) done(first);
     };
-    this.origin.flush((errno) => {
+    const cleans = this.unloggedClean;
+    this.unloggedClean = [];
+    const mark = this.journal.originMark;
+    this.origin.flush((status) => {
+      if (status !== 0) this.sh.noteOriginFlushFailed();
+      // A flush anywhere that failed since these writes began may have dropped them: not covered.
+      const errno = status !== 0 ? status : this.sh.originFlushFails !== mark ? NbdErr.EIO : 0;
       // Those writes may be gone (a flush that failed may have dropped them, and a later one
       // would succeed without them) and nothing holds a copy to write again: every later FLUSH
       // of this stripe fails too, until a restart.
@@ -491,9 +504,35 @@ export class StripeEngine {
         this.sh.setError(ERR_ORIGIN_FLUSH);
         this.log.error({ errno }, 'origin flush failed after writes that went to the origin first: FLUSH fails until restart');
       }
+      if (errno === 0) this.logCleanCopies(cleans);
+      else for (let i = 0; i < cleans.length; i += RUN_STRIDE) this.releaseRef(cleans[i + 2]!);
+      this.durableWaiters.push(both);
+      this.kickCommit(true);
       both(errno);
     });
-    this.durableWaiters.push(both);
+  }
+
+  /**
+   * Write-through copies whose origin write is not flushed yet (flat, RUN_STRIDE numbers each). A
+   * clean key says "the origin holds this": logged before the origin flushed it, a power cut that
+   * cost the origin its write cache would leave the cache replaying a copy the origin lost. Until
+   * the flush, the copy is served from memory only.
+   */
+  private unloggedClean: number[] = [];
+
+  /** After the origin flushed them: log the copies the index still holds whole (nothing newer touched them). */
+  private logCleanCopies(p: readonly number[]): void {
+    for (let i = 0; i < p.length; i += RUN_STRIDE) {
+      const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!;
+      let whole = 0, pieces = 0;
+      this.index.lookup(off, len, (_o, l, e) => {
+        pieces++;
+        if (e !== null && e.flags === ExtentFlag.CLEAN && e.seg === seg && e.gen === gen && e.segOff === segOff) whole += l;
+      });
+      if (pieces === 1 && whole === len && this.journalRoom(1)) {
+        this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc: p[i + 7]! });
+      } else this.releaseRef(seg);
+    }
   }
 
   endBatch(): void {
@@ -544,9 +583,14 @@ export class StripeEngine {
 
   private throughInflight: Queued[] = [];
   private parked: Queued[] = [];
-  private originUnflushed = false;
+  private originUnflushedNow = false;
   /** An origin flush failed after writes that went to the origin first (sticky, see flush()). */
-  private originFlushFailed = false;
+  private originFlushFailedNow = false;
+  // Mirrored in the journal: a successor stripe inherits both.
+  private get originUnflushed(): boolean { return this.originUnflushedNow; }
+  private set originUnflushed(v: boolean) { this.originUnflushedNow = v; this.journal.originState = (v ? 1 : 0) | (this.originFlushFailedNow ? 2 : 0); }
+  private get originFlushFailed(): boolean { return this.originFlushFailedNow; }
+  private set originFlushFailed(v: boolean) { this.originFlushFailedNow = v; this.journal.originState = (this.originUnflushedNow ? 1 : 0) | (v ? 2 : 0); }
 
   private overlapsInflight(off: number, len: number): boolean {
     for (const t of this.throughInflight) if (off < t.off + t.len && t.off < off + len) return true;
@@ -640,7 +684,10 @@ export class StripeEngine {
 
   private endThrough(q: Queued, errno: number, cached: boolean): void {
     this.throughInflight.splice(this.throughInflight.indexOf(q), 1);
-    if (errno === 0) this.originUnflushed = true;
+    if (errno === 0 && !this.originUnflushed) {
+      this.originUnflushed = true;
+      this.journal.originMark = this.sh.originFlushFails;
+    }
     // A cached copy sits in a gathered run: acknowledged once it is in the file (flushData). The
     // origin has the write either way, so a failed copy (its extent never entered the index) does
     // not fail it.
@@ -694,6 +741,8 @@ export class StripeEngine {
   /** Caches data the origin already holds as clean extents; false (nothing cached) when there is no room now. */
   private cacheClean(off: number, data: Uint8Array): boolean {
     if (this.sh.failed !== 0 || !this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS)) return false;
+    // Copies wait in memory for the origin flush: bounded, beyond which writes are not cached.
+    if (this.unloggedClean.length >= MAX_UNLOGGED_CLEAN * RUN_STRIDE) return false;
     const allocs: Alloc[] = [];
     for (let pos = 0; pos < data.length;) {
       const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
@@ -930,7 +979,13 @@ export class StripeEngine {
     const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!, kind = p[i + 5]!, token = p[i + 6]!, dataCrc = p[i + 7]!;
     if (kind === PIECE_FILL) {
       const filled = this.index.replacePlaceholder(token, { off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
-      if (filled === len) {
+      if (filled === len && (this.originUnflushed || this.originFlushFailed)) {
+        // The origin may have served writes it has not flushed (this stripe wrote them through),
+        // or, after a failed flush, writes it may have lost (its page cache still shows them):
+        // logged like a write-through copy, once the origin has flushed (logCleanCopies), or never.
+        for (let j = 0; j < RUN_STRIDE; j++) this.unloggedClean.push(p[i + j]!);
+        this.count('fills', 1);
+      } else if (filled === len) {
         this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc });
         this.count('fills', 1);
       } else {
@@ -941,10 +996,15 @@ export class StripeEngine {
       }
       return;
     }
-    const dirty = kind === PIECE_DIRTY;
-    this.insertIndex({ off, len, seg, segOff, gen, flags: dirty ? ExtentFlag.DIRTY : ExtentFlag.CLEAN }, dirty ? this.replacedCb : undefined);
-    this.pushKey({ originOffset: off, length: len, flags: dirty ? KEY_DIRTY : KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc });
-    if (dirty) this.addDirty(len);
+    if (kind === PIECE_CLEAN) {
+      // A write-through copy: logged once the origin has flushed the write (logCleanCopies).
+      this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
+      for (let j = 0; j < RUN_STRIDE; j++) this.unloggedClean.push(p[i + j]!);
+      return;
+    }
+    this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.DIRTY }, this.replacedCb);
+    this.pushKey({ originOffset: off, length: len, flags: KEY_DIRTY, segment: seg, offset: segOff, generation: gen, dataCrc });
+    this.addDirty(len);
   }
 
   /** A piece's data never reached the file: give back its space; a fill's placeholder goes too. */

@@ -19,6 +19,10 @@ const HEAD_SEG = 4;
 const HEAD_OFF = 5;
 /** Engines that have attached to this journal: more than one means a predecessor died. */
 const INCARNATION = 6;
+/** Bit 0: writes went to the origin first since its last flush; bit 1: such a flush failed (see engine.ts flush). */
+const ORIGIN_STATE = 7;
+/** The shared count of failed origin flushes when this stripe's unflushed origin writes began. */
+const ORIGIN_MARK = 12;
 /** Float64 indices (byte offset / 8). */
 const F_APPEND_LSN = 4;
 const F_UNPUBLISHED_DIRTY = 5;
@@ -126,6 +130,11 @@ export class KeyJournal {
     this.#w[HEAD_SEG] = seg;
     this.#w[HEAD_OFF] = off;
   }
+
+  get originMark(): number { return this.#w[ORIGIN_MARK]!; }
+  set originMark(v: number) { this.#w[ORIGIN_MARK] = v; }
+  get originState(): number { return this.#w[ORIGIN_STATE]!; }
+  set originState(v: number) { this.#w[ORIGIN_STATE] = v; }
 
   get incarnation(): number { return this.#w[INCARNATION]!; }
   set incarnation(v: number) { this.#w[INCARNATION] = v; }

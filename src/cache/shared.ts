@@ -84,6 +84,13 @@ const W_DETACHED = 61;
 const W_EPOCHS_PENDING = 62;
 /** Tests only (PCACHED_TEST_HOOKS=1): bit 0 fails the stripes' cache reads, bit 1 their writes. */
 const W_TEST_FAULTS = 63;
+/**
+ * Origin flushes that failed, by any thread of this cache. A failed flush may drop writes other
+ * threads sent through their own descriptors or connections, and their next flush may succeed
+ * without them (a descriptor opened after the error, an NBD server that lost its cache): so each
+ * stripe compares this count with its own mark before trusting a flush (errseq, shared).
+ */
+const W_ORIGIN_FLUSH_FAILS = 67;
 export const FAULT_READS = 1;
 export const FAULT_WRITES = 2;
 
@@ -203,6 +210,8 @@ export class CacheShared implements GateHost {
 
   /** This thread's id in lock words (src/cache/durability.ts *_OWNER). */
   readonly owner: number;
+  /** Tests only: see GateHost.gateWaiter. */
+  gateWaiter: ((retry: () => void) => void) | null = null;
 
   constructor(sab: SharedArrayBuffer, owner = COORDINATOR_OWNER) {
     this.sab = sab;
@@ -287,6 +296,8 @@ export class CacheShared implements GateHost {
   get promoteHits(): number { return Atomics.load(this.w, W_PROMOTE_HITS); }
   get epochsPending(): number { return Atomics.load(this.w, W_EPOCHS_PENDING); }
   addEpochsPending(n: number): void { Atomics.add(this.w, W_EPOCHS_PENDING, n); }
+  get originFlushFails(): number { return Atomics.load(this.w, W_ORIGIN_FLUSH_FAILS); }
+  noteOriginFlushFailed(): void { Atomics.add(this.w, W_ORIGIN_FLUSH_FAILS, 1); }
   get testFaults(): number { return Atomics.load(this.w, W_TEST_FAULTS); }
   setTestFaults(bits: number): void { Atomics.store(this.w, W_TEST_FAULTS, bits); }
   get detached(): boolean { return Atomics.load(this.w, W_DETACHED) !== 0; }

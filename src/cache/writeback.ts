@@ -236,8 +236,12 @@ export class Writeback {
       this.opts.onInflight?.(blocks);
       try {
         if (g.keys.length > 0) {
+          const mark = this.sh.originFlushFails;
           bytes += await this.writeEpoch(g.keys);
-          await this.retry((cb) => this.origin.flush(cb), 'flush');
+          // Never retried in place: a flush that failed may have dropped the writes it should have
+          // made durable, and a second one would succeed without them. The group fails, dirty_tail
+          // stays, and the next step writes everything from dirty_tail again before flushing.
+          await this.flushOrigin(mark);
           this.stats.originSyncs++;
         }
       } finally {
@@ -381,12 +385,13 @@ export class Writeback {
     for (const k of batch) if (k.flags === KEY_DIRTY) inflight += Math.ceil(k.length / 4096);
     this.opts.onInflight?.(inflight);
     let bytes: number;
+    const mark = this.sh.originFlushFails;
     try {
       bytes = await this.writeBatch(batch);
     } finally {
       this.opts.onInflight?.(0);
     }
-    await this.retry((cb) => this.origin.flush(cb), 'flush');
+    await this.flushOrigin(mark); // never retried in place: see stepEpochs
     this.stats.originSyncs++;
     this.sh.clearError(ERR_ORIGIN_IO);
     this.persistDirtyTail(pos);
@@ -469,6 +474,21 @@ export class Writeback {
       throw new CacheDeviceError('the cache device sync after the dirty tail failed');
     }
     sh.setDirtyTail(pos);
+  }
+
+  /**
+   * One origin flush covering what was written since `mark` (the shared count of failed origin
+   * flushes when the writes began). A failure is counted where the stripes see it; a flush that
+   * failed anywhere since the mark may have dropped these writes, so this one proves nothing.
+   */
+  private async flushOrigin(mark: number): Promise<void> {
+    try {
+      await call((cb) => this.origin.flush(cb), 'flush');
+    } catch (err) {
+      this.sh.noteOriginFlushFailed();
+      throw err;
+    }
+    if (this.sh.originFlushFails !== mark) throw new OriginIoError(5, 'flush (another origin flush failed meanwhile)');
   }
 
   private halt(why: string): never {
