@@ -184,6 +184,15 @@ export class Writeback {
     }
   }
 
+  /**
+   * Never retried in place, unlike the writes: a failed flush may have dropped the writes it was
+   * to cover, and a second one would succeed without them (Origin.flush, reference/devices.md).
+   * The group fails instead; dirty_tail stays, and the next step writes everything since it again.
+   */
+  private flushOrigin(): Promise<void> {
+    return call((cb) => this.origin.flush(cb), 'flush');
+  }
+
   private get jobs(): number {
     return this.opts.concurrency ?? Math.max(1, this.sh.writebackJobs);
   }
@@ -234,7 +243,7 @@ export class Writeback {
       try {
         if (g.keys.length > 0) {
           bytes += await this.writeEpoch(g.keys);
-          await this.retry((cb) => this.origin.flush(cb), 'flush');
+          await this.flushOrigin();
           this.stats.originSyncs++;
         }
       } finally {
@@ -385,7 +394,7 @@ export class Writeback {
     } finally {
       this.opts.onInflight?.(0);
     }
-    await this.retry((cb) => this.origin.flush(cb), 'flush');
+    await this.flushOrigin();
     this.stats.originSyncs++;
     this.sh.clearError(ERR_ORIGIN_IO);
     // No sync of the record: if it is lost, writeback repeats this batch, which is idempotent.

@@ -5,8 +5,17 @@
 //
 // Requests are pipelined over `connections` sockets and matched by cookie. A lost connection
 // is re-established with exponential back-off and the requests that were in flight on it are
-// sent again (READ, WRITE, TRIM, WRITE_ZEROES and FLUSH are idempotent); a request fails with
-// EIO only after it has waited timeoutMs in total.
+// sent again (READ, WRITE, TRIM, WRITE_ZEROES are idempotent); a request fails with EIO only
+// after it has waited timeoutMs in total.
+//
+// Durability is per connection: a FLUSH reply covers the writes the server completed before it
+// on that connection (with CAN_MULTI_CONN on all of them, but a server that lost a connection
+// may also have lost what it held for it). So each connected lifetime of a socket (an
+// Incarnation) counts the writes it acknowledged without FUA and how many of them a successful
+// FLUSH on it covered. Origin.flush sends a FLUSH on every connection with uncovered writes and
+// succeeds only if all of them do; writes acknowledged on a connection that was then lost (or
+// whose FLUSH failed) are "at risk" and make the next flush fail once, so the caller writes them
+// again (the rule in types.ts).
 
 import { connect, type Socket } from 'node:net';
 import { ClientHandshake, ReplyParser, writeRequestHeader, type NegotiatedExport } from '../nbd/client.js';
@@ -46,19 +55,60 @@ function wireErrno(e: number): number {
   }
 }
 
+/** One connected lifetime of a Connection: the writes it acknowledged, and how many a FLUSH on it covered. */
+class Incarnation {
+  /** False once its socket closed: a FLUSH pinned to it can no longer succeed. */
+  alive = true;
+  /** Non-FUA WRITE / TRIM / WRITE_ZEROES requests acknowledged, and their bytes. */
+  acked = 0;
+  ackedBytes = 0;
+  /** The part of `acked` (and of its bytes) a successful FLUSH on this incarnation covered. */
+  covered = 0;
+  coveredBytes = 0;
+
+  get unflushed(): number {
+    return this.acked - this.covered;
+  }
+
+  get unflushedBytes(): number {
+    return this.ackedBytes - this.coveredBytes;
+  }
+
+  /** A FLUSH sent when `acked` was n succeeded: it covers those n (replies may come out of order). */
+  constructor(readonly conn: Connection) {}
+
+  cover(n: number, bytes: number): void {
+    if (n <= this.covered) return;
+    this.covered = n;
+    this.coveredBytes = bytes;
+  }
+}
+
 /** Completion of one caller request, which may have been split into several wire requests. */
 class Group {
   remaining = 0;
   error = 0;
   /** FUA requested but the remote lacks SEND_FUA: flush after the writes instead. */
   flushAfter = false;
+  /** For flushAfter: the incarnations that acknowledged a piece (the FLUSH must go to each). */
+  carriers: Set<Incarnation> | null = null;
+  /** An Origin.flush: its failure is the report of every write at risk so far. */
+  originFlush = false;
   constructor(readonly cb: Done) {}
 }
+
+/** Writes that change the remote's data: what a FLUSH has to cover. */
+const isEffect = (type: number): boolean => type === Cmd.WRITE || type === Cmd.TRIM || type === Cmd.WRITE_ZEROES;
 
 /** One wire request. `data` is the WRITE source or the READ destination. */
 class Op {
   done = false;
   conn: Connection | null = null;
+  /** A FLUSH that must run on this incarnation (it covers writes acknowledged there), never re-sent elsewhere. */
+  pin: Incarnation | null = null;
+  /** A FLUSH: the incarnation's `acked` (and bytes) when it was sent, i.e. what it covers. */
+  coverAcked = 0;
+  coverBytes = 0;
   constructor(
     readonly type: number, readonly flags: number, readonly offset: number, readonly length: number,
     readonly data: Uint8Array | null, readonly group: Group, readonly deadline: number,
@@ -66,8 +116,9 @@ class Op {
 }
 
 interface ConnectionOwner {
-  complete(op: Op, errno: number): void;
-  lost(conn: Connection, ops: Op[], reason: string): void;
+  /** A reply arrived on incarnation `inc` (null: the request failed without one). */
+  complete(op: Op, errno: number, inc: Incarnation | null): void;
+  lost(conn: Connection, ops: Op[], reason: string, inc: Incarnation): void;
   pump(): void;
 }
 
@@ -80,6 +131,8 @@ class Connection {
   blocked = false;
   backoff = BACKOFF_MIN_MS;
   reconnectTimer: NodeJS.Timeout | null = null;
+  /** The current connected lifetime; a new one at every (re)connect. */
+  incarnation: Incarnation = new Incarnation(this);
   #parser: ReplyParser | null = null;
   #corked = false;
   #lastError = '';
@@ -143,6 +196,10 @@ class Connection {
     writeRequestHeader(header, 0, op.flags, op.type, 0, cookie, op.offset, op.length);
     let ok = sock.write(header);
     if (op.type === Cmd.WRITE) ok = sock.write(op.data!);
+    if (op.type === Cmd.FLUSH) {
+      op.coverAcked = this.incarnation.acked;
+      op.coverBytes = this.incarnation.ackedBytes;
+    }
     op.conn = this;
     this.inflight.set(cookie, op);
     if (!ok) this.blocked = true;
@@ -174,6 +231,7 @@ class Connection {
     this.socket = sock;
     this.ready = true;
     this.blocked = false;
+    this.incarnation = new Incarnation(this);
     this.#lastError = '';
     this.#parser = new ReplyParser(this.#sink);
     sock.on('data', this.#onData).on('error', this.#onError).on('close', this.#onClose).on('drain', this.#onDrain);
@@ -203,7 +261,13 @@ class Connection {
       }
       this.inflight.delete(ev.cookieLo);
       op.conn = null;
-      this.#owner.complete(op, ev.error === 0 ? 0 : wireErrno(ev.error));
+      const inc = this.incarnation;
+      // Counted even if the caller already gave up on it (timed out): the remote holds it unflushed.
+      if (ev.error === 0 && isEffect(op.type) && (op.flags & CmdFlag.FUA) === 0) {
+        inc.acked++;
+        inc.ackedBytes += op.length;
+      }
+      this.#owner.complete(op, ev.error === 0 ? 0 : wireErrno(ev.error), inc);
     }
   };
 
@@ -220,7 +284,8 @@ class Connection {
     const ops = [...this.inflight.values()];
     this.inflight.clear();
     for (const op of ops) op.conn = null;
-    this.#owner.lost(this, ops, this.#lastError || 'connection closed by the remote');
+    this.incarnation.alive = false;
+    this.#owner.lost(this, ops, this.#lastError || 'connection closed by the remote', this.incarnation);
   };
 
   readonly #onDrain = (): void => {
@@ -254,6 +319,11 @@ class NbdOrigin implements Origin, ConnectionOwner {
   #nextCookie = 1;
   /** Non-zero once the origin can no longer serve (size changed): every request fails with it. */
   #broken = 0;
+  /**
+   * Acknowledged writes that may be gone: their connection was lost, or a FLUSH on it failed,
+   * before a FLUSH covered them. The next Origin.flush fails (once) because of them.
+   */
+  #atRisk = { writes: 0, bytes: 0 };
   #closing: Promise<void> | null = null;
 
   constructor(spec: NbdOriginSpec, conns: Connection[], exp: NegotiatedExport, description: string, log: () => OriginLogger) {
@@ -278,8 +348,24 @@ class NbdOrigin implements Origin, ConnectionOwner {
   }
 
   flush(cb: Done): void {
+    // Without FLUSH the remote has no volatile cache to lose: a completed write is durable.
     if (!this.#has(TxFlag.SEND_FLUSH)) return this.#later(cb, 0);
-    this.#submitSplit(Cmd.FLUSH, 0, 0, 0, null, 1, cb, false);
+    if (this.#closing !== null) return this.#later(cb, NbdErr.ESHUTDOWN);
+    if (this.#broken !== 0) return this.#later(cb, this.#broken);
+    if (this.#atRisk.writes > 0) {
+      this.#reportAtRisk();
+      return this.#later(cb, NbdErr.EIO);
+    }
+    const g = new Group(cb);
+    g.originFlush = true;
+    const uncovered = this.#conns.filter((c) => c.ready && c.incarnation.unflushed > 0);
+    if (uncovered.length === 0) {
+      // Nothing to cover; one FLUSH wherever it can go still asks the remote for durability.
+      this.#enqueue(Cmd.FLUSH, 0, 0, 0, null, g);
+      this.pump();
+      return;
+    }
+    for (const c of uncovered) this.#flushOn(c.incarnation, g);
   }
 
   trim(off: number, len: number, fua: boolean, cb: Done): void {
@@ -319,31 +405,45 @@ class NbdOrigin implements Origin, ConnectionOwner {
 
   // ---- ConnectionOwner ----
 
-  complete(op: Op, errno: number): void {
+  complete(op: Op, errno: number, inc: Incarnation | null): void {
+    if (op.type === Cmd.FLUSH && inc !== null) {
+      if (errno === 0) inc.cover(op.coverAcked, op.coverBytes);
+      // A failed FLUSH may have dropped what it was to make durable (reference/devices.md).
+      else this.#endanger(inc);
+    }
     if (op.done) return;
     op.done = true;
     this.#outstanding.delete(op);
     const g = op.group;
     if (errno !== 0 && g.error === 0) g.error = errno;
+    if (errno === 0 && inc !== null && g.carriers !== null && isEffect(op.type)) g.carriers.add(inc);
     if (--g.remaining > 0) return;
     if (g.error === 0 && g.flushAfter) {
       g.flushAfter = false;
-      this.#enqueue(Cmd.FLUSH, 0, 0, 0, null, g);
-      this.pump();
-      return;
+      for (const carrier of g.carriers!) this.#flushOn(carrier, g);
+      if (g.remaining > 0) return;
     }
+    // A failed Origin.flush tells the caller that everything since its last good flush may be
+    // lost, which includes every write at risk so far: that is their one report.
+    if (g.error !== 0 && g.originFlush) this.#reportAtRisk();
     g.cb(g.error);
   }
 
-  lost(conn: Connection, ops: Op[], reason: string): void {
+  lost(conn: Connection, ops: Op[], reason: string, inc: Incarnation): void {
     if (this.#closing !== null || this.#broken !== 0) return;
+    const unflushed = { writes: inc.unflushed, bytes: inc.unflushedBytes };
+    if (this.#has(TxFlag.SEND_FLUSH)) this.#endanger(inc);
     const live = ops.filter((op) => !op.done);
-    this.#log().warn({ origin: this.description, inFlight: live.length, reason }, 'NBD origin connection lost; reconnecting');
-    if (live.length > 0) {
-      this.#queue = live.concat(this.#queue.slice(this.#queueHead));
+    this.#log().warn({ origin: this.description, inFlight: live.length, unflushedWrites: unflushed.writes, unflushedBytes: unflushed.bytes, reason },
+      'NBD origin connection lost; reconnecting');
+    // A FLUSH covers only its own connection's writes: re-sent on another one it would prove nothing.
+    const resend = live.filter((op) => op.pin === null);
+    if (resend.length > 0) {
+      this.#queue = resend.concat(this.#queue.slice(this.#queueHead));
       this.#queueHead = 0;
     }
     this.#scheduleReconnect(conn);
+    for (const op of live) if (op.pin !== null) this.complete(op, NbdErr.EIO, null);
   }
 
   pump(): void {
@@ -359,14 +459,49 @@ class NbdOrigin implements Origin, ConnectionOwner {
       }
       const op = q[this.#queueHead++];
       if (op.done) continue;
-      conn.send(op, this.#nextCookie);
-      this.#nextCookie = (this.#nextCookie + 1) >>> 0 || 1;
+      conn.send(op, this.#takeCookie());
     }
     q.length = 0;
     this.#queueHead = 0;
   }
 
   // ---- internals ----
+
+  #takeCookie(): number {
+    const c = this.#nextCookie;
+    this.#nextCookie = (c + 1) >>> 0 || 1;
+    return c;
+  }
+
+  /** A FLUSH for `g` on incarnation `inc` only: EIO if that connection is gone (never moved to another). */
+  #flushOn(inc: Incarnation, g: Group): void {
+    const op = new Op(Cmd.FLUSH, 0, 0, 0, null, g, Date.now() + this.#timeoutMs);
+    op.pin = inc;
+    g.remaining++;
+    this.#outstanding.add(op);
+    if (this.#deadlineTimer === null) this.#armDeadline(op.deadline);
+    const conn = inc.conn;
+    if (!inc.alive || !conn.ready || conn.incarnation !== inc) {
+      process.nextTick(() => this.complete(op, NbdErr.EIO, null));
+      return;
+    }
+    conn.send(op, this.#takeCookie());
+  }
+
+  /** What `inc` acknowledged and no FLUSH covered may be gone: at risk until the next flush reports it. */
+  #endanger(inc: Incarnation): void {
+    this.#atRisk.writes += inc.unflushed;
+    this.#atRisk.bytes += inc.unflushedBytes;
+    inc.cover(inc.acked, inc.ackedBytes);
+  }
+
+  #reportAtRisk(): void {
+    const { writes, bytes } = this.#atRisk;
+    if (writes === 0) return;
+    this.#atRisk = { writes: 0, bytes: 0 };
+    this.#log().error({ origin: this.description, writes, bytes },
+      'NBD origin may have lost acknowledged writes no FLUSH had covered (connection lost or FLUSH failed): this flush fails; they must be written again');
+  }
 
   #has(flag: TxFlag): boolean {
     return (this.#txFlags & flag) !== 0;
@@ -384,7 +519,10 @@ class NbdOrigin implements Origin, ConnectionOwner {
     const g = new Group(cb);
     if (fua) {
       if (this.#has(TxFlag.SEND_FUA)) flags |= CmdFlag.FUA;
-      else if (this.#has(TxFlag.SEND_FLUSH)) g.flushAfter = true;
+      else if (this.#has(TxFlag.SEND_FLUSH)) {
+        g.flushAfter = true;
+        g.carriers = new Set();
+      }
     }
     // The zero buffer is reused for every piece; other data is cut into views.
     const shared = data === zeroBuffer;
@@ -428,7 +566,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
     const stuck = new Set<Connection>();
     for (const op of expired) {
       if (op.conn !== null) stuck.add(op.conn);
-      this.complete(op, NbdErr.EIO);
+      this.complete(op, NbdErr.EIO, null);
     }
     // A remote that sits on a request this long is treated as dead. Closing the socket also
     // drops any queued write whose caller has just been told it failed and may reuse its buffer.
@@ -479,7 +617,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
   }
 
   #failAll(errno: number): void {
-    for (const op of [...this.#outstanding]) this.complete(op, errno);
+    for (const op of [...this.#outstanding]) this.complete(op, errno, null);
     this.#queue = [];
     this.#queueHead = 0;
   }
@@ -516,8 +654,8 @@ export async function openNbdOrigin(spec: NbdOriginSpec, opts: { logger?: Origin
   // The owner is only known once the first handshake told us the size; route through a holder.
   let origin: NbdOrigin | null = null;
   const owner: ConnectionOwner = {
-    complete: (op, errno) => origin?.complete(op, errno),
-    lost: (conn, ops, reason) => origin?.lost(conn, ops, reason),
+    complete: (op, errno, inc) => origin?.complete(op, errno, inc),
+    lost: (conn, ops, reason, inc) => origin?.lost(conn, ops, reason, inc),
     pump: () => origin?.pump(),
   };
   const first = new Connection(owner, target);
