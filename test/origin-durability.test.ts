@@ -12,7 +12,7 @@
 // Every process started here is stopped by its PID in t.teardown; scratch dirs are removed.
 
 import test, { type ExecutionContext } from 'ava';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -106,5 +106,46 @@ const why = needTools('nbdsh', 'python3-nbd', 'nbdkit');
   const st = (await statusJson(control)).caches[0]!.cacheState!;
   t.log(`writeback: ${st.workers.wb_errors} failed batches, ${st.workers.wb_origin_syncs} origin syncs, ${st.workers.wb_bytes} bytes`);
   t.true(st.workers.wb_errors >= 1, 'the FLUSH after the reconnect failed the batch');
+  t.is(await stopGracefully(d), 0, d.proc.output());
+});
+
+(why ? test.serial.skip : test.serial)('writeback worker started while its origin is unreachable: writes are cached, status shows the failed opens, and everything is written back once the origin is there, without a restart' + skipSuffix(why), async (t) => {
+  t.timeout(180_000);
+  const dir = scratch(t);
+  const origin = join(dir, 'origin.img');
+  makeSparseFile(origin, 64 * MiB);
+  // The stripes reach the origin through one socket; the writeback worker is told (test hook) to
+  // use another, where nothing listens yet. Both serve the same file.
+  const stripeSock = join(dir, 'origin.sock');
+  const writebackSock = join(dir, 'origin-wb.sock');
+  const kit = await startNbdkit(stripeSock, ['file', origin]);
+  t.teardown(() => kit.stop());
+  const { d, control, uri } = await startPcached(t, dir, `nbd+unix:///?socket=${stripeSock}`,
+    { PCACHED_TEST_HOOKS: '1', PCACHED_TEST_WRITEBACK_ORIGIN: `nbd+unix:///?socket=${writebackSock}` });
+
+  const data = randomBytes(2 * MiB);
+  const f = join(dir, 'data.bin');
+  writeFileSync(f, data);
+  await writeFile(uri, f, 16 * MiB);
+  const down = await waitFor('failed origin opens in status', async () => {
+    const c = (await statusJson(control)).caches[0]!.cacheState!;
+    return c.workers.wb_origin_open_errors! >= 3 && c.errors.some((x) => /origin I\/O error/.test(x)) ? c : undefined;
+  }, 60_000, 200);
+  t.log(`origin down: ${down.workers.wb_origin_open_errors} failed opens, ${down.dirtyBlocks} dirty blocks, errors ${JSON.stringify(down.errors)}`);
+  t.true(down.dirtyBlocks >= 512, 'the writes are cached and dirty');
+  t.is(down.writecache!.error, -5);
+  const back = await nbdshJson<string>(`import hashlib, json\nprint(json.dumps(hashlib.sha256(h.pread(${2 * MiB}, ${16 * MiB})).hexdigest()))`, { uri });
+  t.is(back, createHash('sha256').update(data).digest('hex'), 'served from the cache meanwhile');
+  t.true(readFileSync(origin).subarray(16 * MiB, 18 * MiB).every((x) => x === 0), 'nothing on the origin yet');
+
+  const kit2 = await startNbdkit(writebackSock, ['file', origin]);
+  t.teardown(() => kit2.stop());
+  const healed = await waitFor('writeback once the origin is there', async () => {
+    const c = (await statusJson(control)).caches[0]!.cacheState!;
+    return c.dirtyBlocks === 0 && c.errors.length === 0 ? c : undefined;
+  }, 60_000, 200);
+  t.is(healed.writecache!.error, 0);
+  t.is(healed.workers.wb_restarts, 0, 'the loop itself never failed');
+  t.true(readFileSync(origin).subarray(16 * MiB, 18 * MiB).equals(data), 'written back');
   t.is(await stopGracefully(d), 0, d.proc.output());
 });
