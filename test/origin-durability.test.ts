@@ -8,6 +8,9 @@
 // 2. The writeback worker starts while its origin is unreachable (nothing listens on its socket):
 //    writes are acknowledged and cached, status shows the failed opens, and once the origin is
 //    there everything is written back without a restart.
+// 3. In writethrough and passthrough (writes go to the origin first), a write the origin
+//    acknowledged and then lost with its connection makes the client's next FLUSH fail with EIO;
+//    written again, the next FLUSH succeeds and covers it.
 //
 // Every process started here is stopped by its PID in t.teardown; scratch dirs are removed.
 
@@ -149,3 +152,47 @@ const why = needTools('nbdsh', 'python3-nbd', 'nbdkit');
   t.true(readFileSync(origin).subarray(16 * MiB, 18 * MiB).equals(data), 'written back');
   t.is(await stopGracefully(d), 0, d.proc.output());
 });
+
+for (const mode of ['writethrough', 'passthrough'] as const) {
+  (why ? test.serial.skip : test.serial)(`${mode}: writes the origin acknowledged and lost with its connection make the next client FLUSH fail with EIO` + skipSuffix(why), async (t) => {
+    t.timeout(120_000);
+    const dir = scratch(t);
+    const origin = join(dir, 'origin.img');
+    makeSparseFile(origin, 64 * MiB);
+    const osock = join(dir, 'origin.sock');
+    const kit = await startNbdkit(osock, ['--filter=cache', 'file', origin, 'cache=writeback']);
+    t.teardown(() => kit.kill());
+    const sock = join(dir, 'nbd.sock');
+    const control = join(dir, 'control.sock');
+    const d = await startServing(t, ['--origin', `nbd+unix:///?socket=${osock}`, '--cache', join(dir, 'cache.img'), '--cache-size', '32M',
+      '--segment-size', '1M', '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--stripes', '1', '--mode', mode, '--log-level', 'warn'],
+    { cwd: dir, sock, control });
+    const uri = nbdUri(sock, NAME);
+    const data = randomBytes(MiB);
+    const f = join(dir, 'data.bin');
+    writeFileSync(f, data);
+    // Written through to the origin (acknowledged there, held in its cache filter), not flushed.
+    await nbdshJson(`h.pwrite(open(${JSON.stringify(f)}, 'rb').read(), ${4 * MiB})\nprint('"ok"')`, { uri });
+    await kit.kill();
+    rmSync(osock, { force: true });
+    const kit2 = await startNbdkit(osock, ['file', origin]);
+    t.teardown(() => kit2.stop());
+    t.true(readFileSync(origin).subarray(4 * MiB, 5 * MiB).every((x) => x === 0), 'the origin lost the write');
+    const flushes = await nbdshJson<string[]>(`
+import json, nbd
+out = []
+for i in range(2):
+    try:
+        h.flush()
+        out.append('OK')
+    except nbd.Error as e:
+        out.append(e.errno or str(e))
+    if i == 0:
+        h.pwrite(open(${JSON.stringify(f)}, 'rb').read(), ${4 * MiB})
+print(json.dumps(out))
+`, { uri });
+    t.deepEqual(flushes, ['EIO', 'OK'], 'the FLUSH after the loss fails; written again, the next one succeeds');
+    t.true(readFileSync(origin).subarray(4 * MiB, 5 * MiB).equals(data), 'on the origin after the rewrite and FLUSH');
+    t.is(await stopGracefully(d), 0, d.proc.output());
+  });
+}
