@@ -1,6 +1,8 @@
 // Writeback worker: one thread per cache (a piscina pool of one), following the key log from
 // dirty_tail to the origin. It wakes when the log head moves (a shared word) or once a second,
-// backs off on origin errors, and stops after its current batch.
+// backs off on origin errors, and stops after its current batch. An origin that cannot be opened
+// at start is retried with back-off, and a loop that throws is restarted: the thread never stops
+// writing back for good while the daemon runs.
 
 import { workerData } from 'piscina';
 import { FileBlockDevice } from '../src/cache/blockdev.js';
@@ -9,7 +11,8 @@ import { WRITEBACK_OWNER } from '../src/cache/durability.js';
 import { Writeback, WritebackHalted, OriginIoError } from '../src/cache/writeback.js';
 import type { Geometry } from '../src/cache/log.js';
 import { openOrigin } from '../src/origin/open.js';
-import type { OriginSpec } from '../src/origin/types.js';
+import type { Origin, OriginSpec } from '../src/origin/types.js';
+import { keepRunning, retryUntilOpen } from '../src/util/retry.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../src/stats/counters.js';
 import { createLogger } from '../src/daemon/logger.js';
 
@@ -29,6 +32,8 @@ const sh = new CacheShared(data.shared, WRITEBACK_OWNER);
 const counters = new CounterBlock(CACHE_WORKER_COUNTERS, data.counters);
 const BACKOFF_MS = [100, 250, 500, 1000, 2000, 5000];
 const IDLE_MS = 1000;
+/** A loop that ran this long before it threw starts its restart back-off afresh. */
+const STABLE_MS = 60_000;
 
 let stopping = false;
 let loopDone: Promise<void> | null = null;
@@ -42,9 +47,47 @@ async function idle(ms: number): Promise<void> {
   wakeWord = Atomics.load(sh.w, W_KICK_WB);
 }
 
+const stopped = (): boolean => stopping || sh.stopping;
+
+/** sleep(), cut short by a stop (checked every 100 ms). */
+async function pause(ms: number): Promise<void> {
+  for (const until = performance.now() + ms; !stopped() && performance.now() < until; ) {
+    await sleep(Math.min(100, until - performance.now()));
+  }
+}
+
+/** Tests only (PCACHED_TEST_HOOKS=1): this worker's own NBD origin URI, to start it while that is unreachable. */
+function originSpec(): OriginSpec {
+  const uri = process.env.PCACHED_TEST_HOOKS === '1' ? process.env.PCACHED_TEST_WRITEBACK_ORIGIN : undefined;
+  return uri && data.origin.kind === 'nbd' ? { ...data.origin, uri } : data.origin;
+}
+
+/** The origin, retried with back-off while it cannot be opened (export unreachable, file missing); null if stopped first. */
+async function openOriginPatiently(): Promise<Origin | null> {
+  let failed = false;
+  const origin = await retryUntilOpen(() => openOrigin(originSpec()), {
+    stopped, sleep: pause, backoffMs: BACKOFF_MS,
+    onFailure: (err, failures, retryInMs) => {
+      failed = true;
+      counters.add('wb_origin_open_errors', 1);
+      sh.setError(ERR_ORIGIN_IO);
+      log.warn({ err: (err as Error).message, failures, retryInMs }, 'writeback cannot open the origin; dirty data kept, retrying');
+    },
+  });
+  if (origin !== null && failed) {
+    sh.clearError(ERR_ORIGIN_IO);
+    log.info({ origin: origin.description }, 'writeback opened the origin');
+  }
+  return origin;
+}
+
 async function loop(): Promise<void> {
   const dev = FileBlockDevice.open(data.path);
-  const origin = await openOrigin(data.origin);
+  const origin = await openOriginPatiently().catch((err: unknown) => { dev.close(); throw err; });
+  if (origin === null) {
+    dev.close();
+    return;
+  }
   // PCACHED_WRITEBACK_ORDER=strict: dm-pcache's one kset at a time, for comparison (npm run bench).
   const strict = process.env.PCACHED_WRITEBACK_ORDER === 'strict';
   const wb = new Writeback(dev, sh, data.geometry, origin, {
@@ -153,9 +196,13 @@ async function loop(): Promise<void> {
 
 export default async function handle(task: { op: 'start' | 'stop' }): Promise<{ ok: true }> {
   if (task.op === 'start') {
-    if (!loopDone) {
-      loopDone = loop().catch((err) => { log.fatal({ err }, 'writeback worker failed'); });
-    }
+    loopDone ??= keepRunning(loop, {
+      stopped, sleep: pause, backoffMs: BACKOFF_MS, stableMs: STABLE_MS, now: () => performance.now(),
+      onCrash: (err, crashes, retryInMs) => {
+        counters.add('wb_restarts', 1);
+        log.fatal({ err, crashes, retryInMs }, 'writeback loop failed; restarting it');
+      },
+    });
     return { ok: true };
   }
   stopping = true;

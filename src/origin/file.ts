@@ -112,6 +112,8 @@ class FileOrigin implements Origin {
   #zeroRange: boolean;
   #zeroOut: boolean;
   #discard: boolean;
+  /** A sync failed (a FUA write's, or a flush's) and no flush has reported it yet. */
+  #syncFailed = false;
 
   constructor(fd: number, path: string, kind: 'file' | 'device', size: number, readOnly: boolean, native: NativeBinding | null) {
     this.#fd = fd;
@@ -141,7 +143,11 @@ class FileOrigin implements Origin {
 
   flush(cb: Done): void {
     if (this.#fd < 0) return cb(NbdErr.ESHUTDOWN);
-    cb(this.readOnly ? NbdErr.OK : this.#sync());
+    if (this.readOnly) return cb(NbdErr.OK);
+    const err = this.#sync();
+    const lost = this.#syncFailed;
+    this.#syncFailed = false;
+    cb(err || (lost ? NbdErr.EIO : NbdErr.OK));
   }
 
   trim(off: number, len: number, fua: boolean, cb: Done): void {
@@ -225,12 +231,18 @@ class FileOrigin implements Origin {
     return NbdErr.OK;
   }
 
+  /**
+   * fdatasync. Any failure is EIO: whatever the errno (ENOSPC on NFS, EIO from the disk), writes
+   * since the last good sync may be gone (the rule on Origin.flush), and the next flush() reports
+   * it even if its own fdatasync succeeds, because the kernel tells only one caller.
+   */
   #sync(): number {
     try {
       fs.fdatasyncSync(this.#fd);
       return NbdErr.OK;
-    } catch (err) {
-      return nbdErrFromError(err);
+    } catch {
+      this.#syncFailed = true;
+      return NbdErr.EIO;
     }
   }
 

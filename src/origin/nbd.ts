@@ -5,15 +5,24 @@
 //
 // Requests are pipelined over `connections` sockets and matched by cookie. A lost connection
 // is re-established with exponential back-off and the requests that were in flight on it are
-// sent again (READ, WRITE, TRIM, WRITE_ZEROES and FLUSH are idempotent); a request fails with
-// EIO only after it has waited timeoutMs in total.
+// sent again (READ, WRITE, TRIM, WRITE_ZEROES are idempotent); a request fails with EIO only
+// after it has waited timeoutMs in total.
+//
+// Durability is per connection: a FLUSH reply covers the writes the server completed before it
+// on that connection (with CAN_MULTI_CONN on all of them, but a server that lost a connection
+// may also have lost what it held for it). So each connected lifetime of a socket (an
+// Incarnation) counts the writes it acknowledged without FUA and how many of them a successful
+// FLUSH on it covered. Origin.flush sends a FLUSH on every connection with uncovered writes and
+// succeeds only if all of them do; writes acknowledged on a connection that was then lost (or
+// whose FLUSH failed) are "at risk" and make the next flush fail once, so the caller writes them
+// again (the rule in types.ts).
 
-import { connect, type Socket } from 'node:net';
-import { ClientHandshake, ReplyParser, writeRequestHeader, type NegotiatedExport } from '../nbd/client.js';
-import { Cmd, CmdFlag, NbdErr, TxFlag, REQUEST_HEADER_SIZE } from '../nbd/constants.js';
+import type { NegotiatedExport } from '../nbd/client.js';
+import { Cmd, CmdFlag, NbdErr, TxFlag } from '../nbd/constants.js';
 import { PcachedError } from '../util/errors.js';
 import { parseNbdUri, formatNbdUri as describe, type NbdTarget } from '../nbd/uri.js';
 import type { Done, Extent, Origin, OriginSpec, ZeroFlags } from './types.js';
+import { BACKOFF_MAX_MS, BACKOFF_MIN_MS, Connection, Group, Incarnation, isEffect, Op, type ConnectionOwner } from './nbd-connection.js';
 
 export { parseNbdUri };
 export type { NbdTarget };
@@ -27,212 +36,11 @@ export interface OriginLogger {
   error(obj: object, msg: string): void;
 }
 
-const BACKOFF_MIN_MS = 50;
-const BACKOFF_MAX_MS = 2000;
 /** TRIM / WRITE_ZEROES / CACHE lengths are u32 on the wire; 1 GiB pieces stay aligned. */
 const EFFECT_CHUNK = 1024 * 1024 * 1024;
 /** Zeroing a remote without WRITE_ZEROES writes buffers of at most this size. */
 const ZERO_CHUNK = 1024 * 1024;
 let zeroBuffer: Buffer | null = null;
-
-/** Errors on the wire are a closed set; anything else counts as EINVAL ([proto] "Error values"). */
-function wireErrno(e: number): number {
-  switch (e) {
-    case NbdErr.EPERM: case NbdErr.EIO: case NbdErr.ENOMEM: case NbdErr.EINVAL:
-    case NbdErr.ENOSPC: case NbdErr.EOVERFLOW: case NbdErr.ENOTSUP: case NbdErr.ESHUTDOWN:
-      return e;
-    default:
-      return NbdErr.EINVAL;
-  }
-}
-
-/** Completion of one caller request, which may have been split into several wire requests. */
-class Group {
-  remaining = 0;
-  error = 0;
-  /** FUA requested but the remote lacks SEND_FUA: flush after the writes instead. */
-  flushAfter = false;
-  constructor(readonly cb: Done) {}
-}
-
-/** One wire request. `data` is the WRITE source or the READ destination. */
-class Op {
-  done = false;
-  conn: Connection | null = null;
-  constructor(
-    readonly type: number, readonly flags: number, readonly offset: number, readonly length: number,
-    readonly data: Uint8Array | null, readonly group: Group, readonly deadline: number,
-  ) {}
-}
-
-interface ConnectionOwner {
-  complete(op: Op, errno: number): void;
-  lost(conn: Connection, ops: Op[], reason: string): void;
-  pump(): void;
-}
-
-/** One socket to the remote: handshake, then requests out and simple replies in. */
-class Connection {
-  readonly inflight = new Map<number, Op>();
-  socket: Socket | null = null;
-  ready = false;
-  /** The last write() returned false; wait for 'drain'. */
-  blocked = false;
-  backoff = BACKOFF_MIN_MS;
-  reconnectTimer: NodeJS.Timeout | null = null;
-  #parser: ReplyParser | null = null;
-  #corked = false;
-  #lastError = '';
-  readonly #owner: ConnectionOwner;
-  readonly #target: NbdTarget;
-
-  constructor(owner: ConnectionOwner, target: NbdTarget) {
-    this.#owner = owner;
-    this.#target = target;
-  }
-
-  /** Connect and negotiate; resolves once in transmission phase. */
-  open(timeoutMs: number): Promise<NegotiatedExport> {
-    return new Promise((resolve, reject) => {
-      const t = this.#target;
-      const sock = t.socketPath !== undefined ? connect({ path: t.socketPath }) : connect({ host: t.host, port: t.port });
-      if (t.socketPath === undefined) sock.setNoDelay(true);
-      const hs = new ClientHandshake(t.exportName);
-      let settled = false;
-      const fail = (code: 'ERR_ORIGIN' | 'ERR_ORIGIN_TIMEOUT', reason: string): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        sock.destroy();
-        reject(new PcachedError(code, `${describe(t)}: ${reason}`));
-      };
-      const timer = setTimeout(() => fail('ERR_ORIGIN_TIMEOUT', `no NBD handshake within ${timeoutMs} ms`), timeoutMs);
-      const onData = (chunk: Buffer): void => {
-        hs.push(chunk);
-        for (let step = hs.next(); step !== null; step = hs.next()) {
-          if (step.kind === 'send') {
-            sock.write(step.bytes);
-          } else if (step.kind === 'fatal') {
-            fail('ERR_ORIGIN', step.reason);
-            return;
-          } else {
-            settled = true;
-            clearTimeout(timer);
-            sock.off('data', onData).off('error', onError).off('close', onClose);
-            this.#attach(sock, step.remainder);
-            resolve(step.export);
-            return;
-          }
-        }
-      };
-      const onError = (err: Error): void => fail('ERR_ORIGIN', err.message);
-      const onClose = (): void => fail('ERR_ORIGIN', 'connection closed during the NBD handshake');
-      sock.on('data', onData).on('error', onError).on('close', onClose);
-    });
-  }
-
-  /** Queue one request on the socket; writes of one tick go out together (cork/uncork). */
-  send(op: Op, cookie: number): void {
-    const sock = this.socket!;
-    if (!this.#corked) {
-      this.#corked = true;
-      sock.cork();
-      process.nextTick(this.#uncork);
-    }
-    const header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
-    writeRequestHeader(header, 0, op.flags, op.type, 0, cookie, op.offset, op.length);
-    let ok = sock.write(header);
-    if (op.type === Cmd.WRITE) ok = sock.write(op.data!);
-    op.conn = this;
-    this.inflight.set(cookie, op);
-    if (!ok) this.blocked = true;
-  }
-
-  /** Orderly end: DISC, then close; forced after graceMs. */
-  disconnect(graceMs: number): Promise<void> {
-    const sock = this.socket;
-    if (sock === null) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => sock.destroy(), graceMs);
-      sock.once('close', () => { clearTimeout(timer); resolve(); });
-      if (this.ready && !sock.destroyed) {
-        const disc = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
-        writeRequestHeader(disc, 0, 0, Cmd.DISC, 0, 0, 0, 0);
-        sock.end(disc);
-      } else {
-        sock.destroy();
-      }
-    });
-  }
-
-  destroy(reason: string): void {
-    this.#lastError = reason;
-    this.socket?.destroy();
-  }
-
-  #attach(sock: Socket, remainder: Buffer): void {
-    this.socket = sock;
-    this.ready = true;
-    this.blocked = false;
-    this.#lastError = '';
-    this.#parser = new ReplyParser(this.#sink);
-    sock.on('data', this.#onData).on('error', this.#onError).on('close', this.#onClose).on('drain', this.#onDrain);
-    if (remainder.length > 0) this.#onData(remainder);
-  }
-
-  readonly #sink = (_cookieHi: number, cookieLo: number): Uint8Array | number => {
-    const op = this.inflight.get(cookieLo);
-    if (op === undefined) return -1;
-    if (op.type !== Cmd.READ) return 0;
-    // A request that already failed (timeout, close) no longer owns its buffer: discard.
-    return op.done ? op.length : op.data!;
-  };
-
-  readonly #onData = (chunk: Buffer): void => {
-    const parser = this.#parser!;
-    parser.push(chunk);
-    for (let ev = parser.next(); ev !== null; ev = parser.next()) {
-      if (ev.kind !== 'simple') {
-        this.destroy(ev.kind === 'fatal' ? ev.reason : 'unexpected structured reply');
-        return;
-      }
-      const op = this.inflight.get(ev.cookieLo)!;
-      if (op === undefined) {
-        this.destroy(`reply for unknown cookie ${ev.cookieLo}`);
-        return;
-      }
-      this.inflight.delete(ev.cookieLo);
-      op.conn = null;
-      this.#owner.complete(op, ev.error === 0 ? 0 : wireErrno(ev.error));
-    }
-  };
-
-  readonly #onError = (err: Error): void => {
-    this.#lastError = err.message;
-  };
-
-  readonly #onClose = (): void => {
-    this.socket = null;
-    this.ready = false;
-    this.blocked = false;
-    this.#corked = false;
-    this.#parser = null;
-    const ops = [...this.inflight.values()];
-    this.inflight.clear();
-    for (const op of ops) op.conn = null;
-    this.#owner.lost(this, ops, this.#lastError || 'connection closed by the remote');
-  };
-
-  readonly #onDrain = (): void => {
-    this.blocked = false;
-    this.#owner.pump();
-  };
-
-  readonly #uncork = (): void => {
-    this.#corked = false;
-    this.socket?.uncork();
-  };
-}
 
 class NbdOrigin implements Origin, ConnectionOwner {
   readonly size: number;
@@ -254,6 +62,11 @@ class NbdOrigin implements Origin, ConnectionOwner {
   #nextCookie = 1;
   /** Non-zero once the origin can no longer serve (size changed): every request fails with it. */
   #broken = 0;
+  /**
+   * Acknowledged writes that may be gone: their connection was lost, or a FLUSH on it failed,
+   * before a FLUSH covered them. The next Origin.flush fails (once) because of them.
+   */
+  #atRisk = { writes: 0, bytes: 0 };
   #closing: Promise<void> | null = null;
 
   constructor(spec: NbdOriginSpec, conns: Connection[], exp: NegotiatedExport, description: string, log: () => OriginLogger) {
@@ -278,8 +91,24 @@ class NbdOrigin implements Origin, ConnectionOwner {
   }
 
   flush(cb: Done): void {
+    // Without FLUSH the remote has no volatile cache to lose: a completed write is durable.
     if (!this.#has(TxFlag.SEND_FLUSH)) return this.#later(cb, 0);
-    this.#submitSplit(Cmd.FLUSH, 0, 0, 0, null, 1, cb, false);
+    if (this.#closing !== null) return this.#later(cb, NbdErr.ESHUTDOWN);
+    if (this.#broken !== 0) return this.#later(cb, this.#broken);
+    if (this.#atRisk.writes > 0) {
+      this.#reportAtRisk();
+      return this.#later(cb, NbdErr.EIO);
+    }
+    const g = new Group(cb);
+    g.originFlush = true;
+    const uncovered = this.#conns.filter((c) => c.ready && c.incarnation.unflushed > 0);
+    if (uncovered.length === 0) {
+      // Nothing to cover; one FLUSH wherever it can go still asks the remote for durability.
+      this.#enqueue(Cmd.FLUSH, 0, 0, 0, null, g);
+      this.pump();
+      return;
+    }
+    for (const c of uncovered) this.#flushOn(c.incarnation, g);
   }
 
   trim(off: number, len: number, fua: boolean, cb: Done): void {
@@ -319,31 +148,45 @@ class NbdOrigin implements Origin, ConnectionOwner {
 
   // ---- ConnectionOwner ----
 
-  complete(op: Op, errno: number): void {
+  complete(op: Op, errno: number, inc: Incarnation | null): void {
+    if (op.type === Cmd.FLUSH && inc !== null) {
+      if (errno === 0) inc.cover(op.coverAcked, op.coverBytes);
+      // A failed FLUSH may have dropped what it was to make durable (reference/devices.md).
+      else this.#endanger(inc);
+    }
     if (op.done) return;
     op.done = true;
     this.#outstanding.delete(op);
     const g = op.group;
     if (errno !== 0 && g.error === 0) g.error = errno;
+    if (errno === 0 && inc !== null && g.carriers !== null && isEffect(op.type)) g.carriers.add(inc);
     if (--g.remaining > 0) return;
     if (g.error === 0 && g.flushAfter) {
       g.flushAfter = false;
-      this.#enqueue(Cmd.FLUSH, 0, 0, 0, null, g);
-      this.pump();
-      return;
+      for (const carrier of g.carriers!) this.#flushOn(carrier, g);
+      if (g.remaining > 0) return;
     }
+    // A failed Origin.flush tells the caller that everything since its last good flush may be
+    // lost, which includes every write at risk so far: that is their one report.
+    if (g.error !== 0 && g.originFlush) this.#reportAtRisk();
     g.cb(g.error);
   }
 
-  lost(conn: Connection, ops: Op[], reason: string): void {
+  lost(conn: Connection, ops: Op[], reason: string, inc: Incarnation): void {
     if (this.#closing !== null || this.#broken !== 0) return;
+    const unflushed = { writes: inc.unflushed, bytes: inc.unflushedBytes };
+    if (this.#has(TxFlag.SEND_FLUSH)) this.#endanger(inc);
     const live = ops.filter((op) => !op.done);
-    this.#log().warn({ origin: this.description, inFlight: live.length, reason }, 'NBD origin connection lost; reconnecting');
-    if (live.length > 0) {
-      this.#queue = live.concat(this.#queue.slice(this.#queueHead));
+    this.#log().warn({ origin: this.description, inFlight: live.length, unflushedWrites: unflushed.writes, unflushedBytes: unflushed.bytes, reason },
+      'NBD origin connection lost; reconnecting');
+    // A FLUSH covers only its own connection's writes: re-sent on another one it would prove nothing.
+    const resend = live.filter((op) => op.pin === null);
+    if (resend.length > 0) {
+      this.#queue = resend.concat(this.#queue.slice(this.#queueHead));
       this.#queueHead = 0;
     }
     this.#scheduleReconnect(conn);
+    for (const op of live) if (op.pin !== null) this.complete(op, NbdErr.EIO, null);
   }
 
   pump(): void {
@@ -359,14 +202,49 @@ class NbdOrigin implements Origin, ConnectionOwner {
       }
       const op = q[this.#queueHead++];
       if (op.done) continue;
-      conn.send(op, this.#nextCookie);
-      this.#nextCookie = (this.#nextCookie + 1) >>> 0 || 1;
+      conn.send(op, this.#takeCookie());
     }
     q.length = 0;
     this.#queueHead = 0;
   }
 
   // ---- internals ----
+
+  #takeCookie(): number {
+    const c = this.#nextCookie;
+    this.#nextCookie = (c + 1) >>> 0 || 1;
+    return c;
+  }
+
+  /** A FLUSH for `g` on incarnation `inc` only: EIO if that connection is gone (never moved to another). */
+  #flushOn(inc: Incarnation, g: Group): void {
+    const op = new Op(Cmd.FLUSH, 0, 0, 0, null, g, Date.now() + this.#timeoutMs);
+    op.pin = inc;
+    g.remaining++;
+    this.#outstanding.add(op);
+    if (this.#deadlineTimer === null) this.#armDeadline(op.deadline);
+    const conn = inc.conn;
+    if (!inc.alive || !conn.ready || conn.incarnation !== inc) {
+      process.nextTick(() => this.complete(op, NbdErr.EIO, null));
+      return;
+    }
+    conn.send(op, this.#takeCookie());
+  }
+
+  /** What `inc` acknowledged and no FLUSH covered may be gone: at risk until the next flush reports it. */
+  #endanger(inc: Incarnation): void {
+    this.#atRisk.writes += inc.unflushed;
+    this.#atRisk.bytes += inc.unflushedBytes;
+    inc.cover(inc.acked, inc.ackedBytes);
+  }
+
+  #reportAtRisk(): void {
+    const { writes, bytes } = this.#atRisk;
+    if (writes === 0) return;
+    this.#atRisk = { writes: 0, bytes: 0 };
+    this.#log().error({ origin: this.description, writes, bytes },
+      'NBD origin may have lost acknowledged writes no FLUSH had covered (connection lost or FLUSH failed): this flush fails; they must be written again');
+  }
 
   #has(flag: TxFlag): boolean {
     return (this.#txFlags & flag) !== 0;
@@ -384,7 +262,10 @@ class NbdOrigin implements Origin, ConnectionOwner {
     const g = new Group(cb);
     if (fua) {
       if (this.#has(TxFlag.SEND_FUA)) flags |= CmdFlag.FUA;
-      else if (this.#has(TxFlag.SEND_FLUSH)) g.flushAfter = true;
+      else if (this.#has(TxFlag.SEND_FLUSH)) {
+        g.flushAfter = true;
+        g.carriers = new Set();
+      }
     }
     // The zero buffer is reused for every piece; other data is cut into views.
     const shared = data === zeroBuffer;
@@ -428,7 +309,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
     const stuck = new Set<Connection>();
     for (const op of expired) {
       if (op.conn !== null) stuck.add(op.conn);
-      this.complete(op, NbdErr.EIO);
+      this.complete(op, NbdErr.EIO, null);
     }
     // A remote that sits on a request this long is treated as dead. Closing the socket also
     // drops any queued write whose caller has just been told it failed and may reuse its buffer.
@@ -479,7 +360,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
   }
 
   #failAll(errno: number): void {
-    for (const op of [...this.#outstanding]) this.complete(op, errno);
+    for (const op of [...this.#outstanding]) this.complete(op, errno, null);
     this.#queue = [];
     this.#queueHead = 0;
   }
@@ -516,8 +397,8 @@ export async function openNbdOrigin(spec: NbdOriginSpec, opts: { logger?: Origin
   // The owner is only known once the first handshake told us the size; route through a holder.
   let origin: NbdOrigin | null = null;
   const owner: ConnectionOwner = {
-    complete: (op, errno) => origin?.complete(op, errno),
-    lost: (conn, ops, reason) => origin?.lost(conn, ops, reason),
+    complete: (op, errno, inc) => origin?.complete(op, errno, inc),
+    lost: (conn, ops, reason, inc) => origin?.lost(conn, ops, reason, inc),
     pump: () => origin?.pump(),
   };
   const first = new Connection(owner, target);

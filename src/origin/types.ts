@@ -33,8 +33,18 @@ export interface Origin {
 
   /** Fill dst (dst.length bytes) from offset off. */
   read(off: number, dst: Uint8Array, cb: Done): void;
+  /** Durable on success with `fua`; otherwise only once a later flush succeeds. */
   write(off: number, src: Uint8Array, fua: boolean, cb: Done): void;
-  /** Make every completed write durable. */
+  /**
+   * Make every write completed before this call durable; success means exactly that.
+   *
+   * A failure (any errno) means: writes completed since the last successful flush may be lost,
+   * and a later flush may succeed without them (Linux reports a writeback error to one fsync and
+   * may drop the pages; an NBD connection lost with unflushed writes takes them along). So the
+   * caller must write all of them again before it trusts any later flush: retrying a failed flush
+   * proves nothing. An origin reports such a loss once, to the next flush, also when it happened
+   * outside one (a FUA write's sync failed; an NBD connection dropped and was re-established).
+   */
   flush(cb: Done): void;
   trim(off: number, len: number, fua: boolean, cb: Done): void;
   zero(off: number, len: number, flags: ZeroFlags, cb: Done): void;

@@ -18,13 +18,13 @@ import { ExtentIndex } from '../../src/cache/index/extent-index.js';
 import { collectLog } from '../../src/cache/key-log.js';
 import { limitsOf, readKsetAt } from '../../src/cache/log.js';
 import { needsWriteback, type CacheKey } from '../../src/cache/kset.js';
-import type { Done } from '../../src/origin/types.js';
+import type { Done, Origin } from '../../src/origin/types.js';
 import { SUBTREE_SIZE } from '../../src/ring/layout.js';
 import { CrashNow, FaultyDevice, NO_FAULTS, SimOrigin, ThreadDevice, type DeviceFaults } from './sim-devices.js';
 import { EpochHistory, Model, SECTOR, anyVersion, describeSector, identify, sectorPattern } from './sim-model.js';
 
 export { SECTOR, sectorPattern, identify, describeSector, Model } from './sim-model.js';
-export { CrashNow, FaultyDevice, SimOrigin } from './sim-devices.js';
+export { CrashNow, FaultyDevice, MemOrigin, SimOrigin } from './sim-devices.js';
 
 const EIO = 5;
 
@@ -65,7 +65,7 @@ export class SimCache {
   private readonly journals: KeyJournal[];
   private readonly inflight: Set<{ cb: Done; done: boolean }>[];
 
-  constructor(readonly dev: FaultyDevice, readonly origin: SimOrigin, readonly opts: SimOptions) {
+  constructor(readonly dev: FaultyDevice, readonly origin: SimOrigin | (Origin & { handle?: undefined }), readonly opts: SimOptions) {
     this.opened = openCache(dev, { originSize: opts.originSize, dataCrc: opts.dataCrc, stripes: opts.stripes, format: false, segmentSize: opts.segmentSize, gcPercent: opts.gcPercent, indexMaxBytes: 4 << 20 });
     const sh = this.opened.shared;
     sh.setTunables({ autocommitMs: 1000, cacheFullWaitMs: 50, cacheFullMaxWaitMs: 100_000 });
@@ -74,8 +74,13 @@ export class SimCache {
     this.journals = this.opened.indexes.map(() => KeyJournal.create(1 << 11));
     this.inflight = this.opened.indexes.map(() => new Set());
     this.engines = this.opened.indexes.map((_, i) => this.makeEngine(i, false));
-    this.wb = new Writeback(dev, this.threadShared(WRITEBACK_OWNER, null), this.opened.geometry, origin.handle(), { batchKsets: 2 });
+    this.wb = new Writeback(dev, this.threadShared(WRITEBACK_OWNER, null), this.opened.geometry, this.originHandle(), { batchKsets: 2 });
     this.gc = new Gc(dev, this.threadShared(GC_OWNER, null), this.opened.geometry, { batchKsets: 4 });
+  }
+
+  /** Each thread's own descriptor on the origin (a plain test origin is shared). */
+  private originHandle(): Origin {
+    return this.origin.handle ? this.origin.handle() : this.origin;
   }
 
   static deviceBytes(o: SimOptions): number {
@@ -94,7 +99,7 @@ export class SimCache {
     this.threads[i] = thread;
     const index = respawned ? ExtentIndex.attach(this.opened.indexes[i]!.sabs, 'writer') : this.opened.indexes[i]!;
     return new StripeEngine({
-      dev: thread, shared: this.threadShared(STRIPE_OWNER + i, thread), index, geometry: this.opened.geometry, origin: this.origin.handle(),
+      dev: thread, shared: this.threadShared(STRIPE_OWNER + i, thread), index, geometry: this.opened.geometry, origin: this.originHandle(),
       blockCrc: this.opened.blockCrc ? new Int32Array(this.opened.blockCrc) : null, now: () => this.clock, journal: this.journals[i],
     });
   }
@@ -216,7 +221,7 @@ export class SimCache {
     if (this.wb.pending) throw new Error('writeback did not drain');
     // A failed origin flush leaves the last writes unconfirmed; writeback repeats them until a flush holds.
     let flushed = -1;
-    this.origin.flush((e) => { flushed = e; });
+    this.origin.flush((e: number) => { flushed = e; });
     if (flushed !== 0) throw new Error('the origin refused its final flush');
   }
 }
@@ -233,7 +238,7 @@ function forensics(cache: SimCache, sector: number): string {
   out.push(`scan stop ${JSON.stringify(stop)}`);
   const e = cache.opened.indexes[Math.floor(off / SUBTREE_SIZE) % cache.opened.indexes.length]!;
   e.lookup(off, SECTOR, (o, l, x) => out.push(`index ${o}+${l}: ${JSON.stringify(x)}`));
-  out.push(`origin holds ${describeSector(cache.origin.data.subarray(off, off + SECTOR))}`);
+  if (cache.origin instanceof SimOrigin) out.push(`origin holds ${describeSector(cache.origin.data.subarray(off, off + SECTOR))}`);
   return out.join('\n');
 }
 

@@ -208,3 +208,21 @@ export class SimOrigin implements Origin {
     return o;
   }
 }
+
+/** A durable, synchronous origin in memory: the base for tests' own origins with special failures. */
+export class MemOrigin implements Origin {
+  readonly data: Buffer;
+  readonly description = 'memory';
+  readonly readOnly = false;
+  readonly synchronous = true;
+  readonly canFastZero = true;
+  constructor(readonly size: number) { this.data = Buffer.alloc(size); }
+  read(off: number, dst: Uint8Array, cb: Done): void { this.data.copy(dst, 0, off, off + dst.length); cb(0); }
+  write(off: number, src: Uint8Array, _fua: boolean, cb: Done): void { this.data.set(src, off); cb(0); }
+  flush(cb: Done): void { cb(0); }
+  trim(off: number, len: number, _fua: boolean, cb: Done): void { this.data.fill(0, off, off + len); cb(0); }
+  zero(off: number, len: number, _f: ZeroFlags, cb: Done): void { this.data.fill(0, off, off + len); cb(0); }
+  cache(_off: number, _len: number, cb: Done): void { cb(0); }
+  blockStatus(_off: number, len: number, _max: number, cb: (errno: number, e: Extent[]) => void): void { cb(0, [{ length: len, flags: 0 }]); }
+  async close(): Promise<void> {}
+}
