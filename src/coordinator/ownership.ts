@@ -68,10 +68,10 @@ function named(path: string): string {
   return real === path ? path : `${path} (${real})`;
 }
 
-function inUse(req: ClaimRequest, block: boolean, holder: Holder | null, extra = ''): PcachedError {
+function inUse(req: ClaimRequest, block: boolean, holder: Holder | null): PcachedError {
   const subject = `${what(req, block)} ${named(req.path)}`;
   if (holder === null) {
-    return new PcachedError('ERR_IN_USE', `${subject} is locked by another process${extra} (its PID is not in /proc/locks): stop it first`);
+    return new PcachedError('ERR_IN_USE', `${subject} is locked by another process (its PID is not in /proc/locks): stop it first`);
   }
   const desc = describeProcess(holder.pid);
   const pcached = desc !== null && desc.startsWith('pcached');
@@ -139,7 +139,7 @@ function holdClaim(req: ClaimRequest, c: { fd: number; st: fs.BigIntStats; block
       if (attempt >= 2) throw inUse(req, block, null);
     }
     const other = otherKind();
-    if (other) throw inUse(req, block, other, ' (a pcached without its native addon)');
+    if (other) throw inUse(req, block, other);
     const claim: DeviceClaim = { role: req.role, path: req.path, mode, method: `${prefix}flock` };
     held.push({ fd, claim, releaseLockFile: null });
     return claim;
