@@ -8,14 +8,15 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
-import { linkSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkDistinctFiles } from '../src/daemon/files.js';
 import type { CacheConfig } from '../src/config/types.js';
 import { isPcachedError } from '../src/util/errors.js';
 import { flockHolders, mountPointOf } from '../src/util/proc-info.js';
-import { killPid, pidRunning, spawnPcached, waitFor, within, writeConfig } from './helpers/lifecycle.js';
+import { killPid, pidRunning, sleep, spawnPcached, spawnTracked, waitFor, within, writeConfig } from './helpers/lifecycle.js';
+import { startNbdkit } from './helpers/nbdkit.js';
 import {
   checkBlocks, checkRefused, endpoint, escapeRe, makeScenario, refused, serve, startArgs, stop, writeBlocks, type Scenario,
 } from './helpers/cache-scenario.js';
@@ -269,4 +270,40 @@ t_('one config naming one cache file twice (a symlink) is refused before any coo
   t.truthy(line);
   t.notRegex(proc.output(), /coordinator forked|childPid/);
   t.is(readFileSync(s.cache).length, 0, 'nothing was written');
+});
+
+const slowWhy = why ?? needTools('nbdkit');
+
+t_('an orphan with a request stuck on a slow origin drains for 2 s, then leaves by its 10 s deadline and releases its locks' + skipSuffix(slowWhy), async (t) => {
+  t.timeout(120_000);
+  const s = makeScenario(t, 'pcached-own-slow-', 2 ** 20);
+  const originSock = join(s.dir, 'origin.sock');
+  // Every origin read takes 30 s: a read miss stays in flight far longer than the orphan may wait.
+  const origin = await startNbdkit(originSock, ['memory', 'size=64M', '--filter=delay', 'delay-read=30']);
+  t.teardown(() => origin.kill());
+  const ep = endpoint(s, 'vol');
+  const d = await serve(t, startArgs({ origin: `nbd+unix:///?socket=${originSock}`, cache: s.cache }, ep, ['--log-level', 'info']), ep, s.dir);
+  const reader = spawnTracked('nbdsh', ['-u', ep.uri, '-c', `
+import nbd, time
+buf = nbd.Buffer(4096)
+h.aio_pread(buf, 1 << 20)
+print('sent', flush=True)
+time.sleep(120)
+`], { env: TOOL_ENV });
+  t.teardown(() => reader.stop('SIGKILL').then(() => undefined));
+  await waitFor('the read to be in flight', () => reader.output().includes('sent'), 30_000, 20);
+  await sleep(300);
+  const orphan = d.coord;
+  const t0 = Date.now();
+  process.kill(d.proc.pid, 'SIGKILL');
+  await waitFor('the orphan to exit', () => !pidRunning(orphan), 20_000, 20);
+  const ms = Date.now() - t0;
+  d.coord = 0;
+  t.log(`orphan with a 30 s origin read in flight exited after ${ms} ms`);
+  t.true(ms >= 1500, `it drained before giving up (${ms} ms)`);
+  t.true(ms < 12_000, `it left by its deadline, not after the read (${ms} ms)`);
+  const st = statSync(s.cache, { bigint: true });
+  t.deepEqual(flockHolders(st.dev, st.ino), [], 'the cache file lock went with the process');
+  await within(d.proc.exited, 10_000, -1);
+  t.regex(d.proc.output(), /"why":"supervisor went away"/);
 });
