@@ -83,7 +83,9 @@ function buildProgram(io: CliIo): Command {
     .option('--gc-percent <n>', 'garbage collection runs above this percentage of segments in use (0-90)')
     .option('--sequential-cutoff <size>', 'sequential read runs longer than this bypass the cache (0 = off)')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
-    .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.`)
+    .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.\n`
+      + 'The cache file and a local origin are locked while the daemon runs (flock; O_EXCL on block devices): a second daemon on them is refused, naming the PID that holds them.\n'
+      + 'Without the native addon the locks are lock files in $PCACHED_LOCK_DIR (default /run/lock/pcached, or $TMPDIR/pcached-locks).')
     .action(async (opts: StartFlags) => {
       await startDaemon(io, opts);
     });
