@@ -24,6 +24,7 @@ import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
 import { promotionHits } from '../../config/schema.js';
 import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
+import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
 
 const RING_CAPACITY = 1024;
@@ -407,8 +408,8 @@ export class Coordinator {
    * `pcached detach NAME` (after `clean`): release the cache file and keep serving from the origin.
    * Refused while anything is dirty. The cleaner goes on first, so no write can make new dirty
    * data meanwhile; then the stripes let go of their engines (finishing what is in motion), the
-   * writeback and GC threads stop, the cache info is marked "detached clean" and the file closed:
-   * it can be deleted, or attached again (the next start formats it afresh).
+   * writeback and GC threads stop, the cache info is marked "detached clean", the file closed and
+   * its lock released: it can be deleted, reused, or attached again (the next start formats it afresh).
    */
   async #detach(): Promise<unknown> {
     const rt = this.#cacheRt;
@@ -423,6 +424,8 @@ export class Coordinator {
     await rt.stopWorkers();
     rt.markDetached();
     await rt.close();
+    // Nothing of this process touches the file any more: others may have it now.
+    releaseDevice('cache');
     this.#cacheRt = null;
     this.#detached = true;
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);

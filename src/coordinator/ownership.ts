@@ -51,8 +51,8 @@ export interface ClaimOptions {
 }
 
 /**
- * Descriptors held for the life of the process. Never closed: closing one would drop its lock
- * while worker threads may still write.
+ * Descriptors held for the life of the process. Never closed (but by a detach, once nothing uses
+ * the file): closing one would drop its lock while worker threads may still write.
  */
 const held: { fd: number | null; claim: DeviceClaim; releaseLockFile: (() => void) | null }[] = [];
 
@@ -159,6 +159,20 @@ export function claimCacheDevices(cache: Pick<CacheConfig, 'name' | 'cache' | 'o
   const claims = [claimDevice({ role: 'cache', path: cache.cache, shared: false, cacheName: cache.name }, opts)];
   if (!isUri(cache.origin)) claims.push(claimDevice({ role: 'origin', path: cache.origin, shared: cache.readOnly, cacheName: cache.name }, opts));
   return claims;
+}
+
+/**
+ * `pcached detach`, once every thread has let go of the cache file: its claim is dropped, so the
+ * device can be reused at once (mkfs, another cache) while the volume is served from the origin.
+ */
+export function releaseDevice(role: DeviceRole): void {
+  for (let i = held.length - 1; i >= 0; i--) {
+    const h = held[i]!;
+    if (h.claim.role !== role) continue;
+    h.releaseLockFile?.();
+    if (h.fd !== null) fs.closeSync(h.fd);
+    held.splice(i, 1);
+  }
 }
 
 /**
