@@ -146,7 +146,13 @@ function holdClaim(req: ClaimRequest, c: { fd: number; st: fs.BigIntStats; block
   }
   const other = otherKind();
   if (other) throw inUse(req, block, other);
-  const r = claimLockFile(dir, key, mode, { path: req.path, role: req.role, cache: req.cacheName });
+  let r: ReturnType<typeof claimLockFile>;
+  try {
+    r = claimLockFile(dir, key, mode, { path: req.path, role: req.role, cache: req.cacheName });
+  } catch (err) {
+    throw new PcachedError(req.role === 'cache' ? 'ERR_CACHE_FILE' : 'ERR_ORIGIN',
+      `cannot lock ${req.path}: without the native addon a lock file in ${dir} stands in for flock, and it cannot be written (${(err as Error).message}); set PCACHED_LOCK_DIR to a writable folder`, { cause: err });
+  }
   if ('holder' in r) throw inUse(req, block, r.holder);
   const claim: DeviceClaim = { role: req.role, path: req.path, mode, method: `${prefix}lock file ${r.file}` };
   held.push({ fd: c.excl ? fd : null, claim, releaseLockFile: r.release });
