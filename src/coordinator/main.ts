@@ -40,9 +40,12 @@ function shutdown(why: string, orphaned = false): Promise<void> {
     log.info({ why }, 'shutting down');
     shuttingDown = (async () => {
       try {
-        await coordinator?.shutdown(orphaned ? { drainMs: ORPHAN_DRAIN_MS, prompt: true } : {});
-        // Every thread that could write has stopped: the fallback's lock files may go now.
-        releaseLockFiles();
+        if (coordinator) {
+          await coordinator.shutdown(orphaned ? { drainMs: ORPHAN_DRAIN_MS, prompt: true } : {});
+          // Every thread that could write has stopped: the fallback's lock files may go now. (A
+          // coordinator still starting may be writing; its files go stale when the process exits.)
+          releaseLockFiles();
+        }
       } catch (err) {
         log.error({ err }, 'shutdown failed');
         process.exitCode = 1;
