@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import { checkDistinctFiles } from '../src/daemon/files.js';
 import type { CacheConfig } from '../src/config/types.js';
 import { isPcachedError } from '../src/util/errors.js';
-import { flockHolders, mountPointOf } from '../src/util/proc-info.js';
+import { flockHolders, mountPointOf, processStartTime } from '../src/util/proc-info.js';
+import { claimLockFile } from '../src/coordinator/lock-file.js';
 import { killPid, pidRunning, sleep, spawnPcached, spawnTracked, waitFor, within, writeConfig } from './helpers/lifecycle.js';
 import { startNbdkit } from './helpers/nbdkit.js';
 import {
@@ -55,6 +56,39 @@ test('flockHolders reads /proc/locks by device and inode, skipping waiters; moun
   const mountinfo = '36 35 7:3 / /mnt/my\\040disk rw,relatime shared:1 - ext4 /dev/loop3 rw\n37 35 8:1 / / rw - ext4 /dev/sda1 rw';
   t.is(mountPointOf(7 * 256 + 3, mountinfo), '/mnt/my disk');
   t.is(mountPointOf(7 * 256 + 4, mountinfo), null);
+});
+
+test('lock files: exclusive against anyone, shared beside shared; a dead owner\'s file (or a reused PID\'s) is stale and removed', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-own-lf-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // Another live process as a holder: the test runner that forked this worker.
+  const other = process.ppid;
+  const start = processStartTime(other)!;
+  writeFileSync(join(dir, `fkey.${other}-${start}.sh`), '{}');
+  const ex = claimLockFile(dir, 'fkey', 'exclusive', {});
+  t.deepEqual(ex, { holder: { pid: other, mode: 'shared' } });
+  t.deepEqual(readdirSync(dir), [`fkey.${other}-${start}.sh`], 'a refused claim leaves no file behind');
+  const sh = claimLockFile(dir, 'fkey', 'shared', {});
+  if ('holder' in sh) return t.fail('two shared claims conflict');
+  t.is(readdirSync(dir).length, 2);
+  sh.release();
+  // An exclusive holder refuses a shared claim too.
+  rmSync(join(dir, `fkey.${other}-${start}.sh`));
+  writeFileSync(join(dir, `fkey.${other}-${start}.ex`), '{}');
+  t.deepEqual(claimLockFile(dir, 'fkey', 'shared', {}), { holder: { pid: other, mode: 'exclusive' } });
+  // The same PID with another start time is a later process: the file is stale.
+  rmSync(join(dir, `fkey.${other}-${start}.ex`));
+  writeFileSync(join(dir, `fkey.${other}-1.ex`), '{}');
+  const dead = spawnSync('true').pid!;
+  writeFileSync(join(dir, `fkey.${dead}-${start}.ex`), '{}');
+  writeFileSync(join(dir, `other.${other}-${start}.ex`), '{}');
+  const mine = claimLockFile(dir, 'fkey', 'exclusive', { path: '/x' });
+  if ('holder' in mine) return t.fail(`stale files were taken for holders: ${JSON.stringify(mine)}`);
+  t.deepEqual(readdirSync(dir).sort(), [`fkey.${process.pid}-${processStartTime(process.pid)}.ex`, `other.${other}-${start}.ex`].sort(), 'stale files removed, other keys untouched');
+  t.like(JSON.parse(readFileSync(mine.file, 'utf8')), { pid: process.pid, mode: 'exclusive', path: '/x' });
+  t.deepEqual(claimLockFile(dir, 'fkey', 'exclusive', {}), { holder: { pid: process.pid, mode: 'exclusive' } }, 'a second claim by the same process conflicts, as flock does');
+  mine.release();
+  t.deepEqual(readdirSync(dir), [`other.${other}-${start}.ex`]);
 });
 
 test('config check: one file under two names for two caches is refused up front; read-only caches may share an origin', (t) => {
