@@ -31,6 +31,7 @@ export interface RawCache {
   readOnly: boolean;
   description: string;
   format: boolean;
+  discardDirty: boolean;
   originTimeoutMs: number;
   originConnections: number;
   slabSize: string | number;
@@ -321,11 +322,19 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       },
     },
     format: {
-      doc: 'Allow formatting a cache device that holds something else. Without it such a device is refused.',
+      doc: 'Allow formatting a cache device that holds something else, or a cache formatted for other settings (another origin size, the other dataCrc). Without it such a device is refused. A cache that still holds dirty data (flushed, not yet written back to the origin) is refused even so, unless `discardDirty` is set too: write it back first (start with its old settings, `pcached clean NAME`).',
       accepts: 'boolean',
       default: false,
       flag: '--format',
       env: 'PCACHED_FORMAT',
+      format: 'pcached-boolean',
+    },
+    discardDirty: {
+      doc: 'With `format` only: format a cache even though it holds dirty data, which is then lost (a warning names how much). Meant for one start (`--format --discard-dirty`), not for a config file.',
+      accepts: 'boolean',
+      default: false,
+      flag: '--discard-dirty',
+      env: 'PCACHED_DISCARD_DIRTY',
       format: 'pcached-boolean',
     },
     originTimeoutMs: {

@@ -5,12 +5,13 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nbdUri, makeSparseFile } from './helpers/daemon.js';
 import { pcachedCli, sleep, startServing, statusJson, stopGracefully, waitFor, type RunningDaemon } from './helpers/lifecycle.js';
 import { describe, needTools, nbdshJson, skipSuffix } from './helpers/tools.js';
+import { flockHolders } from '../src/util/proc-info.js';
 
 const MiB = 1 << 20;
 const NAME = 'vol';
@@ -209,6 +210,8 @@ t_('pcached detach: everything written back, the cache file released and marked 
   const { readdirSync, readlinkSync } = await import('node:fs');
   const open = readdirSync(`/proc/${e.d.coord}/fd`).map((fd) => { try { return readlinkSync(`/proc/${e.d.coord}/fd/${fd}`); } catch { return ''; } });
   t.false(open.some((p) => p.endsWith('cache.img')), `the cache file is closed: ${open.filter((p) => p.includes('cache')).join(' ')}`);
+  const cst = statSync(join(e.dir, 'cache.img'), { bigint: true });
+  t.deepEqual(flockHolders(cst.dev, cst.ino), [], 'and its lock is released (another daemon may take the file)');
   const inspect = await pcachedCli(['inspect', '--cache', join(e.dir, 'cache.img'), '--json']);
   t.is((JSON.parse(inspect.stdout) as { cacheInfo: { flags: number } }).cacheInfo.flags, 1, 'marked detached');
   // Still serving: reads and writes go to the origin.

@@ -399,6 +399,8 @@ t_('a cache formatted for a 64 MiB origin is refused for a 128 MiB origin (both 
   const tr = tracker(t);
   const d = await start(tr, e);
   await nbdWrite(e, makeWrites(4, 4), 'a');
+  // --format refuses a cache holding dirty data (cache-format-dirty.test.ts): write it back first.
+  await drained(e);
   await stop(t, d);
   // The same origin path, grown to 128 MiB (the new half reads as zeros).
   truncateSync(e.origin, 2 * ORIGIN_SIZE);
@@ -434,7 +436,7 @@ t_('a cache formatted without --data-crc is refused with --data-crc (and vice ve
   // The refusal changed nothing: a start with the original setting still serves the same data.
   const d2 = await start(tr, e);
   t.is(firstDiff(await nbdReadAll(e, ORIGIN_SIZE), model.img), null);
-  // Reformatting drops whatever is still dirty in the cache: let writeback finish first.
+  // --format refuses while anything is dirty in the cache: let writeback finish first.
   await drained(e);
   await stop(t, d2);
 

@@ -6,7 +6,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { freshDir, startDaemon, type Daemon } from './helpers/daemon.js';
+import { freshDir, makeSparseFile, startDaemon, type Daemon } from './helpers/daemon.js';
 import {
   BLOCK, checkWriterResult, coordinatorPid, killPid, pidRunning, socketAccepts, spawnPcached, startWriter, statusJson, waitFor, within, writeRead,
 } from './helpers/lifecycle.js';
@@ -115,7 +115,10 @@ async function collide(t: ExecutionContext, collideOn: 'nbd' | 'control') {
     killPid(coord);
     rmSync(other, { recursive: true, force: true });
   });
-  const args = ['--origin', d.origin!, '--cache', join(other, 'cache.img'), '--cache-size', '64M', '--tcp', '', '--name', 'vol', '--stripes', '1',
+  // An origin of its own: the first daemon holds its origin locked, which would be refused first.
+  const origin = join(other, 'origin.img');
+  makeSparseFile(origin, 64 << 20);
+  const args = ['--origin', origin, '--cache', join(other, 'cache.img'), '--cache-size', '64M', '--tcp', '', '--name', 'vol', '--stripes', '1',
     '--unix', collideOn === 'nbd' ? d.sock : join(other, 'nbd.sock'),
     '--control', collideOn === 'control' ? d.control : join(other, 'control.sock'),
     '--log-level', 'warn'];

@@ -1,4 +1,4 @@
-// The C addon (src/native): its calls on real sparse files, argument checking, and loading in
+// The C addon (src/native): its calls on real (sparse) files, argument checking, and loading in
 // worker threads. Skipped as a whole when the addon is not built (the fallback is tested in
 // origin-file.test.ts).
 
@@ -7,10 +7,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
 import { native, nativeAvailable, nativeUnavailableReason } from '../src/native/index.js';
 
 const KiB = 1024;
-const { ENXIO, ENOTTY, EBADF, EINVAL } = os.constants.errno;
+const { ENXIO, ENOTTY, EBADF, EINVAL, EWOULDBLOCK } = os.constants.errno;
 const maybe = nativeAvailable() ? test : test.skip;
 const n = native!;
 
@@ -120,11 +121,83 @@ maybe('malformed arguments throw a TypeError instead of crashing', (t) => {
     ['blkGetSize64', [], 'ERR_MISSING_ARGS'],
     ['blkDiscard', [2 ** 40, 0, 0], 'ERR_INVALID_ARG_TYPE'],
     ['blkZeroOut', [3, 0n, 0], 'ERR_INVALID_ARG_TYPE'],
+    ['flock', [3], 'ERR_MISSING_ARGS'],
+    ['flock', [3, '2'], 'ERR_INVALID_ARG_TYPE'],
+    ['fadvise', [3, 0, 0], 'ERR_MISSING_ARGS'],
+    ['fadvise', [3, 0, 0.5, 4], 'ERR_INVALID_ARG_TYPE'],
   ];
   for (const [fn, args, code] of bad) {
     const err = t.throws(() => loose[fn](...args), { instanceOf: TypeError }, `${fn}(${args.map(String).join(', ')})`);
     t.is((err as NodeJS.ErrnoException | undefined)?.code, code);
   }
+});
+
+maybe('exports the flock and fadvise constants of Linux', (t) => {
+  t.is(n.LOCK_SH, 1);
+  t.is(n.LOCK_EX, 2);
+  t.is(n.LOCK_NB, 4);
+  t.is(n.LOCK_UN, 8);
+  t.is(n.POSIX_FADV_DONTNEED, 4);
+});
+
+maybe('flock: two open file descriptions of one file conflict, even in one process and through a hard link', (t) => {
+  const { path: file, fd } = tempFile(t, 4 * KiB);
+  const other = fs.openSync(file, 'r');
+  const viaLink = path.join(path.dirname(file), 'hardlink');
+  fs.linkSync(file, viaLink);
+  const linked = fs.openSync(viaLink, 'r');
+  t.teardown(() => { fs.closeSync(other); fs.closeSync(linked); });
+  t.is(n.flock(fd, n.LOCK_EX | n.LOCK_NB), 0);
+  t.is(n.flock(other, n.LOCK_EX | n.LOCK_NB), -EWOULDBLOCK, 'another description of the same file');
+  t.is(n.flock(linked, n.LOCK_SH | n.LOCK_NB), -EWOULDBLOCK, 'the same inode through a hard link');
+  // The kernel lists it in /proc/locks under this process's PID and the file's inode.
+  const ino = fs.fstatSync(fd).ino;
+  const mine = fs.readFileSync('/proc/locks', 'utf8').split('\n').filter((l) => / FLOCK /.test(l) && l.includes(`:${ino} `));
+  t.true(mine.some((l) => l.includes(` WRITE ${process.pid} `)), mine.join('\n'));
+  t.is(n.flock(fd, n.LOCK_UN), 0);
+  t.is(n.flock(other, n.LOCK_SH | n.LOCK_NB), 0, 'free once unlocked');
+  t.is(n.flock(linked, n.LOCK_SH | n.LOCK_NB), 0, 'shared locks coexist');
+  t.is(n.flock(fd, n.LOCK_EX | n.LOCK_NB), -EWOULDBLOCK, 'an exclusive lock waits for the shared ones');
+  const closed = fs.openSync(os.devNull, 'r');
+  fs.closeSync(closed);
+  t.is(n.flock(closed, n.LOCK_EX | n.LOCK_NB), -EBADF);
+  t.is(n.flock(fd, -1), -EINVAL);
+});
+
+/** Bytes of `file` in the page cache (util-linux fincore), or null without fincore or on tmpfs. */
+function residentBytes(file: string): number | null {
+  const fsType = spawnSync('stat', ['-f', '-c', '%T', file], { encoding: 'utf8' }).stdout.trim();
+  if (fsType === 'tmpfs') return null;
+  const r = spawnSync('fincore', ['-b', '-n', '-o', 'RES', file], { encoding: 'utf8' });
+  return r.status === 0 ? Number(r.stdout.trim()) : null;
+}
+
+maybe('fadvise(DONTNEED) drops a synced range from the page cache; bad advice, ranges and fds are -errno', (t) => {
+  const { path: file, fd } = tempFile(t, 0);
+  fs.writeSync(fd, Buffer.alloc(256 * KiB, 0x5a), 0, 256 * KiB, 0);
+  fs.fdatasyncSync(fd);
+  const before = residentBytes(file);
+  t.is(n.fadvise(fd, 64 * KiB, 64 * KiB, n.POSIX_FADV_DONTNEED), 0);
+  const partly = residentBytes(file);
+  t.is(n.fadvise(fd, 0, 0, n.POSIX_FADV_DONTNEED), 0, 'length 0: to the end of the file');
+  const after = residentBytes(file);
+  if (before === null || partly === null || after === null) {
+    t.log('fincore unavailable (or tmpfs): page cache residency not checked');
+  } else {
+    t.is(before, 256 * KiB, 'written and synced: resident');
+    // The kernel drops whole folios only, and one folio may span the whole range: at most less.
+    t.true(partly <= before, `${partly} bytes resident after dropping 64 KiB`);
+    t.is(after, 0, 'the whole file is gone');
+  }
+  // What it dropped is read again from the device, unchanged.
+  const buf = Buffer.alloc(256 * KiB);
+  fs.readSync(fd, buf, 0, buf.length, 0);
+  t.true(buf.every((b) => b === 0x5a));
+  t.is(n.fadvise(fd, 0, 0, 999), -EINVAL);
+  t.is(n.fadvise(fd, -1, 0, n.POSIX_FADV_DONTNEED), -EINVAL);
+  const closed = fs.openSync(os.devNull, 'r');
+  fs.closeSync(closed);
+  t.is(n.fadvise(closed, 0, 0, n.POSIX_FADV_DONTNEED), -EBADF);
 });
 
 maybe('loads in worker threads (context-aware), side by side with the main thread', async (t) => {

@@ -182,6 +182,14 @@ export function openDevice(dev: BlockDevice, p: OpenParams = {}): CacheState {
   return { dev, sb, ctx, limits, cacheInfo, keyTail, dirtyTail, segments, damaged, warnings };
 }
 
+/**
+ * The inspection open (`pcached inspect`, the dirty survey before --format): what the device says
+ * it is, whatever this start is configured for. Still refuses what cannot be read at all.
+ */
+export function inspectDevice(dev: BlockDevice): CacheState {
+  return openDevice(dev);
+}
+
 // ---- updates: each writes the non-newest slot; ordering and sync belong to the caller ----
 
 export function updateCacheInfo(st: CacheState, v: CacheInfo): void {

@@ -1,13 +1,13 @@
 // Opening a cache at start: format a blank device, refuse a foreign or mismatched one, then replay
 // the key log from key_tail into fresh shared state and one extent index per stripe.
 
-import { PcachedError } from '../util/errors.js';
 import type { BlockDevice } from './blockdev.js';
 import { formatDevice, isBlankDevice, openDevice, updateDirtyTail } from './format.js';
 import type { CacheState } from './format.js';
 import { CACHE_INFO_OFFSETS, DEFAULT_SEGMENT_SIZE, DIRTY_TAIL_OFFSETS, KEY_TAIL_OFFSETS, META_AREA_SIZE, MIN_SEGMENT_SIZE, MiB, crc32cOf, dataOffset } from './layout.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, hasData, needsWriteback } from './kset.js';
 import { walkLog } from './key-log.js';
+import { judgeReformat } from './dirty-survey.js';
 import type { ScanStop } from './key-log.js';
 import { appendKsets, geometryOf } from './log.js';
 import { EIO, FAIL_REPLAY } from './durability.js';
@@ -25,6 +25,10 @@ export interface OpenCacheParams {
   stripes: number;
   /** Reformat a device that holds something else (never needed for a blank one). */
   format: boolean;
+  /** With format: erase a cache even when it holds data not yet written back. */
+  discardDirty?: boolean;
+  /** Named in refusals (`pcached clean NAME`). */
+  cacheName?: string;
   segmentSize?: number;
   gcPercent?: number;
   mode?: CacheMode;
@@ -86,12 +90,11 @@ export function openCache(dev: BlockDevice, p: OpenCacheParams): OpenedCache {
     try {
       state = openDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc });
     } catch (err) {
-      if (!p.format) {
-        const e = err as PcachedError;
-        throw new PcachedError(e.code ?? 'ERR_BAD_SUPERBLOCK', `${e.message} (start with --format to erase it and format a new cache)`, { cause: err });
-      }
+      // Refuses (saying what dirty data would be lost) unless formatting may go ahead.
+      const discarded = judgeReformat(dev, err, { format: p.format, discardDirty: p.discardDirty === true, originSize: p.originSize, dataCrc: p.dataCrc, cacheName: p.cacheName });
       state = formatDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc, segmentSize: segmentSizeFor(dev.size, p.segmentSize), gcPercent: p.gcPercent, mode: p.mode, force: true });
       formatted = true;
+      if (discarded !== null) state.warnings.push(discarded);
     }
   }
   let detachedNote: string | null = null;

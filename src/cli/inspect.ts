@@ -5,7 +5,7 @@
 
 import { PcachedError, isPcachedError } from '../util/errors.js';
 import { FileBlockDevice } from '../cache/blockdev.js';
-import { isBlankDevice, openDevice } from '../cache/format.js';
+import { inspectDevice, isBlankDevice } from '../cache/format.js';
 import type { CacheState } from '../cache/format.js';
 import { walkLog } from '../cache/key-log.js';
 import type { ScanStopReason } from '../cache/key-log.js';
@@ -189,7 +189,7 @@ export function inspectCache(path: string): InspectReport | BlankReport {
     if (isBlankDevice(dev)) return { formatted: false };
     let st: CacheState;
     try {
-      st = openDevice(dev);
+      st = inspectDevice(dev);
     } catch (err) {
       if (!isPcachedError(err)) throw err;
       const what = OPEN_PROBLEM[err.code] ?? 'cannot inspect';

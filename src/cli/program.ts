@@ -76,13 +76,16 @@ function buildProgram(io: CliIo): Command {
     .option('--stripes <n>', 'stripe worker threads (0 = cores - 1, at least 1)')
     .option('--control <path>', 'control socket')
     .option('--read-only', 'serve the export read-only')
-    .option('--format', 'allow formatting a cache device that holds something else')
+    .option('--format', 'allow formatting a cache device that holds something else or was formatted for other settings (refused while it holds dirty data)')
+    .option('--discard-dirty', 'with --format: format even a cache holding dirty data (it is lost; write it back first with its old settings and `pcached clean NAME`)')
     .option('--data-crc', 'keep a CRC32C of cached data (when formatting a new cache)')
     .option('--segment-size <size>', 'segment size when formatting a new cache (1M-1G, a multiple of 64K)')
     .option('--gc-percent <n>', 'garbage collection runs above this percentage of segments in use (0-90)')
     .option('--sequential-cutoff <size>', 'sequential read runs longer than this bypass the cache (0 = off)')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
-    .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.`)
+    .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.\n`
+      + 'The cache file and a local origin are locked while the daemon runs (flock; O_EXCL on block devices): a second daemon on them is refused, naming the PID that holds them.\n'
+      + 'Without the native addon the locks are lock files in $PCACHED_LOCK_DIR (default /run/lock/pcached, or $TMPDIR/pcached-locks).')
     .action(async (opts: StartFlags) => {
       await startDaemon(io, opts);
     });

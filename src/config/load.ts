@@ -30,6 +30,7 @@ export interface StartFlags {
   control?: string;
   readOnly?: boolean;
   format?: boolean;
+  discardDirty?: boolean;
   logLevel?: string;
   dataCrc?: boolean;
   segmentSize?: string;
@@ -296,6 +297,7 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     readOnly: raw.readOnly,
     description: raw.description,
     format: raw.format,
+    discardDirty: raw.discardDirty,
     originTimeoutMs: raw.originTimeoutMs,
     originConnections: raw.originConnections,
     slabSize: parseSize(raw.slabSize),
@@ -339,6 +341,9 @@ function checkAcrossCaches(config: DaemonConfig, single: boolean, problems: stri
   config.caches.forEach((c, i) => {
     if (c.lowWatermark > c.highWatermark) {
       problems.push(`${at(i, 'lowWatermark')}: must not be above highWatermark (${c.highWatermark}): value was ${c.lowWatermark}`);
+    }
+    if (c.discardDirty && !c.format) {
+      problems.push(`${at(i, 'discardDirty')}: only applies together with format (--format --discard-dirty): value was true`);
     }
   });
   const socketPath = (p: string, where: string): void => {

@@ -25,6 +25,8 @@ export interface CacheConfig {
   description: string;
   /** Reformat a cache device that holds something else. */
   format: boolean;
+  /** With format: reformat even a cache that holds data not yet written back (it is lost). */
+  discardDirty: boolean;
   /** An NBD origin request fails with EIO after this long without a connection. */
   originTimeoutMs: number;
   /** Connections each stripe keeps to an NBD origin. */

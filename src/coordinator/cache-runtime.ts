@@ -137,7 +137,7 @@ export class CacheRuntime {
       const why = dev.preallocate();
       if (why) log.warn({ cacheFile: cache.cache }, why);
       opened = openCache(dev, {
-        originSize, dataCrc: cache.dataCrc, stripes, format: cache.format, segmentSize: cache.segmentSize, gcPercent: cache.gcPercent, mode: cache.mode,
+        originSize, dataCrc: cache.dataCrc, stripes, format: cache.format, discardDirty: cache.discardDirty, cacheName: cache.name, segmentSize: cache.segmentSize, gcPercent: cache.gcPercent, mode: cache.mode,
       });
     } catch (err) {
       dev.close();

@@ -24,6 +24,7 @@ import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
 import { promotionHits } from '../../config/schema.js';
 import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
+import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
 
 const RING_CAPACITY = 1024;
@@ -408,8 +409,8 @@ export class Coordinator {
    * `pcached detach NAME` (after `clean`): release the cache file and keep serving from the origin.
    * Refused while anything is dirty. The cleaner goes on first, so no write can make new dirty
    * data meanwhile; then the stripes let go of their engines (finishing what is in motion), the
-   * writeback and GC threads stop, the cache info is marked "detached clean" and the file closed:
-   * it can be deleted, or attached again (the next start formats it afresh).
+   * writeback and GC threads stop, the cache info is marked "detached clean", the file closed and
+   * its lock released: it can be deleted, reused, or attached again (the next start formats it afresh).
    */
   async #detach(): Promise<unknown> {
     const rt = this.#cacheRt;
@@ -424,6 +425,8 @@ export class Coordinator {
     await rt.stopWorkers();
     rt.markDetached();
     await rt.close();
+    // Nothing of this process touches the file any more: others may have it now.
+    releaseDevice('cache');
     this.#cacheRt = null;
     this.#detached = true;
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
@@ -476,13 +479,25 @@ export class Coordinator {
     return changed;
   }
 
-  /** Stop accepting, let in-flight requests finish, flush the origin, stop the stripes. */
-  shutdown(): Promise<void> {
-    this.#shutdown ??= this.#shutdownOnce();
+  /**
+   * Stop accepting, let in-flight requests finish (at most `drainMs`), commit and sync, stop the
+   * stripes. `prompt` (an orphan) skips flush_on_suspend's wait for writeback.
+   */
+  shutdown(opts: { drainMs?: number; prompt?: boolean } = {}): Promise<void> {
+    this.#shutdown ??= this.#shutdownOnce(opts.drainMs ?? SHUTDOWN_DRAIN_MS, opts.prompt === true);
     return this.#shutdown;
   }
 
-  async #shutdownOnce(): Promise<void> {
+  /** Ends the drain of a shutdown (under way or to come) at the latest `ms` from now. */
+  hurry(ms: number): void {
+    this.#drainDeadline = Math.min(this.#drainDeadline, Date.now() + ms);
+    this.#rearmDrain?.();
+  }
+
+  #drainDeadline = Infinity;
+  #rearmDrain: (() => void) | null = null;
+
+  async #shutdownOnce(drainMs: number, prompt: boolean): Promise<void> {
     this.#state = 'draining';
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
     // close() only calls back once every connection has ended: start it, drain, then wait.
@@ -493,19 +508,27 @@ export class Coordinator {
     }
     const drained = Promise.all([...this.#sessions].map((s) => s.drain()));
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((r) => { timer = setTimeout(() => r('timeout'), SHUTDOWN_DRAIN_MS); });
+    this.#drainDeadline = Math.min(this.#drainDeadline, Date.now() + drainMs);
+    const timedOut = new Promise<'timeout'>((r) => {
+      this.#rearmDrain = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => r('timeout'), Math.max(0, this.#drainDeadline - Date.now()));
+      };
+      this.#rearmDrain();
+    });
     if ((await Promise.race([drained, timedOut])) === 'timeout') {
       this.#log.warn({ sessions: this.#sessions.size }, 'shutdown: requests still in flight after the drain timeout; dropping those connections');
       for (const s of this.#sessions) s.destroy();
     }
     clearTimeout(timer);
+    this.#rearmDrain = null;
     await closed;
     try {
       if (!this.#exp.readOnly || this.#cacheRt) await this.flushAll();
     } catch (err) {
       this.#log.error({ err }, 'shutdown: flush failed');
     }
-    if (this.#flushOnSuspend && this.#cacheRt) await this.#writeBackAll(FLUSH_ON_SUSPEND_MS);
+    if (this.#flushOnSuspend && this.#cacheRt && !prompt) await this.#writeBackAll(FLUSH_ON_SUSPEND_MS);
     // Writeback stops after its batch: dirty data stays in the cache and is replayed next start.
     await this.#cacheRt?.stopWorkers();
     await this.#stripes.close();

@@ -210,7 +210,7 @@ function errorPayload(err: unknown): { code: string; message: string } {
 const KNOWN_CODES = new Set<string>([
   'ERR_CONFIG', 'ERR_CONFIG_RELOAD_REJECTED', 'ERR_ORIGIN', 'ERR_ORIGIN_TIMEOUT', 'ERR_CACHE_FILE', 'ERR_LISTEN',
   'ERR_SOCKET_IN_USE', 'ERR_UNKNOWN_CACHE', 'ERR_UNKNOWN_MESSAGE', 'ERR_BAD_ARGUMENT', 'ERR_CONTROL',
-  'ERR_NOT_RUNNING', 'ERR_PROTOCOL', 'ERR_SHUTDOWN', 'ERR_COORDINATOR',
+  'ERR_NOT_RUNNING', 'ERR_PROTOCOL', 'ERR_SHUTDOWN', 'ERR_COORDINATOR', 'ERR_IN_USE', 'ERR_CACHE_DIRTY',
 ] satisfies PcachedErrorCode[]);
 
 /** Turns a code that crossed a process boundary back into a PcachedError. */

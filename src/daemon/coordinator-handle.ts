@@ -7,6 +7,7 @@ import type { CacheStatus, CoordinatorToSupervisor, SupervisorToCoordinator } fr
 import type { Logger } from './logger.js';
 import { PcachedError } from '../util/errors.js';
 import { toPcachedError } from './control.js';
+import { COORDINATOR_NAME_ARG } from '../util/proc-info.js';
 
 export type CoordinatorState = 'starting' | 'running' | 'restarting' | 'draining' | 'stopped';
 
@@ -214,7 +215,8 @@ export class CoordinatorHandle {
     this.#lastFatal = undefined;
     let child: ChildProcess;
     try {
-      child = fork(this.#opts.modulePath, [], {
+      // The cache name in argv lets /proc/PID/cmdline say whose coordinator holds a device.
+      child = fork(this.#opts.modulePath, [COORDINATOR_NAME_ARG, this.#cache.name], {
         serialization: 'advanced',
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
         // Own process group: a terminal's Ctrl-C reaches only the supervisor, which then drains

@@ -80,6 +80,41 @@ export function prepareCacheFiles(cache: CacheConfig, opts: { createOrigin: bool
   return { createdOrigin, createdCache };
 }
 
+/** One file or device whatever names it: a block device by its device number, a file by its inode. */
+function identity(path: string): string {
+  const st = statSync(path, { bigint: true });
+  return st.isBlockDevice() ? `block ${st.rdev}` : `file ${st.dev}:${st.ino}`;
+}
+
+/**
+ * The files of all caches (they exist now): a cache file belongs to one cache, and an origin may
+ * be shared only by read-only caches, whatever paths, symlinks or hard links name them. The
+ * config check compares the paths as written; this one compares what they lead to, before any
+ * coordinator is forked (each would refuse the other's lock, but only after one had started).
+ */
+export function checkDistinctFiles(caches: readonly CacheConfig[]): void {
+  const users = new Map<string, { cache: CacheConfig; role: 'cache' | 'origin'; path: string }[]>();
+  for (const cache of caches) {
+    for (const role of ['cache', 'origin'] as const) {
+      if (role === 'origin' && isNbdUri(cache.origin)) continue;
+      const path = cache[role];
+      const id = identity(path);
+      const list = users.get(id) ?? [];
+      list.push({ cache, role, path });
+      users.set(id, list);
+    }
+  }
+  const problems: string[] = [];
+  for (const list of users.values()) {
+    if (list.length < 2) continue;
+    if (list.every((u) => u.role === 'origin' && u.cache.readOnly)) continue;
+    problems.push(`${list.map((u) => `the ${u.role} of cache "${u.cache.name}" (${u.path})`).join(' and ')} are the same file`);
+  }
+  if (problems.length > 0) {
+    throw new PcachedError('ERR_CONFIG', `invalid configuration: ${problems.join('; ')} (a cache file belongs to one cache; only read-only caches may share an origin)`);
+  }
+}
+
 export function describeCreated(cache: CacheConfig, created: PreparedFiles): string[] {
   const out: string[] = [];
   if (created.createdOrigin) out.push(`created origin ${cache.origin} (${formatSize(EMBEDDED_ORIGIN_SIZE)}, sparse)`);

@@ -9,7 +9,7 @@ import { PcachedError } from '../util/errors.js';
 import { ControlServer } from './control.js';
 import { MetricsServer } from './metrics.js';
 import { CoordinatorHandle, DEFAULT_BACKOFF, type BackoffOptions } from './coordinator-handle.js';
-import { describeCreated, prepareCacheFiles } from './files.js';
+import { checkDistinctFiles, describeCreated, prepareCacheFiles } from './files.js';
 import type { CacheStatus, ControlRequest } from './ipc.js';
 import { createLogger, type Logger } from './logger.js';
 
@@ -82,6 +82,7 @@ export class Supervisor {
         const created = prepareCacheFiles(cache, { createOrigin: embeddedDefault });
         for (const line of describeCreated(cache, created)) this.#log.info({ cache: cache.name }, line);
       }
+      checkDistinctFiles(config.caches);
       this.#control = new ControlServer({ path: config.control, handler: (r) => this.#handleControl(r), logger: this.#log });
       await this.#control.listen();
       const m = config.metrics.listen;

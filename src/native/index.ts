@@ -16,16 +16,30 @@ export interface NativeBinding {
   blkDiscard(fd: number, offset: number, length: number): number;
   /** offset and length must be multiples of the logical block size. */
   blkZeroOut(fd: number, offset: number, length: number): number;
+  /**
+   * flock(2): LOCK_SH or LOCK_EX (| LOCK_NB), or LOCK_UN; -EWOULDBLOCK when LOCK_NB finds it held.
+   * The lock belongs to the open file description, so two open()s of one file conflict even in
+   * one process, and it lasts until the last descriptor of that description is closed.
+   */
+  flock(fd: number, op: number): number;
+  /** posix_fadvise(2) over [offset, offset+length) (length 0: to the end of the file). */
+  fadvise(fd: number, offset: number, length: number, advice: number): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;
+  readonly LOCK_SH: number;
+  readonly LOCK_EX: number;
+  readonly LOCK_NB: number;
+  readonly LOCK_UN: number;
+  /** Drop the range's clean pages from the page cache (dirty ones are written back first only by a sync). */
+  readonly POSIX_FADV_DONTNEED: number;
 }
 
 // Relative to the compiled file, dist/src/native/index.js; the addon is built in place.
 const ADDON_PATH = '../../../src/native/build/Release/pcached_native.node';
 
-const FUNCTIONS = ['fallocate', 'seekData', 'seekHole', 'blkGetSize64', 'blkDiscard', 'blkZeroOut'] as const;
-const CONSTANTS = ['FALLOC_FL_KEEP_SIZE', 'FALLOC_FL_PUNCH_HOLE', 'FALLOC_FL_ZERO_RANGE'] as const;
+const FUNCTIONS = ['fallocate', 'seekData', 'seekHole', 'blkGetSize64', 'blkDiscard', 'blkZeroOut', 'flock', 'fadvise'] as const;
+const CONSTANTS = ['FALLOC_FL_KEEP_SIZE', 'FALLOC_FL_PUNCH_HOLE', 'FALLOC_FL_ZERO_RANGE', 'LOCK_SH', 'LOCK_EX', 'LOCK_NB', 'LOCK_UN', 'POSIX_FADV_DONTNEED'] as const;
 
 let unavailableReason: string | null = null;
 

@@ -1,5 +1,5 @@
-// The few Linux file calls Node 20 does not expose: fallocate, lseek(SEEK_DATA/SEEK_HOLE) and
-// the block-device ioctls. Every function is synchronous (the callers are stripe worker threads
+// The few Linux file calls Node 20 does not expose: fallocate, lseek(SEEK_DATA/SEEK_HOLE), the
+// block-device ioctls, flock and posix_fadvise. Every function is synchronous (the callers are stripe worker threads
 // doing positional I/O) and returns a non-negative result or -errno, so JS never sees an
 // exception for an I/O failure. Only malformed arguments (a programming error) throw.
 //
@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -134,6 +135,28 @@ static napi_value js_blk_zero_out(napi_env env, napi_callback_info info) {
   return blk_range(env, info, "blkZeroOut", BLKZEROOUT);
 }
 
+// flock(fd, op) -> 0 | -errno (-EWOULDBLOCK when LOCK_NB finds the lock taken). The lock belongs
+// to the open file description: another open() of the same file, even in this process, conflicts.
+static napi_value js_flock(napi_env env, napi_callback_info info) {
+  int64_t a[2];
+  if (!get_int_args(env, info, "flock", 2, a)) return NULL;
+  if (a[1] < 0 || a[1] > INT32_MAX) return fail_errno(env, EINVAL);
+  int r;
+  do r = flock((int)a[0], (int)a[1]);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? fail_errno(env, errno) : make_int64(env, 0);
+}
+
+// fadvise(fd, offset, length, advice) -> 0 | -errno. posix_fadvise returns the error number
+// itself rather than setting errno.
+static napi_value js_fadvise(napi_env env, napi_callback_info info) {
+  int64_t a[4];
+  if (!get_int_args(env, info, "fadvise", 4, a)) return NULL;
+  if (a[1] < 0 || a[2] < 0 || a[3] < 0 || a[3] > INT32_MAX) return fail_errno(env, EINVAL);
+  int r = posix_fadvise((int)a[0], (off_t)a[1], (off_t)a[2], (int)a[3]);
+  return r != 0 ? fail_errno(env, r) : make_int64(env, 0);
+}
+
 static napi_status set_int(napi_env env, napi_value obj, const char *name, int32_t value) {
   napi_value v;
   napi_status s = napi_create_int32(env, value, &v);
@@ -149,10 +172,17 @@ NAPI_MODULE_INIT() {
       {"blkGetSize64", NULL, js_blk_get_size64, NULL, NULL, NULL, napi_enumerable, NULL},
       {"blkDiscard", NULL, js_blk_discard, NULL, NULL, NULL, napi_enumerable, NULL},
       {"blkZeroOut", NULL, js_blk_zero_out, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"flock", NULL, js_flock, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"fadvise", NULL, js_fadvise, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) != napi_ok) return NULL;
+  if (set_int(env, exports, "LOCK_SH", LOCK_SH) != napi_ok) return NULL;
+  if (set_int(env, exports, "LOCK_EX", LOCK_EX) != napi_ok) return NULL;
+  if (set_int(env, exports, "LOCK_NB", LOCK_NB) != napi_ok) return NULL;
+  if (set_int(env, exports, "LOCK_UN", LOCK_UN) != napi_ok) return NULL;
+  if (set_int(env, exports, "POSIX_FADV_DONTNEED", POSIX_FADV_DONTNEED) != napi_ok) return NULL;
   return exports;
 }

@@ -3,6 +3,7 @@
 
 import fs from 'node:fs';
 import { native as loadedNative, type NativeBinding } from '../native/index.js';
+import { majorMinor } from './proc-info.js';
 
 const SECTOR = 512;
 
@@ -12,10 +13,7 @@ export function blockDeviceSize(fd: number, rdev: number | bigint, native: Nativ
     const size = native.blkGetSize64(fd);
     if (size >= 0) return size;
   }
-  const dev = BigInt(rdev);
-  // glibc's gnu_dev_major/gnu_dev_minor split of a Linux dev_t.
-  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & 0xfffff000n);
-  const minor = (dev & 0xffn) | ((dev >> 12n) & 0xffffff00n);
+  const { major, minor } = majorMinor(rdev);
   const sysfs = `/sys/dev/block/${major}:${minor}/size`;
   const sectors = Number(fs.readFileSync(sysfs, 'utf8').trim());
   if (!Number.isSafeInteger(sectors * SECTOR) || sectors < 0) throw new Error(`unreadable device size in ${sysfs}`);

@@ -23,7 +23,11 @@ export type PcachedErrorCode =
   | 'ERR_BAD_METADATA'
   | 'ERR_BAD_KEY'
   | 'ERR_BAD_KSET'
-  | 'ERR_LOG_FULL';
+  | 'ERR_LOG_FULL'
+  /** A cache file or origin another process holds (flock, O_EXCL, lock file). */
+  | 'ERR_IN_USE'
+  /** --format refused: the cache holds data that was flushed but never written back. */
+  | 'ERR_CACHE_DIRTY';
 
 export class PcachedError extends Error {
   readonly code: PcachedErrorCode;
