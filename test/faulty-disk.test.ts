@@ -10,14 +10,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT } from './helpers/daemon.js';
 import { startFaultyDisk, type FaultyDisk, type FaultyDiskOptions } from './helpers/faulty-disk.js';
-import { fuseUnavailable, mountNbd } from './helpers/fuse.js';
+import { fuseUnavailable, hasMount, mountNbd } from './helpers/fuse.js';
 import { RawConn, handshake, request, readSimpleReply, CMD_WRITE } from './helpers/nbd-raw.js';
 import { openNbdOrigin } from '../src/origin/nbd.js';
 import { removeScratchDirs, scratchDir } from './helpers/scratch.js';
 import { decodeImage } from './helpers/stamp-model.js';
 import { stampBlock, STAMP_BLOCK } from './helpers/stamps.js';
 import { describe, needTools, nbdshJson, run, runOk, skipSuffix } from './helpers/tools.js';
-import { waitFor } from './helpers/lifecycle.js';
+import { pidRunning, sleep, waitFor } from './helpers/lifecycle.js';
 
 const MiB = 1 << 20;
 const FILE_IO = join(REPO_ROOT, 'dist', 'test', 'helpers', 'file-io-main.js');
@@ -205,6 +205,27 @@ pyTest('nbdinfo, nbdcopy and pcached\'s own NBD origin client (multi-conn) work 
   t.true((await d.stats()).server.connectionsTotal >= 3, 'the origin client used two connections');
 });
 
+test.serial('bad flags and a wrong image size are refused with a clear message', async (t) => {
+  const dir = scratchDir('pcached-fdisk-flags-');
+  const base = ['--socket', join(dir, 's'), '--control', join(dir, 'c'), '--image', join(dir, 'i.img')];
+  const main = join(REPO_ROOT, 'dist', 'test', 'helpers', 'faulty-disk-main.js');
+  const cases: [string[], RegExp][] = [
+    [['--size', '1000'], /disk size 1000 must be a positive multiple of 4096/],
+    [['--size', '1M', '--power-cut', 'maybe'], /--power-cut maybe: expected one of drop, keep, tear/],
+    [['--size', '1M', '--fail-flush', '150'], /--fail-flush 150: expected a number 0-100/],
+    [['--size', 'lots'], /invalid size "lots"/],
+    [['--size', '1M', '--bogus'], /Unknown option '--bogus'/],
+  ];
+  for (const [args, re] of cases) {
+    const r = await run(process.execPath, [main, ...base, ...args], { timeoutMs: 20_000 });
+    t.is(r.code, 2, `${args.join(' ')}: ${describe(r)}`);
+    t.regex(r.stderr, re);
+  }
+  writeFileSync(join(dir, 'i.img'), Buffer.alloc(8192));
+  const r = await run(process.execPath, [main, ...base, '--size', '1M'], { timeoutMs: 20_000 });
+  t.regex(r.stderr, /image .*i\.img is 8192 bytes, not the 1048576 asked for/);
+});
+
 test.serial('hostile clients: garbage, bad magic, hang-ups with requests in flight do not stop it', async (t) => {
   const d = await disk(t, { writeLatencyMs: 200 });
   const garbage = await RawConn.open(d.socket);
@@ -307,4 +328,16 @@ const whyFuse = fuseUnavailable();
   t.true(await m.mounted());
   t.deepEqual(await io('read:8192:4096', 'read:20480:4096'), [{ op: 'read:8192:4096', ok: true, bytes: [5] }, { op: 'read:20480:4096', ok: true, bytes: [0] }],
     'after the cut: the flushed block is there, the unflushed O_DIRECT write is not');
+
+  // nbdfuse itself dies (it can abort when its server vanishes): a dead mount is left behind,
+  // which `mountpoint -q` does not see; remount() must still clear it and mount again.
+  const pid = m.pid;
+  process.kill(pid, 'SIGKILL');
+  await waitFor('nbdfuse to die', () => !pidRunning(pid), 10_000, 20);
+  t.true(hasMount(m.dir), 'the dead mount is still in the mount table');
+  // Once the root's cached attributes (attr_timeout, 1 s) expire, stat fails with ENOTCONN.
+  await sleep(1500);
+  t.false(await m.mounted(), '`mountpoint -q` no longer sees it');
+  await m.remount();
+  t.deepEqual(await io('read:8192:4096'), [{ op: 'read:8192:4096', ok: true, bytes: [5] }], 'mounted again over the dead mount');
 });

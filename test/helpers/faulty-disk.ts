@@ -7,6 +7,9 @@
 //   await disk.powerCut();                // SIGKILL: the image holds exactly what was flushed
 //   await disk.restart();                 // same image, same sockets, empty cache, start-up faults
 //
+// With readLatencyMs/writeLatencyMs (and a mount from fuse.ts) it is also a slow local disk: each
+// request waits its own delay, several in flight overlap, as on a disk with a queue.
+//
 // The process is started with spawnTracked (killed by PID when the test worker exits, whatever
 // happens) and, when `t` is given, stopped by PID in t.teardown.
 

@@ -16,13 +16,14 @@
 //   O_DIRECT opens work and bypass it.
 // - When the disk dies (a power cut) requests fail with ENOTCONN/ECONNABORTED and nbdfuse may
 //   abort on an internal assertion; the mount then answers "Transport endpoint is not connected"
-//   until it is unmounted. So after a power cut the mount is torn down (fusermount3 -u, nbdfuse
+//   until it is unmounted, and `mountpoint -q` says it is no mount point at all (stat fails), so
+//   unmounting goes by /proc/self/mountinfo instead. So after a power cut the mount is torn down (fusermount3 -u, nbdfuse
 //   killed by PID if it still runs) and made again once the disk is back: `remount()`.
 // - It opens 4 connections when the server advertises multi-conn (the faulty disk does, and a
 //   FLUSH on one covers writes completed on all of them).
 
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { spawnTracked, sleep, within, type Proc } from './lifecycle.js';
 import { missingTools, run, TOOL_ENV } from './tools.js';
 
@@ -49,9 +50,18 @@ export function fuseUnavailable(): string | null {
   return null;
 }
 
+/** `mountpoint -q`: a live mount. It says no for a FUSE mount whose daemon died (stat fails). */
 export async function isMountpoint(dir: string): Promise<boolean> {
   const r = await run('mountpoint', ['-q', dir], { timeoutMs: 10_000 });
   return r.code === 0;
+}
+
+/** Anything mounted at `dir`, dead FUSE mounts included: the kernel's own mount table. */
+export function hasMount(dir: string): boolean {
+  const want = resolve(dir);
+  // Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
+  const unescape = (p: string): string => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => unescape(l.split(' ')[4] ?? '') === want);
 }
 
 const MOUNT_TIMEOUT_MS = 15_000;
@@ -67,8 +77,8 @@ export async function mountNbd(o: { dir: string; uri: string; name?: string; con
   let proc: Proc | null = null;
 
   const mount = async (): Promise<void> => {
+    if (hasMount(o.dir)) throw new Error(`${o.dir} is already a mount point`);
     mkdirSync(o.dir, { recursive: true });
-    if (await isMountpoint(o.dir)) throw new Error(`${o.dir} is already a mount point`);
     rmSync(pidFile, { force: true });
     const args = ['-P', pidFile, ...(o.connections ? ['-C', String(o.connections)] : []), file, o.uri];
     const p = spawnTracked('nbdfuse', args, { env: TOOL_ENV });
@@ -86,7 +96,8 @@ export async function mountNbd(o: { dir: string; uri: string; name?: string; con
   };
 
   const unmount = async (): Promise<void> => {
-    for (let attempt = 0; await isMountpoint(o.dir); attempt++) {
+    // Not `mountpoint -q`: it misses the dead mount a killed nbdfuse leaves behind.
+    for (let attempt = 0; hasMount(o.dir); attempt++) {
       // A dead nbdfuse leaves "Transport endpoint is not connected": -u still clears it.
       const r = await run('fusermount3', attempt < 20 ? ['-u', o.dir] : ['-u', '-z', o.dir], { timeoutMs: 10_000 });
       if (r.code === 0 || attempt >= 20) break;

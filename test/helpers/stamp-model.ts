@@ -139,13 +139,21 @@ function examples(list: string[], n = 5): string {
 
 export function checkDurable(model: StampModel, held: Held): DurableReport {
   const older: string[] = [];
+  let firstEpoch = Infinity, lastEpoch = 0, nothing = 0;
   for (let b = 0; b < model.blocks; b++) {
     const h = held.versions[b]!;
-    if (h >= 0 && h < model.durable[b]!) older.push(`block ${b} holds v${h} (epoch ${model.epochOf(b, h)}), a successful FLUSH covered v${model.durable[b]} (epoch ${model.epochOf(b, model.durable[b]!)})`);
+    const need = model.durable[b]!;
+    if (h < 0 || h >= need) continue;
+    const e = model.epochOf(b, need);
+    firstEpoch = Math.min(firstEpoch, e);
+    lastEpoch = Math.max(lastEpoch, e);
+    if (h === 0) nothing++;
+    older.push(`block ${b} holds v${h} (epoch ${model.epochOf(b, h)}), a successful FLUSH covered v${need} (epoch ${e})`);
   }
   const invalid = [...held.bad].map(([b, why]) => `block ${b}: ${why}`);
   const c = model.counts;
-  const summary = `${older.length} of ${model.blocks} blocks older than the last successful FLUSH covering them, ${invalid.length} torn or never written ` +
+  const lost = older.length === 0 ? '' : ` (the versions they miss were written in epochs ${firstEpoch}..${lastEpoch}; ${nothing} of these blocks read as zeros)`;
+  const summary = `${older.length} of ${model.blocks} blocks older than the last successful FLUSH covering them${lost}, ${invalid.length} torn or never written ` +
     `(writes: ${c.writesOk} acknowledged, ${c.writesFailed} EIO, ${c.writesLost} unanswered; FLUSHes: ${c.flushesOk} succeeded, ${c.flushesFailed} failed, ${c.flushesLost} unanswered)` +
     examples(older) + examples(invalid, 3);
   return { ok: older.length === 0 && invalid.length === 0, older: older.length, invalid: invalid.length, blocks: model.blocks, summary };
