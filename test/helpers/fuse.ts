@@ -16,9 +16,10 @@
 //   O_DIRECT opens work and bypass it.
 // - When the disk dies (a power cut) requests fail with ENOTCONN/ECONNABORTED and nbdfuse may
 //   abort on an internal assertion; the mount then answers "Transport endpoint is not connected"
-//   until it is unmounted, and `mountpoint -q` says it is no mount point at all (stat fails), so
-//   unmounting goes by /proc/self/mountinfo instead. So after a power cut the mount is torn down (fusermount3 -u, nbdfuse
-//   killed by PID if it still runs) and made again once the disk is back: `remount()`.
+//   until it is unmounted, while `mountpoint -q` says it is no mount point at all (stat fails),
+//   so unmounting goes by /proc/self/mountinfo instead. After a power cut the mount is torn down
+//   (fusermount3 -u, nbdfuse killed by PID if it still runs) and made again once the disk is
+//   back: `remount()`.
 // - It opens 4 connections when the server advertises multi-conn (the faulty disk does, and a
 //   FLUSH on one covers writes completed on all of them).
 
