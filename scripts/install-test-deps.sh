@@ -4,7 +4,9 @@
 # skip themselves with a printed reason.
 set -uo pipefail
 
-# package -> a file it provides (checked instead of dpkg, which is slow-ish and may be absent)
+# package -> a file it provides (checked instead of dpkg, which is slow-ish and may be absent).
+# libnbd-bin also ships nbdfuse and fuse3 ships fusermount3 (/bin): the FUSE tests (a cache file
+# on a faulty disk, test/helpers/fuse.ts) need both, plus /dev/fuse.
 declare -A PROVIDES=(
   [nbdkit]=/usr/bin/nbdkit
   [libnbd-bin]=/usr/bin/nbdinfo
