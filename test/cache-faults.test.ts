@@ -116,13 +116,14 @@ print(json.dumps([miss, ok]))
   t.is(await stopGracefully(d), 0, d.proc.output());
 });
 
-(why ? test.serial.skip : test.serial)('cache device errors (injected): the request gets EIO, the indicator is set, nothing wrong is served, the daemon keeps serving' + skipSuffix(why), async (t) => {
+(why ? test.serial.skip : test.serial)('cache device errors (injected): a read error is EIO for that read; a write error fails the device for good (writes and FLUSH get EIO, durable data still served, nothing wrong served) until a restart replays it' + skipSuffix(why), async (t) => {
   t.timeout(120_000);
   const dir = scratch(t);
   const origin = join(dir, 'origin.img');
   const initial = randomBytes(32 * MiB);
   writeFileSync(origin, initial);
-  const { d, control, uri } = await start(t, dir, origin, 1, { PCACHED_TEST_HOOKS: '1', PCACHED_PAUSE_WRITEBACK_MS: '600000' });
+  const env = { PCACHED_TEST_HOOKS: '1', PCACHED_PAUSE_WRITEBACK_MS: '600000' };
+  const { d, control, uri } = await start(t, dir, origin, 1, env);
   const faults = async (what: string): Promise<void> => {
     const r = await pcachedCli(['message', NAME, 'debug_cache_faults', what, '--control', control]);
     if (r.code !== 0) throw new Error(r.stderr);
@@ -146,13 +147,16 @@ print(json.dumps([hit, miss == bytes(open(${JSON.stringify(origin)}, 'rb').read(
 `, { uri });
   t.deepEqual(r1, ['EIO', true]);
   const s1 = (await statusJson(control)).caches[0]!.cacheState!;
-  t.true(s1.errors.some((x) => /cache device I\/O error/.test(x)));
+  t.true(s1.errors.some((x) => /cache device read error/.test(x)), JSON.stringify(s1.errors));
   t.is(s1.writecache!.error, -5);
   t.true((s1.cacheErrors ?? 0) >= 1);
+  // A read error does not fail the device: with the reads back, writes and FLUSH work.
+  await faults('off');
+  await nbdshJson(`h.pwrite(b'\\x22' * 4096, ${7 * MiB})\nh.flush()\nprint('"ok"')`, { uri });
 
-  // Writes to the cache fail: the write is EIO, and what it would have written is never served.
+  // A write to the cache fails: that write is EIO, and from now on so is every write and FLUSH
+  // (what was written since the last good sync may not be on the device); reads go on.
   await faults('writes');
-  const b = Buffer.alloc(64 * 1024, 0x5a);
   const r2 = await nbdshJson<string>(`
 import json, nbd
 try:
@@ -164,14 +168,31 @@ print(json.dumps(w))
 `, { uri });
   t.is(r2, 'EIO');
   await faults('off');
-  const after = await nbdshJson<string>(`import json\nprint(json.dumps(h.pread(65536, ${4 * MiB}).hex()))`, { uri });
-  const got = Buffer.from(after, 'hex');
-  t.true(got.equals(initial.subarray(4 * MiB, 4 * MiB + 65536)) || got.equals(b), 'the failed write reads as the old data (or, at most, the new), never other bytes');
-  // Serving goes on: the first write reads back, a new write works.
-  const back = await nbdshJson<string>(`import json\nprint(json.dumps(h.pread(65536, ${MiB}).hex()))`, { uri });
-  t.true(Buffer.from(back, 'hex').equals(a));
-  await nbdshJson(`h.pwrite(b'\\x11' * 4096, ${6 * MiB})\nh.flush()\nassert h.pread(4096, ${6 * MiB}) == b'\\x11' * 4096\nprint('"ok"')`, { uri });
+  const after = await nbdshJson<[string, string, string, string]>(`
+import json, nbd
+def attempt(f):
+    try:
+        f()
+        return 'OK'
+    except nbd.Error as e:
+        return e.errno or str(e)
+print(json.dumps([h.pread(65536, ${4 * MiB}).hex(), h.pread(65536, ${MiB}).hex(), attempt(lambda: h.pwrite(b'\\x11' * 4096, ${6 * MiB})), attempt(lambda: h.flush())]))
+`, { uri });
+  t.true(Buffer.from(after[0], 'hex').equals(initial.subarray(4 * MiB, 4 * MiB + 65536)), 'the failed write reads as the old data, never other bytes');
+  t.true(Buffer.from(after[1], 'hex').equals(a), 'durable data is still served');
+  t.deepEqual(after.slice(2), ['EIO', 'EIO'], 'writes and FLUSH fail once the device failed, even with the fault gone');
+  const s2 = (await statusJson(control)).caches[0]!.cacheState!;
+  t.true(s2.errors.some((x) => /cache device failed \(a data write failed\)/.test(x)), JSON.stringify(s2.errors));
+  t.is(s2.writecache!.error, -5);
   t.is(await stopGracefully(d), 0, d.proc.output());
+
+  // A restart replays what is on the device: the flushed data is there, and the cache works again.
+  const again = await start(t, dir, origin, 1, env);
+  const back = await nbdshJson<[string, string]>(`import json\nh.pwrite(b'\\x33' * 4096, ${6 * MiB})\nh.flush()\nprint(json.dumps([h.pread(65536, ${MiB}).hex(), h.pread(4096, ${7 * MiB}).hex()]))`, { uri: again.uri });
+  t.true(Buffer.from(back[0], 'hex').equals(a));
+  t.true(Buffer.from(back[1], 'hex').equals(Buffer.alloc(4096, 0x22)));
+  t.deepEqual((await statusJson(again.control)).caches[0]!.cacheState!.errors, []);
+  t.is(await stopGracefully(again.d), 0, again.d.proc.output());
 });
 
 (why ? test.serial.skip : test.serial)('an origin failing 10 % of writes at random: writeback retries until everything is there, in order' + skipSuffix(why), async (t) => {
