@@ -328,12 +328,15 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
         const c = data.cache;
         cacheDev = FileBlockDevice.open(c.path);
         const sharedState = new CacheShared(c.shared, STRIPE_OWNER + data.stripe);
+        // A predecessor that died mid-mutation left subtrees half edited: emptied here, rebuilt by the engine.
+        const repaired = ExtentIndex.attachRepairing(c.index);
         const names = new Set<string>(STRIPE_COUNTERS);
         engine = new StripeEngine({
           // Tests of cache device errors inject them here (PCACHED_TEST_HOOKS=1 only).
           dev: process.env.PCACHED_TEST_HOOKS === '1' ? withTestFaults(cacheDev, sharedState) : cacheDev,
           shared: sharedState,
-          index: ExtentIndex.attach(c.index, 'writer'),
+          index: repaired.index,
+          rebuild: repaired.emptied,
           geometry: c.geometry,
           origin,
           blockCrc: c.blockCrc ? new Int32Array(c.blockCrc) : null,

@@ -20,7 +20,8 @@ import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
 import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
-import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE } from './durability.js';
+import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE, FAIL_REPLAY } from './durability.js';
+import { rebuildSubtrees } from './rebuild.js';
 import { KeyJournal } from './journal.js';
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
@@ -64,6 +65,8 @@ export interface EngineOptions {
    * its predecessor's and takes over what it had accepted; tests may leave it out.
    */
   journal?: KeyJournal;
+  /** Index slots a dead predecessor left half edited, emptied (ExtentIndex.attachRepairing): rebuilt from the log. */
+  rebuild?: readonly number[];
 }
 
 interface Alloc { seg: number; segOff: number; len: number }
@@ -177,6 +180,18 @@ export class StripeEngine {
     }
     for (const k of keys) this.queueKey(k);
     (this as { recoveredKeys: number }).recoveredKeys = keys.length;
+    const slots = this.opts.rebuild ?? [];
+    if (slots.length > 0) {
+      let r: number | string = 'not tried';
+      // GC may retire ksets under the walk: try again from the new key tail.
+      for (let attempt = 0; attempt < 3 && typeof r !== 'number'; attempt++) r = rebuildSubtrees(this.dev, this.sh, this.g, this.index, slots, keys);
+      if (typeof r === 'number') this.log.warn({ slots: slots.length, keys: r }, 'stripe restarted: rebuilt the index subtrees its predecessor left half edited');
+      else {
+        // Those subtrees would serve older data than the cache holds: refuse instead.
+        this.log.error({ why: r }, 'stripe restarted: could not rebuild its index from the key log; the cache fails');
+        this.sh.fail(NbdErr.EIO, FAIL_REPLAY);
+      }
+    }
     // Writes the predecessor sent to the origin first and did not flush there yet, or an origin
     // flush of its that failed: the successor owes the same.
     const origin = j.originState;

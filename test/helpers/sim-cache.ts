@@ -15,6 +15,7 @@ import { CacheShared, ERR_ORIGIN_FLUSH } from '../../src/cache/shared.js';
 import { GC_OWNER, STRIPE_OWNER, WRITEBACK_OWNER } from '../../src/cache/durability.js';
 import { KeyJournal } from '../../src/cache/journal.js';
 import { ExtentIndex } from '../../src/cache/index/extent-index.js';
+import { META_HDR_WORDS, M_NSUB, SUB_WORDS, S_SEQ } from '../../src/cache/index/layout.js';
 import { collectLog } from '../../src/cache/key-log.js';
 import { limitsOf, readKsetAt } from '../../src/cache/log.js';
 import { needsWriteback, type CacheKey } from '../../src/cache/kset.js';
@@ -60,6 +61,8 @@ export class SimCache {
   /** Completions of asynchronous I/O (syncs) and gate retries, run in order by runIo. */
   readonly io: (() => void)[] = [];
   respawns = 0;
+  /** Index subtrees rebuilt from the log after a death mid-mutation. */
+  rebuilt = 0;
   private wbRunning = false;
   private readonly threads: ThreadDevice[] = [];
   private readonly journals: KeyJournal[];
@@ -97,8 +100,11 @@ export class SimCache {
   private makeEngine(i: number, respawned: boolean): StripeEngine {
     const thread = new ThreadDevice(this.dev, this.io);
     this.threads[i] = thread;
-    const index = respawned ? ExtentIndex.attach(this.opened.indexes[i]!.sabs, 'writer') : this.opened.indexes[i]!;
+    const repaired = respawned ? ExtentIndex.attachRepairing(this.opened.indexes[i]!.sabs) : { index: this.opened.indexes[i]!, emptied: [] };
+    this.rebuilt += repaired.emptied.length;
+    const index = repaired.index;
     return new StripeEngine({
+      rebuild: repaired.emptied,
       dev: thread, shared: this.threadShared(STRIPE_OWNER + i, thread), index, geometry: this.opened.geometry, origin: this.originHandle(),
       blockCrc: this.opened.blockCrc ? new Int32Array(this.opened.blockCrc) : null, now: () => this.clock, journal: this.journals[i],
     });
@@ -109,8 +115,14 @@ export class SimCache {
    * requests with EIO), the locks it held are freed, and a new engine takes over its index and
    * journal, as the stripe worker does after a piscina respawn.
    */
-  kill(i: number): void {
+  kill(i: number, midMutation = -1): void {
     this.threads[i]!.dead = true;
+    // A death inside an index mutation leaves that subtree's seqlock odd (its pages half edited).
+    if (midMutation >= 0) {
+      const meta = new Int32Array(this.opened.indexes[i]!.sabs.meta);
+      const nsub = meta[M_NSUB]!;
+      if (nsub > 0) Atomics.add(meta, META_HDR_WORDS + (midMutation % nsub) * SUB_WORDS + S_SEQ, 1);
+    }
     this.opened.shared.releaseLocksOf(STRIPE_OWNER + i);
     const lost = [...this.inflight[i]!];
     this.inflight[i]!.clear();
@@ -270,6 +282,8 @@ export interface RunResult {
   crashes: number; ops: number; flushes: number; bypasses: number; segmentsFreed: number;
   /** Fault trials: cache syncs, writes and reads failed; the device failing (sticky); stripes killed; origin flushes failed; writes corrupted at a power cut; pages evicted after a failed sync. */
   syncFails: number; writeFails: number; readFails: number; deviceFailures: number; respawns: number; originFlushFails: number; corrupted: number; evictions: number;
+  /** Index subtrees a stripe died in the middle of editing, rebuilt from the log by its successor. */
+  rebuilds: number;
 }
 
 /**
@@ -297,7 +311,7 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
   let wentThrough = false;
   let faultWindow = 0;
   let failedFor = 0;
-  const res: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0, syncFails: 0, writeFails: 0, readFails: 0, deviceFailures: 0, respawns: 0, originFlushFails: 0, corrupted: 0, evictions: 0 };
+  const res: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0, syncFails: 0, writeFails: 0, readFails: 0, deviceFailures: 0, respawns: 0, originFlushFails: 0, corrupted: 0, evictions: 0, rebuilds: 0 };
   const scratch = Buffer.alloc(SECTOR);
   const fail = (msg: string): never => { throw new Error(`seed ${seed}: ${msg}`); };
   // Hot spots make overwrites and partial overlaps common.
@@ -312,6 +326,7 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     const d = cache.dev;
     res.syncFails += d.counts.syncFails; res.writeFails += d.counts.writeFails; res.readFails += d.counts.readFails;
     res.respawns += cache.respawns;
+    res.rebuilds += cache.rebuilt;
     res.segmentsFreed += cache.gc.stats.segmentsFreed;
     // (A power cut inside an operation also fails the device; only a real fault counts here.)
     if (cache.opened.shared.failed !== 0 && !d.dead) res.deviceFailures++;
@@ -374,6 +389,21 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     }
     // What survived is what the volume shows now: a FLUSH-less epoch of its own (replay closes it).
     hist.epoch++;
+  };
+
+  /** While running: every sector reads as a version the model allows (the latest acknowledged, or an unresolved one). */
+  const verifyVolume = async (where: string): Promise<void> => {
+    const buf = Buffer.alloc(1 << 20);
+    for (let off = 0; off < opts.originSize; off += buf.length) {
+      const errno = await op((d) => cache.read(off, buf, d), false);
+      if (errno === 'crashed') return;
+      if (errno !== 0) { if (errorsAllowed()) return; fail(`${where}: read failed (${errno})`); }
+      for (let i = 0; i < buf.length / SECTOR; i++) {
+        const sec = off / SECTOR + i;
+        const bytes = buf.subarray(i * SECTOR, (i + 1) * SECTOR);
+        if (identify(bytes, sec, model.readable(sec), scratch) < 0) fail(`${where}: sector ${sec} does not read as version ${model.latest[sec]} but ${describeSector(bytes)}`);
+      }
+    }
   };
 
   /** Runs an operation; with `midCrash`, the cache device dies after a random number of writes/syncs. */
@@ -440,8 +470,11 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     }
     if (opts.respawn !== undefined && rng.chance(opts.respawn)) {
       const k = rng.below(cache.engines.length);
-      trace?.(`step ${step} kill stripe ${k}`);
-      cache.kill(k);
+      const mid = rng.chance(0.5) ? rng.below(1 << 16) : -1;
+      trace?.(`step ${step} kill stripe ${k}${mid >= 0 ? ' in the middle of an index mutation' : ''}`);
+      cache.kill(k, mid);
+      // The successor serves every acknowledged write at once (from the journal and a rebuilt index).
+      if (mid >= 0) await verifyVolume(`after stripe ${k} died mid-mutation at step ${step}`);
     }
     const midCrash = rng.chance(1 / (crashEvery * 2));
     const r = rng.below(100);

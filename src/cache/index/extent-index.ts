@@ -88,6 +88,34 @@ export class ExtentIndex {
     return new ExtentIndex(sabs, role === 'writer');
   }
 
+  /**
+   * A respawned owner's attach when its predecessor may have died mid-mutation: every subtree left
+   * odd (half edited) is emptied, and its slot returned, for the caller to rebuild from the key log
+   * (src/cache/rebuild.ts). Its pages are abandoned rather than walked: a torn chain cannot be
+   * trusted even to be freed (a few KiB lost until restart; the counters drift by as much).
+   */
+  static attachRepairing(sabs: IndexSabs): { index: ExtentIndex; emptied: number[] } {
+    const m = new Int32Array(sabs.meta);
+    const emptied: number[] = [];
+    if (Atomics.load(m, M_MAGIC) !== MAGIC || m[M_VERSION] !== VERSION || m[M_PAGE_RECS] !== PAGE_RECS) {
+      throw new IndexStateError('not an extent index of this version');
+    }
+    for (let s = 0; s < m[M_NSUB]; s++) {
+      const seq = META_HDR_WORDS + s * SUB_WORDS + S_SEQ;
+      if ((Atomics.load(m, seq) & 1) === 0) continue;
+      // Readers retry while it is odd; once it is even again the subtree is (consistently) empty.
+      Atomics.store(m, META_HDR_WORDS + s * SUB_WORDS + S_HEAD, -1);
+      Atomics.add(m, seq, 1);
+      emptied.push(s);
+    }
+    return { index: new ExtentIndex(sabs, true), emptied };
+  }
+
+  /** Global subtree number of a stripe-local slot. */
+  subtreeOfSlot(slot: number): number {
+    return slot * this.stripes + this.stripe;
+  }
+
   private constructor(sabs: IndexSabs, writer: boolean) {
     this.sabs = sabs;
     this.writer = writer;
