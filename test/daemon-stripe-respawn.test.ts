@@ -4,8 +4,11 @@
 // exists only with PCACHED_TEST_HOOKS=1.
 
 import test from 'ava';
-import { startDaemon } from './helpers/daemon.js';
-import { pcachedCli, statusJson, waitFor, writeRead } from './helpers/lifecycle.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeSparseFile, nbdUri, startDaemon } from './helpers/daemon.js';
+import { killPid, pcachedCli, pidRunning, startServing, statusJson, stopGracefully, waitFor, within, writeRead } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, skipSuffix } from './helpers/tools.js';
 
 const why = needTools('nbdsh', 'python3-nbd');
@@ -52,4 +55,53 @@ t_('the crash hook does not exist without PCACHED_TEST_HOOKS=1' + skipSuffix(why
   t.not(r.code, 0);
   t.regex(r.stderr, /unknown message "debug_crash_stripe"/);
   t.is(await d.stop(), 0);
+});
+
+t_('writes a dead stripe had accepted but not logged are committed by its successor: the next FLUSH covers them, and a kill -9 after it loses nothing' + skipSuffix(why), async (t) => {
+  t.timeout(120_000);
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-respawn-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const origin = join(dir, 'origin.img');
+  makeSparseFile(origin, 64 << 20);
+  const sock = join(dir, 'nbd.sock');
+  const control = join(dir, 'control.sock');
+  const args = ['--origin', origin, '--cache', join(dir, 'cache.img'), '--cache-size', '32M', '--segment-size', '1M', '--unix', sock, '--tcp', '',
+    '--name', 'vol', '--control', control, '--stripes', '2', '--log-level', 'warn'];
+  const env = { PCACHED_TEST_HOOKS: '1', PCACHED_PAUSE_WRITEBACK_MS: '600000' };
+  const d = await startServing(t, args, { cwd: dir, sock, control, env });
+  // Keys stay pending in the stripes (no commit round for an hour, none for the block count).
+  for (const [w, n] of [['autocommit_time', '3600000'], ['autocommit_blocks', '1048576']]) {
+    const r = await pcachedCli(['message', '--control', control, 'vol', w!, n!]);
+    t.is(r.code, 0, describe(r));
+  }
+  const uri = nbdUri(sock, 'vol');
+  // 64 blocks in stripe 0's subtree, acknowledged, no FLUSH: their keys are only in stripe 0's memory (and journal).
+  const w = await nbdsh(`
+for i in range(64):
+    h.pwrite(bytes([0x40 + (i % 64)]) * 4096, i * 8192)
+print('ok')
+`, { uri });
+  t.true(w.stdout.includes('ok'), describe(w));
+  const head0 = (await statusJson(control)).caches[0]!.cacheState!.keyHead;
+  const r = await pcachedCli(['message', '--control', control, 'vol', 'debug_crash_stripe', '0']);
+  t.is(r.code, 0, describe(r));
+  await waitFor('the stripe respawn', async () => ((await statusJson(control)).caches[0]!.stripeRestarts ?? 0) >= 1 || undefined, 30_000, 100);
+  t.is((await statusJson(control)).caches[0]!.cacheState!.keyHead, head0, 'nothing was logged by the crash itself');
+  t.regex(d.proc.output(), /took over the keys its predecessor had accepted/);
+  // The FLUSH after the respawn: it must cover the 64 writes (they were completed before it).
+  const f = await nbdsh(`h.flush()\nprint('ok')`, { uri });
+  t.true(f.stdout.includes('ok'), describe(f));
+  // Power-cut-like stop: nobody commits anything on the way out.
+  killPid(d.coord);
+  try { process.kill(d.proc.pid, 'SIGKILL'); } catch { /* gone */ }
+  await within(d.proc.exited, 30_000, -1);
+  await waitFor('the coordinator to die', () => !pidRunning(d.coord), 30_000, 50);
+  d.coord = 0;
+  const again = await startServing(t, args, { cwd: dir, sock, control, env });
+  const back = await nbdsh(`
+bad = [i for i in range(64) if h.pread(4096, i * 8192) != bytes([0x40 + (i % 64)]) * 4096]
+print('bad', bad)
+`, { uri });
+  t.regex(back.stdout, /bad \[\]/, describe(back));
+  t.is(await stopGracefully(again), 0, again.proc.output());
 });

@@ -51,6 +51,18 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   /**
+   * Lets the page cache go of the file's clean pages, so the next reads come from the device. After
+   * a failed fsync Linux marks the pages it could not write clean and keeps their new contents: a
+   * restarted daemon would replay ksets that never reached the device, and a later FLUSH would
+   * "succeed" over them. (Dirty pages are not dropped: they are still going to the device.) False
+   * when it cannot (no native addon; a block device or O_DIRECT later makes this moot).
+   */
+  dropPageCache(): boolean {
+    if (!native) return false;
+    return native.fadvise(this.fd, 0, 0, native.POSIX_FADV_DONTNEED) === 0;
+  }
+
+  /**
    * Ranges of [off, off+len) that the filesystem has never written: holes and, on ext4 and XFS,
    * fallocated extents not yet written (they read as zeros). null when it cannot tell (a block
    * device, no native addon, or lseek failed).

@@ -134,6 +134,9 @@ export class CacheRuntime {
     }
     let opened: OpenedCache;
     try {
+      // Replay must read what is on the device, not what the page cache remembers of a run whose
+      // sync failed.
+      if (!dev.dropPageCache()) log.warn({ cacheFile: cache.cache }, 'could not drop the page cache of the cache file before replay (no native addon)');
       const why = dev.preallocate();
       if (why) log.warn({ cacheFile: cache.cache }, why);
       opened = openCache(dev, {
