@@ -2,8 +2,10 @@
 // memory plugin, on a fast file origin and on a slow (1 ms) origin, plus the engine's own
 // numbers (index bytes per extent, replay seconds per million keys).
 //
-//   npm run bench:cache                   # 10 s cells (30 s + 10 s ramp on the slow origin), median of 3
-//   npm run bench:cache -- --quick        # shorter cells, one repetition
+//   npm run bench                         # 10 s cells (30 s + 10 s ramp on the slow origin), median of 3
+//   npm run bench -- --quick              # shorter cells, one repetition
+//   npm run bench -- --baseline DIR       # also an older pcached (a built checkout in DIR), side by side:
+//                                         # what a change costs, cell by cell (pcached-base)
 //
 // fio (ioengine=nbd) drives every server over a Unix socket, one job, one connection; servers
 // run one at a time, interleaved per repetition. Results: bench/results/cache-*.json|.md.
@@ -14,10 +16,10 @@ import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type FioDir, type Proc, type Sample } from './lib.js';
 
-interface Opts { pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
+interface Opts { baseline: string | null; pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
 
 function parseArgs(argv: string[]): Opts {
-  const o: Opts = { pcachedEnv: {}, runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [] };
+  const o: Opts = { baseline: null, pcachedEnv: {}, runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const next = (): string => argv[++i] ?? (() => { throw new Error(`${a} needs a value`); })();
@@ -28,8 +30,9 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--only') o.only = next().split(',');
     else if (a === '--out') o.out = next();
     else if (a === '--keep') o.keep = true;
+    else if (a === '--baseline') o.baseline = next();
     else if (a === '--pcached-env') { const [k, ...v] = next().split('='); o.pcachedEnv[k!] = v.join('='); }
-    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,drain,engine --pcached-env KEY=VALUE --out DIR --keep)`);
+    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,drain,engine --pcached-env KEY=VALUE --baseline DIR --out DIR --keep)`);
   }
   return o;
 }
@@ -81,12 +84,12 @@ function record(scenario: string, workload: string, server: string, samples: Sam
   process.stdout.write(`  ${scenario} ${workload} ${server}: ${Math.round(med.iops).toLocaleString('en-US')} IOPS, p50 ${med.p50us.toFixed(1)} µs${note ? ` (${note})` : ''}\n`);
 }
 
-function pcachedArgs(dir: string, tag: string, origin: string, cacheSize: string, extra: string[] = []): { args: string[]; sock: string; control: string } {
+function pcachedArgs(dir: string, tag: string, origin: string, cacheSize: string, extra: string[] = [], root = REPO): { args: string[]; sock: string; control: string } {
   const sock = join(dir, `${tag}.sock`);
   const control = join(dir, `${tag}-control.sock`);
   return {
     sock, control,
-    args: [join(REPO, 'bin', 'pcached'), 'start', '--origin', origin, '--cache', join(dir, `${tag}-cache.img`), '--cache-size', cacheSize,
+    args: [join(root, 'bin', 'pcached'), 'start', '--origin', origin, '--cache', join(dir, `${tag}-cache.img`), '--cache-size', cacheSize,
       '--unix', sock, '--tcp', '', '--name', 'bench', '--control', control, '--log-level', 'warn', ...extra],
   };
 }
@@ -105,6 +108,13 @@ async function fastScenario(o: Opts, dir: string): Promise<void> {
   const servers: { name: string; uri: string; proc: Proc }[] = [];
   servers.push({ name: 'pcached', uri: uriOf(pc.sock, 'bench'), proc: await startProc('pcached', process.execPath, pc.args, pc.sock, dir, o.pcachedEnv) });
   await waitInitialized(pc.control);
+  if (o.baseline) {
+    const originB = join(dir, 'fast-pcached-base.img');
+    copyFileSync(originP, originB);
+    const pb = pcachedArgs(dir, 'fast-pcached-base', originB, `${Math.max(1024, (o.size >> 20) * 6)}M`, [], o.baseline);
+    servers.push({ name: 'pcached-base', uri: uriOf(pb.sock, 'bench'), proc: await startProc('pcached-base', process.execPath, pb.args, pb.sock, dir, o.pcachedEnv) });
+    await waitInitialized(pb.control);
+  }
   const cs = join(dir, 'fast-nbdkit-cache.sock');
   servers.push({ name: 'nbdkit-cache', uri: uriOf(cs), proc: await startProc('nbdkit-cache', 'nbdkit', ['-f', '-U', cs, '--filter=cache', 'file', originN, 'cache=writeback', 'cache-on-read=true'], cs, dir) });
   const ms = join(dir, 'fast-nbdkit-memory.sock');
@@ -141,7 +151,7 @@ async function fastScenario(o: Opts, dir: string): Promise<void> {
 }
 
 /** Slow origin: 1 ms per origin request; zipf 1.1, 70 % reads, QD32; cache 25 % of the origin. */
-interface DrainRow { order: string; writes: number; dirtyMiB: number; seconds: number; originMiB: number; syncs: number; epochs: number }
+interface DrainRow { order: string; server: string; writes: number; dirtyMiB: number; seconds: number; originMiB: number; syncs: number; epochs: number }
 const drainRows: DrainRow[] = [];
 
 /**
@@ -152,14 +162,16 @@ const drainRows: DrainRow[] = [];
  */
 async function drainScenario(o: Opts, dir: string): Promise<void> {
   process.stdout.write('\n== writeback drain: 256 MiB of random 4 KiB writes over 64 MiB, FLUSH every 16384 writes (64 MiB)\n');
-  for (const order of ['strict', 'epoch'] as const) {
+  const runs = [['strict', 'pcached', REPO], ['epoch', 'pcached', REPO], ...(o.baseline ? [['epoch', 'pcached-base', o.baseline] as const] : [])] as const;
+  for (const [order, server, root] of runs) {
     const samples: DrainRow[] = [];
     for (let rep = 0; rep < o.reps; rep++) {
-      const origin = join(dir, `drain-${order}.img`);
+      const tag = `drain-${order}-${server}`;
+      const origin = join(dir, `${tag}.img`);
       rmSync(origin, { force: true });
       prefillFile(origin, 256 << 20);
-      rmSync(join(dir, `drain-${order}-cache.img`), { force: true });
-      const pc = pcachedArgs(dir, `drain-${order}`, origin, '1G');
+      rmSync(join(dir, `${tag}-cache.img`), { force: true });
+      const pc = pcachedArgs(dir, tag, origin, '1G', [], root);
       const p = await startProc('pcached', process.execPath, pc.args, pc.sock, dir, { PCACHED_PAUSE_WRITEBACK_MS: '600000', PCACHED_WRITEBACK_ORDER: order, ...o.pcachedEnv });
       try {
         await waitInitialized(pc.control);
@@ -178,7 +190,7 @@ async function drainScenario(o: Opts, dir: string): Promise<void> {
         }
         const seconds = (performance.now() - t0) / 1000;
         samples.push({
-          order, writes: 65536, dirtyMiB: (before.dirtyBlocks * 4096) / 2 ** 20, seconds,
+          order, server, writes: 65536, dirtyMiB: (before.dirtyBlocks * 4096) / 2 ** 20, seconds,
           originMiB: (st.workers.wb_bytes - before.workers.wb_bytes) / 2 ** 20, syncs: st.workers.wb_origin_syncs - before.workers.wb_origin_syncs,
           epochs: st.workers.wb_epochs - before.workers.wb_epochs,
         });
@@ -187,15 +199,15 @@ async function drainScenario(o: Opts, dir: string): Promise<void> {
       }
     }
     const m = (k: keyof DrainRow) => median(samples.map((x) => x[k] as number));
-    const row: DrainRow = { order, writes: 65536, dirtyMiB: m('dirtyMiB'), seconds: m('seconds'), originMiB: m('originMiB'), syncs: m('syncs'), epochs: m('epochs') };
+    const row: DrainRow = { order, server, writes: 65536, dirtyMiB: m('dirtyMiB'), seconds: m('seconds'), originMiB: m('originMiB'), syncs: m('syncs'), epochs: m('epochs') };
     drainRows.push(row);
-    process.stdout.write(`  ${order}: drained ${row.dirtyMiB.toFixed(0)} MiB dirty in ${row.seconds.toFixed(2)} s, ${row.originMiB.toFixed(1)} MiB to the origin, ${row.syncs} origin syncs\n`);
+    process.stdout.write(`  ${server} ${order}: drained ${row.dirtyMiB.toFixed(0)} MiB dirty in ${row.seconds.toFixed(2)} s, ${row.originMiB.toFixed(1)} MiB to the origin, ${row.syncs} origin syncs\n`);
   }
 }
 
 async function slowScenario(o: Opts, dir: string): Promise<void> {
   process.stdout.write(`\n== slow origin: ${o.slowSize >> 20} MiB file behind nbdkit delay 1 ms; zipf:1.1, 70 % reads, QD32; cache 25 %\n`);
-  const files = ['slow-direct.img', 'slow-pcached.img', 'slow-nbdkit.img', 'slow-pcached-nhit2.img'].map((f) => join(dir, f));
+  const files = ['slow-direct.img', 'slow-pcached.img', 'slow-nbdkit.img', 'slow-pcached-nhit2.img', ...(o.baseline ? ['slow-pcached-base.img'] : [])].map((f) => join(dir, f));
   prefillFile(files[0]!, o.slowSize);
   for (const f of files.slice(1)) copyFileSync(files[0]!, f);
   execFileSync('sync');
@@ -211,11 +223,11 @@ async function slowScenario(o: Opts, dir: string): Promise<void> {
     },
     // pcached with the default admission (every miss promoted) and with nhit:2 (a block on its
     // second miss): the hit ratio and IOPS side by side.
-    ...([['pcached', files[1]!, 'always'], ['pcached-nhit2', files[3]!, 'nhit:2']] as const).map(([name, file, promotion]) => ({
+    ...([['pcached', files[1]!, 'always', REPO], ['pcached-nhit2', files[3]!, 'nhit:2', REPO], ...(o.baseline ? [['pcached-base', files[4]!, 'always', o.baseline] as const] : [])] as const).map(([name, file, promotion, root]) => ({
       name, start: async () => {
         const os = join(dir, `slow-origin-for-${name}.sock`);
         const origin = await startProc(`delay-for-${name}`, 'nbdkit', ['-f', '-U', os, '--filter=delay', 'file', file, ...delay], os, dir);
-        const pc = pcachedArgs(dir, `slow-${name}`, uriOf(os), `${(cacheBytes >> 20) + 1}M`);
+        const pc = pcachedArgs(dir, `slow-${name}`, uriOf(os), `${(cacheBytes >> 20) + 1}M`, [], root);
         rmSync(join(dir, `slow-${name}-cache.img`), { force: true });
         // Misses wait 1 ms each: several origin connections per stripe keep them in parallel.
         const p = await startProc(name, process.execPath, pc.args, pc.sock, dir, { PCACHED_ORIGIN_CONNECTIONS: '4', PCACHED_PROMOTION: promotion, ...o.pcachedEnv });
@@ -277,8 +289,15 @@ function targets(engine: Record<string, number>): string[] {
   check('fast randread QD32 (cached) vs nbdkit memory', get('fast', 'randread-4k-qd32', 'pcached'), get('fast', 'randread-4k-qd32', 'nbdkit-memory'), 0.8);
   check('slow zipf vs nbdkit cache filter on the delayed file', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'nbdkit-cache'), 10);
   check('slow zipf vs the delayed origin directly', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'delayed-origin'), 3);
-  const strict = drainRows.find((r) => r.order === 'strict');
-  const epoch = drainRows.find((r) => r.order === 'epoch');
+  const strict = drainRows.find((r) => r.order === 'strict' && r.server === 'pcached');
+  const epoch = drainRows.find((r) => r.order === 'epoch' && r.server === 'pcached');
+  // What a change costs, next to the baseline build (--baseline): no cell may lose more than 5 %.
+  for (const r of rows.filter((x) => x.server === 'pcached')) {
+    const base = get(r.scenario, r.workload, 'pcached-base');
+    if (base !== undefined) check(`cost: ${r.scenario} ${r.workload} vs the baseline build`, r.median.iops, base, 0.95);
+  }
+  const baseDrain = drainRows.find((r) => r.server === 'pcached-base');
+  if (epoch && baseDrain) out.push(`${epoch.seconds <= 1.05 * baseDrain.seconds ? 'PASS' : 'MISS'}  cost: drain time vs the baseline build: ${(epoch.seconds / baseDrain.seconds).toFixed(2)}× (${epoch.seconds.toFixed(2)} s vs ${baseDrain.seconds.toFixed(2)} s; target ≤ 1.05×)`);
   if (strict && epoch) {
     // Our bar for the issue's "much less time and origin I/O": at least 1.5x faster, at most 3/4 of the bytes.
     out.push(`${strict.seconds / epoch.seconds >= 1.5 ? 'PASS' : 'MISS'}  drain time, epoch vs strict order: ${(strict.seconds / epoch.seconds).toFixed(2)}× faster (${epoch.seconds.toFixed(2)} s vs ${strict.seconds.toFixed(2)} s; target ≥ 1.5×)`);
@@ -319,7 +338,7 @@ function chartSvg(): string {
       parts.push(`<text x="10" y="${y + 15}" font-weight="bold">${what} (lower is better)</text>`);
       y += rowH;
       const max = Math.max(...drainRows.map((r) => r[key]));
-      for (const r of drainRows) bar(`${r.order} order`, r[key], max, `${r[key].toFixed(key === 'seconds' ? 2 : 1)} ${unit}`, r.order === 'epoch' ? '#2b7bb9' : '#999');
+      for (const r of drainRows) bar(`${r.server} ${r.order} order`, r[key], max, `${r[key].toFixed(key === 'seconds' ? 2 : 1)} ${unit}`, r.server === 'pcached' && r.order === 'epoch' ? '#2b7bb9' : '#999');
       y += 8;
     }
   }
@@ -333,8 +352,8 @@ function markdown(o: Opts, engine: Record<string, number>, tg: string[]): string
     lines.push(`| ${r.scenario} | ${r.workload} | ${r.server} | ${Math.round(r.median.iops).toLocaleString('en-US')} | ${r.median.p50us.toFixed(1)} | ${r.median.p99us.toFixed(1)} | ${r.note ?? ''} |`);
   }
   if (drainRows.length > 0) {
-    lines.push('', '| writeback order | dirty MiB | drain s | origin MiB written | origin syncs | epochs |', '|---|---|---|---|---|---|');
-    for (const r of drainRows) lines.push(`| ${r.order} | ${r.dirtyMiB.toFixed(0)} | ${r.seconds.toFixed(2)} | ${r.originMiB.toFixed(1)} | ${r.syncs} | ${r.epochs} |`);
+    lines.push('', '| server | writeback order | dirty MiB | drain s | origin MiB written | origin syncs | epochs |', '|---|---|---|---|---|---|---|');
+    for (const r of drainRows) lines.push(`| ${r.server} | ${r.order} | ${r.dirtyMiB.toFixed(0)} | ${r.seconds.toFixed(2)} | ${r.originMiB.toFixed(1)} | ${r.syncs} | ${r.epochs} |`);
   }
   lines.push('', `engine: ${JSON.stringify(engine)}`, '', 'targets:', ...tg.map((t) => `- ${t}`), '',
     `median of ${o.reps}; fast cells ${o.runtime} s (+${o.ramp} s ramp), slow cells ${o.slowRuntime} s (+${o.slowRamp} s ramp)`);
