@@ -14,7 +14,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, rmSync, writeFileSync, wr
 import { join } from 'node:path';
 import type { CacheStatus } from '../src/daemon/ipc.js';
 import { freshDir, makeSparseFile, nbdUri } from './helpers/daemon.js';
-import { killPid, startServing, stopGracefully, type RunningDaemon, pcachedCli, pidRunning, spawnTracked, statusJson, waitAccepting, waitFor, within, type Proc } from './helpers/lifecycle.js';
+import { killHard, killPid, startServing, stopGracefully, type RunningDaemon, pcachedCli, pidRunning, spawnTracked, statusJson, waitAccepting, waitFor, within, type Proc } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, run, skipSuffix, TOOL_ENV } from './helpers/tools.js';
 
 const MiB = 1 << 20;
@@ -52,15 +52,7 @@ async function startCache(t: ExecutionContext, dir: string, origin: string, o: S
   return Object.assign(base, { dir, uri: nbdUri(sock, o.name ?? 'default'), name: o.name ?? 'default' });
 }
 
-/** SIGKILL the coordinator and the supervisor at once (nobody gets to clean up), wait for both. */
-async function killEverything(r: Running): Promise<void> {
-  const coord = r.coord;
-  killPid(coord);
-  try { process.kill(r.proc.pid, 'SIGKILL'); } catch { /* gone */ }
-  await within(r.proc.exited, 30_000, -1);
-  await waitFor(`coordinator ${coord} to die`, () => !pidRunning(coord), 30_000, 50);
-  r.coord = 0;
-}
+const killEverything = killHard;
 
 async function cacheState(r: Running): Promise<CacheState> {
   const c = (await statusJson(r.control)).caches[0];

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeSparseFile, nbdUri, startDaemon } from './helpers/daemon.js';
-import { killPid, pcachedCli, pidRunning, startServing, statusJson, stopGracefully, waitFor, within, writeRead } from './helpers/lifecycle.js';
+import { killHard, pcachedCli, startServing, statusJson, stopGracefully, waitFor, writeRead } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, skipSuffix } from './helpers/tools.js';
 
 const why = needTools('nbdsh', 'python3-nbd');
@@ -92,11 +92,7 @@ print('ok')
   const f = await nbdsh(`h.flush()\nprint('ok')`, { uri });
   t.true(f.stdout.includes('ok'), describe(f));
   // Power-cut-like stop: nobody commits anything on the way out.
-  killPid(d.coord);
-  try { process.kill(d.proc.pid, 'SIGKILL'); } catch { /* gone */ }
-  await within(d.proc.exited, 30_000, -1);
-  await waitFor('the coordinator to die', () => !pidRunning(d.coord), 30_000, 50);
-  d.coord = 0;
+  await killHard(d);
   const again = await startServing(t, args, { cwd: dir, sock, control, env });
   const back = await nbdsh(`
 bad = [i for i in range(64) if h.pread(4096, i * 8192) != bytes([0x40 + (i % 64)]) * 4096]

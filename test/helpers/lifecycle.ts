@@ -126,6 +126,16 @@ export async function startServing(t: { teardown(fn: () => unknown): void }, arg
   return r;
 }
 
+/** SIGKILL the coordinator and the supervisor at once (a power cut for the daemon: nobody cleans up), wait for both. */
+export async function killHard(r: { proc: Proc; coord: number }): Promise<void> {
+  const coord = r.coord;
+  killPid(coord);
+  try { process.kill(r.proc.pid, 'SIGKILL'); } catch { /* gone */ }
+  await within(r.proc.exited, 30_000, -1);
+  await waitFor(`coordinator ${coord} to die`, () => !pidRunning(coord), 30_000, 50);
+  r.coord = 0;
+}
+
 /** SIGTERM the supervisor, wait for it and its coordinator; resolves with the exit code. */
 export async function stopGracefully(r: { proc: Proc; coord: number }): Promise<number> {
   const code = await within(r.proc.stop('SIGTERM', 60_000), 90_000, -1);
