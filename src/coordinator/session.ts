@@ -334,23 +334,16 @@ export class Session implements ReplySink {
       return;
     }
     const len = work.length;
-    const data = ring.slab.subarray(work.slabOff, work.slabOff + len);
     this.#cork();
-    if (header.length + len <= COPY_REPLY_LIMIT) {
-      const buf = Buffer.allocUnsafe(header.length + len);
-      buf.set(header, 0);
-      buf.set(data, header.length);
-      ring.releaseSlab(work);
-      sock.write(buf);
-    } else if (sock.writableLength + len <= ZERO_COPY_BACKLOG && ring.pinForSocket(work)) {
+    if (header.length + len > COPY_REPLY_LIMIT && sock.writableLength + len <= ZERO_COPY_BACKLOG && ring.pinForSocket(work)) {
       sock.write(header);
       sock.write(Buffer.from(ring.slabSab, work.slabOff, len), () => ring.unpinForSocket(work));
     } else {
       const buf = Buffer.allocUnsafe(header.length + len);
       buf.set(header, 0);
-      buf.set(data, header.length);
+      buf.set(ring.slab.subarray(work.slabOff, work.slabOff + len), header.length);
       ring.releaseSlab(work);
-      this.#ctx.counters.add('replies_copied', 1);
+      if (buf.length > COPY_REPLY_LIMIT) this.#ctx.counters.add('replies_copied', 1);
       sock.write(buf);
     }
     this.#afterWrite();
