@@ -39,3 +39,11 @@ export const ZERO_COPY_BACKLOG = 2 * MiB;
 
 /** Request bytes the whole daemon may hold (flow.ts); payloads still arriving may hold half. */
 export const FLOW_LIMIT = 512 * MiB;
+
+/**
+ * A WRITE payload up to this size whose bytes are still arriving is charged as ordinary request
+ * data, not against the half for payloads still arriving: a header and its payload split
+ * across reads is normal pipelining, and a session has one payload in progress at most, so
+ * slow senders hold at most this much each that way.
+ */
+export const SMALL_PAYLOAD = 1 * MiB;

@@ -21,7 +21,7 @@ import type { StripeSet } from './stripes.js';
 import type { CounterBlock, CoordinatorCounter } from '../stats/counters.js';
 import type { FlowBudget } from './flow.js';
 import {
-  MAX_DRAINABLE_WRITE, MAX_SESSION_BYTES, MAX_SESSION_REQUESTS, WRITE_BACKLOG_LIMIT, ZERO_COPY_BACKLOG,
+  MAX_DRAINABLE_WRITE, MAX_SESSION_BYTES, MAX_SESSION_REQUESTS, SMALL_PAYLOAD, WRITE_BACKLOG_LIMIT, ZERO_COPY_BACKLOG,
 } from './limits.js';
 
 const HANDSHAKE_TIMEOUT_MS = 30_000;
@@ -81,7 +81,7 @@ export class Session implements ReplySink {
   #inflight = 0;
   /** Request bytes charged: requests in flight and the payload being received. */
   #inflightBytes = 0;
-  /** Charged for the WRITE whose payload is still arriving (0 when none). */
+  /** Charged as still arriving for the WRITE whose payload is being received (0 when none, or small). */
   #receiving = 0;
   /** A READ parsed but not admitted yet (over a budget): served first once reading resumes. */
   #held: NbdRequest | null = null;
@@ -184,8 +184,10 @@ export class Session implements ReplySink {
    */
   #startPayload(req: NbdRequest, arrived: boolean): PayloadDecision {
     if (validateRequest(req, this.#state) !== 0) return PayloadDecision.DROP;
-    if (!this.#admit(req.length, !arrived)) return PayloadDecision.WAIT;
-    if (!arrived) this.#receiving = req.length;
+    // A small payload still on its way is ordinary pipelining, not worth holding back.
+    const receiving = !arrived && req.length > SMALL_PAYLOAD;
+    if (!this.#admit(req.length, receiving)) return PayloadDecision.WAIT;
+    if (receiving) this.#receiving = req.length;
     return PayloadDecision.ACCEPT;
   }
 
