@@ -32,10 +32,11 @@ export const WRITE_BACKLOG_LIMIT = 8 * MiB;
 
 /**
  * Replies are sent straight from the slab (no copy) only while the socket's unsent backlog,
- * counting them, stays under this: a client that reads keeps its replies zero-copy, one that
- * stops can leave at most this much of a slab behind it; later replies are copied out.
+ * counting them, stays under this: a client that reads keeps its replies zero-copy (1 MiB reads
+ * at QD8 keep 8-16 MiB queued), one that stops can leave at most this much behind it, and
+ * within half of each slab (StripeRing.pinForSocket); later replies are copied out.
  */
-export const ZERO_COPY_BACKLOG = 2 * MiB;
+export const ZERO_COPY_BACKLOG = 2 * WRITE_BACKLOG_LIMIT;
 
 /** Request bytes the whole daemon may hold (flow.ts); payloads still arriving may hold half. */
 export const FLOW_LIMIT = 512 * MiB;

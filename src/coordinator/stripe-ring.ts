@@ -3,7 +3,7 @@
 // space so that per-stripe order is never broken.
 //
 // The slab never deadlocks: a piece holds slab pages only while the stripe works on it, or while
-// a socket has not yet taken a reply sent straight from them (at most a quarter of the slab, see
+// a socket has not yet taken a reply sent straight from them (at most half of the slab, see
 // pinForSocket). So when nothing of the stripe's own is in flight and the piece at the head of
 // the FIFO still finds no contiguous run, what blocks it can only be those replies, which a
 // client that stopped reading may hold for ever: the piece is then cut to the longest free run.
@@ -88,7 +88,7 @@ export class StripeRing {
     this.#cplTail = 0;
     this.#queueDepthIdx = this.counters.indexOf('queue_depth');
     this.#splitsIdx = this.counters.indexOf('slab_splits');
-    this.#pinCap = Math.floor(slabBytes / 4);
+    this.#pinCap = Math.floor(slabBytes / 2);
   }
 
   get inflight(): number {
@@ -157,7 +157,7 @@ export class StripeRing {
 
   /**
    * A completed piece's reply is to be sent straight from its slab pages: allowed while all such
-   * pages of this slab add up to a quarter of it at most. The pages stay allocated until
+   * pages of this slab add up to half of it at most. The pages stay allocated until
    * unpinForSocket (the socket took the bytes or died).
    */
   pinForSocket(work: StripeWork): boolean {
