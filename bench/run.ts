@@ -17,7 +17,7 @@ import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stop
 // ---------------------------------------------------------------------------------------------
 // Options
 
-const ALL_SERVERS = ['pcached', 'nbdkit-file', 'nbdkit-memory'] as const;
+const ALL_SERVERS = ['pcached', 'pcached-baseline', 'nbdkit-file', 'nbdkit-memory'] as const;
 type ServerName = (typeof ALL_SERVERS)[number];
 
 interface Workload { id: string; label: string; rw: string; bs: string; iodepth: number; dir: 'read' | 'write' }
@@ -33,6 +33,8 @@ const WORKLOADS: Workload[] = [
 interface Options {
   runtime: number; ramp: number; reps: number; size: number;
   servers: ServerName[]; workloads: Workload[]; out: string; keep: boolean; pcachedArgs: string[];
+  /** A built checkout of another pcached (e.g. the commit before a change), run as pcached-baseline. */
+  baseline: string | null;
 }
 
 function usage(): never {
@@ -46,6 +48,8 @@ function usage(): never {
   --workloads LIST        comma list of ${WORKLOADS.map((w) => w.id).join(',')}
   --out DIR               results directory (default bench/results)
   --pcached-args "ARGS"   extra arguments for pcached start (space separated)
+  --baseline DIR          also run DIR/bin/pcached (a built checkout, e.g. of the previous commit)
+                          as pcached-baseline, interleaved with the others: a side-by-side before/after
   --keep                  keep the temp dir (origin files, fio JSON)
 `);
   process.exit(2);
@@ -61,7 +65,7 @@ function parseSize(s: string): number {
 function parseArgs(argv: string[]): Options {
   const o: Options = {
     runtime: 10, ramp: 2, reps: 3, size: 1024 ** 3, servers: [...ALL_SERVERS], workloads: WORKLOADS,
-    out: join(REPO, 'bench', 'results'), keep: false, pcachedArgs: [],
+    out: join(REPO, 'bench', 'results'), keep: false, pcachedArgs: [], baseline: null,
   };
   let runtimeSet = false;
   let rampSet = false;
@@ -88,12 +92,15 @@ function parseArgs(argv: string[]): Options {
       case '--out': o.out = resolve(next()); break;
       case '--pcached-args': o.pcachedArgs = next().split(/\s+/).filter(Boolean); break;
       case '--keep': o.keep = true; break;
+      case '--baseline': o.baseline = resolve(next()); break;
       case '-h': case '--help': usage();
       // falls through (usage exits)
       default: process.stderr.write(`unknown argument ${a}\n`); usage();
     }
   }
   if (!(o.runtime > 0 && o.reps >= 1 && o.ramp >= 0)) usage();
+  if (o.baseline && !o.servers.includes('pcached-baseline')) o.servers.splice(1, 0, 'pcached-baseline');
+  if (!o.baseline) o.servers = o.servers.filter((s) => s !== 'pcached-baseline');
   return o;
 }
 
@@ -106,16 +113,16 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.on(sig, () => { process.stderr.write(`\n${sig}: stopping servers\n`); killAllProcs(); process.exit(130); });
 }
 
-async function startServer(name: ServerName, dir: string, file: string | null, size: number, extra: string[]): Promise<Server> {
+async function startServer(name: ServerName, dir: string, file: string | null, size: number, extra: string[], baseline: string | null): Promise<Server> {
   const sock = join(dir, `${name}.sock`);
   let cmd: string;
   let args: string[];
   let uri: string;
-  if (name === 'pcached') {
+  if (name === 'pcached' || name === 'pcached-baseline') {
     cmd = process.execPath;
-    args = [join(REPO, 'bin', 'pcached'), 'start', '--origin', file!, '--cache', join(dir, 'pcached-cache.img'),
+    args = [join(name === 'pcached' ? REPO : baseline!, 'bin', 'pcached'), 'start', '--origin', file!, '--cache', join(dir, `${name}-cache.img`),
       '--cache-size', '256M', '--unix', sock, '--tcp', '', '--name', 'bench', '--mode', 'passthrough',
-      '--control', join(dir, 'pcached-control.sock'), '--log-level', 'warn', ...extra];
+      '--control', join(dir, `${name}-control.sock`), '--log-level', 'warn', ...extra];
     uri = `nbd+unix:///bench?socket=${sock}`;
   } else if (name === 'nbdkit-file') {
     cmd = 'nbdkit';
@@ -167,6 +174,14 @@ function table(cells: Cell[], o: Options): string {
     }
   }
   lines.push('', 'IOPS× and p50× are ratios to nbdkit-file for the same workload (medians).');
+  if (o.servers.includes('pcached-baseline')) {
+    lines.push('', 'pcached against pcached-baseline (medians): IOPS ratio, p50 ratio');
+    for (const w of o.workloads) {
+      const a = cells.find((c) => c.workload === w.id && c.server === 'pcached')?.median;
+      const b = cells.find((c) => c.workload === w.id && c.server === 'pcached-baseline')?.median;
+      if (a && b) lines.push(`${pad(w.label, 18, true)} IOPS ${(a.iops / b.iops).toFixed(3)}×  p50 ${(a.p50us / b.p50us).toFixed(3)}×`);
+    }
+  }
   return lines.join('\n');
 }
 
@@ -185,7 +200,7 @@ function targets(cells: Cell[]): string[] {
   return out;
 }
 
-const COLORS: Record<ServerName, string> = { 'pcached': '#d9622b', 'nbdkit-file': '#3b6fb6', 'nbdkit-memory': '#8c8c8c' };
+const COLORS: Record<ServerName, string> = { 'pcached': '#d9622b', 'pcached-baseline': '#f0b27a', 'nbdkit-file': '#3b6fb6', 'nbdkit-memory': '#8c8c8c' };
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -270,7 +285,7 @@ async function main(): Promise<void> {
       prefillFile(f, o.size);
       files[s] = f;
     }
-    for (const s of o.servers) servers.push(await startServer(s, dir, files[s] ?? null, o.size, s === 'pcached' ? o.pcachedArgs : []));
+    for (const s of o.servers) servers.push(await startServer(s, dir, files[s] ?? null, o.size, s.startsWith('pcached') ? o.pcachedArgs : [], o.baseline));
     const mem = servers.find((s) => s.name === 'nbdkit-memory');
     if (mem) {
       process.stdout.write('pre-filling nbdkit-memory (fio 1M sequential write)\n');
@@ -320,7 +335,7 @@ async function main(): Promise<void> {
       date: started.toISOString(),
       host: { cpus: cpus().length, cpu: cpus()[0]?.model, memGiB: Math.round(totalmem() / 1024 ** 3), kernel: release(), node: process.version,
         fio: toolVersion('fio', ['--version']), nbdkit: toolVersion('nbdkit', ['--version']) },
-      config: { runtime: o.runtime, ramp: o.ramp, reps: o.reps, size: o.size, servers: o.servers, transport: 'unix',
+      config: { runtime: o.runtime, ramp: o.ramp, reps: o.reps, size: o.size, servers: o.servers, baseline: o.baseline, transport: 'unix',
         fio: 'ioengine=nbd numjobs=1 time_based norandommap randrepeat=0 lat_percentiles=1' },
       workloads: o.workloads,
       cells,

@@ -356,12 +356,12 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       max: 16,
     },
     slabSize: {
-      doc: 'Shared payload slab per stripe (request and reply data between the coordinator and the stripe).',
+      doc: 'Shared payload slab per stripe (request and reply data between the coordinator and the stripe). READ and WRITE are cut into pieces of at most a quarter of it (and 4 MiB), streamed through it; a smaller slab means more, smaller pieces.',
       accepts: 'size, 4MiB-1GiB, a multiple of 4KiB',
       default: '32MiB',
       env: 'PCACHED_SLAB_SIZE',
       format: 'pcached-size',
-      // A request is cut at 4 MiB subtree boundaries, so one piece always fits in a 4 MiB slab.
+      // Pieces are at most a quarter of the slab (router.ts maxPieceFor): 1 MiB pieces at the minimum.
       min: 4 * 2 ** 20,
       max: 2 ** 30,
       align: 4096,

@@ -3,8 +3,8 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
 import { startDaemon, isNbdkit, type Daemon } from './helpers/daemon.js';
+import { treeRssKiB } from './helpers/mem.js';
 import {
   RawConn, freshRead, freshWrite, handshake, readGreeting, option, readOptReply, request,
   readSimpleReply, readAt, u32, u64, IHAVEOPT, OPT_GO, OPT_ABORT, CMD_WRITE, CMD_READ,
@@ -219,32 +219,6 @@ test.serial('unknown command type → EINVAL, the connection stays usable', asyn
   c.destroy();
   await probe(t, 'unknown command');
 });
-
-function treeRssKiB(pid: number): number {
-  // RSS of pid and all its descendants (pcached = supervisor + coordinator processes).
-  const children = new Map<number, number[]>();
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      const list = children.get(ppid) ?? [];
-      list.push(Number(e));
-      children.set(ppid, list);
-    } catch { /* raced */ }
-  }
-  let total = 0;
-  const stack = [pid];
-  while (stack.length) {
-    const p = stack.pop()!;
-    try {
-      const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
-      total += Number(m?.[1] ?? 0);
-    } catch { /* gone */ }
-    stack.push(...(children.get(p) ?? []));
-  }
-  return total;
-}
 
 test.serial('a WRITE header with an absurd length (2^32-1) is refused without buffering it', async (t) => {
   const before = treeRssKiB(d.pid);

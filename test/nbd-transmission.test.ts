@@ -1,7 +1,7 @@
 import test from 'ava';
 import fc from 'fast-check';
 import {
-  RequestParser, writeSimpleReply, encodeSimpleReply, writeReadChunkHeader, encodeErrorChunk,
+  RequestParser, PayloadDecision, writeSimpleReply, encodeSimpleReply, writeReadChunkHeader, encodeErrorChunk,
   encodeBlockStatusChunk, encodeNoneChunk, type NbdRequest, type RequestEvent,
 } from '../src/nbd/transmission.js';
 import { encodeRequest, ReplyParser, type ReplyEvent } from '../src/nbd/client.js';
@@ -98,6 +98,70 @@ test('WRITE over maxPayload is drained (payloadDropped) and the next request par
     const evs = feed(new RequestParser({ maxPayload: 10, maxDrainable: 11 }), chunks);
     t.deepEqual(evs.map((e) => (e.kind === 'request' ? [e.req.cookieLo, e.req.payloadDropped, e.req.payload] : e.kind)), [[1, true, null], [2, false, null]]);
   }
+});
+
+test('admitPayload decides per WRITE header, before any payload buffer exists; WAIT asks again later', (t) => {
+  const w1 = req(Cmd.WRITE, { cookieLo: 1, offset: 512, length: 5, payload: Buffer.from('hello') });
+  const rd = req(Cmd.READ, { cookieLo: 2, length: 4096 });
+  const w3 = req(Cmd.WRITE, { cookieLo: 3, length: 300, payload: Buffer.alloc(300, 0x5a) });
+  const fl = req(Cmd.FLUSH, { cookieLo: 4 });
+  const stream = Buffer.concat([w1, rd, w3, fl].map(encode));
+  const w3At = encode(w1).length + encode(rd).length;
+  for (const chunks of splitsAt(stream)) {
+    // The first WRITE waits once, then is accepted; the second is dropped after waiting once.
+    const asked: [number, boolean, number][] = [];
+    const waited = new Set<number>();
+    let pushed = 0;
+    const p = new RequestParser({
+      admitPayload: (r, arrived) => {
+        asked.push([r.cookieLo, arrived, pushed]);
+        t.is(r.payload, null, 'asked before a payload exists');
+        if (!waited.has(r.cookieLo)) {
+          waited.add(r.cookieLo);
+          return PayloadDecision.WAIT;
+        }
+        return r.cookieLo === 1 ? PayloadDecision.ACCEPT : PayloadDecision.DROP;
+      },
+    });
+    const evs: RequestEvent[] = [];
+    for (const c of chunks) {
+      p.push(c);
+      pushed += c.length;
+      // A WAIT returns null; the caller asks again (here: at once, as a resumed session does).
+      for (let tries = 0; tries < 3; tries++) for (let ev = p.next(); ev !== null; ev = p.next()) evs.push(ev);
+    }
+    t.deepEqual(plain(evs), plain([
+      { kind: 'request', req: w1 },
+      { kind: 'request', req: rd },
+      { kind: 'request', req: { ...w3, payload: null, payloadDropped: true } },
+      { kind: 'request', req: fl },
+    ]));
+    t.deepEqual([...new Set(asked.map(([c]) => c))], [1, 3], 'asked for WRITEs only');
+    // `arrived` is true exactly when every payload byte was already received.
+    for (const [c, a, have] of asked) {
+      const end = (c === 1 ? 0 : w3At) + 28 + (c === 1 ? 5 : 300);
+      t.is(a, have >= end, `cookie ${c} with ${have} bytes received`);
+    }
+    t.is(p.buffered, 0);
+  }
+});
+
+test('a WRITE waiting for admission holds its payload bytes unconsumed; accepting later fills it', (t) => {
+  let decision = PayloadDecision.WAIT;
+  const p = new RequestParser({ admitPayload: () => decision });
+  const payload = Buffer.alloc(3 * MiB, 7);
+  const stream = encode(req(Cmd.WRITE, { cookieLo: 9, length: payload.length, payload }));
+  p.push(stream.subarray(0, 28 + MiB));
+  t.is(p.next(), null);
+  t.is(p.buffered, MiB, 'the header is consumed, the payload bytes are not');
+  t.is(p.next(), null, 'still waiting');
+  decision = PayloadDecision.ACCEPT;
+  t.is(p.next(), null, 'accepted: filling');
+  t.is(p.buffered, 0);
+  p.push(stream.subarray(28 + MiB));
+  const ev = p.next();
+  if (ev?.kind !== 'request') return t.fail();
+  t.true(ev.req.payload!.equals(payload));
 });
 
 test('WRITE over maxDrainable, bad magic and extended requests are fatal', (t) => {

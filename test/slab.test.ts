@@ -49,3 +49,18 @@ test('bad frees and sizes are rejected', (t) => {
   t.is(slab.alloc(4 * SLAB_PAGE), 0);
   t.is(slab.alloc(1), -1);
 });
+
+test('largestFreeRun finds the longest run of free pages', (t) => {
+  const slab = new SlabAllocator(16 * SLAB_PAGE);
+  t.is(slab.largestFreeRun(), 16 * SLAB_PAGE);
+  const a = slab.alloc(3 * SLAB_PAGE);
+  const b = slab.alloc(SLAB_PAGE);
+  const c = slab.alloc(5 * SLAB_PAGE);
+  slab.alloc(SLAB_PAGE);
+  t.is(slab.largestFreeRun(), 6 * SLAB_PAGE, 'the tail');
+  slab.free(a, 3 * SLAB_PAGE);
+  slab.free(c, 5 * SLAB_PAGE);
+  t.is(slab.largestFreeRun(), 6 * SLAB_PAGE);
+  slab.free(b, SLAB_PAGE);
+  t.is(slab.largestFreeRun(), 9 * SLAB_PAGE, 'freed runs merge');
+});

@@ -2,6 +2,7 @@ import test from 'ava';
 import { validateRequest, type ExportState } from '../src/coordinator/validate.js';
 import { Cmd, CmdFlag, NbdErr } from '../src/nbd/constants.js';
 import type { NbdRequest } from '../src/nbd/transmission.js';
+import { MAX_REQUEST_PAYLOAD } from '../src/coordinator/limits.js';
 
 const size = 1 << 20;
 const rw: ExportState = { size, readOnly: false, structuredReplies: true, metaContext: true };
@@ -45,12 +46,20 @@ test('flags: unknown bits and flags on the wrong command are EINVAL; FUA is fine
   }
 });
 
-test('unknown commands, non-zero FLUSH fields, oversize reads, dropped payloads, block status without context', (t) => {
+test('unknown commands, non-zero FLUSH fields, oversize reads and writes, block status without context', (t) => {
   t.is(validateRequest(req(8, 0, 0), rw), NbdErr.EINVAL);
   t.is(validateRequest(req(0xffff, 0, 0), rw), NbdErr.EINVAL);
   t.is(validateRequest(req(Cmd.FLUSH, 1, 0), rw), NbdErr.EINVAL);
-  t.is(validateRequest(req(Cmd.READ, 0, 32 * 2 ** 20 + 1), { ...rw, size: 2 ** 30 }), NbdErr.EINVAL);
-  t.is(validateRequest(req(Cmd.WRITE, 0, 33 * 2 ** 20, 0, true), { ...rw, size: 2 ** 30 }), NbdErr.EINVAL);
+  const big = { ...rw, size: 2 ** 30 };
+  t.is(validateRequest(req(Cmd.READ, 0, MAX_REQUEST_PAYLOAD), big), 0, 'the advertised maximum is accepted');
+  t.is(validateRequest(req(Cmd.WRITE, 0, MAX_REQUEST_PAYLOAD), big), 0);
+  t.is(validateRequest(req(Cmd.READ, 0, MAX_REQUEST_PAYLOAD + 1), big), NbdErr.EOVERFLOW, 'structured: the spec\'s hint to retry smaller');
+  t.is(validateRequest(req(Cmd.READ, 0, MAX_REQUEST_PAYLOAD + 1), { ...simple, size: 2 ** 30 }), NbdErr.EINVAL);
+  t.is(validateRequest(req(Cmd.WRITE, 0, MAX_REQUEST_PAYLOAD + 1), big), NbdErr.EINVAL);
+  t.is(validateRequest(req(Cmd.WRITE, 2 ** 30, MAX_REQUEST_PAYLOAD + 1), big), NbdErr.EINVAL, 'size before range');
+  // Effect-only commands may exceed the maximum payload.
+  t.is(validateRequest(req(Cmd.WRITE_ZEROES, 0, 2 ** 30), big), 0);
+  t.is(validateRequest(req(Cmd.TRIM, 0, 2 ** 30), big), 0);
   t.is(validateRequest(req(Cmd.BLOCK_STATUS, 0, 512), simple), NbdErr.EINVAL);
   t.is(validateRequest(req(Cmd.BLOCK_STATUS, 0, 512), { ...rw, metaContext: false }), NbdErr.EINVAL);
   t.is(validateRequest(req(Cmd.BLOCK_STATUS, 0, 0), rw), NbdErr.EINVAL);

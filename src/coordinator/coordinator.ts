@@ -14,6 +14,7 @@ import { CounterBlock, COORDINATOR_COUNTERS, type CoordinatorCounter } from '../
 import { StripeSet } from './stripes.js';
 import { Session, type SessionContext } from './session.js';
 import { FlowBudget } from './flow.js';
+import { FLOW_LIMIT } from './limits.js';
 import type { ExportInfo } from './negotiate.js';
 import { StripeOp } from '../ring/layout.js';
 import type { StripeWork } from './stripe-ring.js';
@@ -28,7 +29,6 @@ import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
 
 const RING_CAPACITY = 1024;
-const FLOW_LIMIT = 512 * 1024 * 1024;
 const SHUTDOWN_DRAIN_MS = 30_000;
 
 /**

@@ -1,5 +1,13 @@
 // One NBD request in flight: the pieces it was split into and how it completes. Replies are
 // built here; the session only writes them.
+//
+// No piece keeps slab space while it waits for another piece or for the socket (stripe-ring.ts
+// relies on this to never deadlock). A READ piece is done with its slab as soon as it completes:
+// - with structured replies (and no DF flag) it goes out at once as its own OFFSET_DATA chunk
+//   (chunks may come in any order; the last one carries DONE);
+// - a reply of one piece is handed to the session, which sends it straight from the slab while
+//   the socket keeps up and copies it out otherwise (ReplySink.writeSlabReply);
+// - otherwise (simple replies, DF) the piece is copied into the reply buffer, sent when whole.
 
 import { Cmd, CmdFlag, NbdErr, BASE_ALLOCATION_ID, SIMPLE_REPLY_SIZE } from '../nbd/constants.js';
 import {
@@ -9,11 +17,6 @@ import {
 import type { StripeWork } from './stripe-ring.js';
 import type { Extent } from '../origin/types.js';
 
-/**
- * Replies that fit Node's shared buffer pool are copied into one pooled buffer; anything larger
- * is sent straight from the slab (a 4 KiB+ allocation costs more than the whole write path).
- */
-export const COPY_REPLY_LIMIT = 4095;
 const READ_CHUNK_HEADER = 28;
 
 export interface IoWork extends StripeWork {
@@ -23,8 +26,13 @@ export interface IoWork extends StripeWork {
 }
 
 export interface ReplySink {
-  /** Write one whole reply (one or more buffers, contiguous on the wire); `done` runs once the bytes left or the socket died. */
-  writeReply(bufs: Buffer<ArrayBufferLike>[], done?: () => void): void;
+  /** Write one whole reply, or one whole structured chunk (buffers contiguous on the wire). */
+  writeReply(bufs: Buffer<ArrayBufferLike>[]): void;
+  /**
+   * Write `header` followed by the bytes of a completed piece in its slab, and release the
+   * piece's slab: at once if the bytes are copied, once the socket took them if sent from it.
+   */
+  writeSlabReply(header: Buffer, work: IoWork): void;
   completed(io: Io): void;
 }
 
@@ -38,10 +46,16 @@ export class Io {
   readonly structured: boolean;
   /** Flow-control bytes charged to the session for this request. */
   readonly charge: number;
-  readonly works: IoWork[] = [];
+  /** Pieces not completed yet. */
   remaining = 0;
+  /** Pieces the request was cut into so far (the ring may cut one further, see StripeWork.split). */
+  pieces = 0;
   errno = 0;
   extents: Extent[] | null = null;
+  /** READ of one piece, done: its slab is sent by finish(). */
+  #only: IoWork | null = null;
+  /** READ assembled from several pieces (simple replies, DF): header then data. */
+  #assembled: Buffer | null = null;
   readonly #sink: ReplySink;
 
   constructor(req: NbdRequest, structured: boolean, charge: number, sink: ReplySink) {
@@ -56,25 +70,63 @@ export class Io {
     this.#sink = sink;
   }
 
+  /** Replies of several pieces go out chunk by chunk: structured replies without DF. */
+  get #chunked(): boolean {
+    return this.structured && (this.flags & CmdFlag.DF) === 0;
+  }
+
   static onPieceDone(work: StripeWork, errno: number, result: number): void {
     const w = work as IoWork;
     const io = w.io;
     if (errno !== 0 && io.errno === 0) io.errno = errno;
-    if (io.type === Cmd.BLOCK_STATUS && errno === 0) io.extents = readExtents(w, result);
-    // A READ keeps its slab until the reply is out; everything else frees at once.
-    if (io.type !== Cmd.READ || errno !== 0) w.ring?.releaseSlab(w);
+    if (io.type === Cmd.READ && io.errno === 0) io.#readPieceDone(w);
+    else {
+      if (io.type === Cmd.BLOCK_STATUS && errno === 0) io.extents = readExtents(w, result);
+      w.ring?.releaseSlab(w);
+    }
     if (--io.remaining === 0) io.finish();
+  }
+
+  /** StripeWork.split for READ and WRITE pieces. */
+  static splitPiece(work: StripeWork, bytes: number): StripeWork {
+    const w = work as IoWork;
+    if (w.slabBytes !== w.length || bytes <= 0 || bytes >= w.length) throw new RangeError(`cannot split a piece of ${w.length} at ${bytes}`);
+    const head: IoWork = {
+      op: w.op, flags: w.flags, offset: w.offset, length: bytes, slabBytes: bytes,
+      payload: w.payload ? w.payload.subarray(0, bytes) : null,
+      onDone: Io.onPieceDone, split: Io.splitPiece, slabOff: 0, ring: null, io: w.io, delta: w.delta,
+    };
+    w.offset += bytes;
+    w.length -= bytes;
+    w.slabBytes -= bytes;
+    w.delta += bytes;
+    if (w.payload) w.payload = w.payload.subarray(bytes);
+    w.io.remaining++;
+    w.io.pieces++;
+    return head;
+  }
+
+  #readPieceDone(w: IoWork): void {
+    const slab = w.ring!.slab;
+    if (this.#chunked) {
+      const hdr = Buffer.allocUnsafe(READ_CHUNK_HEADER);
+      // No error can follow the last piece, so its chunk may be the final one.
+      writeReadChunkHeader(hdr, 0, this.cookieHi, this.cookieLo, this.offset + w.delta, w.length, this.remaining === 1);
+      this.#sink.writeSlabReply(hdr, w);
+    } else if (this.pieces === 1) {
+      this.#only = w;
+    } else {
+      const header = this.#headerSize();
+      this.#assembled ??= Buffer.allocUnsafe(header + this.length);
+      this.#assembled.set(slab.subarray(w.slabOff, w.slabOff + w.length), header + w.delta);
+      w.ring!.releaseSlab(w);
+    }
   }
 
   finish(): void {
     const sink = this.#sink;
-    if (this.type === Cmd.READ) {
-      if (this.errno === 0) this.#sendRead(sink);
-      else {
-        this.#releaseAll();
-        sink.writeReply([errorReply(this, this.errno, 'read failed')]);
-      }
-    } else if (this.type === Cmd.BLOCK_STATUS && this.errno === 0) {
+    if (this.type === Cmd.READ) this.#finishRead(sink);
+    else if (this.type === Cmd.BLOCK_STATUS && this.errno === 0) {
       sink.writeReply([encodeBlockStatusChunk(this.cookieHi, this.cookieLo, BASE_ALLOCATION_ID, this.#clampExtents())]);
     } else {
       sink.writeReply([errorReply(this, this.errno, 'request failed')]);
@@ -82,32 +134,33 @@ export class Io {
     sink.completed(this);
   }
 
-  #releaseAll(): void {
-    for (const w of this.works) w.ring?.releaseSlab(w);
+  #finishRead(sink: ReplySink): void {
+    const only = this.#only;
+    this.#only = null;
+    if (this.errno !== 0) {
+      if (only) only.ring!.releaseSlab(only);
+      this.#assembled = null;
+      // After chunks already sent this ERROR chunk (with DONE) makes the whole read failed.
+      sink.writeReply([errorReply(this, this.errno, 'read failed')]);
+    } else if (only) {
+      const hdr = Buffer.allocUnsafe(this.#headerSize());
+      this.#writeReadHeader(hdr);
+      sink.writeSlabReply(hdr, only);
+    } else if (this.#assembled) {
+      const buf = this.#assembled;
+      this.#assembled = null;
+      this.#writeReadHeader(buf);
+      sink.writeReply([buf]);
+    }
+    // Chunked: the last chunk, with DONE, went out with its piece.
   }
 
-  #sendRead(sink: ReplySink): void {
-    const header = this.structured ? READ_CHUNK_HEADER : SIMPLE_REPLY_SIZE;
-    if (header + this.length <= COPY_REPLY_LIMIT) {
-      const buf = Buffer.allocUnsafe(header + this.length);
-      this.#writeReadHeader(buf);
-      for (const w of this.works) {
-        buf.set(w.ring!.slab.subarray(w.slabOff, w.slabOff + w.length), header + w.delta);
-        w.ring!.releaseSlab(w);
-      }
-      sink.writeReply([buf]);
-      return;
-    }
-    const hdr = Buffer.allocUnsafe(header);
-    this.#writeReadHeader(hdr);
-    const bufs: Buffer<ArrayBufferLike>[] = [hdr];
-    for (const w of this.works) bufs.push(Buffer.from(w.ring!.slabSab, w.slabOff, w.length));
-    // The slab stays ours until the socket has taken the bytes (or died).
-    sink.writeReply(bufs, () => this.#releaseAll());
+  #headerSize(): number {
+    return this.structured ? READ_CHUNK_HEADER : SIMPLE_REPLY_SIZE;
   }
 
   #writeReadHeader(buf: Buffer): void {
-    if (this.structured) writeReadChunkHeader(buf, 0, this.cookieHi, this.cookieLo, this.offset, this.length);
+    if (this.structured) writeReadChunkHeader(buf, 0, this.cookieHi, this.cookieLo, this.offset, this.length, true);
     else writeSimpleReply(buf, 0, 0, this.cookieHi, this.cookieLo);
   }
 

@@ -3,8 +3,9 @@
 
 import {
   Opt, Rep, Info, ClientFlag, TxFlag,
-  BASE_ALLOCATION, BASE_ALLOCATION_ID, MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD, MAX_OPTIONS,
+  BASE_ALLOCATION, BASE_ALLOCATION_ID, MIN_BLOCK, PREFERRED_BLOCK, MAX_OPTIONS,
 } from '../nbd/constants.js';
+import { MAX_REQUEST_PAYLOAD } from './limits.js';
 import {
   encodeOptionReply, encodeOptionError, encodeInfoExport, encodeInfoName, encodeInfoDescription,
   encodeInfoBlockSize, encodeServerEntry, encodeMetaContext, encodeExportNameReply,
@@ -128,7 +129,7 @@ export class Negotiation {
       this.#send(encodeOptionReply(option, Rep.INFO, encodeInfoDescription(this.#exp.description)));
     }
     if (asked.has(Info.BLOCK_SIZE)) {
-      this.#send(encodeOptionReply(option, Rep.INFO, encodeInfoBlockSize(MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD)));
+      this.#send(encodeOptionReply(option, Rep.INFO, encodeInfoBlockSize(MIN_BLOCK, PREFERRED_BLOCK, MAX_REQUEST_PAYLOAD)));
     }
     this.#send(encodeOptionReply(option, Rep.ACK));
     if (option === Opt.INFO) return { next: 'continue' };

@@ -1,13 +1,16 @@
 // One client connection: handshake, then requests → validation → stripe work → replies.
 // Replies may complete out of order; each is written whole, in one place (writeReply).
-// Reading stops (socket.pause) while the session holds too much, the client does not read
-// its replies, or the daemon as a whole is over budget, so no client can grow our memory.
+// Request bytes are charged before their buffers exist (a WRITE's payload when its header
+// arrives) against the session's budget and the daemon's (flow.ts); a request that does not fit
+// waits, and reading stops (socket.pause) while it waits, while the session holds too much, while
+// the client does not read its replies, or while the daemon as a whole is over budget, so no
+// client can grow our memory.
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { Cmd, CmdFlag, NbdErr, MAX_PAYLOAD, MAX_DRAINABLE_PAYLOAD, cmdName } from '../nbd/constants.js';
+import { Cmd, CmdFlag, NbdErr, cmdName } from '../nbd/constants.js';
 import { OptionParser, encodeGreeting } from '../nbd/handshake.js';
-import { RequestParser, type NbdRequest } from '../nbd/transmission.js';
+import { RequestParser, PayloadDecision, type NbdRequest } from '../nbd/transmission.js';
 import { StripeOp, StripeFlag } from '../ring/layout.js';
 import { Negotiation, type ExportInfo } from './negotiate.js';
 import { validateRequest, type ExportState } from './validate.js';
@@ -17,16 +20,23 @@ import type { SequentialDetector } from './sequential.js';
 import type { StripeSet } from './stripes.js';
 import type { CounterBlock, CoordinatorCounter } from '../stats/counters.js';
 import type { FlowBudget } from './flow.js';
+import {
+  MAX_DRAINABLE_WRITE, MAX_SESSION_BYTES, MAX_SESSION_REQUESTS, SMALL_PAYLOAD, WRITE_BACKLOG_LIMIT, ZERO_COPY_BACKLOG,
+} from './limits.js';
 
 const HANDSHAKE_TIMEOUT_MS = 30_000;
-/** How long a connection we ended may keep sending before it is cut. */
+/**
+ * How long a connection we ended may keep sending before it is cut, and how long one whose
+ * replies are still being flushed may go without the client taking any of them.
+ */
 const CLOSE_GRACE_MS = 2_000;
-const MAX_INFLIGHT_REQUESTS = 512;
-const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
-/** Unsent reply bytes above which we stop reading requests until the client drains. */
-const WRITE_BACKLOG_LIMIT = 8 * 1024 * 1024;
 /** Extents one BLOCK_STATUS reply may carry (8 bytes each in the slab). */
 const MAX_EXTENTS = 1024;
+/**
+ * Replies this small are copied into one pooled buffer rather than sent from the slab: a view
+ * of the slab costs more than copying a few bytes.
+ */
+const COPY_REPLY_LIMIT = 4095;
 
 const enum Pause {
   INFLIGHT = 1,
@@ -69,7 +79,12 @@ export class Session implements ReplySink {
   #state: ExportState;
   #paused = 0;
   #inflight = 0;
+  /** Request bytes charged: requests in flight and the payload being received. */
   #inflightBytes = 0;
+  /** Charged as still arriving for the WRITE whose payload is being received (0 when none, or small). */
+  #receiving = 0;
+  /** A READ parsed but not admitted yet (over a budget): served first once reading resumes. */
+  #held: NbdRequest | null = null;
   #closed = false;
   #handshakeTimer: NodeJS.Timeout | null;
   #draining: (() => void) | null = null;
@@ -78,6 +93,7 @@ export class Session implements ReplySink {
     this.#corked = false;
     this.#sock.uncork();
   };
+  readonly #admitPayload = (req: NbdRequest, arrived: boolean): PayloadDecision => this.#startPayload(req, arrived);
 
   constructor(id: number, sock: Socket, ctx: SessionContext) {
     this.id = id;
@@ -129,7 +145,7 @@ export class Session implements ReplySink {
         this.#state = { ...this.#state, structuredReplies: out.structuredReplies, metaContext: out.metaContext };
         const rest = parser.takeRemainder();
         this.#optParser = null;
-        this.#reqParser = new RequestParser({ maxPayload: MAX_PAYLOAD, maxDrainable: MAX_DRAINABLE_PAYLOAD });
+        this.#reqParser = new RequestParser({ maxDrainable: MAX_DRAINABLE_WRITE, admitPayload: this.#admitPayload });
         if (rest.length > 0) {
           this.#reqParser.push(rest);
           this.#requests();
@@ -142,49 +158,93 @@ export class Session implements ReplySink {
   #requests(): void {
     const parser = this.#reqParser!;
     while (this.#paused === 0 && !this.#closed) {
-      const ev = parser.next();
-      if (!ev) return;
-      if (ev.kind === 'fatal') {
-        this.#ctx.counters.add('protocol_errors', 1);
-        this.#abort(ev.reason);
+      let req = this.#held;
+      if (req) this.#held = null;
+      else {
+        const ev = parser.next();
+        if (!ev) return;
+        if (ev.kind === 'fatal') {
+          this.#ctx.counters.add('protocol_errors', 1);
+          this.#abort(ev.reason);
+          return;
+        }
+        req = ev.req;
+      }
+      if (!this.#request(req)) {
+        this.#held = req;
         return;
       }
-      this.#request(ev.req);
     }
   }
 
-  #request(req: NbdRequest): void {
+  /**
+   * A WRITE header has arrived (the parser asks before it allocates the payload buffer): refused
+   * ones are drained unbuffered, accepted ones are charged now, and one that does not fit waits
+   * with reading paused (the parser asks again when reading resumes).
+   */
+  #startPayload(req: NbdRequest, arrived: boolean): PayloadDecision {
+    if (validateRequest(req, this.#state) !== 0) return PayloadDecision.DROP;
+    // A small payload still on its way is ordinary pipelining, not worth holding back.
+    const receiving = !arrived && req.length > SMALL_PAYLOAD;
+    if (!this.#admit(req.length, receiving)) return PayloadDecision.WAIT;
+    if (receiving) this.#receiving = req.length;
+    return PayloadDecision.ACCEPT;
+  }
+
+  /**
+   * Charge `bytes` to the session and the daemon, or pause reading until they fit. A session
+   * holding nothing may always take one request (up to the maximum payload).
+   */
+  #admit(bytes: number, receiving: boolean): boolean {
+    if (this.#inflightBytes > 0 && this.#inflightBytes + bytes > MAX_SESSION_BYTES) {
+      this.#pause(Pause.INFLIGHT);
+      return false;
+    }
+    const flow = this.#ctx.flow;
+    if (!flow.tryAcquire(bytes, receiving)) {
+      this.#pause(Pause.BUDGET);
+      flow.wait(() => this.#unpause(Pause.BUDGET), receiving);
+      return false;
+    }
+    this.#inflightBytes += bytes;
+    return true;
+  }
+
+  /** false: the request must wait (not admitted); it is offered again when reading resumes. */
+  #request(req: NbdRequest): boolean {
     const c = this.#ctx.counters;
-    const counter = REQ_COUNTER[req.type];
-    c.add(counter ?? 'reqs_unknown', 1);
-    if (req.type === Cmd.DISC) {
+    const type = req.type;
+    if (type === Cmd.WRITE && this.#receiving > 0) {
+      // Its payload has all arrived: the charge no longer depends on the client.
+      this.#ctx.flow.received(this.#receiving);
+      this.#receiving = 0;
+    }
+    if (type === Cmd.DISC) {
+      c.add('reqs_disc', 1);
       this.#pause(Pause.DISC);
       this.#maybeEnd();
-      return;
+      return true;
     }
     const st = this.#state;
     const errno = validateRequest(req, st);
-    if (errno !== 0) {
-      this.#replyNow(req, errno);
-      return;
-    }
-    const type = req.type;
     const length = req.length;
-    if (length === 0 && type !== Cmd.FLUSH) {
-      this.#replyNow(req, 0);
-      return;
+    if (errno !== 0 || (length === 0 && type !== Cmd.FLUSH)) {
+      c.add(REQ_COUNTER[type] ?? 'reqs_unknown', 1);
+      this.#replyNow(req, errno);
+      return true;
     }
+    // A WRITE was charged when its header arrived; a READ is charged here, before any of its buffers exist.
+    if (type === Cmd.READ && !this.#admit(length, false)) return false;
+    c.add(REQ_COUNTER[type] ?? 'reqs_unknown', 1);
     const charge = type === Cmd.READ || type === Cmd.WRITE ? length : 0;
     const io = new Io(req, st.structuredReplies, charge, this);
     this.#inflight++;
-    this.#inflightBytes += charge;
-    this.#ctx.flow.acquire(charge);
     const stripes = this.#ctx.stripes;
     const fua = (req.flags & CmdFlag.FUA) !== 0 ? StripeFlag.FUA : 0;
     switch (type) {
       case Cmd.FLUSH: {
         // A FLUSH covers every write already replied to on any connection: ask every stripe.
-        io.remaining = stripes.count;
+        io.remaining = io.pieces = stripes.count;
         for (let s = 0; s < stripes.count; s++) this.#submit(io, StripeOp.FLUSH, 0, 0, 0, 0, 0, null, s);
         break;
       }
@@ -193,7 +253,7 @@ export class Session implements ReplySink {
         // and lets the owning stripe answer for its own subtree.
         const len = firstSubtreeLength(req.offset, length);
         const maxExtents = (req.flags & CmdFlag.REQ_ONE) !== 0 ? 1 : MAX_EXTENTS;
-        io.remaining = 1;
+        io.remaining = io.pieces = 1;
         this.#submit(io, StripeOp.BLOCK_STATUS, 0, req.offset, len, 0, maxExtents * 8, null, stripeOf(req.offset, stripes.count));
         break;
       }
@@ -206,28 +266,27 @@ export class Session implements ReplySink {
           if ((req.flags & CmdFlag.NO_HOLE) !== 0) flags |= StripeFlag.NO_HOLE;
           if ((req.flags & CmdFlag.FAST_ZERO) !== 0) flags |= StripeFlag.FAST_ZERO;
         }
-        const pieces = splitRequest(req.offset, length, stripes.count);
-        io.remaining = pieces.length;
+        const withSlab = type === Cmd.READ || type === Cmd.WRITE;
+        const pieces = splitRequest(req.offset, length, stripes.count, withSlab ? stripes.maxPiece : undefined);
+        io.remaining = io.pieces = pieces.length;
         if (pieces.length > 1) this.#ctx.counters.add('split_pieces', pieces.length);
         const payload = type === Cmd.WRITE ? req.payload : null;
-        const withSlab = type === Cmd.READ || type === Cmd.WRITE;
         for (const p of pieces) {
           this.#submit(io, op, flags, p.offset, p.length, p.delta, withSlab ? p.length : 0,
             payload ? payload.subarray(p.delta, p.delta + p.length) : null, p.stripe);
         }
       }
     }
-    if (this.#inflight >= MAX_INFLIGHT_REQUESTS || this.#inflightBytes >= MAX_INFLIGHT_BYTES) this.#pause(Pause.INFLIGHT);
-    if (this.#ctx.flow.over) {
-      this.#pause(Pause.BUDGET);
-      this.#ctx.flow.wait(() => this.#unpause(Pause.BUDGET));
-    }
+    if (this.#inflight >= MAX_SESSION_REQUESTS) this.#pause(Pause.INFLIGHT);
+    return true;
   }
 
   #submit(io: Io, op: StripeOp, flags: number, offset: number, length: number, delta: number,
     slabBytes: number, payload: Uint8Array | null, stripe: number): void {
-    const work: IoWork = { op, flags, offset, length, slabBytes, payload, onDone: Io.onPieceDone, slabOff: 0, ring: null, io, delta };
-    io.works.push(work);
+    const work: IoWork = {
+      op, flags, offset, length, slabBytes, payload, onDone: Io.onPieceDone, slabOff: 0, ring: null, io, delta,
+      split: op === StripeOp.READ || op === StripeOp.WRITE ? Io.splitPiece : undefined,
+    };
     this.#ctx.stripes.submit(work, stripe);
   }
 
@@ -244,22 +303,52 @@ export class Session implements ReplySink {
     if (name) c.add(name, 1);
   }
 
-  writeReply(bufs: Buffer<ArrayBufferLike>[], done?: () => void): void {
-    if (this.#closed || this.#sock.destroyed) {
-      done?.();
+  /** Every reply produced in this turn of the event loop (a whole completion batch) leaves in one writev. */
+  #cork(): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    this.#sock.cork();
+    queueMicrotask(this.#uncork);
+  }
+
+  #afterWrite(): void {
+    if (this.#sock.writableLength > WRITE_BACKLOG_LIMIT) this.#pause(Pause.BACKLOG);
+  }
+
+  writeReply(bufs: Buffer<ArrayBufferLike>[]): void {
+    if (this.#closed || this.#sock.destroyed) return;
+    this.#cork();
+    for (const b of bufs) this.#sock.write(b);
+    this.#afterWrite();
+  }
+
+  /**
+   * Zero-copy while the client keeps up: the slab pages go to the socket if its unsent backlog
+   * stays small and the stripe's slab has room for such pages (StripeRing.pinForSocket); they
+   * are released once the socket took the bytes (or died). Otherwise the bytes are copied out
+   * and the slab released at once, so a client that does not read keeps no slab space.
+   */
+  writeSlabReply(header: Buffer, work: IoWork): void {
+    const ring = work.ring!;
+    const sock = this.#sock;
+    if (this.#closed || sock.destroyed) {
+      ring.releaseSlab(work);
       return;
     }
-    const sock = this.#sock;
-    // Every reply produced in this turn of the event loop (a whole completion batch) leaves
-    // in one writev: one syscall instead of one per reply.
-    if (!this.#corked) {
-      this.#corked = true;
-      sock.cork();
-      queueMicrotask(this.#uncork);
+    const len = work.length;
+    this.#cork();
+    if (header.length + len > COPY_REPLY_LIMIT && sock.writableLength + len <= ZERO_COPY_BACKLOG && ring.pinForSocket(work)) {
+      sock.write(header);
+      sock.write(Buffer.from(ring.slabSab, work.slabOff, len), () => ring.unpinForSocket(work));
+    } else {
+      const buf = Buffer.allocUnsafe(header.length + len);
+      buf.set(header, 0);
+      buf.set(ring.slab.subarray(work.slabOff, work.slabOff + len), header.length);
+      ring.releaseSlab(work);
+      if (buf.length > COPY_REPLY_LIMIT) this.#ctx.counters.add('replies_copied', 1);
+      sock.write(buf);
     }
-    for (let i = 0; i < bufs.length - 1; i++) sock.write(bufs[i]!);
-    sock.write(bufs[bufs.length - 1]!, done);
-    if (sock.writableLength > WRITE_BACKLOG_LIMIT) this.#pause(Pause.BACKLOG);
+    this.#afterWrite();
   }
 
   completed(io: Io): void {
@@ -273,7 +362,7 @@ export class Session implements ReplySink {
     this.#inflight--;
     this.#inflightBytes -= io.charge;
     this.#ctx.flow.release(io.charge);
-    if (this.#inflight < MAX_INFLIGHT_REQUESTS / 2 && this.#inflightBytes < MAX_INFLIGHT_BYTES / 2) this.#unpause(Pause.INFLIGHT);
+    if (this.#inflight < MAX_SESSION_REQUESTS / 2 && this.#inflightBytes < MAX_SESSION_BYTES / 2) this.#unpause(Pause.INFLIGHT);
     this.#maybeEnd();
   }
 
@@ -345,7 +434,9 @@ export class Session implements ReplySink {
   /**
    * End the connection once every owed reply has left. A paused socket (DISC, shutdown drain)
    * never reads the client's FIN, so once our end() is flushed it is destroyed rather than left
-   * half-open. A reading one (the handshake ended) keeps discarding what the client still sends,
+   * half-open; and if the client stops taking the replies still queued, it is destroyed when
+   * CLOSE_GRACE_MS pass without progress (a shutdown must not wait for a client that does not
+   * read). A reading one (the handshake ended) keeps discarding what the client still sends,
    * so the client sees a clean EOF rather than a reset, but only for a bounded grace period.
    */
   #finish(): void {
@@ -354,10 +445,28 @@ export class Session implements ReplySink {
     const sock = this.#sock;
     if (this.#paused !== 0) {
       sock.end(() => sock.destroy());
+      this.#destroyIfStuck();
       return;
     }
     sock.end();
     setTimeout(() => sock.destroy(), CLOSE_GRACE_MS).unref();
+  }
+
+  #destroyIfStuck(): void {
+    const sock = this.#sock;
+    let unsent = sock.writableLength;
+    const timer = setInterval(() => {
+      const now = sock.writableLength;
+      if (sock.destroyed) clearInterval(timer);
+      else if (now >= unsent) {
+        this.#log.info({ unsentBytes: now }, 'closing connection: the client does not read its replies');
+        clearInterval(timer);
+        sock.destroy();
+      }
+      unsent = now;
+    }, CLOSE_GRACE_MS);
+    timer.unref();
+    sock.once('close', () => clearInterval(timer));
   }
 
   /** Drop the connection now (shutdown drain timed out). */
@@ -369,6 +478,13 @@ export class Session implements ReplySink {
   #onClose(): void {
     if (this.#handshakeTimer) clearTimeout(this.#handshakeTimer);
     this.#closed = true;
+    if (this.#receiving > 0) {
+      // A WRITE whose payload never arrived: nothing will be submitted for it.
+      this.#inflightBytes -= this.#receiving;
+      this.#ctx.flow.release(this.#receiving, true);
+      this.#receiving = 0;
+    }
+    this.#held = null;
     this.#ctx.closed(this);
   }
 }

@@ -1,13 +1,19 @@
 // Coordinator side of one stripe's ring: issues pieces into request slots (payload copied into
 // the stripe's slab), takes completions, and keeps a FIFO of pieces waiting for a slot or slab
 // space so that per-stripe order is never broken.
+//
+// The slab never deadlocks: a piece holds slab pages only while the stripe works on it, or while
+// a socket has not yet taken a reply sent straight from them (at most half of the slab, see
+// pinForSocket). So when nothing of the stripe's own is in flight and the piece at the head of
+// the FIFO still finds no contiguous run, what blocks it can only be those replies, which a
+// client that stopped reading may hold for ever: the piece is then cut to the longest free run.
 
 import assert from 'node:assert/strict';
 import {
   REQ_HEAD, CPL_HEAD, CPL_TAIL, WORKER_SLEEPING, SPIN_HINT,
   R_OP, R_FLAGS, R_ID, R_OFF_LO, R_OFF_HI, R_LEN, R_SLAB_OFF, R_SLAB_LEN,
   C_ID, C_ERRNO, C_RESULT,
-  reqSlotBase, cplSlotBase, ringBytes, type StripeOp,
+  reqSlotBase, cplSlotBase, ringBytes, SLAB_PAGE, type StripeOp,
 } from '../ring/layout.js';
 import { SlabAllocator } from '../ring/slab.js';
 import { CounterBlock, STRIPE_COUNTERS } from '../stats/counters.js';
@@ -30,6 +36,11 @@ export interface StripeWork {
   /** Set by the ring when issued. */
   slabOff: number;
   ring: StripeRing | null;
+  /**
+   * READ and WRITE (slabBytes === length): cut the first `bytes` off into a new work of their
+   * own (same owner, same stripe, issued first) and keep the rest in `work`.
+   */
+  split?(work: StripeWork, bytes: number): StripeWork;
 }
 
 export class StripeRing {
@@ -52,6 +63,10 @@ export class StripeRing {
   #cplTail: number;
   #inflight = 0;
   #needBell = false;
+  /** Slab bytes held by replies sent from the slab that their socket has not taken yet. */
+  #socketPinned = 0;
+  readonly #pinCap: number;
+  readonly #splitsIdx: number;
   /** While the stripe thread is being (re)started nothing is issued: the new thread starts from REQ_HEAD. */
   #down = true;
 
@@ -72,6 +87,8 @@ export class StripeRing {
     this.#reqHead = 0;
     this.#cplTail = 0;
     this.#queueDepthIdx = this.counters.indexOf('queue_depth');
+    this.#splitsIdx = this.counters.indexOf('slab_splits');
+    this.#pinCap = Math.floor(slabBytes / 2);
   }
 
   get inflight(): number {
@@ -98,7 +115,10 @@ export class StripeRing {
     let slabOff = 0;
     if (work.slabBytes > 0) {
       slabOff = this.#alloc.alloc(work.slabBytes);
-      if (slabOff < 0) return false;
+      if (slabOff < 0) {
+        if (this.#inflight === 0 && work.split) this.#issuePrefix(work);
+        return false;
+      }
       if (work.payload) this.slab.set(work.payload, slabOff);
     }
     work.payload = null;
@@ -123,6 +143,38 @@ export class StripeRing {
     this.counters.addAt(this.#queueDepthIdx, 1);
     this.#needBell = true;
     return true;
+  }
+
+  /** The slab is too fragmented for `work` while the stripe is idle: issue as much of it as fits. */
+  #issuePrefix(work: StripeWork): void {
+    const run = this.#alloc.largestFreeRun();
+    if (run === 0) return;
+    assert.ok(run < work.slabBytes, 'a free run this long would have been allocated');
+    const head = work.split!(work, run);
+    this.counters.addAt(this.#splitsIdx, 1);
+    assert.ok(this.#issue(head), 'the prefix fits the longest free run');
+  }
+
+  /**
+   * A completed piece's reply is to be sent straight from its slab pages: allowed while all such
+   * pages of this slab add up to half of it at most. The pages stay allocated until
+   * unpinForSocket (the socket took the bytes or died).
+   */
+  pinForSocket(work: StripeWork): boolean {
+    const bytes = SlabAllocator.pagesFor(work.slabBytes) * SLAB_PAGE;
+    if (this.#socketPinned + bytes > this.#pinCap) return false;
+    this.#socketPinned += bytes;
+    return true;
+  }
+
+  unpinForSocket(work: StripeWork): void {
+    this.#socketPinned -= SlabAllocator.pagesFor(work.slabBytes) * SLAB_PAGE;
+    this.releaseSlab(work);
+  }
+
+  /** Slab bytes held by replies their sockets have not taken yet. */
+  get socketPinned(): number {
+    return this.#socketPinned;
   }
 
   /** Tell the stripe whether busy-polling for the next request is worth it (see SPIN_HINT). */

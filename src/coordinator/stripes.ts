@@ -8,6 +8,7 @@ import { DOORBELL_WORDS, BELL_COUNT, BELL_POLLING, type StripeWorkerData, type S
 import { StripeRing, type StripeWork } from './stripe-ring.js';
 import type { OriginSpec } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
+import { maxPieceFor } from './router.js';
 
 export interface StripeSetOptions {
   stripes: number;
@@ -36,6 +37,8 @@ const RESTART_BACKOFF_MS = [100, 250, 500, 1000, 2000, 5000];
 
 export class StripeSet {
   readonly rings: StripeRing[];
+  /** Longest READ/WRITE piece (router.ts maxPieceFor): at most a quarter of a slab. */
+  readonly maxPiece: number;
   readonly #doorbell: Int32Array;
   readonly #doorbellSab: SharedArrayBuffer;
   readonly #pools: Piscina[] = [];
@@ -52,6 +55,7 @@ export class StripeSet {
     this.#doorbellSab = new SharedArrayBuffer(DOORBELL_WORDS * 4);
     this.#doorbell = new Int32Array(this.#doorbellSab);
     this.rings = [];
+    this.maxPiece = maxPieceFor(opts.slabBytes);
     for (let i = 0; i < opts.stripes; i++) this.rings.push(new StripeRing(i, opts.capacity, opts.slabBytes));
   }
 

@@ -130,11 +130,12 @@ export const BASE_ALLOCATION = 'base:allocation';
 /** Context id we hand out for base:allocation (any non-zero-safe u32 works; nbdkit uses 1). */
 export const BASE_ALLOCATION_ID = 1;
 
-/** Sizes advertised in NBD_INFO_BLOCK_SIZE and enforced on requests. */
+/** Sizes our server advertises in NBD_INFO_BLOCK_SIZE (its maximum: coordinator/limits.ts). */
 export const MIN_BLOCK = 1;
 export const PREFERRED_BLOCK = 4096;
+/** The protocol's default maximum payload ([proto] "Size constraints"): what a peer that advertises none accepts. */
 export const MAX_PAYLOAD = 32 * 1024 * 1024;
-/** A WRITE up to this size with a payload over MAX_PAYLOAD is drained and answered EINVAL; larger ones end the connection. */
+/** Codec default: a WRITE payload or reply chunk above this cannot be skipped cheaply (64 MiB, nbdkit's and libnbd's own maximum). */
 export const MAX_DRAINABLE_PAYLOAD = 64 * 1024 * 1024;
 /** Strings (export names, queries) MUST be at most 4096 bytes (proto "Conventions"). */
 export const MAX_STRING = 4096;

@@ -19,15 +19,32 @@ export interface NbdRequest {
   /** u64 as a JS number: hi*2^32+lo; values >= 2^53 are approximate, still larger than any size. */
   offset: number;
   length: number;
-  /** WRITE payload when 0 < length <= maxPayload; null otherwise. */
+  /** WRITE payload when it was accepted (see PayloadDecision); null otherwise. */
   payload: Buffer | null;
-  /** A WRITE whose payload exceeded maxPayload (but not maxDrainable): it was read and discarded. */
+  /** A WRITE whose payload was refused: it was read and discarded, so the stream stays framed. */
   payloadDropped: boolean;
 }
 
 export type RequestEvent = { kind: 'request'; req: NbdRequest } | { kind: 'fatal'; reason: string };
 
-const enum ReqState { HEADER, FILL, DRAIN, FATAL }
+/** What to do with the payload of a WRITE whose header has just been parsed. */
+export const enum PayloadDecision {
+  /** Buffer it: the request is returned with its payload once every byte has arrived. */
+  ACCEPT,
+  /** Read and discard it: the request is returned with payloadDropped set. */
+  DROP,
+  /** Not now (no memory for it yet): next() returns null and asks again on the next call. */
+  WAIT,
+}
+
+/**
+ * Called once a WRITE header is parsed, before any payload buffer exists, and again after each
+ * WAIT. `arrived` is true when the whole payload is already received (no buffer is allocated for
+ * it: the payload is a view of what came in, or one copy of it).
+ */
+export type AdmitPayload = (req: NbdRequest, arrived: boolean) => PayloadDecision;
+
+const enum ReqState { HEADER, ADMIT, FILL, DRAIN, FATAL }
 
 /** Error chunk messages are u16-length framed; keep them short anyway. */
 const MAX_ERROR_MESSAGE = 4096;
@@ -36,29 +53,35 @@ const MAX_ERROR_MESSAGE = 4096;
  * Compact 28-byte requests: magic (u32), flags (u16), type (u16), cookie (u64), offset (u64),
  * length (u32), then `length` payload bytes for WRITE only. A bad magic means the stream is
  * desynchronised and a WRITE payload over maxDrainable cannot be skipped cheaply: both are
- * fatal, and the fatal event repeats on every later next().
+ * fatal, and the fatal event repeats on every later next(). Below that, `admitPayload` decides
+ * per WRITE whether its payload is buffered, dropped, or waited for (the default accepts up to
+ * maxPayload and drops larger ones).
  */
 export class RequestParser {
   readonly #queue = new ChunkQueue();
   readonly #scratch = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
   readonly #maxPayload: number;
   readonly #maxDrainable: number;
+  readonly #admit: AdmitPayload;
   #state = ReqState.HEADER;
-  /** The WRITE whose payload is being filled or drained. */
+  /** The WRITE waiting for admission, or whose payload is being filled or drained. */
   #pending: NbdRequest | null = null;
   /** Payload bytes still to fill or drain. */
   #remaining = 0;
   #fatal: RequestEvent | null = null;
 
-  constructor(opts: { maxPayload?: number; maxDrainable?: number } = {}) {
+  constructor(opts: { maxPayload?: number; maxDrainable?: number; admitPayload?: AdmitPayload } = {}) {
     this.#maxPayload = opts.maxPayload ?? MAX_PAYLOAD;
     this.#maxDrainable = opts.maxDrainable ?? MAX_DRAINABLE_PAYLOAD;
+    const max = this.#maxPayload;
+    this.#admit = opts.admitPayload ?? ((req) => (req.length <= max ? PayloadDecision.ACCEPT : PayloadDecision.DROP));
   }
 
   /**
    * Bytes received and not yet handed out as requests. Once next() has returned null this is
-   * less than one header: a payload in progress counts as consumed, so pausing the socket on
-   * this number can never stall a request that still needs bytes.
+   * less than one header, or a WRITE is waiting for admission (its payload bytes count here): a
+   * payload being filled or drained counts as consumed, so pausing the socket on this number can
+   * never stall a request that still needs bytes.
    */
   get buffered(): number {
     return this.#queue.length;
@@ -73,9 +96,10 @@ export class RequestParser {
     switch (this.#state) {
       case ReqState.HEADER:
         break;
+      case ReqState.ADMIT:
+        return this.#admitPending();
       case ReqState.FILL: {
-        const req = this.#pending!;
-        const payload = req.payload!;
+        const payload = this.#pending!.payload!;
         this.#remaining -= q.copyInto(payload, payload.length - this.#remaining, this.#remaining);
         return this.#remaining === 0 ? this.#complete() : null;
       }
@@ -104,27 +128,38 @@ export class RequestParser {
       payloadDropped: false,
     };
     if (req.type !== Cmd.WRITE || req.length === 0) return { kind: 'request', req };
+    if (req.length > this.#maxDrainable) {
+      return this.#fail(`WRITE payload of ${req.length} bytes exceeds ${this.#maxDrainable}; cannot resynchronise`);
+    }
+    this.#pending = req;
+    this.#state = ReqState.ADMIT;
+    return this.#admitPending();
+  }
 
+  #admitPending(): RequestEvent | null {
+    const req = this.#pending!;
+    const q = this.#queue;
     const len = req.length;
-    if (len > this.#maxDrainable) {
-      return this.#fail(`WRITE payload of ${len} bytes exceeds ${this.#maxDrainable}; cannot resynchronise`);
+    const arrived = q.length >= len;
+    switch (this.#admit(req, arrived)) {
+      case PayloadDecision.WAIT:
+        return null;
+      case PayloadDecision.DROP:
+        req.payloadDropped = true;
+        this.#remaining = len;
+        this.#state = ReqState.DRAIN;
+        return this.next();
+      case PayloadDecision.ACCEPT:
+        break;
     }
-    if (len > this.#maxPayload) {
-      req.payloadDropped = true;
-      this.#pending = req;
-      this.#remaining = len;
-      this.#state = ReqState.DRAIN;
-      return this.next();
-    }
-    if (q.length >= len) {
+    if (arrived) {
       // A view when the payload sits in one chunk, else exactly one copy of `len` bytes.
       req.payload = q.take(len);
-      return { kind: 'request', req };
+      return this.#complete();
     }
     const payload = Buffer.allocUnsafe(len);
     req.payload = payload;
     this.#remaining = len - q.copyInto(payload, 0, len);
-    this.#pending = req;
     this.#state = ReqState.FILL;
     return null;
   }
@@ -167,9 +202,12 @@ function writeChunkHeader(buf: Uint8Array, off: number, flags: number, type: num
   putU32(buf, off + 16, length);
 }
 
-/** 28 bytes: an OFFSET_DATA chunk header with DONE (payload = u64 offset + data), then the u64 offset; the data follows. */
-export function writeReadChunkHeader(buf: Uint8Array, off: number, cookieHi: number, cookieLo: number, offset: number, dataLength: number): void {
-  writeChunkHeader(buf, off, ReplyFlag.DONE, ChunkType.OFFSET_DATA, cookieHi, cookieLo, 8 + dataLength);
+/**
+ * 28 bytes: an OFFSET_DATA chunk header (payload = u64 offset + data), then the u64 offset; the
+ * data follows. `done`: the final chunk of its reply.
+ */
+export function writeReadChunkHeader(buf: Uint8Array, off: number, cookieHi: number, cookieLo: number, offset: number, dataLength: number, done = true): void {
+  writeChunkHeader(buf, off, done ? ReplyFlag.DONE : 0, ChunkType.OFFSET_DATA, cookieHi, cookieLo, 8 + dataLength);
   putU64(buf, off + STRUCTURED_HEADER_SIZE, offset);
 }
 

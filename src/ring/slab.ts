@@ -55,6 +55,18 @@ export class SlabAllocator {
     return -1;
   }
 
+  /** Bytes in the longest run of free pages (a full scan: only for the rare fragmented case). */
+  largestFreeRun(): number {
+    const used = this.#used;
+    let best = 0;
+    let run = 0;
+    for (let i = 0; i < this.pages; i++) {
+      run = used[i] === 0 ? run + 1 : 0;
+      if (run > best) best = run;
+    }
+    return best * SLAB_PAGE;
+  }
+
   free(offset: number, bytes: number): void {
     const first = offset / SLAB_PAGE;
     const count = SlabAllocator.pagesFor(bytes);

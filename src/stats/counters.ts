@@ -9,7 +9,7 @@ export const COORDINATOR_COUNTERS = [
   'errors', 'err_eperm', 'err_eio', 'err_enomem', 'err_einval', 'err_enospc', 'err_eoverflow',
   'err_enotsup', 'err_eshutdown',
   'connections_total', 'connections_open', 'connections_refused', 'protocol_errors',
-  'inflight', 'split_pieces', 'queued_pieces',
+  'inflight', 'split_pieces', 'queued_pieces', 'replies_copied',
 ] as const;
 
 /** Counted by one stripe worker (one block per stripe). */
@@ -20,6 +20,7 @@ export const STRIPE_COUNTERS = [
   'read_blocks', 'read_hits', 'write_blocks', 'write_bypass', 'write_blocked', 'cache_flushes',
   'discards', 'fills', 'fills_skipped', 'crc_errors', 'cache_errors', 'ksets',
   'write_hits_uncommitted', 'write_hits_committed', 'write_allocs', 'fills_deferred',
+  'slab_splits',
 ] as const;
 
 /** Counted by the writeback and GC workers of one cache (one block per cache). */
