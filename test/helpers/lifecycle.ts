@@ -6,7 +6,7 @@
 // if a test did not stop it; tests stop them themselves (t.teardown).
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import type { CacheStatus } from '../../src/daemon/ipc.js';
 import { PCACHED_BIN } from './daemon.js';
@@ -184,13 +184,23 @@ export function pidRunning(pid: number): boolean {
   } catch {
     return false;
   }
+  // The leader turns zombie as soon as it exits, while its other threads may still be leaving (and
+  // still hold its files and locks): the process is gone only once every thread is.
+  let tasks: string[];
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
+    tasks = readdirSync(`/proc/${pid}/task`);
   } catch {
     return false;
   }
+  return tasks.some((tid) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      return state !== 'Z' && state !== 'X';
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** SIGKILL a PID we know we started (a coordinator forked by our daemon), if it still runs. */
