@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { nbdUri, makeSparseFile } from './helpers/daemon.js';
 import { startNbdkit } from './helpers/nbdkit.js';
 import { pcachedCli, startServing, statusJson, stopGracefully, waitFor } from './helpers/lifecycle.js';
-import { needTools, nbdshJson, skipSuffix } from './helpers/tools.js';
+import { needTools, nbdshJson, PY_ATTEMPT, skipSuffix } from './helpers/tools.js';
 
 const MiB = 1 << 20;
 const NAME = 'vol';
@@ -170,12 +170,7 @@ print(json.dumps(w))
   await faults('off');
   const after = await nbdshJson<[string, string, string, string]>(`
 import json, nbd
-def attempt(f):
-    try:
-        f()
-        return 'OK'
-    except nbd.Error as e:
-        return e.errno or str(e)
+${PY_ATTEMPT}
 print(json.dumps([h.pread(65536, ${4 * MiB}).hex(), h.pread(65536, ${MiB}).hex(), attempt(lambda: h.pwrite(b'\\x11' * 4096, ${6 * MiB})), attempt(lambda: h.flush())]))
 `, { uri });
   t.true(Buffer.from(after[0], 'hex').equals(initial.subarray(4 * MiB, 4 * MiB + 65536)), 'the failed write reads as the old data, never other bytes');

@@ -16,7 +16,7 @@ import { openNbdOrigin } from '../src/origin/nbd.js';
 import { removeScratchDirs, scratchDir } from './helpers/scratch.js';
 import { decodeImage } from './helpers/stamp-model.js';
 import { stampBlock, STAMP_BLOCK } from './helpers/stamps.js';
-import { describe, needTools, nbdshJson, run, runOk, skipSuffix } from './helpers/tools.js';
+import { describe, needTools, nbdshJson, PY_ATTEMPT, run, runOk, skipSuffix } from './helpers/tools.js';
 import { pidRunning, sleep, waitFor } from './helpers/lifecycle.js';
 
 const MiB = 1 << 20;
@@ -70,12 +70,7 @@ pyTest('a failed FLUSH gets EIO and drops the volatile cache; a later FLUSH succ
   await d.control('flush fail');
   const failed = await nbdshJson<[string, string]>(`
 import json, nbd
-def attempt(f):
-    try:
-        f()
-        return 'ok'
-    except nbd.Error as e:
-        return e.errno or str(e)
+${PY_ATTEMPT}
 print(json.dumps([attempt(lambda: h.flush()), attempt(lambda: h.pwrite(b'x' * 4096, 5 * 4096, nbd.CMD_FLAG_FUA))]))
 `, { uri: d.uri });
   t.deepEqual(failed, ['EIO', 'EIO'], 'FLUSH and a FUA write fail with EIO');
@@ -104,12 +99,7 @@ def ctl(cmd):
     s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(d.controlSocket)}); s.sendall((cmd + '\\n').encode())
     out = s.recv(65536).decode(); s.close()
     assert out.startswith('ok'), out
-def attempt(f):
-    try:
-        f()
-        return 'ok'
-    except nbd.Error as e:
-        return e.errno or str(e)
+${PY_ATTEMPT}
 ${py(0, 7)}
 ctl('write fail')
 w = attempt(lambda: h.pwrite(b'\\x09' * 4096, 0))

@@ -10,6 +10,18 @@ import type { ExecutionContext } from 'ava';
 /** /usr/bin first: the default python3 here is a pyenv one without the `nbd` module. */
 export const TOOL_PATH = ['/usr/bin', '/usr/sbin', '/sbin', '/bin', process.env.PATH ?? '']
   .filter(Boolean).join(delimiter);
+/**
+ * Python for nbdsh scripts: `attempt(f)` runs f and gives 'ok', or the errno name of the nbd.Error
+ * it raised, so a script can report every outcome in one JSON line.
+ */
+export const PY_ATTEMPT = `import nbd
+def attempt(f):
+    try:
+        f()
+        return 'ok'
+    except nbd.Error as e:
+        return e.errno or str(e)`;
+
 export const TOOL_ENV: NodeJS.ProcessEnv = { ...process.env, PATH: TOOL_PATH, LC_ALL: 'C' };
 
 const haveCache = new Map<string, string | null>();
