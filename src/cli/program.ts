@@ -12,8 +12,10 @@ import { Supervisor } from '../daemon/supervisor.js';
 import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
 import { formatStatus, formatWritecacheLine } from './status-format.js';
+import { formatSummary } from './status-summary.js';
+import { formatMessageReply, formatTable, type TableReply } from './message-format.js';
 import { formatInspectReport, inspectCache } from './inspect.js';
-import { formatSize } from '../util/size.js';
+import { formatBytes } from '../util/size.js';
 import { PcachedError } from '../util/errors.js';
 
 export interface CliIo {
@@ -72,7 +74,7 @@ function buildProgram(io: CliIo): Command {
     .option('--unix <path>', 'Unix socket to serve NBD on ("" for none)')
     .option('--tcp <host:port>', 'TCP address to serve NBD on ("" for none)')
     .option('--name <name>', 'export name')
-    .addOption(new Option('--mode <mode>', 'cache mode (writeback or passthrough; the others are not implemented yet)').choices(CACHE_MODES))
+    .addOption(new Option('--mode <mode>', 'cache mode, switchable online (docs/cache-engine.md#modes)').choices(CACHE_MODES))
     .option('--stripes <n>', 'stripe worker threads (0 = cores - 1, at least 1)')
     .option('--control <path>', 'control socket')
     .option('--read-only', 'serve the export read-only')
@@ -92,16 +94,36 @@ function buildProgram(io: CliIo): Command {
 
   program
     .command('status')
-    .description("Print each cache's state, listeners and counters; with NAME, its one-line dm-writecache style status")
-    .argument('[name]', 'only this cache: one line, the 14 dm-writecache status fields then pcached\'s own (docs/operations.md)')
+    .description("Print each cache's state, listeners and counters; with NAME, that cache's status labelled with units and rates (docs/operations.md)")
+    .argument('[name]', 'only this cache')
     .option('--json', 'print {"caches":[...]} as JSON')
+    .option('--raw', "with NAME: one line, dm-writecache's 14 status fields then pcached's own, as numbers")
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
-    .action(async (name: string | undefined, opts: { json?: boolean; control?: string }) => {
+    .action(async (name: string | undefined, opts: { json?: boolean; raw?: boolean; control?: string }) => {
+      if (opts.raw && name === undefined) {
+        io.stderr('pcached: --raw needs a cache NAME (pcached status NAME --raw)\n');
+        throw new Exit(2);
+      }
       const result = (await controlRequest(controlPath(io, opts.control), name === undefined ? { op: 'status' } : { op: 'status', name })) as { caches: CacheStatus[] };
-      const one = name !== undefined ? result.caches[0]?.cacheState?.writecache : undefined;
+      const one = name !== undefined ? result.caches[0] : undefined;
       if (opts.json) io.stdout(`${JSON.stringify({ caches: result.caches })}\n`);
-      else if (one) io.stdout(`${formatWritecacheLine(one)}\n`);
+      else if (one && opts.raw) {
+        const line = one.cacheState?.writecache;
+        if (!line) throw new PcachedError('ERR_NOT_RUNNING', `cache ${JSON.stringify(name)} has no status line (${one.condition ?? one.state}): see pcached status ${name}`);
+        io.stdout(`${formatWritecacheLine(line)}\n`);
+      } else if (one) io.stdout(formatSummary(one));
       else io.stdout(formatStatus(result.caches));
+    });
+
+  program
+    .command('table')
+    .description('Print every running tunable of a cache and where its value came from (config file, flag, environment, message, default), like `dmsetup table`')
+    .argument('<name>', 'cache name')
+    .option('--json', 'print {"name", "tunables": [{"key", "message", "value", "shown", "source"}]}')
+    .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
+    .action(async (name: string, opts: { json?: boolean; control?: string }) => {
+      const result = (await controlRequest(controlPath(io, opts.control), { op: 'table', name })) as TableReply;
+      io.stdout(opts.json ? `${JSON.stringify(result)}\n` : formatTable(result));
     });
 
   program
@@ -109,16 +131,16 @@ function buildProgram(io: CliIo): Command {
     .description('Send a message to one cache (e.g. flush, clear_stats)')
     .argument('<name>', 'cache name')
     .argument('<words...>', 'the message and its arguments')
+    .option('--json', 'print the answer as JSON')
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
-    .action(async (name: string, words: string[], opts: { control?: string }) => {
+    .action(async (name: string, words: string[], opts: { json?: boolean; control?: string }) => {
       const result = await controlRequest(controlPath(io, opts.control), { op: 'message', name, words }, { timeoutMs: 600_000 });
-      if (typeof result === 'string') io.stdout(result.endsWith('\n') ? result : `${result}\n`);
-      else if (result !== null && result !== undefined && result !== true) io.stdout(`${JSON.stringify(result, null, 2)}\n`);
+      io.stdout(opts.json ? `${JSON.stringify(result ?? null)}\n` : `${formatMessageReply(name, words, result)}\n`);
     });
 
   program
     .command('clean')
-    .description('Write everything back: turn the cleaner on (writes go to the origin, nothing new is cached) and report progress until no block is dirty')
+    .description('Write everything back: turn the cleaner on (writes go to the origin, nothing new is cached), report progress until no block is dirty, then put the cleaner back as it was')
     .argument('<name>', 'cache name')
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
     .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', parseInterval, 2000)
@@ -134,7 +156,8 @@ function buildProgram(io: CliIo): Command {
     .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', parseInterval, 2000)
     .action(async (name: string, opts: { control?: string; interval: number }) => {
       const control = controlPath(io, opts.control);
-      await cleanCache(io, control, name, opts.interval);
+      if (await isDetached(control, name)) throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${JSON.stringify(name)} is already detached (served from its origin until the next start); restart pcached to attach it again`);
+      await cleanCache(io, control, name, opts.interval, { restore: false });
       const r = (await controlRequest(control, { op: 'message', name, words: ['detach'] }, { timeoutMs: 600_000 })) as { cache: string };
       io.stdout(`detach ${name}: the cache file ${r.cache} is released and marked clean; ${name} is served from its origin until the next start\n`);
     });
@@ -198,22 +221,33 @@ export async function runCli(args: string[], io: CliIo = processIo): Promise<num
   }
 }
 
-/** The dirty blocks of one cache, from status. */
-async function dirtyOf(control: string, name: string): Promise<number> {
+/** The cache part of one cache's status; throws when it has none. */
+async function cacheStateOf(control: string, name: string): Promise<NonNullable<CacheStatus['cacheState']>> {
   const r = (await controlRequest(control, { op: 'status', name })) as { caches: CacheStatus[] };
   const cs = r.caches[0]?.cacheState;
-  if (!cs) throw new PcachedError('ERR_NOT_RUNNING', `cache ${JSON.stringify(name)} is not running (no cache state in status)`);
-  return cs.dirtyBlocks;
+  if (!cs) throw new PcachedError('ERR_NOT_RUNNING', `cache ${JSON.stringify(name)} is ${r.caches[0]?.state ?? 'not running'}: it has no cache state now; try again once pcached status ${name} shows it running`);
+  return cs;
+}
+
+async function isDetached(control: string, name: string): Promise<boolean> {
+  const r = (await controlRequest(control, { op: 'status', name })) as { caches: CacheStatus[] };
+  return r.caches[0]?.detached === true;
 }
 
 /**
  * `pcached clean NAME`: cleaner on, then progress until dirty reaches 0: a bar on a terminal,
- * a line every interval otherwise (logs, CI). The cleaner stays on afterwards (as dm-writecache's
- * does): `pcached message NAME cleaner off` caches writes again.
+ * a line every interval otherwise (logs, CI); then the cleaner goes back to what it was (detach
+ * keeps it on). Interrupted, the cleaner stays on (status and table show it).
  */
-async function cleanCache(io: CliIo, control: string, name: string, interval: number): Promise<void> {
-  await controlRequest(control, { op: 'message', name, words: ['cleaner'] });
-  const first = await dirtyOf(control, name);
+async function cleanCache(io: CliIo, control: string, name: string, interval: number, opts: { restore: boolean } = { restore: true }): Promise<void> {
+  if (await isDetached(control, name)) {
+    io.stdout(`clean ${name}: nothing to do: the cache is detached (everything was written back; served from the origin until the next start)\n`);
+    return;
+  }
+  const wasOn = (await cacheStateOf(control, name)).cleaner;
+  await controlRequest(control, { op: 'message', name, words: ['cleaner', 'on'] });
+  const dirtyOf = async (): Promise<number> => (await cacheStateOf(control, name)).dirtyBlocks;
+  const first = await dirtyOf();
   const tty = io === processIo && process.stderr.isTTY === true;
   const t0 = Date.now();
   let dirty = first;
@@ -222,10 +256,10 @@ async function cleanCache(io: CliIo, control: string, name: string, interval: nu
       cliProgress.Presets.shades_classic)
     : null;
   bar?.start(first, 0, { left: first });
-  if (!bar) io.stdout(`clean ${name}: ${first} dirty blocks (${formatSize(first * 4096)}) to write back\n`);
+  if (!bar) io.stdout(`clean ${name}: ${first} dirty blocks (${formatBytes(first * 4096)}) to write back\n`);
   while (dirty > 0) {
     await new Promise((r) => setTimeout(r, bar ? Math.min(interval, 250) : interval));
-    dirty = await dirtyOf(control, name);
+    dirty = await dirtyOf();
     const done = Math.max(0, first - dirty);
     if (bar) {
       // New writes over dirty data can add to the total while cleaning.
@@ -236,5 +270,13 @@ async function cleanCache(io: CliIo, control: string, name: string, interval: nu
     }
   }
   bar?.stop();
-  io.stdout(`clean ${name}: no dirty blocks (${first} written back in ${((Date.now() - t0) / 1000).toFixed(1)} s); the cleaner stays on: \`pcached message ${name} cleaner off\` caches writes again\n`);
+  const took = `${first} written back in ${((Date.now() - t0) / 1000).toFixed(1)} s`;
+  if (!opts.restore) {
+    io.stdout(`clean ${name}: no dirty blocks (${took})\n`);
+  } else if (wasOn) {
+    io.stdout(`clean ${name}: no dirty blocks (${took}); the cleaner was on before and stays on\n`);
+  } else {
+    await controlRequest(control, { op: 'message', name, words: ['cleaner', 'off'] });
+    io.stdout(`clean ${name}: no dirty blocks (${took}); the cleaner is off again, as it was: writes are cached\n`);
+  }
 }

@@ -56,6 +56,8 @@ export interface LoadedConfig {
   embeddedDefault: boolean;
   /** Keys whose value came from a flag or the environment (they shadow the file, also on reload). */
   overrides: string[];
+  /** Cache name → dotted key → where its value came from (`config file`, `flag --x`, `environment X`); absent: the default. */
+  keySources: Record<string, Record<string, string>>;
 }
 
 export interface ConfigDiff {
@@ -215,6 +217,7 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
   const cacheEnv = cacheEnvSet(env, flags);
   const cacheFlagsSet = CACHE_FLAGS.filter((k) => flags[k] !== undefined);
   let rawCaches: RawCache[] = [];
+  const sourcesOf: Record<string, string>[] = [];
   let embeddedDefault = false;
   if (fileCaches !== undefined && !Array.isArray(fileCaches)) {
     problems.push(`caches: must be an array of cache objects: value was ${JSON.stringify(fileCaches)}`);
@@ -223,6 +226,7 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
     setFlags(c as convict.Config<unknown>, flags, CACHE_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
     validateInto(c, '', problems);
     rawCaches = [c.getProperties()];
+    sourcesOf.push(keySourcesOf({}, env, flags));
     embeddedDefault = flags.origin === undefined && env.PCACHED_ORIGIN === undefined;
   } else if (fileCaches.length > 1 && (cacheFlagsSet.length > 0 || cacheEnv.length > 0)) {
     const given = [...cacheFlagsSet.map((k) => FLAG_NAMES[k]), ...cacheEnv].join(', ');
@@ -243,6 +247,7 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
       }
       validateInto(c, prefix, problems);
       rawCaches.push(c.getProperties());
+      sourcesOf.push(keySourcesOf(element, one ? env : {}, one ? flags : {}));
     });
   }
   if (fileCaches === undefined || (Array.isArray(fileCaches) && fileCaches.length <= 1)) overrides.push(...cacheEnv);
@@ -265,7 +270,20 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
   };
   checkAcrossCaches(config, !(Array.isArray(fileCaches) && fileCaches.length > 0), problems);
   if (problems.length) throw configError(problems, configFile);
-  return { config, source: { ...source, configFile }, configFile, embeddedDefault, overrides };
+  const keySources = Object.fromEntries(config.caches.map((c, i) => [c.name, sourcesOf[i] ?? {}]));
+  return { config, source: { ...source, configFile }, configFile, embeddedDefault, overrides, keySources };
+}
+
+/** Where each cache key's value comes from: the file element, then the environment, then a flag (the winner). */
+function keySourcesOf(element: Record<string, unknown>, env: ConfigSource['env'], flags: StartFlags): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, info] of schemaLeaves(cacheSchema('single', true))) {
+    if (valueAt(element, k) !== undefined) out[k] = 'config file';
+    const e = envName(info);
+    if (e !== undefined && env[e] !== undefined) out[k] = `environment ${e}`;
+    if (info.flag !== undefined && flags[k as keyof StartFlags] !== undefined) out[k] = `flag ${info.flag}`;
+  }
+  return out;
 }
 
 function configError(problems: string[], configFile: string | undefined): PcachedError {

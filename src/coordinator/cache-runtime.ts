@@ -245,7 +245,12 @@ export class CacheRuntime {
     this.#opened.state.cacheInfo.value = info;
   }
 
-  /** SIGHUP: the reloadable cache keys this runtime owns. */
+  /** A message changed a tunable of the running config: the workers and stripes see it at once. */
+  applyTunables(cache: CacheConfig): void {
+    this.#opened.shared.setTunables(tunablesOf(cache));
+  }
+
+  /** SIGHUP: the reloadable cache keys this runtime owns (both configs are running ones, ./tunables.ts). */
   reconfigure(prev: CacheConfig, next: CacheConfig): string[] {
     const changed: string[] = [];
     if (next.gcPercent !== prev.gcPercent) {

@@ -27,6 +27,8 @@ import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
 import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
+import { RuntimeTunables, type TableRow } from './tunables.js';
+import { RateHistory, RATE_SAMPLE_MS, RATE_WINDOWS } from '../stats/rates.js';
 
 const RING_CAPACITY = 1024;
 const SHUTDOWN_DRAIN_MS = 30_000;
@@ -65,23 +67,46 @@ export function parseHostPort(spec: string): { host: string; port: number } {
  * at once; a value set this way lasts until the next restart or reload (the config file is the
  * durable place). [tunable, min, max].
  */
-const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number]> = {
-  high_watermark: ['highWatermark', 1, 100],
-  low_watermark: ['lowWatermark', 0, 100],
-  writeback_jobs: ['writebackJobs', 1, 1024],
-  autocommit_blocks: ['autocommitBlocks', 1, 1_048_576],
-  autocommit_time: ['autocommitMs', 1, 3_600_000],
-  max_age: ['maxAgeMs', 0, 86_400_000],
-  pause_writeback: ['writebackPauseMs', 0, 600_000],
-  pause_writeback_ms: ['writebackPauseMs', 0, 600_000],
+const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number, string]> = {
+  high_watermark: ['highWatermark', 1, 100, 'highWatermark'],
+  low_watermark: ['lowWatermark', 0, 100, 'lowWatermark'],
+  writeback_jobs: ['writebackJobs', 1, 1024, 'writeback.jobs'],
+  autocommit_blocks: ['autocommitBlocks', 1, 1_048_576, 'autocommit.blocks'],
+  autocommit_time: ['autocommitMs', 1, 3_600_000, 'autocommit.timeMs'],
+  max_age: ['maxAgeMs', 0, 86_400_000, 'maxAgeMs'],
+  pause_writeback: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
+  pause_writeback_ms: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
 };
+
+/** Messages that act on the cache: after `detach` they get a clear answer, not "unknown message". */
+const CACHE_ONLY_MESSAGES = new Set(['mode', 'cleaner', 'promotion', 'flush_on_suspend', 'gc_percent', 'debug_cache_faults', ...Object.keys(TUNABLE_MESSAGES)]);
+
+/** Requests of every command, for the request rate. */
+const RATE_REQUESTS = ['reqs_read', 'reqs_write', 'reqs_flush', 'reqs_trim', 'reqs_cache', 'reqs_write_zeroes', 'reqs_block_status'];
+
+/** One word for the cache's condition, worst first (docs/operations.md, "Status"). */
+function conditionOf(cs: NonNullable<CacheStatus['cacheState']>): string {
+  if (cs.errors.some((e) => e.startsWith('cache device failed'))) return 'failed';
+  if (cs.errors.length > 0) return 'degraded';
+  if (cs.dirtyBlocks === 0) return 'clean';
+  if (cs.cleaner) return 'cleaning';
+  return cs.draining ? 'draining' : 'dirty';
+}
+
+/** Why a listener could not start, and what to do about it. */
+function listenHint(err: NodeJS.ErrnoException, tcp: boolean): string {
+  if (err.code === 'EADDRINUSE' && tcp) return ' (another pcached or NBD server holds that port: choose another with --tcp HOST:PORT or the cache\'s "tcp" key, or --tcp \'\' for none)';
+  if (err.code === 'EADDRNOTAVAIL') return ' (no interface of this host has that address: use one it has, e.g. 127.0.0.1)';
+  if (err.code === 'EACCES' && tcp) return ' (ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port above 1023 with --tcp HOST:PORT)';
+  return '';
+}
 
 /** flush_on_suspend waits this long for writeback at a stop (the supervisor's own stop timeout is 30 s). */
 const FLUSH_ON_SUSPEND_MS = 25_000;
 
 export class Coordinator {
   readonly #log: Logger;
-  #cache: CacheConfig;
+  readonly #tunables: RuntimeTunables;
   readonly #facts: OriginFacts;
   readonly #stripes: StripeSet;
   /** The cache (null once detached: the stripes then serve from the origin). */
@@ -99,11 +124,11 @@ export class Coordinator {
   #nextSession = 1;
   #state: 'running' | 'draining' | 'stopped' = 'running';
   #shutdown: Promise<void> | null = null;
-  /** `message NAME flush_on_suspend`: the next stop writes everything back first. */
-  #flushOnSuspend = false;
+  readonly #rates = new RateHistory();
+  #rateTimer: NodeJS.Timeout | null = null;
 
   private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
-    this.#cache = cache;
+    this.#tunables = new RuntimeTunables(cache);
     this.#facts = facts;
     this.#stripes = stripes;
     this.#cacheRt = cacheRt;
@@ -115,6 +140,14 @@ export class Coordinator {
       this.#wbRate.timer = setInterval(() => this.#sampleWritebackRate(), 1000);
       this.#wbRate.timer.unref();
     }
+    this.#rates.record(this.#rateCounters());
+    this.#rateTimer = setInterval(() => this.#rates.record(this.#rateCounters()), RATE_SAMPLE_MS);
+    this.#rateTimer.unref();
+  }
+
+  /** The running config: the configured one with what messages changed (./tunables.ts). */
+  get #cache(): CacheConfig {
+    return this.#tunables.running;
   }
 
   static async start(cache: CacheConfig, log: Logger, logLevel: string): Promise<Coordinator> {
@@ -171,7 +204,7 @@ export class Coordinator {
   #serve(addr: { path: string } | { host: string; port: number }, label: string): Promise<void> {
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, 'port' in addr));
     return new Promise((resolve, reject) => {
-      server.once('error', (err) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err })));
+      server.once('error', (err: NodeJS.ErrnoException) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}${listenHint(err, 'port' in addr)}`, { cause: err })));
       server.listen(addr, () => {
         server.removeAllListeners('error');
         server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
@@ -228,6 +261,7 @@ export class Coordinator {
   status(restarts = 0): CacheStatus {
     const stats: Record<string, number> = this.counters.snapshot();
     const stripeStats = this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>);
+    const cacheState = this.#cacheRt ? this.#cacheState(stripeStats) : undefined;
     return {
       name: this.#cache.name,
       mode: this.#cache.mode,
@@ -246,8 +280,46 @@ export class Coordinator {
       stats,
       stripeStats,
       ...(this.#detached ? { detached: true } : {}),
-      ...(this.#cacheRt ? { cacheState: this.#cacheState(stripeStats) } : {}),
+      ...(cacheState ? { cacheState } : {}),
+      condition: this.#detached ? 'detached' : cacheState ? conditionOf(cacheState) : this.#state,
+      rates: this.#windowRates(),
     };
+  }
+
+  /** `pcached table NAME`: every running tunable and where its value came from. */
+  table(): TableRow[] {
+    const rows = this.#tunables.rows();
+    const sh = this.#cacheRt?.shared;
+    // gc_percent and the cleaner live in the cache engine too (stored gc_percent, detach's cleaner).
+    for (const r of rows) {
+      if (r.key === 'gcPercent' && sh && sh.gcPercent !== r.value) Object.assign(r, { value: sh.gcPercent, shown: `${sh.gcPercent} %`, source: 'cache file' });
+    }
+    return rows;
+  }
+
+  /** The totals the rates are computed from (requests, bytes, read hits, writeback). */
+  #rateCounters(): Record<string, number> {
+    const c = this.counters.snapshot() as Record<string, number>;
+    const stripes = this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>);
+    const sum = (k: string): number => stripes.reduce((a, s) => a + (s[k] ?? 0), 0);
+    return {
+      requests: RATE_REQUESTS.reduce((a, k) => a + (c[k] ?? 0), 0),
+      bytesRead: c.bytes_read ?? 0,
+      bytesWritten: c.bytes_written ?? 0,
+      readBlocks: sum('read_blocks'),
+      readHits: sum('read_hits'),
+      writebackBytes: this.#cacheRt?.counters.get('wb_bytes') ?? 0,
+    };
+  }
+
+  #windowRates(): NonNullable<CacheStatus['rates']> {
+    const now = this.#rateCounters();
+    const out: NonNullable<CacheStatus['rates']> = { total: now };
+    for (const [name, ms] of Object.entries(RATE_WINDOWS)) {
+      const r = this.#rates.rates(ms, now);
+      if (r) out[name as keyof typeof RATE_WINDOWS] = { spanSec: r.spanSec, perSec: r.perSec, hitRatio: r.delta.readBlocks ? r.delta.readHits! / r.delta.readBlocks : null };
+    }
+    return out;
   }
 
   #cacheState(stripeStats: Record<string, number>[]): NonNullable<CacheStatus['cacheState']> {
@@ -309,6 +381,9 @@ export class Coordinator {
 
   async message(words: string[]): Promise<unknown> {
     const [verb, ...args] = words;
+    if (this.#detached && verb !== undefined && CACHE_ONLY_MESSAGES.has(verb)) {
+      throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${this.#cache.name} is detached (served from its origin until the next start; nothing is dirty): ${verb} has nothing to act on; restart pcached to attach the cache again`);
+    }
     switch (verb) {
       case 'flush':
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush takes no arguments');
@@ -333,6 +408,7 @@ export class Coordinator {
         this.counters.clear();
         for (const r of this.#stripes.rings) r.counters.clear();
         this.#cacheRt?.counters.clear();
+        this.#rates.reset(this.#rateCounters());
         return { cleared: true };
       case 'mode': {
         if (!this.#cacheRt) break;
@@ -349,7 +425,8 @@ export class Coordinator {
           throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: cleaner [on|off]');
         }
         const on = args[0] !== 'off';
-        this.#cacheRt.shared.setTunables({ cleaner: on });
+        this.#tunables.set('cleaner', on);
+        this.#cacheRt.applyTunables(this.#cache);
         this.#log.info({ cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks }, on ? 'cleaner on: writes go to the origin, everything is written back' : 'cleaner off');
         return { cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks };
       }
@@ -357,7 +434,8 @@ export class Coordinator {
         if (!this.#cacheRt) break;
         const n = args.length === 1 ? promotionHits(args[0]!) : null;
         if (n === null) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: promotion always|nhit:N (N 2-16)');
-        this.#cacheRt.shared.setTunables({ promoteHits: n });
+        this.#tunables.set('promotion', args[0]);
+        this.#cacheRt.applyTunables(this.#cache);
         return { promotion: args[0] };
       }
       case 'detach':
@@ -366,17 +444,18 @@ export class Coordinator {
       case 'flush_on_suspend':
         if (!this.#cacheRt) break;
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush_on_suspend takes no arguments');
-        this.#flushOnSuspend = true;
+        this.#tunables.flushOnSuspend = true;
         return { flushOnSuspend: true };
       case 'gc_percent': {
         if (!this.#cacheRt) throw new PcachedError('ERR_BAD_ARGUMENT', `gc_percent needs a cache; this one runs in ${this.#cache.mode} mode`);
         if (args.length !== 1 || !/^\d+$/.test(args[0]!)) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: gc_percent N (an integer 0-90)');
         this.#cacheRt.setGcPercent(Number(args[0]));
+        this.#tunables.set('gcPercent', Number(args[0]));
         return { gcPercent: Number(args[0]) };
       }
     }
     if (this.#cacheRt && verb !== undefined && Object.hasOwn(TUNABLE_MESSAGES, verb)) {
-      const [key, min, max] = TUNABLE_MESSAGES[verb]!;
+      const [key, min, max, configKey] = TUNABLE_MESSAGES[verb]!;
       if (args.length !== 1 || !/^\d+$/.test(args[0]!) || Number(args[0]) < min || Number(args[0]) > max) {
         throw new PcachedError('ERR_BAD_ARGUMENT', `usage: ${verb} N (an integer ${min}-${max})`);
       }
@@ -384,7 +463,8 @@ export class Coordinator {
       const sh = this.#cacheRt.shared;
       if (key === 'lowWatermark' && n > sh.highWatermark) throw new PcachedError('ERR_BAD_ARGUMENT', `low_watermark ${n} is above high_watermark ${sh.highWatermark}`);
       if (key === 'highWatermark' && n < sh.lowWatermark) throw new PcachedError('ERR_BAD_ARGUMENT', `high_watermark ${n} is below low_watermark ${sh.lowWatermark}`);
-      sh.setTunables({ [key]: n });
+      this.#tunables.set(configKey, n);
+      this.#cacheRt.applyTunables(this.#cache);
       return { [key]: n };
     }
     const known = this.#cacheRt
@@ -401,7 +481,7 @@ export class Coordinator {
     if (mode === this.#cache.mode) return;
     this.#log.info({ from: this.#cache.mode, to: mode, dirtyBlocks: this.#cacheRt?.status().dirtyBlocks }, 'cache mode switched');
     this.#cacheRt?.setMode(mode);
-    this.#cache = { ...this.#cache, mode };
+    this.#tunables.set('mode', mode);
     this.#exp.description = describe(this.#cache);
   }
 
@@ -415,7 +495,8 @@ export class Coordinator {
   async #detach(): Promise<unknown> {
     const rt = this.#cacheRt;
     if (!rt) throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${this.#cache.name} is already detached`);
-    rt.shared.setTunables({ cleaner: true });
+    this.#tunables.set('cleaner', true);
+    rt.applyTunables(this.#cache);
     const dirty = rt.status().dirtyBlocks;
     if (dirty > 0) {
       throw new PcachedError('ERR_BAD_ARGUMENT', `${dirty} blocks are still dirty; the cleaner is on now: write them back first (pcached clean ${this.#cache.name}; pcached detach ${this.#cache.name} does both)`);
@@ -430,7 +511,8 @@ export class Coordinator {
     this.#cacheRt = null;
     this.#detached = true;
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
-    this.#cache = { ...this.#cache, mode: 'passthrough' };
+    this.#tunables.set('mode', 'passthrough', 'detach');
+    this.#tunables.set('cleaner', true, 'detach');
     this.#exp.description = describe(this.#cache);
     this.#log.info({ cacheFile: this.#cache.cache }, 'cache detached: serving from the origin; the cache file is released');
     return { detached: true, cache: this.#cache.cache };
@@ -453,29 +535,31 @@ export class Coordinator {
     return true;
   }
 
-  /** Apply the reloadable keys; the supervisor has already refused anything else. */
-  reconfigure(cache: CacheConfig): string[] {
+  /**
+   * Apply the reloadable keys; the supervisor has already refused anything else. Only keys whose
+   * configured value changed are applied: one a message set otherwise keeps its value (./tunables.ts).
+   */
+  reconfigure(next: CacheConfig): string[] {
+    const { before, after } = this.#tunables.reload(next);
     const changed: string[] = [];
-    // Once detached the volume stays pass-through until a restart attaches the cache again.
-    if (this.#detached) cache = { ...cache, mode: 'passthrough' };
-    if (cache.mode !== this.#cache.mode) {
-      this.#setMode(cache.mode);
+    if (after.mode !== before.mode) {
+      this.#cacheRt?.setMode(after.mode);
+      this.#log.info({ from: before.mode, to: after.mode }, 'cache mode switched by reload');
       changed.push('mode');
     }
-    if (cache.description !== this.#cache.description) {
-      this.#exp.description = describe(cache);
-      changed.push('description');
+    if (after.description !== before.description || after.mode !== before.mode) {
+      this.#exp.description = describe(after);
+      if (after.description !== before.description) changed.push('description');
     }
-    if (cache.maxConnections !== this.#cache.maxConnections) changed.push('maxConnections');
-    if (cache.originTimeoutMs !== this.#cache.originTimeoutMs) changed.push('originTimeoutMs (applies to new origin connections)');
+    if (after.maxConnections !== before.maxConnections) changed.push('maxConnections');
+    if (after.originTimeoutMs !== before.originTimeoutMs) changed.push('originTimeoutMs (applies to new origin connections)');
     if (this.#cacheRt) {
-      changed.push(...this.#cacheRt.reconfigure(this.#cache, cache));
-      if (cache.sequentialCutoff !== this.#cache.sequentialCutoff) {
-        this.#sequential!.cutoff = cache.sequentialCutoff;
+      changed.push(...this.#cacheRt.reconfigure(before, after));
+      if (after.sequentialCutoff !== before.sequentialCutoff) {
+        this.#sequential!.cutoff = after.sequentialCutoff;
         changed.push('sequentialCutoff');
       }
     }
-    this.#cache = cache;
     return changed;
   }
 
@@ -500,6 +584,7 @@ export class Coordinator {
   async #shutdownOnce(drainMs: number, prompt: boolean): Promise<void> {
     this.#state = 'draining';
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
+    if (this.#rateTimer) clearInterval(this.#rateTimer);
     // close() only calls back once every connection has ended: start it, drain, then wait.
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     // Only a socket file we created is ours to remove (a refused start must not delete a live daemon's).
@@ -528,7 +613,7 @@ export class Coordinator {
     } catch (err) {
       this.#log.error({ err }, 'shutdown: flush failed');
     }
-    if (this.#flushOnSuspend && this.#cacheRt && !prompt) await this.#writeBackAll(FLUSH_ON_SUSPEND_MS);
+    if (this.#tunables.flushOnSuspend && this.#cacheRt && !prompt) await this.#writeBackAll(FLUSH_ON_SUSPEND_MS);
     // Writeback stops after its batch: dirty data stays in the cache and is replayed next start.
     await this.#cacheRt?.stopWorkers();
     await this.#stripes.close();

@@ -80,7 +80,7 @@ async function onMessage(msg: SupervisorToCoordinator): Promise<void> {
     case 'request': {
       try {
         if (!coordinator) throw new Error('cache is still starting');
-        const result = msg.op === 'status' ? coordinator.status() : await coordinator.message(msg.words);
+        const result = msg.op === 'status' ? coordinator.status() : msg.op === 'table' ? coordinator.table() : await coordinator.message(msg.words);
         send({ type: 'response', id: msg.id, ok: true, result });
       } catch (err) {
         send({ type: 'response', id: msg.id, ok: false, error: errorOf(err) });

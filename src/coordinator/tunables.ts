@@ -1,0 +1,121 @@
+// The running tunables of one cache and the one rule for them (docs/operations.md, "Runtime
+// state"): a message sets a tunable until a reload changes that key in the config file, or until
+// the coordinator restarts; a reload applies only the keys whose value in the file changed, so a
+// value set by message survives reloads that change other keys. gc_percent is also stored in the
+// cache file (dm-pcache's rule) and so outlives a restart.
+
+import type { CacheConfig } from '../config/types.js';
+import { valueAt } from '../../config/schema.js';
+import { formatBytes } from '../util/size.js';
+
+/** Where a running value came from, as the coordinator knows it (the supervisor refines `config`). */
+export type TunableSource = 'config' | 'message' | 'detach' | 'default' | 'cache file';
+
+export interface TunableInfo {
+  /** Config key, dotted for a group (`writeback.jobs`); null for a message-only setting. */
+  key: string;
+  /** The message that sets it, if any (dm-writecache's name). */
+  message?: string;
+  /** How `pcached table` prints the value. */
+  show: (v: unknown) => string;
+  /** Not in the config file: the coordinator's own state (flush_on_suspend). */
+  messageOnly?: boolean;
+}
+
+const ms = (v: unknown): string => `${String(v)} ms`;
+const plain = (v: unknown): string => String(v);
+const onOff = (v: unknown): string => (v ? 'on' : 'off');
+const pct = (v: unknown): string => `${String(v)} %`;
+
+/** Every tunable a running cache has, in the order `pcached table` prints them. */
+export const TUNABLES: readonly TunableInfo[] = [
+  { key: 'mode', message: 'mode', show: plain },
+  { key: 'cleaner', message: 'cleaner', show: onOff },
+  { key: 'gcPercent', message: 'gc_percent', show: pct },
+  { key: 'highWatermark', message: 'high_watermark', show: pct },
+  { key: 'lowWatermark', message: 'low_watermark', show: pct },
+  { key: 'writeback.jobs', message: 'writeback_jobs', show: plain },
+  { key: 'writeback.rate', show: (v) => (v === 0 ? 'unlimited' : `${formatBytes(Number(v))}/s`) },
+  { key: 'pauseWritebackMs', message: 'pause_writeback', show: ms },
+  { key: 'maxAgeMs', message: 'max_age', show: (v) => (v === 0 ? 'off' : ms(v)) },
+  { key: 'autocommit.blocks', message: 'autocommit_blocks', show: plain },
+  { key: 'autocommit.timeMs', message: 'autocommit_time', show: ms },
+  { key: 'promotion', message: 'promotion', show: plain },
+  { key: 'sequentialCutoff', show: (v) => (v === 0 ? 'off' : formatBytes(Number(v))) },
+  { key: 'cacheFullWaitMs', show: ms },
+  { key: 'maxConnections', show: plain },
+  { key: 'originTimeoutMs', show: ms },
+  { key: 'flushOnSuspend', message: 'flush_on_suspend', show: onOff, messageOnly: true },
+];
+
+export interface TableRow {
+  key: string;
+  message: string | null;
+  value: unknown;
+  shown: string;
+  source: TunableSource;
+}
+
+/** A copy of `cache` with `key` (dotted) set to `value`. */
+export function withValue(cache: CacheConfig, key: string, value: unknown): CacheConfig {
+  const [top, sub] = key.split('.') as [keyof CacheConfig, string | undefined];
+  if (sub === undefined) return { ...cache, [top]: value };
+  return { ...cache, [top]: { ...(cache[top] as object), [sub]: value } };
+}
+
+/**
+ * The configured values (what the supervisor sent last) and the running ones, with the keys a
+ * message set. The running config is what the cache engine is told.
+ */
+export class RuntimeTunables {
+  #configured: CacheConfig;
+  #running: CacheConfig;
+  readonly #byMessage = new Map<string, TunableSource>();
+  flushOnSuspend = false;
+
+  constructor(cache: CacheConfig) {
+    this.#configured = cache;
+    this.#running = cache;
+  }
+
+  get running(): CacheConfig {
+    return this.#running;
+  }
+
+  /**
+   * A message (or detach) set `key`. A value equal to the configured one is the configured one
+   * again (`pcached clean` putting the cleaner back): its source is the config once more.
+   */
+  set(key: string, value: unknown, by: 'message' | 'detach' = 'message'): void {
+    this.#running = withValue(this.#running, key, value);
+    if (by === 'message' && valueAt(this.#configured, key) === value) this.#byMessage.delete(key);
+    else this.#byMessage.set(key, by);
+  }
+
+  /**
+   * A reload: keys whose configured value changed take the new value (and forget a message);
+   * the others keep their running value. Returns the running config before and after.
+   */
+  reload(next: CacheConfig): { before: CacheConfig; after: CacheConfig } {
+    const before = this.#running;
+    let after = next;
+    for (const t of TUNABLES) {
+      if (t.messageOnly) continue;
+      const changedInFile = valueAt(this.#configured, t.key) !== valueAt(next, t.key);
+      const by = this.#byMessage.get(t.key);
+      if (changedInFile && by !== 'detach') this.#byMessage.delete(t.key);
+      else if (by !== undefined) after = withValue(after, t.key, valueAt(before, t.key));
+    }
+    this.#configured = next;
+    this.#running = after;
+    return { before, after };
+  }
+
+  rows(): TableRow[] {
+    return TUNABLES.map((t) => {
+      const value = t.messageOnly ? this.flushOnSuspend : valueAt(this.#running, t.key);
+      const source: TunableSource = t.messageOnly ? (this.flushOnSuspend ? 'message' : 'default') : (this.#byMessage.get(t.key) ?? 'config');
+      return { key: t.key, message: t.message ?? null, value, shown: t.show(value), source };
+    });
+  }
+}
