@@ -62,7 +62,7 @@ const why = needTools('nbdsh', 'python3-nbd', 'nbdkit');
   t.log(`while the origin fails writes: ${JSON.stringify({ dirty: failing.dirtyBlocks, errors: failing.errors, wbErrors: failing.workers.wb_errors })}`);
   t.true(failing.dirtyBlocks >= 512, 'the data stays dirty');
   t.is(failing.writecache!.error, -5, 'the dm-writecache error indicator');
-  const line = await pcachedCli(['status', NAME, '--control', control]);
+  const line = await pcachedCli(['status', NAME, '--raw', '--control', control]);
   t.regex(line.stdout, /^-5 /);
   // Served from the cache meanwhile.
   const back = await nbdshJson<string>(`import hashlib, json\nprint(json.dumps(hashlib.sha256(h.pread(${2 * MiB}, ${8 * MiB})).hexdigest()))`, { uri });
