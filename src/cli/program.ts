@@ -13,6 +13,7 @@ import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
 import { formatStatus, formatWritecacheLine } from './status-format.js';
 import { formatSummary } from './status-summary.js';
+import { renderBashCompletion } from './completion.js';
 import { formatMessageReply, formatTable, type TableReply } from './message-format.js';
 import { formatInspectReport, inspectCache } from './inspect.js';
 import { formatBytes } from '../util/size.js';
@@ -52,7 +53,7 @@ function controlPath(io: CliIo, flag: string | undefined): string {
   return resolve(io.cwd, flag ?? io.env.PCACHED_CONTROL ?? DEFAULT_CONTROL);
 }
 
-function buildProgram(io: CliIo): Command {
+export function buildProgram(io: CliIo = processIo): Command {
   const program = new Command('pcached')
     .description('Userspace block cache daemon serving a cached volume over NBD')
     .exitOverride()
@@ -180,6 +181,15 @@ function buildProgram(io: CliIo): Command {
       const result = (await controlRequest(controlPath(io, opts.control), { op: 'reload' })) as { reloaded: boolean; changed: string[] };
       if (!result.reloaded) io.stdout('nothing to reload: the daemon runs without a config file\n');
       else io.stdout(result.changed.length ? `reloaded: ${result.changed.join(', ')}\n` : 'reloaded: no change\n');
+    });
+
+  program
+    .command('completion')
+    .description('Print the bash completion script (pcached completion bash > /usr/share/bash-completion/completions/pcached)')
+    .argument('[shell]', 'the shell: bash', 'bash')
+    .action((shell: string) => {
+      if (shell !== 'bash') throw new PcachedError('ERR_BAD_ARGUMENT', `no completion for ${JSON.stringify(shell)} yet: only bash (pcached completion bash)`);
+      io.stdout(renderBashCompletion(program));
     });
 
   return program;
