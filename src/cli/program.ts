@@ -129,7 +129,7 @@ export function buildProgram(io: CliIo = processIo): Command {
 
   program
     .command('message')
-    .description('Send a message to one cache (e.g. flush, clear_stats)')
+    .description('Send a message to one cache and print its answer: flush, clear_stats, mode M, cleaner [on|off], gc_percent N, promotion always|nhit:N, flush_on_suspend, detach, and the dm-writecache tunables high_watermark, low_watermark, writeback_jobs, autocommit_blocks, autocommit_time, max_age, pause_writeback N; a value set so holds until a reload changes that key in the config file, or a restart (docs/operations.md)')
     .argument('<name>', 'cache name')
     .argument('<words...>', 'the message and its arguments')
     .option('--json', 'print the answer as JSON')
