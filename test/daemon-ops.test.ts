@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeSparseFile, nbdUri } from './helpers/daemon.js';
-import { pcachedCli, sleep, startServing, statusJson, stopGracefully, waitFor, writeConfig, type RunningDaemon } from './helpers/lifecycle.js';
+import { killPid, pcachedCli, sleep, startServing, statusJson, stopGracefully, waitFor, writeConfig, type RunningDaemon } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, skipSuffix } from './helpers/tools.js';
 import type { CacheStatus } from '../src/daemon/ipc.js';
 import { formatBytes } from '../src/util/size.js';
@@ -196,10 +196,24 @@ t_('reload after messages: a message holds until a reload changes that key in th
   t.like(row(tb, 'writeback.jobs'), { value: 3, source: 'message' });
   // A message again after that: it overrides the file's value until the next change in the file.
   await cli(e, 'message', NAME, 'mode', 'writeback');
-  writeConfig(e.file, { ...next, logLevel: 'warn' });
+  writeConfig(e.file, { ...next, logLevel: 'debug' });
   await cli(e, 'reload');
   t.like(row(await table(e), 'mode'), { value: 'writeback', source: 'message' });
-  // A restart starts from the file; gc_percent alone is kept, in the cache file.
+  // A coordinator killed and restarted by the supervisor is no restart of the daemon: the values
+  // set by message come back.
+  killPid(e.d.coord);
+  const back = await waitFor('the restarted coordinator', async () => {
+    const c = await status(e);
+    return c.state === 'running' && c.restarts >= 1 && c.pid !== e.d.coord ? c : undefined;
+  }, 60_000, 200);
+  e.d.coord = back.pid;
+  tb = await table(e);
+  t.like(row(tb, 'mode'), { value: 'writeback', source: 'message' });
+  t.is(back.mode, 'writeback');
+  t.like(row(tb, 'writeback.jobs'), { value: 3, source: 'message' });
+  t.like(row(tb, 'lowWatermark'), { value: 20, source: 'config file' });
+  t.regex(e.d.proc.output(), /values set by message before the restart are kept/);
+  // A restart of the daemon starts from the file; gc_percent alone is kept, in the cache file.
   t.is(await stopGracefully(e.d), 0, e.d.proc.output());
   const d2 = await startServing(t, ['--config', e.file], { cwd: e.dir, sock: join(e.dir, 'nbd.sock'), control: e.d.control });
   e.d = d2;

@@ -54,7 +54,7 @@ export function renderPcached8(program: Command, version: string): string {
   }
   out.push(
     '.SH RUNTIME STATE',
-    roff('A value set by `pcached message` holds until a reload changes that key in the config file, or until the coordinator restarts; a reload applies only the keys whose value in the file changed. `gc_percent` is also stored in the cache file and survives a restart. `pcached table NAME` shows every running value and where it came from.'),
+    roff('A value set by `pcached message` holds until a reload changes that key in the config file, or until the daemon restarts (a coordinator restarted after a crash keeps it); a reload applies only the keys whose value in the file changed. `gc_percent` is also stored in the cache file and survives a restart. `pcached table NAME` shows every running value and where it came from.'),
     '.SH SIGNALS',
     '.TP\n.B SIGTERM, SIGINT',
     roff('Graceful stop: drain requests in flight, commit and sync the cache, exit 0. A second signal more than a second later kills the coordinators at once.'),

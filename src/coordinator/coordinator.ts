@@ -127,8 +127,9 @@ export class Coordinator {
   readonly #rates = new RateHistory();
   #rateTimer: NodeJS.Timeout | null = null;
 
-  private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
-    this.#tunables = new RuntimeTunables(cache);
+  private constructor(tunables: RuntimeTunables, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
+    this.#tunables = tunables;
+    const cache = tunables.running;
     this.#facts = facts;
     this.#stripes = stripes;
     this.#cacheRt = cacheRt;
@@ -150,7 +151,11 @@ export class Coordinator {
     return this.#tunables.running;
   }
 
-  static async start(cache: CacheConfig, log: Logger, logLevel: string): Promise<Coordinator> {
+  /** `overrides`: values set by message before a restart (the supervisor kept them; ./tunables.ts). */
+  static async start(configured: CacheConfig, log: Logger, logLevel: string, overrides: Record<string, unknown> = {}): Promise<Coordinator> {
+    const tunables = new RuntimeTunables(configured, overrides);
+    const cache = tunables.running;
+    if (Object.keys(overrides).length) log.info({ overrides }, 'values set by message before the restart are kept');
     const spec = originSpecFor(cache);
     let facts: OriginFacts;
     try {
@@ -171,7 +176,7 @@ export class Coordinator {
       await cacheRt?.close();
       throw err;
     }
-    const c = new Coordinator(cache, facts, stripes, cacheRt, log);
+    const c = new Coordinator(tunables, facts, stripes, cacheRt, log);
     try {
       await c.#listen();
     } catch (err) {
@@ -284,6 +289,11 @@ export class Coordinator {
       condition: this.#detached ? 'detached' : cacheState ? conditionOf(cacheState) : this.#state,
       rates: this.#windowRates(),
     };
+  }
+
+  /** The values messages set, which the supervisor keeps for a restart. */
+  overrides(): Record<string, unknown> {
+    return this.#tunables.overrides();
   }
 
   /** `pcached table NAME`: every running tunable and where its value came from. */

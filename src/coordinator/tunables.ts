@@ -1,8 +1,9 @@
 // The running tunables of one cache and the one rule for them (docs/operations.md, "Runtime
 // state"): a message sets a tunable until a reload changes that key in the config file, or until
-// the coordinator restarts; a reload applies only the keys whose value in the file changed, so a
-// value set by message survives reloads that change other keys. gc_percent is also stored in the
-// cache file (dm-pcache's rule) and so outlives a restart.
+// the daemon restarts; a reload applies only the keys whose value in the file changed, so a value
+// set by message survives reloads that change other keys. The supervisor keeps the values set by
+// message (`overrides()`) and hands them to a coordinator it restarts after a crash. gc_percent is
+// also stored in the cache file (dm-pcache's rule) and so outlives a daemon restart too.
 
 import type { CacheConfig } from '../config/types.js';
 import { valueAt } from '../../config/schema.js';
@@ -48,6 +49,13 @@ export const TUNABLES: readonly TunableInfo[] = [
   { key: 'flushOnSuspend', message: 'flush_on_suspend', show: onOff, messageOnly: true },
 ];
 
+const FLUSH_ON_SUSPEND = 'flushOnSuspend';
+
+/** Drops the overrides whose key changed between two configurations (a reload while no coordinator runs). */
+export function overridesAfterReload(overrides: Record<string, unknown>, before: CacheConfig, after: CacheConfig): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(overrides).filter(([k]) => k === FLUSH_ON_SUSPEND || valueAt(before, k) === valueAt(after, k)));
+}
+
 export interface TableRow {
   key: string;
   message: string | null;
@@ -73,9 +81,22 @@ export class RuntimeTunables {
   readonly #byMessage = new Map<string, TunableSource>();
   flushOnSuspend = false;
 
-  constructor(cache: CacheConfig) {
+  /** `overrides`: what messages had set before the coordinator was restarted (see overrides()). */
+  constructor(cache: CacheConfig, overrides: Record<string, unknown> = {}) {
     this.#configured = cache;
     this.#running = cache;
+    for (const [key, value] of Object.entries(overrides)) {
+      if (key === FLUSH_ON_SUSPEND) this.flushOnSuspend = value === true;
+      else if (TUNABLES.some((t) => t.key === key && !t.messageOnly)) this.set(key, value);
+    }
+  }
+
+  /** The values messages set (detach's are not carried over: a restart attaches the cache again). */
+  overrides(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const [key, by] of this.#byMessage) if (by === 'message') out[key] = valueAt(this.#running, key);
+    if (this.flushOnSuspend) out[FLUSH_ON_SUSPEND] = true;
+    return out;
   }
 
   get running(): CacheConfig {
@@ -105,6 +126,12 @@ export class RuntimeTunables {
       const by = this.#byMessage.get(t.key);
       if (changedInFile && by !== 'detach') this.#byMessage.delete(t.key);
       else if (by !== undefined) after = withValue(after, t.key, valueAt(before, t.key));
+    }
+    // A watermark set by message must not end up above a high one the file lowered (or below...).
+    if (after.lowWatermark > after.highWatermark) {
+      for (const k of ['lowWatermark', 'highWatermark']) {
+        if (this.#byMessage.get(k) === 'message') { this.#byMessage.delete(k); after = withValue(after, k, valueAt(next, k)); }
+      }
     }
     this.#configured = next;
     this.#running = after;

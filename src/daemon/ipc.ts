@@ -47,7 +47,7 @@ export interface RateWindowStatus {
 }
 
 export type SupervisorToCoordinator =
-  | { type: 'init'; cache: CacheConfig; logLevel: DaemonConfig['logLevel'] }
+  | { type: 'init'; cache: CacheConfig; logLevel: DaemonConfig['logLevel']; overrides?: Record<string, unknown> }
   | { type: 'request'; id: number; op: 'status' }
   | { type: 'request'; id: number; op: 'table' }
   | { type: 'request'; id: number; op: 'message'; words: string[] }
@@ -57,6 +57,8 @@ export type SupervisorToCoordinator =
 export type CoordinatorToSupervisor =
   | { type: 'ready'; listeners: string[]; originSize: number }
   | { type: 'fatal'; code: string; message: string }
+  /** After a message or a reload: the values messages set, for a restart after a crash. */
+  | { type: 'tunables'; overrides: Record<string, unknown> }
   | { type: 'response'; id: number; ok: true; result: unknown }
   | { type: 'response'; id: number; ok: false; error: { code: string; message: string } };
 
