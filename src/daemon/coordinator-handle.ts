@@ -100,7 +100,7 @@ export class CoordinatorHandle {
   /** Sends a control-plane request; rejects with ERR_NOT_RUNNING unless the coordinator is up. */
   request(body: { op: 'status' } | { op: 'table' } | { op: 'message'; words: string[] }, timeoutMs: number): Promise<unknown> {
     if (this.#state !== 'running') {
-      return Promise.reject(new PcachedError('ERR_NOT_RUNNING', `cache "${this.name}" is ${this.#state}`));
+      return Promise.reject(new PcachedError('ERR_NOT_RUNNING', `cache "${this.name}" is ${this.#state}${this.#state === 'stopped' ? '' : ': try again in a moment (pcached status shows when it runs)'}`));
     }
     const id = this.#nextId++;
     return this.#call(id, { type: 'request', id, ...body } as SupervisorToCoordinator, timeoutMs);
