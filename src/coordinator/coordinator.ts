@@ -27,8 +27,8 @@ import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
 import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
-import { RuntimeTunables, type TableRow } from './tunables.js';
-import { RateHistory, RATE_SAMPLE_MS, RATE_WINDOWS } from '../stats/rates.js';
+import { CACHE_ONLY_MESSAGES, RuntimeTunables, TUNABLE_MESSAGES, type TableRow } from './tunables.js';
+import { conditionOf, listenHint, rateTotals, StatusRates } from './status-parts.js';
 
 const RING_CAPACITY = 1024;
 const SHUTDOWN_DRAIN_MS = 30_000;
@@ -62,45 +62,6 @@ export function parseHostPort(spec: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port };
 }
 
-/**
- * dm-writecache's controls as messages (their table-argument names), each setting one shared word
- * at once; a value set this way lasts until the next restart or reload (the config file is the
- * durable place). [tunable, min, max].
- */
-const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number, string]> = {
-  high_watermark: ['highWatermark', 1, 100, 'highWatermark'],
-  low_watermark: ['lowWatermark', 0, 100, 'lowWatermark'],
-  writeback_jobs: ['writebackJobs', 1, 1024, 'writeback.jobs'],
-  autocommit_blocks: ['autocommitBlocks', 1, 1_048_576, 'autocommit.blocks'],
-  autocommit_time: ['autocommitMs', 1, 3_600_000, 'autocommit.timeMs'],
-  max_age: ['maxAgeMs', 0, 86_400_000, 'maxAgeMs'],
-  pause_writeback: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
-  pause_writeback_ms: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
-};
-
-/** Messages that act on the cache: after `detach` they get a clear answer, not "unknown message". */
-const CACHE_ONLY_MESSAGES = new Set(['mode', 'cleaner', 'promotion', 'flush_on_suspend', 'gc_percent', 'debug_cache_faults', ...Object.keys(TUNABLE_MESSAGES)]);
-
-/** Requests of every command, for the request rate. */
-const RATE_REQUESTS = ['reqs_read', 'reqs_write', 'reqs_flush', 'reqs_trim', 'reqs_cache', 'reqs_write_zeroes', 'reqs_block_status'];
-
-/** One word for the cache's condition, worst first (docs/operations.md, "Status"). */
-function conditionOf(cs: NonNullable<CacheStatus['cacheState']>): string {
-  if (cs.errors.some((e) => e.startsWith('cache device failed'))) return 'failed';
-  if (cs.errors.length > 0) return 'degraded';
-  if (cs.dirtyBlocks === 0) return 'clean';
-  if (cs.cleaner) return 'cleaning';
-  return cs.draining ? 'draining' : 'dirty';
-}
-
-/** Why a listener could not start, and what to do about it. */
-function listenHint(err: NodeJS.ErrnoException, tcp: boolean): string {
-  if (err.code === 'EADDRINUSE' && tcp) return ' (another pcached or NBD server holds that port: choose another with --tcp HOST:PORT or the cache\'s "tcp" key, or --tcp \'\' for none)';
-  if (err.code === 'EADDRNOTAVAIL') return ' (no interface of this host has that address: use one it has, e.g. 127.0.0.1)';
-  if (err.code === 'EACCES' && tcp) return ' (ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port above 1023 with --tcp HOST:PORT)';
-  return '';
-}
-
 /** flush_on_suspend waits this long for writeback at a stop (the supervisor's own stop timeout is 30 s). */
 const FLUSH_ON_SUSPEND_MS = 25_000;
 
@@ -124,8 +85,7 @@ export class Coordinator {
   #nextSession = 1;
   #state: 'running' | 'draining' | 'stopped' = 'running';
   #shutdown: Promise<void> | null = null;
-  readonly #rates = new RateHistory();
-  #rateTimer: NodeJS.Timeout | null = null;
+  readonly #rates: StatusRates;
 
   private constructor(tunables: RuntimeTunables, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
     this.#tunables = tunables;
@@ -141,9 +101,8 @@ export class Coordinator {
       this.#wbRate.timer = setInterval(() => this.#sampleWritebackRate(), 1000);
       this.#wbRate.timer.unref();
     }
-    this.#rates.record(this.#rateCounters());
-    this.#rateTimer = setInterval(() => this.#rates.record(this.#rateCounters()), RATE_SAMPLE_MS);
-    this.#rateTimer.unref();
+    this.#rates = new StatusRates(() => rateTotals(this.counters.snapshot() as Record<string, number>,
+      this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>), this.#cacheRt?.counters.get('wb_bytes') ?? 0));
   }
 
   /** The running config: the configured one with what messages changed (./tunables.ts). */
@@ -287,7 +246,7 @@ export class Coordinator {
       ...(this.#detached ? { detached: true } : {}),
       ...(cacheState ? { cacheState } : {}),
       condition: this.#detached ? 'detached' : cacheState ? conditionOf(cacheState) : this.#state,
-      rates: this.#windowRates(),
+      rates: this.#rates.status(),
     };
   }
 
@@ -305,31 +264,6 @@ export class Coordinator {
       if (r.key === 'gcPercent' && sh && sh.gcPercent !== r.value) Object.assign(r, { value: sh.gcPercent, shown: `${sh.gcPercent} %`, source: 'cache file' });
     }
     return rows;
-  }
-
-  /** The totals the rates are computed from (requests, bytes, read hits, writeback). */
-  #rateCounters(): Record<string, number> {
-    const c = this.counters.snapshot() as Record<string, number>;
-    const stripes = this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>);
-    const sum = (k: string): number => stripes.reduce((a, s) => a + (s[k] ?? 0), 0);
-    return {
-      requests: RATE_REQUESTS.reduce((a, k) => a + (c[k] ?? 0), 0),
-      bytesRead: c.bytes_read ?? 0,
-      bytesWritten: c.bytes_written ?? 0,
-      readBlocks: sum('read_blocks'),
-      readHits: sum('read_hits'),
-      writebackBytes: this.#cacheRt?.counters.get('wb_bytes') ?? 0,
-    };
-  }
-
-  #windowRates(): NonNullable<CacheStatus['rates']> {
-    const now = this.#rateCounters();
-    const out: NonNullable<CacheStatus['rates']> = { total: now };
-    for (const [name, ms] of Object.entries(RATE_WINDOWS)) {
-      const r = this.#rates.rates(ms, now);
-      if (r) out[name as keyof typeof RATE_WINDOWS] = { spanSec: r.spanSec, perSec: r.perSec, hitRatio: r.delta.readBlocks ? r.delta.readHits! / r.delta.readBlocks : null };
-    }
-    return out;
   }
 
   #cacheState(stripeStats: Record<string, number>[]): NonNullable<CacheStatus['cacheState']> {
@@ -418,7 +352,7 @@ export class Coordinator {
         this.counters.clear();
         for (const r of this.#stripes.rings) r.counters.clear();
         this.#cacheRt?.counters.clear();
-        this.#rates.reset(this.#rateCounters());
+        this.#rates.reset();
         return { cleared: true };
       case 'mode': {
         if (!this.#cacheRt) break;
@@ -594,7 +528,7 @@ export class Coordinator {
   async #shutdownOnce(drainMs: number, prompt: boolean): Promise<void> {
     this.#state = 'draining';
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
-    if (this.#rateTimer) clearInterval(this.#rateTimer);
+    this.#rates.stop();
     // close() only calls back once every connection has ended: start it, drain, then wait.
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     // Only a socket file we created is ours to remove (a refused start must not delete a live daemon's).

@@ -56,6 +56,24 @@ export function overridesAfterReload(overrides: Record<string, unknown>, before:
   return Object.fromEntries(Object.entries(overrides).filter(([k]) => k === FLUSH_ON_SUSPEND || valueAt(before, k) === valueAt(after, k)));
 }
 
+/**
+ * dm-writecache's numeric controls as messages (their table-argument names): [the shared word the
+ * answer names, min, max, the config key it sets]. The value holds as the rule above says.
+ */
+export const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number, string]> = {
+  high_watermark: ['highWatermark', 1, 100, 'highWatermark'],
+  low_watermark: ['lowWatermark', 0, 100, 'lowWatermark'],
+  writeback_jobs: ['writebackJobs', 1, 1024, 'writeback.jobs'],
+  autocommit_blocks: ['autocommitBlocks', 1, 1_048_576, 'autocommit.blocks'],
+  autocommit_time: ['autocommitMs', 1, 3_600_000, 'autocommit.timeMs'],
+  max_age: ['maxAgeMs', 0, 86_400_000, 'maxAgeMs'],
+  pause_writeback: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
+  pause_writeback_ms: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
+};
+
+/** Messages that act on the cache: after `detach` they get a clear answer, not "unknown message". */
+export const CACHE_ONLY_MESSAGES = new Set(['mode', 'cleaner', 'promotion', 'flush_on_suspend', 'gc_percent', 'debug_cache_faults', ...Object.keys(TUNABLE_MESSAGES)]);
+
 export interface TableRow {
   key: string;
   message: string | null;
