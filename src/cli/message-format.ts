@@ -2,6 +2,7 @@
 // prints that data as it is).
 
 import { formatBytes } from '../util/size.js';
+import { TUNABLE_MESSAGES } from '../coordinator/tunables.js';
 
 const BLOCK = 4096;
 const dirty = (blocks: unknown): string => `${formatBytes(Number(blocks) * BLOCK)} dirty`;
@@ -35,7 +36,7 @@ export function formatMessageReply(name: string, words: string[], r: unknown): s
     default: {
       const values = Object.values(o);
       // A tunable (high_watermark N ...): the daemon echoes the value it now runs with.
-      if (words.length === 2 && values.length === 1) return `${name}: ${words[0]} ${String(values[0])} (until a reload changes it in the config file, or a restart)`;
+      if (Object.hasOwn(TUNABLE_MESSAGES, words[0] ?? '') && words.length === 2 && values.length === 1) return `${name}: ${words[0]} ${String(values[0])} (until a reload changes it in the config file, or a restart)`;
       return `${name}: ${words.join(' ')}: ${Object.entries(o).map(([k, v]) => `${k} ${String(v)}`).join(', ')}`;
     }
   }
