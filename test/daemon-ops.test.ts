@@ -265,3 +265,35 @@ const whyStart = needTools();
   t.is(r.code, 1, describe(r));
   t.regex(r.stderr, new RegExp(`cannot listen on tcp:127\\.0\\.0\\.1:${port}: listen EADDRINUSE.*choose another with --tcp HOST:PORT or the cache's "tcp" key, or --tcp '' for none`));
 });
+
+const whyDelay = needTools('nbdsh', 'python3-nbd', 'nbdkit');
+(whyDelay ? test.serial.skip : test.serial)('pcached clean interrupted (SIGINT): the cleaner is put back as it was before the command exits' + skipSuffix(whyDelay), async (t) => {
+  t.timeout(120_000);
+  const { startNbdkit } = await import('./helpers/nbdkit.js');
+  const { spawnTracked } = await import('./helpers/lifecycle.js');
+  const { PCACHED_BIN } = await import('./helpers/daemon.js');
+  const dir = mkdtempSync(join(tmpdir(), 'pcached-ops-int-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // A slow origin (2 s per write) and one writeback job: cleaning takes a while.
+  const origin = await startNbdkit(join(dir, 'origin.sock'), ['--filter=delay', 'memory', 'size=64M', 'wdelay=2']);
+  t.teardown(() => origin.stop());
+  const sock = join(dir, 'nbd.sock');
+  const control = join(dir, 'control.sock');
+  const d = await startServing(t, ['--origin', origin.uri, '--cache', join(dir, 'cache.img'), '--cache-size', '32M', '--segment-size', '1M', '--unix', sock, '--tcp', '',
+    '--name', NAME, '--control', control, '--stripes', '1', '--log-level', 'warn'], { cwd: dir, sock, control, env: { PCACHED_PAUSE_WRITEBACK_MS: '600000' } });
+  const e = { d } as Env;
+  await cli(e, 'message', NAME, 'writeback_jobs', '1');
+  const w = await nbdsh(`h.pwrite(b'\\x33' * ${8 * MiB}, 0)\nh.flush()\nprint('ok')`, { uri: nbdUri(sock, NAME) });
+  t.true(w.stdout.includes('ok'), describe(w));
+  const clean = spawnTracked(process.execPath, [PCACHED_BIN, 'clean', NAME, '--control', control, '--interval', '200']);
+  t.teardown(() => clean.stop('SIGKILL').then(() => undefined));
+  await waitFor('clean to start', async () => clean.output().includes('to write back') && (await status(e)).cacheState!.cleaner, 30_000, 100);
+  process.kill(clean.pid, 'SIGINT');
+  t.is(await clean.exited, 130, clean.output());
+  t.regex(clean.output(), /clean vol: interrupted with \d+ dirty blocks left; the cleaner is off again, as it was\n/);
+  const cs = (await status(e)).cacheState!;
+  t.false(cs.cleaner);
+  t.true(cs.dirtyBlocks > 0, 'interrupted before the end');
+  t.like(row(await table(e), 'cleaner'), { value: false, source: 'default' });
+  await d.proc.stop('SIGTERM', 60_000);
+});

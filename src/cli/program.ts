@@ -247,7 +247,7 @@ async function isDetached(control: string, name: string): Promise<boolean> {
 /**
  * `pcached clean NAME`: cleaner on, then progress until dirty reaches 0: a bar on a terminal,
  * a line every interval otherwise (logs, CI); then the cleaner goes back to what it was (detach
- * keeps it on). Interrupted, the cleaner stays on (status and table show it).
+ * keeps it on). Interrupted by SIGINT or SIGTERM, it is put back too before the command exits.
  */
 async function cleanCache(io: CliIo, control: string, name: string, interval: number, opts: { restore: boolean } = { restore: true }): Promise<void> {
   if (await isDetached(control, name)) {
@@ -267,17 +267,32 @@ async function cleanCache(io: CliIo, control: string, name: string, interval: nu
     : null;
   bar?.start(first, 0, { left: first });
   if (!bar) io.stdout(`clean ${name}: ${first} dirty blocks (${formatBytes(first * 4096)}) to write back\n`);
-  while (dirty > 0) {
-    await new Promise((r) => setTimeout(r, bar ? Math.min(interval, 250) : interval));
-    dirty = await dirtyOf();
-    const done = Math.max(0, first - dirty);
-    if (bar) {
-      // New writes over dirty data can add to the total while cleaning.
-      if (dirty > first) bar.setTotal(done + dirty);
-      bar.update(done, { left: dirty });
-    } else if (dirty > 0) {
-      io.stdout(`clean ${name}: ${dirty} dirty blocks left (${first > 0 ? Math.min(100, Math.round((100 * done) / first)) : 100}% done, ${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
+  const putBack = opts.restore && !wasOn;
+  const interrupted = (signal: NodeJS.Signals): void => {
+    bar?.stop();
+    const restored = putBack ? controlRequest(control, { op: 'message', name, words: ['cleaner', 'off'] }) : Promise.resolve();
+    restored.then(
+      () => io.stderr(`clean ${name}: interrupted with ${dirty} dirty blocks left; the cleaner is ${putBack ? 'off again, as it was' : 'on (as it was before, or for detach)'}\n`),
+      (err: Error) => io.stderr(`clean ${name}: interrupted; the cleaner could not be turned off again (${err.message}): run pcached message ${name} cleaner off\n`),
+    ).finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
+  const signals = io === processIo ? (['SIGINT', 'SIGTERM'] as const) : [];
+  for (const sig of signals) process.once(sig, interrupted);
+  try {
+    while (dirty > 0) {
+      await new Promise((r) => setTimeout(r, bar ? Math.min(interval, 250) : interval));
+      dirty = await dirtyOf();
+      const done = Math.max(0, first - dirty);
+      if (bar) {
+        // New writes over dirty data can add to the total while cleaning.
+        if (dirty > first) bar.setTotal(done + dirty);
+        bar.update(done, { left: dirty });
+      } else if (dirty > 0) {
+        io.stdout(`clean ${name}: ${dirty} dirty blocks left (${first > 0 ? Math.min(100, Math.round((100 * done) / first)) : 100}% done, ${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
+      }
     }
+  } finally {
+    for (const sig of signals) process.off(sig, interrupted);
   }
   bar?.stop();
   const took = `${first} written back in ${((Date.now() - t0) / 1000).toFixed(1)} s`;
