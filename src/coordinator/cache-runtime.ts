@@ -47,6 +47,8 @@ export interface CacheStatusFields {
   epochsPending: number;
   dataCrc: boolean;
   errors: string[];
+  /** The cache device failed (a sync or write): sticky until restart, as dm-writecache's error state. */
+  failed: boolean;
   workers: Record<string, number>;
   /** What the start-up replay found (keys dropped for a bad data CRC are counted here). */
   replay: { formatted: boolean; ksets: number; keys: number; staleKeys: number; crcErrors: number; stop: string; ms: number };
@@ -300,6 +302,7 @@ export class CacheRuntime {
       epochsPending: sh.epochsPending,
       dataCrc: g.dataCrc,
       errors,
+      failed: sh.failed !== 0,
       workers: this.counters.snapshot(),
       replay: (({ formatted, ksets, keys, staleKeys, crcErrors, stop, ms }) => ({ formatted, ksets, keys, staleKeys, crcErrors, stop, ms: Math.round(ms) }))(this.#opened.report),
     };

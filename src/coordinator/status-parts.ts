@@ -7,7 +7,7 @@ import { RateHistory, RATE_SAMPLE_MS, RATE_WINDOWS } from '../stats/rates.js';
 
 /** One word for the cache's condition, worst first (docs/operations.md, "Status"). */
 export function conditionOf(cs: NonNullable<CacheStatus['cacheState']>): string {
-  if (cs.errors.some((e) => e.startsWith('cache device failed'))) return 'failed';
+  if (cs.failed) return 'failed';
   if (cs.errors.length > 0) return 'degraded';
   if (cs.dirtyBlocks === 0) return 'clean';
   if (cs.cleaner) return 'cleaning';
