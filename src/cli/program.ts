@@ -3,7 +3,6 @@
 
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import cliProgress from 'cli-progress';
 import { environmentVariables, loadConfig, type StartFlags } from '../config/load.js';
 import { controlRequest } from '../daemon/control.js';
 import type { CacheStatus } from '../daemon/ipc.js';
@@ -16,7 +15,7 @@ import { formatSummary } from './status-summary.js';
 import { renderBashCompletion } from './completion.js';
 import { formatMessageReply, formatTable, type TableReply } from './message-format.js';
 import { formatInspectReport, inspectCache } from './inspect.js';
-import { formatBytes } from '../util/size.js';
+import { cleanCache, isDetached } from './clean.js';
 import { PcachedError } from '../util/errors.js';
 
 export interface CliIo {
@@ -146,7 +145,7 @@ export function buildProgram(io: CliIo = processIo): Command {
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
     .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', parseInterval, 2000)
     .action(async (name: string, opts: { control?: string; interval: number }) => {
-      await cleanCache(io, controlPath(io, opts.control), name, opts.interval);
+      await cleanCache(io, controlPath(io, opts.control), name, opts.interval, { restore: true, terminal: io === processIo });
     });
 
   program
@@ -158,7 +157,7 @@ export function buildProgram(io: CliIo = processIo): Command {
     .action(async (name: string, opts: { control?: string; interval: number }) => {
       const control = controlPath(io, opts.control);
       if (await isDetached(control, name)) throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${JSON.stringify(name)} is already detached (served from its origin until the next start); restart pcached to attach it again`);
-      await cleanCache(io, control, name, opts.interval, { restore: false });
+      await cleanCache(io, control, name, opts.interval, { restore: false, terminal: io === processIo });
       const r = (await controlRequest(control, { op: 'message', name, words: ['detach'] }, { timeoutMs: 600_000 })) as { cache: string };
       io.stdout(`detach ${name}: the cache file ${r.cache} is released and marked clean; ${name} is served from its origin until the next start\n`);
     });
@@ -228,80 +227,5 @@ export async function runCli(args: string[], io: CliIo = processIo): Promise<num
     const message = err instanceof Error ? err.message : String(err);
     io.stderr(`pcached: ${message.replace(/\s*\n\s*/g, '; ')}\n`);
     return 1;
-  }
-}
-
-/** The cache part of one cache's status; throws when it has none. */
-async function cacheStateOf(control: string, name: string): Promise<NonNullable<CacheStatus['cacheState']>> {
-  const r = (await controlRequest(control, { op: 'status', name })) as { caches: CacheStatus[] };
-  const cs = r.caches[0]?.cacheState;
-  if (!cs) throw new PcachedError('ERR_NOT_RUNNING', `cache ${JSON.stringify(name)} is ${r.caches[0]?.state ?? 'not running'}: it has no cache state now; try again once pcached status ${name} shows it running`);
-  return cs;
-}
-
-async function isDetached(control: string, name: string): Promise<boolean> {
-  const r = (await controlRequest(control, { op: 'status', name })) as { caches: CacheStatus[] };
-  return r.caches[0]?.detached === true;
-}
-
-/**
- * `pcached clean NAME`: cleaner on, then progress until dirty reaches 0: a bar on a terminal,
- * a line every interval otherwise (logs, CI); then the cleaner goes back to what it was (detach
- * keeps it on). Interrupted by SIGINT or SIGTERM, it is put back too before the command exits.
- */
-async function cleanCache(io: CliIo, control: string, name: string, interval: number, opts: { restore: boolean } = { restore: true }): Promise<void> {
-  if (await isDetached(control, name)) {
-    io.stdout(`clean ${name}: nothing to do: the cache is detached (everything was written back; served from the origin until the next start)\n`);
-    return;
-  }
-  const wasOn = (await cacheStateOf(control, name)).cleaner;
-  await controlRequest(control, { op: 'message', name, words: ['cleaner', 'on'] });
-  const dirtyOf = async (): Promise<number> => (await cacheStateOf(control, name)).dirtyBlocks;
-  const first = await dirtyOf();
-  const tty = io === processIo && process.stderr.isTTY === true;
-  const t0 = Date.now();
-  let dirty = first;
-  const bar = tty && first > 0
-    ? new cliProgress.SingleBar({ format: `clean ${name} [{bar}] {percentage}% | {left} dirty blocks left | {duration_formatted}`, stream: process.stderr, hideCursor: true },
-      cliProgress.Presets.shades_classic)
-    : null;
-  bar?.start(first, 0, { left: first });
-  if (!bar) io.stdout(`clean ${name}: ${first} dirty blocks (${formatBytes(first * 4096)}) to write back\n`);
-  const putBack = opts.restore && !wasOn;
-  const interrupted = (signal: NodeJS.Signals): void => {
-    bar?.stop();
-    const restored = putBack ? controlRequest(control, { op: 'message', name, words: ['cleaner', 'off'] }) : Promise.resolve();
-    restored.then(
-      () => io.stderr(`clean ${name}: interrupted with ${dirty} dirty blocks left; the cleaner is ${putBack ? 'off again, as it was' : 'on (as it was before, or for detach)'}\n`),
-      (err: Error) => io.stderr(`clean ${name}: interrupted; the cleaner could not be turned off again (${err.message}): run pcached message ${name} cleaner off\n`),
-    ).finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
-  };
-  const signals = io === processIo ? (['SIGINT', 'SIGTERM'] as const) : [];
-  for (const sig of signals) process.once(sig, interrupted);
-  try {
-    while (dirty > 0) {
-      await new Promise((r) => setTimeout(r, bar ? Math.min(interval, 250) : interval));
-      dirty = await dirtyOf();
-      const done = Math.max(0, first - dirty);
-      if (bar) {
-        // New writes over dirty data can add to the total while cleaning.
-        if (dirty > first) bar.setTotal(done + dirty);
-        bar.update(done, { left: dirty });
-      } else if (dirty > 0) {
-        io.stdout(`clean ${name}: ${dirty} dirty blocks left (${first > 0 ? Math.min(100, Math.round((100 * done) / first)) : 100}% done, ${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
-      }
-    }
-  } finally {
-    for (const sig of signals) process.off(sig, interrupted);
-  }
-  bar?.stop();
-  const took = `${first} written back in ${((Date.now() - t0) / 1000).toFixed(1)} s`;
-  if (!opts.restore) {
-    io.stdout(`clean ${name}: no dirty blocks (${took})\n`);
-  } else if (wasOn) {
-    io.stdout(`clean ${name}: no dirty blocks (${took}); the cleaner was on before and stays on\n`);
-  } else {
-    await controlRequest(control, { op: 'message', name, words: ['cleaner', 'off'] });
-    io.stdout(`clean ${name}: no dirty blocks (${took}); the cleaner is off again, as it was: writes are cached\n`);
   }
 }
