@@ -6,7 +6,7 @@
 // also stored in the cache file (dm-pcache's rule) and so outlives a daemon restart too.
 
 import type { CacheConfig } from '../config/types.js';
-import { valueAt } from '../../config/schema.js';
+import { keyInfo, valueAt } from '../../config/schema.js';
 import { formatBytes } from '../util/size.js';
 
 /** Where a running value came from, as the coordinator knows it (the supervisor refines `config`). */
@@ -56,20 +56,29 @@ export function overridesAfterReload(overrides: Record<string, unknown>, before:
   return Object.fromEntries(Object.entries(overrides).filter(([k]) => k === FLUSH_ON_SUSPEND || valueAt(before, k) === valueAt(after, k)));
 }
 
+/** [the shared word the answer names, the config key the message sets]. */
+const NUMERIC_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, string]> = {
+  high_watermark: ['highWatermark', 'highWatermark'],
+  low_watermark: ['lowWatermark', 'lowWatermark'],
+  writeback_jobs: ['writebackJobs', 'writeback.jobs'],
+  autocommit_blocks: ['autocommitBlocks', 'autocommit.blocks'],
+  autocommit_time: ['autocommitMs', 'autocommit.timeMs'],
+  max_age: ['maxAgeMs', 'maxAgeMs'],
+  pause_writeback: ['writebackPauseMs', 'pauseWritebackMs'],
+  pause_writeback_ms: ['writebackPauseMs', 'pauseWritebackMs'],
+};
+
 /**
  * dm-writecache's numeric controls as messages (their table-argument names): [the shared word the
- * answer names, min, max, the config key it sets]. The value holds as the rule above says.
+ * answer names, min, max, the config key it sets], the range the schema's own (a message accepts
+ * what the config file does). The value holds as the rule above says.
  */
-export const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number, string]> = {
-  high_watermark: ['highWatermark', 1, 100, 'highWatermark'],
-  low_watermark: ['lowWatermark', 0, 100, 'lowWatermark'],
-  writeback_jobs: ['writebackJobs', 1, 1024, 'writeback.jobs'],
-  autocommit_blocks: ['autocommitBlocks', 1, 1_048_576, 'autocommit.blocks'],
-  autocommit_time: ['autocommitMs', 1, 3_600_000, 'autocommit.timeMs'],
-  max_age: ['maxAgeMs', 0, 86_400_000, 'maxAgeMs'],
-  pause_writeback: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
-  pause_writeback_ms: ['writebackPauseMs', 0, 600_000, 'pauseWritebackMs'],
-};
+export const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number, string]> = Object.fromEntries(
+  Object.entries(NUMERIC_MESSAGES).map(([verb, [word, key]]) => {
+    const info = keyInfo('cache', key);
+    return [verb, [word, info.min!, info.max!, key]];
+  }),
+);
 
 /** Messages that act on the cache: after `detach` they get a clear answer, not "unknown message". */
 export const CACHE_ONLY_MESSAGES = new Set(['mode', 'cleaner', 'promotion', 'flush_on_suspend', 'gc_percent', 'debug_cache_faults', ...Object.keys(TUNABLE_MESSAGES)]);
