@@ -95,13 +95,16 @@ print('ok')
   // 64 KiB read 5 times = 80 blocks; the first 4 reads hit the written data, the last misses.
   t.is(cs.readBlocks, 80);
   t.is(cs.readHits, 64);
-  t.regex(rows.get('hit ratio')!, /^80\.0 % total, 80\.0 % last \d+ s$/);
-  t.is(j.rates!.minute!.hitRatio, 0.8);
-  // Rates: the daemon samples its counters; a young cache's window covers its age.
+  // Rates: the daemon samples its counters; a young cache's window covers its age (all of this
+  // test's I/O unless the machine is so slow that a minute has passed since the start).
   const m = j.rates!.minute!;
   t.true(m.spanSec > 0 && m.spanSec <= 60, `span ${m.spanSec}`);
   t.is(j.rates!.total.bytesWritten, 3 * MiB);
-  t.true(Math.abs(m.perSec.bytesWritten! * m.spanSec - 3 * MiB) < 0.05 * 3 * MiB, `${m.perSec.bytesWritten} B/s over ${m.spanSec} s`);
+  t.regex(rows.get('hit ratio')!, new RegExp(`^80\\.0 % total, ${m.hitRatio === null ? '-' : `${(100 * m.hitRatio).toFixed(1)} %`} last (\\d+ s|minute)$`));
+  if (m.spanSec < 55) {
+    t.is(m.hitRatio, 0.8);
+    t.true(Math.abs(m.perSec.bytesWritten! * m.spanSec - 3 * MiB) < 0.05 * 3 * MiB, `${m.perSec.bytesWritten} B/s over ${m.spanSec} s`);
+  }
   t.regex(rows.get('written')!, new RegExp(`^3 MiB total, [\\d.]+ (B|KiB|MiB)/s last (\\d+ s|minute)$`));
   t.regex(rows.get('requests')!, /^\d+ total, [\d.]+\/s last/);
   // --raw is dm-writecache's numeric line, the same numbers as --json.
