@@ -53,7 +53,7 @@ export function summaryRows(c: CacheStatus): [string, string][] {
   const rows: [string, string][] = [
     ['state', c.condition ?? c.state],
     ['mode', c.mode],
-    ['coordinator', c.pid ? `${c.state}, pid ${c.pid}, up ${duration(c.uptimeSec)}, ${c.restarts} restarts` : c.state],
+    ['coordinator', c.pid ? `${c.state}, pid ${c.pid}, up ${duration(c.uptimeSec)}, ${c.restarts} restart${c.restarts === 1 ? '' : 's'}` : c.state],
     ['origin', c.originSize ? `${c.origin} (${formatBytes(c.originSize)})` : c.origin],
     ['cache', c.detached ? `${c.cache} (detached: served from the origin until the next start)` : c.cache],
   ];
@@ -62,7 +62,7 @@ export function summaryRows(c: CacheStatus): [string, string][] {
   const rate = (n: number): string => `${formatBytes(Math.round(n))}/s`;
   if (cs) {
     rows.push(
-      ['size', `${bytes(cs.blocks * BLOCK)}, ${cs.segments} segments of ${bytes(cs.segmentSize)}`],
+      ['capacity', `${bytes(cs.blocks * BLOCK)}, ${cs.segments} segments of ${bytes(cs.segmentSize)}`],
       ['dirty', `${bytes(cs.dirtyBlocks * BLOCK)} (${percent(cs.dirtyBlocks, cs.blocks)})`],
       ['free', `${bytes(cs.freeBlocks * BLOCK)} (${percent(cs.freeBlocks, cs.blocks)})`],
       ['under writeback', bytes((cs.writecache?.blocksUnderWriteback ?? 0) * BLOCK)],
