@@ -18,12 +18,31 @@ import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stop
 
 interface Opts { baseline: string | null; pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
 
+const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slow-runtime S] [--only fast,slow,drain,engine]
+                     [--pcached-env KEY=VALUE] [--baseline DIR] [--out DIR] [--keep]
+  --quick            shorter cells, one repetition
+  --reps N           repetitions per cell (median reported; default 3)
+  --runtime S        seconds per cell on the fast origin (default 10)
+  --slow-runtime S   seconds per cell on the slow origin (default 30)
+  --only LIST        run only these scenarios
+  --pcached-env K=V  environment for the pcached under test (repeatable)
+  --baseline DIR     also run the pcached built in DIR, side by side (pcached-base)
+  --out DIR          where results go (default bench/results)
+  --keep             keep the scratch directory
+`;
+
+/** A bad command line: one line and the usage, exit 2 (no stack trace). */
+class UsageError extends Error {}
+
 function parseArgs(argv: string[]): Opts {
   const o: Opts = { baseline: null, pcachedEnv: {}, runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    const next = (): string => argv[++i] ?? (() => { throw new Error(`${a} needs a value`); })();
-    if (a === '--quick') Object.assign(o, { runtime: 4, ramp: 1, slowRuntime: 12, slowRamp: 6, reps: 1 });
+    const next = (): string => argv[++i] ?? (() => { throw new UsageError(`${a} needs a value`); })();
+    if (a === '-h' || a === '--help') {
+      process.stdout.write(USAGE);
+      process.exit(0);
+    } else if (a === '--quick') Object.assign(o, { runtime: 4, ramp: 1, slowRuntime: 12, slowRamp: 6, reps: 1 });
     else if (a === '--reps') o.reps = Number(next());
     else if (a === '--runtime') o.runtime = Number(next());
     else if (a === '--slow-runtime') o.slowRuntime = Number(next());
@@ -32,7 +51,7 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--keep') o.keep = true;
     else if (a === '--baseline') o.baseline = next();
     else if (a === '--pcached-env') { const [k, ...v] = next().split('='); o.pcachedEnv[k!] = v.join('='); }
-    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,drain,engine --pcached-env KEY=VALUE --baseline DIR --out DIR --keep)`);
+    else throw new UsageError(`unknown argument ${a} (npm run bench -- --help lists the options)`);
   }
   return o;
 }
@@ -392,6 +411,10 @@ async function main(): Promise<void> {
 
 void TOOL_ENV;
 main().catch((e: unknown) => {
+  if (e instanceof UsageError) {
+    process.stderr.write(`bench: ${e.message}\n`);
+    process.exit(2);
+  }
   process.stderr.write(`bench failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
   killAllProcs();
   process.exit(1);

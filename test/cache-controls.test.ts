@@ -52,7 +52,7 @@ const originAt = (e: Env, off: number, len: number): Buffer => readFileSync(e.or
 const why = needTools('nbdsh', 'python3-nbd');
 const t_ = why ? test.serial.skip : test.serial;
 
-t_('pcached clean: progress lines, then nothing dirty and the origin holds the data; the cleaner sends new writes to the origin until turned off' + skipSuffix(why), async (t) => {
+t_('pcached clean: progress lines, then nothing dirty and the origin holds the data; the cleaner is put back as it was (off: writes are cached again; on: it stays on)' + skipSuffix(why), async (t) => {
   t.timeout(180_000);
   // The cleaner writes back at full speed: enough data for a few progress lines.
   const e = await start(t, ['--cache-size', '96M']);
@@ -64,19 +64,26 @@ t_('pcached clean: progress lines, then nothing dirty and the origin holds the d
   const lines = r.stdout.trim().split('\n');
   t.regex(lines[0]!, /^clean vol: \d+ dirty blocks \(.*\) to write back$/);
   t.true(lines.some((l) => /^clean vol: \d+ dirty blocks left \(\d+% done, \d+ s\)$/.test(l)), `a progress line: ${r.stdout}`);
-  t.regex(lines[lines.length - 1]!, /^clean vol: no dirty blocks \(\d+ written back in [\d.]+ s\); the cleaner stays on/);
+  t.regex(lines[lines.length - 1]!, /^clean vol: no dirty blocks \(\d+ written back in [\d.]+ s\); the cleaner is off again, as it was: writes are cached$/);
   t.is(await dirty(e), 0);
   t.true(originAt(e, 8 * MiB, data.length).equals(data));
   const st = (await statusJson(e.d.control)).caches[0]!.cacheState!;
-  t.true(st.cleaner);
-  // Cleaner on: a write goes to the origin at once, nothing dirty.
+  t.false(st.cleaner, 'the cleaner is off again, as before the clean');
+  const table = JSON.parse((await pcachedCli(['table', NAME, '--json', '--control', e.d.control])).stdout) as { tunables: { key: string; value: unknown; source: string }[] };
+  t.like(table.tunables.find((r) => r.key === 'cleaner'), { value: false, source: 'default' }, 'and its value comes from the config again');
+  // Cleaner off again: writes are cached (writeback paused).
   const more = randomBytes(256 * 1024);
+  await write(e, 24 * MiB, more);
+  t.true((await dirty(e)) >= 64, 'writes are cached again after the clean');
+  // Turned on before: clean leaves it on. A write then goes to the origin at once, nothing dirty.
+  await message(e, 'cleaner', 'on');
+  const again = await pcachedCli(['clean', NAME, '--control', e.d.control, '--interval', '50'], { timeoutMs: 120_000 });
+  t.is(again.code, 0, describe(again));
+  t.regex(again.stdout, /the cleaner was on before and stays on\n$/);
+  t.true((await statusJson(e.d.control)).caches[0]!.cacheState!.cleaner);
   await write(e, 20 * MiB, more);
   t.true(originAt(e, 20 * MiB, more.length).equals(more));
   t.is(await dirty(e), 0);
-  await message(e, 'cleaner', 'off');
-  await write(e, 24 * MiB, more);
-  t.true((await dirty(e)) >= 64, 'cleaner off: writes are cached again (writeback paused)');
   const bad = await pcachedCli(['clean', NAME, '--control', e.d.control, '--interval', '5']);
   t.is(bad.code, 2);
   t.regex(bad.stderr, /interval.*must be an integer 50-600000/);
@@ -228,6 +235,20 @@ t_('pcached detach: everything written back, the cache file released and marked 
   const again = await pcachedCli(['message', NAME, 'detach', '--control', e.d.control]);
   t.not(again.code, 0);
   t.regex(again.stderr, /already detached/);
+  // detach and clean agree: nothing is dirty, and the cache messages say why they do nothing.
+  const clean = await pcachedCli(['clean', NAME, '--control', e.d.control]);
+  t.is(clean.code, 0, describe(clean));
+  t.is(clean.stdout, 'clean vol: nothing to do: the cache is detached (everything was written back; served from the origin until the next start)\n');
+  for (const words of [['cleaner'], ['cleaner', 'off'], ['mode', 'writeback'], ['gc_percent', '10']]) {
+    const m = await pcachedCli(['message', NAME, ...words, '--control', e.d.control]);
+    t.is(m.code, 1, describe(m));
+    t.regex(m.stderr, new RegExp(`^pcached: cache vol is detached \\(served from its origin until the next start; nothing is dirty\\): ${words[0]} has nothing to act on; restart pcached to attach the cache again\n$`));
+  }
+  const summary = await pcachedCli(['status', NAME, '--control', e.d.control]);
+  t.regex(summary.stdout, /^ {2}state +detached$/m);
+  const detachAgain = await pcachedCli(['detach', NAME, '--control', e.d.control]);
+  t.is(detachAgain.code, 1);
+  t.regex(detachAgain.stderr, /^pcached: cache "vol" is already detached \(served from its origin until the next start\); restart pcached to attach it again$/m);
   t.is(await stopGracefully(e.d), 0, e.d.proc.output());
 
   // Attach again by starting on the same file: formatted afresh (its contents are not replayed).

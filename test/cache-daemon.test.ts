@@ -640,7 +640,7 @@ const why5 = needTools('nbdsh', 'python3-nbd');
 
   const set = await msg(d, 'gc_percent', '20');
   t.is(set.code, 0, describe(set));
-  t.regex(set.stdout, /"gcPercent": 20/);
+  t.regex(set.stdout, /^default: gc_percent 20 \(stored in the cache file\)$/m);
   t.is((await cacheState(d)).gcPercent, 20);
 
   t.is(await stopGracefully(d), 0, d.proc.output());

@@ -62,8 +62,9 @@ const why = needTools('nbdsh', 'python3-nbd', 'nbdkit');
   t.log(`while the origin fails writes: ${JSON.stringify({ dirty: failing.dirtyBlocks, errors: failing.errors, wbErrors: failing.workers.wb_errors })}`);
   t.true(failing.dirtyBlocks >= 512, 'the data stays dirty');
   t.is(failing.writecache!.error, -5, 'the dm-writecache error indicator');
-  const line = await pcachedCli(['status', NAME, '--control', control]);
+  const line = await pcachedCli(['status', NAME, '--raw', '--control', control]);
   t.regex(line.stdout, /^-5 /);
+  t.is((await statusJson(control)).caches[0]!.condition, 'degraded', 'writeback errors: degraded, not failed');
   // Served from the cache meanwhile.
   const back = await nbdshJson<string>(`import hashlib, json\nprint(json.dumps(hashlib.sha256(h.pread(${2 * MiB}, ${8 * MiB})).hexdigest()))`, { uri });
   t.is(back, createHash('sha256').update(a).digest('hex'));
@@ -179,6 +180,9 @@ print(json.dumps([h.pread(65536, ${4 * MiB}).hex(), h.pread(65536, ${MiB}).hex()
   const s2 = (await statusJson(control)).caches[0]!.cacheState!;
   t.true(s2.errors.some((x) => /cache device failed \(a data write failed\)/.test(x)), JSON.stringify(s2.errors));
   t.is(s2.writecache!.error, -5);
+  t.true(s2.failed);
+  t.is((await statusJson(control)).caches[0]!.condition, 'failed');
+  t.regex((await pcachedCli(['status', NAME, '--control', control])).stdout, /^ {2}state +failed$/m);
   t.is(await stopGracefully(d), 0, d.proc.output());
 
   // A restart replays what is on the device: the flushed data is there, and the cache works again.

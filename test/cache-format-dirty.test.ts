@@ -55,7 +55,7 @@ t_('a changed setting over dirty data: refused with how much and how to clean it
 
   // Another origin size: the stored one is named, in bytes, as the setting to start with.
   truncateSync(s.origin, 2 * ORIGIN_SIZE);
-  const grown = await refused(t, startArgs(s, ep), s.dir, /formatted for an origin of 67108864 bytes, origin has 134217728/, 'grown origin over dirty data');
+  const grown = await refused(t, startArgs(s, ep), s.dir, /formatted for an origin of 64 MiB \(67108864 bytes\), origin has 128 MiB \(134217728 bytes\)/, 'grown origin over dirty data');
   t.regex(grown, /settings it was formatted with \(an origin of 64 MiB \(67,108,864 bytes\)\)/);
   t.true(grown.includes(DIRTY_TEXT), grown);
   truncateSync(s.origin, ORIGIN_SIZE);

@@ -236,7 +236,7 @@ t_('`pcached status NAME`: the dm-writecache fields in order, then pcached\'s; w
   await write(d, [[2 * MiB, randomBytes(8 * BLK)]]);
   await nbdshJson(`h.trim(${16 * BLK}, ${4 * MiB})\nh.flush()\nprint('"ok"')`, { uri: d.uri });
   await read(d, MiB, BLK);
-  const r = await pcachedCli(['status', NAME, '--control', d.control]);
+  const r = await pcachedCli(['status', NAME, '--raw', '--control', d.control]);
   t.is(r.code, 0, describe(r));
   const f = r.stdout.trim().split(' ');
   t.is(f.length, 24, r.stdout);
@@ -264,7 +264,7 @@ t_('`pcached status NAME`: the dm-writecache fields in order, then pcached\'s; w
   t.is(j.writeHitsUncommitted, 1);
   t.is(j.hitRatio, 1);
   await message(d, 'clear_stats');
-  const after = (await pcachedCli(['status', NAME, '--control', d.control])).stdout.trim().split(' ').map((x) => Number(x));
+  const after = (await pcachedCli(['status', NAME, '--raw', '--control', d.control])).stdout.trim().split(' ').map((x) => Number(x));
   t.deepEqual([after[4], after[5], after[6], after[7], after[8], after[12], after[13]], [0, 0, 0, 0, 0, 0, 0]);
   t.is(await stopGracefully(d), 0, d.proc.output());
 });

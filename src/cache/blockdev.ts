@@ -2,6 +2,7 @@
 // worker threads) plus a barrier. The simulated device models a disk with a volatile write cache
 // so crash tests can ask "what could be on the media if power failed now?".
 
+import { formatBytes } from '../util/size.js';
 import fs from 'node:fs';
 import { PcachedError } from '../util/errors.js';
 import { blockDeviceSize } from '../util/block-device.js';
@@ -42,7 +43,7 @@ export class FileBlockDevice implements BlockDevice {
     if (!this.isFile || this.readOnly) return null;
     if (!native) return 'native addon unavailable: the cache file stays sparse (slower writes, no space reservation)';
     const r = native.fallocate(this.fd, 0, 0, this.size);
-    if (r === -28) throw new PcachedError('ERR_CACHE_FILE', `not enough space on the filesystem of ${this.path} to hold the ${this.size}-byte cache`);
+    if (r === -28) throw new PcachedError('ERR_CACHE_FILE', `not enough space on the filesystem of ${this.path} to hold the ${formatBytes(this.size)} (${this.size} bytes) cache: free space there, or give a smaller cacheSize (--cache-size) and delete the file so it is created again`);
     if (r < 0) return `fallocate failed (errno ${-r}): the cache file stays sparse`;
     // ext4 measured here: the first write into freshly fallocated blocks costs 10 µs per 4 KiB
     // until the allocation is committed, then 0.6 µs; one fsync now makes the whole first pass cheap.

@@ -3,6 +3,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { PcachedError } from '../util/errors.js';
+import { formatBytes } from '../util/size.js';
 import type { CacheMode } from '../config/types.js';
 import type { BlockDevice } from './blockdev.js';
 import {
@@ -121,19 +122,22 @@ export function formatDevice(dev: BlockDevice, p: FormatParams): CacheState {
   return openDevice(dev, { originSize: p.originSize, dataCrc: p.dataCrc });
 }
 
+/** "64 MiB (67108864 bytes)": binary units for people, the exact count for scripts and bug reports. */
+const sized = (n: number): string => `${formatBytes(n)} (${n} bytes)`;
+
 export function openDevice(dev: BlockDevice, p: OpenParams = {}): CacheState {
   const read = readSuperblock(dev);
   if (read === null || !read.ok) {
     if (isBlankDevice(dev)) throw new PcachedError('ERR_CACHE_BLANK', 'cache device is blank (not formatted)');
-    if (read === null) throw new PcachedError('ERR_BAD_SUPERBLOCK', `device of ${dev.size} bytes is too small to hold a superblock`);
+    if (read === null) throw new PcachedError('ERR_BAD_SUPERBLOCK', `device of ${sized(dev.size)} is too small to hold a superblock`);
     throw read.error;
   }
   const sb = read.value;
   if (dev.size < sb.deviceSize) {
-    throw new PcachedError('ERR_CACHE_MISMATCH', `cache device is truncated: ${dev.size} bytes, formatted for ${sb.deviceSize}`);
+    throw new PcachedError('ERR_CACHE_MISMATCH', `cache device is truncated: ${sized(dev.size)}, formatted for ${sized(sb.deviceSize)}`);
   }
   if (p.originSize !== undefined && p.originSize !== sb.originSize) {
-    throw new PcachedError('ERR_CACHE_MISMATCH', `cache was formatted for an origin of ${sb.originSize} bytes, origin has ${p.originSize}`);
+    throw new PcachedError('ERR_CACHE_MISMATCH', `cache was formatted for an origin of ${sized(sb.originSize)}, origin has ${sized(p.originSize)}`);
   }
   if (p.dataCrc !== undefined && p.dataCrc !== sb.dataCrc) {
     throw new PcachedError('ERR_CACHE_MISMATCH', `cache was formatted with dataCrc ${sb.dataCrc ? 'on' : 'off'}; configuration says ${p.dataCrc ? 'on' : 'off'}`);

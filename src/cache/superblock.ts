@@ -1,6 +1,7 @@
 // Superblock codec (docs/format.md §2). One copy, written last at format time: its presence is
 // what makes the rest of the device meaningful.
 
+import { formatBytes } from '../util/size.js';
 import {
   FORMAT_VERSION, MAX_SEGMENTS, MAX_SEGMENT_SIZE, META_AREA_SIZE, MIN_SEGMENT_SIZE, SUPERBLOCK_SIZE,
   DATA_ALIGN, crc32cOf, fail, getU64, isAllZero, ok, setU64, view,
@@ -32,13 +33,13 @@ export function segmentCountFor(deviceSize: number, segmentSize: number): number
 /** Why a geometry is unusable, or null; shared by format (params) and decode (untrusted bytes). */
 export function checkGeometry(deviceSize: number, segmentSize: number, segmentCount: number): string | null {
   if (segmentSize < MIN_SEGMENT_SIZE || segmentSize > MAX_SEGMENT_SIZE || segmentSize % DATA_ALIGN !== 0) {
-    return `segment size ${segmentSize} must be a multiple of ${DATA_ALIGN} in [${MIN_SEGMENT_SIZE}, ${MAX_SEGMENT_SIZE}]`;
+    return `segment size ${formatBytes(segmentSize)} (${segmentSize} bytes) must be a multiple of ${formatBytes(DATA_ALIGN)} from ${formatBytes(MIN_SEGMENT_SIZE)} to ${formatBytes(MAX_SEGMENT_SIZE)}`;
   }
   if (segmentCount !== segmentCountFor(deviceSize, segmentSize)) {
-    return `segment count ${segmentCount} does not match device size ${deviceSize}`;
+    return `segment count ${segmentCount} does not match device size ${formatBytes(deviceSize)} (${deviceSize} bytes)`;
   }
   // One log segment and at least one data segment.
-  if (segmentCount < 2) return `device of ${deviceSize} bytes holds fewer than 2 segments of ${segmentSize}`;
+  if (segmentCount < 2) return `device of ${formatBytes(deviceSize)} (${deviceSize} bytes) holds fewer than 2 segments of ${formatBytes(segmentSize)}: use a larger cache (cacheSize) or a smaller segmentSize`;
   if (segmentCount > MAX_SEGMENTS) return `segment count ${segmentCount} exceeds ${MAX_SEGMENTS}`;
   return null;
 }

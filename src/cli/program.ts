@@ -3,7 +3,6 @@
 
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import cliProgress from 'cli-progress';
 import { environmentVariables, loadConfig, type StartFlags } from '../config/load.js';
 import { controlRequest } from '../daemon/control.js';
 import type { CacheStatus } from '../daemon/ipc.js';
@@ -12,8 +11,11 @@ import { Supervisor } from '../daemon/supervisor.js';
 import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
 import { formatStatus, formatWritecacheLine } from './status-format.js';
+import { formatSummary } from './status-summary.js';
+import { renderBashCompletion } from './completion.js';
+import { formatMessageReply, formatTable, type TableReply } from './message-format.js';
 import { formatInspectReport, inspectCache } from './inspect.js';
-import { formatSize } from '../util/size.js';
+import { cleanCache, isDetached } from './clean.js';
 import { PcachedError } from '../util/errors.js';
 
 export interface CliIo {
@@ -50,7 +52,7 @@ function controlPath(io: CliIo, flag: string | undefined): string {
   return resolve(io.cwd, flag ?? io.env.PCACHED_CONTROL ?? DEFAULT_CONTROL);
 }
 
-function buildProgram(io: CliIo): Command {
+export function buildProgram(io: CliIo = processIo): Command {
   const program = new Command('pcached')
     .description('Userspace block cache daemon serving a cached volume over NBD')
     .exitOverride()
@@ -72,7 +74,7 @@ function buildProgram(io: CliIo): Command {
     .option('--unix <path>', 'Unix socket to serve NBD on ("" for none)')
     .option('--tcp <host:port>', 'TCP address to serve NBD on ("" for none)')
     .option('--name <name>', 'export name')
-    .addOption(new Option('--mode <mode>', 'cache mode (writeback or passthrough; the others are not implemented yet)').choices(CACHE_MODES))
+    .addOption(new Option('--mode <mode>', 'cache mode, switchable online (docs/cache-engine.md#modes)').choices(CACHE_MODES))
     .option('--stripes <n>', 'stripe worker threads (0 = cores - 1, at least 1)')
     .option('--control <path>', 'control socket')
     .option('--read-only', 'serve the export read-only')
@@ -92,38 +94,58 @@ function buildProgram(io: CliIo): Command {
 
   program
     .command('status')
-    .description("Print each cache's state, listeners and counters; with NAME, its one-line dm-writecache style status")
-    .argument('[name]', 'only this cache: one line, the 14 dm-writecache status fields then pcached\'s own (docs/operations.md)')
+    .description("Print each cache's state, listeners and counters; with NAME, that cache's status labelled with units and rates (docs/operations.md)")
+    .argument('[name]', 'only this cache')
     .option('--json', 'print {"caches":[...]} as JSON')
+    .option('--raw', "with NAME: one line, dm-writecache's 14 status fields then pcached's own, as numbers")
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
-    .action(async (name: string | undefined, opts: { json?: boolean; control?: string }) => {
+    .action(async (name: string | undefined, opts: { json?: boolean; raw?: boolean; control?: string }) => {
+      if (opts.raw && name === undefined) {
+        io.stderr('pcached: --raw needs a cache NAME (pcached status NAME --raw)\n');
+        throw new Exit(2);
+      }
       const result = (await controlRequest(controlPath(io, opts.control), name === undefined ? { op: 'status' } : { op: 'status', name })) as { caches: CacheStatus[] };
-      const one = name !== undefined ? result.caches[0]?.cacheState?.writecache : undefined;
+      const one = name !== undefined ? result.caches[0] : undefined;
       if (opts.json) io.stdout(`${JSON.stringify({ caches: result.caches })}\n`);
-      else if (one) io.stdout(`${formatWritecacheLine(one)}\n`);
+      else if (one && opts.raw) {
+        const line = one.cacheState?.writecache;
+        if (!line) throw new PcachedError('ERR_NOT_RUNNING', `cache ${JSON.stringify(name)} has no status line (${one.condition ?? one.state}): see pcached status ${name}`);
+        io.stdout(`${formatWritecacheLine(line)}\n`);
+      } else if (one) io.stdout(formatSummary(one));
       else io.stdout(formatStatus(result.caches));
     });
 
   program
+    .command('table')
+    .description('Print every running tunable of a cache and where its value came from (config file, flag, environment, message, default), like `dmsetup table`')
+    .argument('<name>', 'cache name')
+    .option('--json', 'print {"name", "tunables": [{"key", "message", "value", "shown", "source"}]}')
+    .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
+    .action(async (name: string, opts: { json?: boolean; control?: string }) => {
+      const result = (await controlRequest(controlPath(io, opts.control), { op: 'table', name })) as TableReply;
+      io.stdout(opts.json ? `${JSON.stringify(result)}\n` : formatTable(result));
+    });
+
+  program
     .command('message')
-    .description('Send a message to one cache (e.g. flush, clear_stats)')
+    .description('Send a message to one cache and print its answer: flush, clear_stats, mode M, cleaner [on|off], gc_percent N, promotion always|nhit:N, flush_on_suspend, detach, and the dm-writecache tunables high_watermark, low_watermark, writeback_jobs, autocommit_blocks, autocommit_time, max_age, pause_writeback N; a value set so holds until a reload changes that key in the config file, or a restart (docs/operations.md)')
     .argument('<name>', 'cache name')
     .argument('<words...>', 'the message and its arguments')
+    .option('--json', 'print the answer as JSON')
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
-    .action(async (name: string, words: string[], opts: { control?: string }) => {
+    .action(async (name: string, words: string[], opts: { json?: boolean; control?: string }) => {
       const result = await controlRequest(controlPath(io, opts.control), { op: 'message', name, words }, { timeoutMs: 600_000 });
-      if (typeof result === 'string') io.stdout(result.endsWith('\n') ? result : `${result}\n`);
-      else if (result !== null && result !== undefined && result !== true) io.stdout(`${JSON.stringify(result, null, 2)}\n`);
+      io.stdout(opts.json ? `${JSON.stringify(result ?? null)}\n` : `${formatMessageReply(name, words, result)}\n`);
     });
 
   program
     .command('clean')
-    .description('Write everything back: turn the cleaner on (writes go to the origin, nothing new is cached) and report progress until no block is dirty')
+    .description('Write everything back: turn the cleaner on (writes go to the origin, nothing new is cached), report progress until no block is dirty, then put the cleaner back as it was')
     .argument('<name>', 'cache name')
     .option('--control <path>', `control socket (default $PCACHED_CONTROL or ${DEFAULT_CONTROL})`)
     .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', parseInterval, 2000)
     .action(async (name: string, opts: { control?: string; interval: number }) => {
-      await cleanCache(io, controlPath(io, opts.control), name, opts.interval);
+      await cleanCache(io, controlPath(io, opts.control), name, opts.interval, { restore: true, terminal: io === processIo });
     });
 
   program
@@ -134,7 +156,8 @@ function buildProgram(io: CliIo): Command {
     .option('--interval <ms>', 'how often to poll and, without a terminal, to print a progress line', parseInterval, 2000)
     .action(async (name: string, opts: { control?: string; interval: number }) => {
       const control = controlPath(io, opts.control);
-      await cleanCache(io, control, name, opts.interval);
+      if (await isDetached(control, name)) throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${JSON.stringify(name)} is already detached (served from its origin until the next start); restart pcached to attach it again`);
+      await cleanCache(io, control, name, opts.interval, { restore: false, terminal: io === processIo });
       const r = (await controlRequest(control, { op: 'message', name, words: ['detach'] }, { timeoutMs: 600_000 })) as { cache: string };
       io.stdout(`detach ${name}: the cache file ${r.cache} is released and marked clean; ${name} is served from its origin until the next start\n`);
     });
@@ -157,6 +180,15 @@ function buildProgram(io: CliIo): Command {
       const result = (await controlRequest(controlPath(io, opts.control), { op: 'reload' })) as { reloaded: boolean; changed: string[] };
       if (!result.reloaded) io.stdout('nothing to reload: the daemon runs without a config file\n');
       else io.stdout(result.changed.length ? `reloaded: ${result.changed.join(', ')}\n` : 'reloaded: no change\n');
+    });
+
+  program
+    .command('completion')
+    .description('Print the bash completion script (pcached completion bash > /usr/share/bash-completion/completions/pcached)')
+    .argument('[shell]', 'the shell: bash', 'bash')
+    .action((shell: string) => {
+      if (shell !== 'bash') throw new PcachedError('ERR_BAD_ARGUMENT', `no completion for ${JSON.stringify(shell)} yet: only bash (pcached completion bash)`);
+      io.stdout(renderBashCompletion(program));
     });
 
   return program;
@@ -196,45 +228,4 @@ export async function runCli(args: string[], io: CliIo = processIo): Promise<num
     io.stderr(`pcached: ${message.replace(/\s*\n\s*/g, '; ')}\n`);
     return 1;
   }
-}
-
-/** The dirty blocks of one cache, from status. */
-async function dirtyOf(control: string, name: string): Promise<number> {
-  const r = (await controlRequest(control, { op: 'status', name })) as { caches: CacheStatus[] };
-  const cs = r.caches[0]?.cacheState;
-  if (!cs) throw new PcachedError('ERR_NOT_RUNNING', `cache ${JSON.stringify(name)} is not running (no cache state in status)`);
-  return cs.dirtyBlocks;
-}
-
-/**
- * `pcached clean NAME`: cleaner on, then progress until dirty reaches 0: a bar on a terminal,
- * a line every interval otherwise (logs, CI). The cleaner stays on afterwards (as dm-writecache's
- * does): `pcached message NAME cleaner off` caches writes again.
- */
-async function cleanCache(io: CliIo, control: string, name: string, interval: number): Promise<void> {
-  await controlRequest(control, { op: 'message', name, words: ['cleaner'] });
-  const first = await dirtyOf(control, name);
-  const tty = io === processIo && process.stderr.isTTY === true;
-  const t0 = Date.now();
-  let dirty = first;
-  const bar = tty && first > 0
-    ? new cliProgress.SingleBar({ format: `clean ${name} [{bar}] {percentage}% | {left} dirty blocks left | {duration_formatted}`, stream: process.stderr, hideCursor: true },
-      cliProgress.Presets.shades_classic)
-    : null;
-  bar?.start(first, 0, { left: first });
-  if (!bar) io.stdout(`clean ${name}: ${first} dirty blocks (${formatSize(first * 4096)}) to write back\n`);
-  while (dirty > 0) {
-    await new Promise((r) => setTimeout(r, bar ? Math.min(interval, 250) : interval));
-    dirty = await dirtyOf(control, name);
-    const done = Math.max(0, first - dirty);
-    if (bar) {
-      // New writes over dirty data can add to the total while cleaning.
-      if (dirty > first) bar.setTotal(done + dirty);
-      bar.update(done, { left: dirty });
-    } else if (dirty > 0) {
-      io.stdout(`clean ${name}: ${dirty} dirty blocks left (${first > 0 ? Math.min(100, Math.round((100 * done) / first)) : 100}% done, ${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
-    }
-  }
-  bar?.stop();
-  io.stdout(`clean ${name}: no dirty blocks (${first} written back in ${((Date.now() - t0) / 1000).toFixed(1)} s); the cleaner stays on: \`pcached message ${name} cleaner off\` caches writes again\n`);
 }

@@ -2,7 +2,7 @@
 
 import type { CacheStatus } from '../daemon/ipc.js';
 import { WRITECACHE_FIELDS, type WritecacheStatus } from '../coordinator/cache-runtime.js';
-import { formatSize } from '../util/size.js';
+import { formatBytes, formatSize } from '../util/size.js';
 
 function duration(sec: number): string {
   const d = Math.floor(sec / 86400);
@@ -36,6 +36,7 @@ export function formatStatus(caches: CacheStatus[]): string {
   const blocks = caches.map((c) => {
     const head: [string, string][] = [
       ['state', c.state],
+      ...(c.condition && c.condition !== c.state ? [['cache state', c.condition] as [string, string]] : []),
       ['mode', c.cacheState?.draining && c.mode !== 'writeback' && c.mode !== 'writeonly'
         ? `${c.mode} (switched from write-back: ${c.cacheState.dirtyBlocks} dirty blocks still being written back)` : c.mode],
       ['pid', c.pid ? String(c.pid) : '-'],
@@ -53,12 +54,13 @@ export function formatStatus(caches: CacheStatus[]): string {
     const cs = c.cacheState;
     if (cs) {
       const pct = (n: number, of: number): string => (of > 0 ? ` (${((100 * n) / of).toFixed(1)}%)` : '');
+      const sized = (n: number, of: number): string => `${formatBytes(n * 4096)}${of > 0 ? `, ${((100 * n) / of).toFixed(1)} %` : ''}`;
       const rows: [string, string][] = [
         ['errors', cs.errors.length ? cs.errors.join('; ') : 'none'],
         ...(cs.writecache ? [['status line', formatWritecacheLine(cs.writecache)] as [string, string]] : []),
-        ['cache blocks', `${cs.blocks} (${formatSize(cs.blocks * 4096)})`],
-        ['free blocks', `${cs.freeBlocks}${pct(cs.freeBlocks, cs.blocks)}`],
-        ['dirty blocks', `${cs.dirtyBlocks}`],
+        ['cache blocks', `${cs.blocks} (${formatBytes(cs.blocks * 4096)})`],
+        ['free blocks', `${cs.freeBlocks} (${sized(cs.freeBlocks, cs.blocks)})`],
+        ['dirty blocks', `${cs.dirtyBlocks} (${sized(cs.dirtyBlocks, cs.blocks)})`],
         ['cleaner', cs.cleaner ? 'on (writes go to the origin; everything is being written back)' : 'off'],
         ['read blocks', String(cs.readBlocks ?? 0)],
         ['read hits', `${cs.readHits ?? 0}${pct(cs.readHits ?? 0, cs.readBlocks ?? 0)}`],

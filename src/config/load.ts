@@ -56,6 +56,8 @@ export interface LoadedConfig {
   embeddedDefault: boolean;
   /** Keys whose value came from a flag or the environment (they shadow the file, also on reload). */
   overrides: string[];
+  /** Cache name → dotted key → where its value came from (`config file`, `flag --x`, `environment X`); absent: the default. */
+  keySources: Record<string, Record<string, string>>;
 }
 
 export interface ConfigDiff {
@@ -107,7 +109,7 @@ function readConfigFile(path: string): Record<string, unknown> {
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    throw new PcachedError('ERR_CONFIG', `config file ${path}: invalid JSON: ${(err as Error).message}`, { cause: err });
+    throw new PcachedError('ERR_CONFIG', `config file ${path}: invalid JSON ${jsonErrorPlace(text, (err as Error).message)}; fix the file and start again (or send SIGHUP again to reload)`, { cause: err });
   }
   if (!isPlainObject(parsed)) {
     throw new PcachedError('ERR_CONFIG', `config file ${path}: must hold a JSON object with daemon keys and a "caches" array`);
@@ -116,6 +118,29 @@ function readConfigFile(path: string): Record<string, unknown> {
   rejectForbiddenKeys(parsed, '', problems);
   if (problems.length) throw new PcachedError('ERR_CONFIG', `config file ${path}: ${problems.join('; ')}`);
   return parsed;
+}
+
+/**
+ * "at line 3, column 2: Expected ',' or '}' after property value" from V8's "... in JSON at
+ * position 11" (an editor counts lines, not bytes); the end of the text when V8 names no place.
+ */
+export function jsonErrorPlace(text: string, message: string): string {
+  const m = /\s*in JSON at position (\d+)(?: \(line \d+ column \d+\))?/.exec(message);
+  const quoted = /^(Unexpected token .*?), ".*" is not valid JSON$/s.exec(message);
+  let pos = m ? Number(m[1]) : text.length;
+  let what = m ? message.slice(0, m.index) + message.slice(m.index + m[0].length) : quoted ? quoted[1]! : message;
+  if (!m && quoted) {
+    // V8 quotes the text instead of a position here: the token it names, when it occurs once.
+    const token = /Unexpected token '(.)'/.exec(quoted[1]!)?.[1];
+    const at = token === undefined ? -1 : text.indexOf(token);
+    if (at < 0 || text.indexOf(token!, at + 1) >= 0) return `(${what})`;
+    pos = at;
+  }
+  if (what === 'Unexpected end of JSON input') what = 'the text ends before the JSON value does';
+  const before = text.slice(0, pos);
+  const line = before.split('\n').length;
+  const column = pos - (before.lastIndexOf('\n') + 1) + 1;
+  return `at line ${line}, column ${column}: ${what}`;
 }
 
 function isPlainObject(x: unknown): x is Record<string, unknown> {
@@ -169,6 +194,29 @@ function screenKeys(obj: Record<string, unknown>, known: readonly string[], pref
   return out;
 }
 
+/** Cache keys without a default in a config file, and what they name. */
+const REQUIRED_IN_FILE: readonly ['origin' | 'cache', string][] = [
+  ['origin', 'origin (a file, a block device or an NBD URI: "origin": "/dev/sdb")'],
+  ['cache', 'cache file or device ("cache": "/var/lib/pcached/vol.img")'],
+];
+const requiredEnv = (k: 'origin' | 'cache'): string => (k === 'origin' ? 'PCACHED_ORIGIN' : 'PCACHED_CACHE');
+
+/**
+ * A boolean in a JSON file is true or false: "yes" and "off" would pass convict's coercion (which
+ * is there for the environment, where everything is a string) although the error text says
+ * "must be true or false".
+ */
+const COERCED_BOOLEANS = new Set(['true', '1', 'yes', 'on', 'false', '0', 'no', 'off']);
+
+function strictBooleans(obj: Record<string, unknown>, leaves: [string, { format?: unknown }][], prefix: string, problems: string[]): void {
+  for (const [k, info] of leaves) {
+    if (info.format !== 'pcached-boolean') continue;
+    const v = valueAt(obj, k);
+    // Other strings and numbers convict refuses by itself.
+    if (typeof v === 'string' && COERCED_BOOLEANS.has(v.trim().toLowerCase())) problems.push(`${prefix}${k}: must be true or false (a JSON boolean, without quotes): value was ${JSON.stringify(v)}`);
+  }
+}
+
 /** convict throws one Error with one problem per line; name each with its place in the file. */
 function validateInto<T>(cfg: convict.Config<T>, prefix: string, problems: string[]): void {
   try {
@@ -203,7 +251,10 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
   // Daemon-wide keys.
   const { caches: fileCaches, ...fileDaemon } = file;
   const daemonCfg = convict<RawDaemon>(daemonSchema(), { env: { ...env }, args: [] });
-  daemonCfg.load(screenKeys(fileDaemon, [...DAEMON_KEYS, 'metrics'], '', problems, DAEMON_GROUPS));
+  // `caches` is taken out above but is as allowed as the others: the list says so.
+  const screened = screenKeys(fileDaemon, [...DAEMON_KEYS, 'metrics', 'caches'], '', problems, DAEMON_GROUPS);
+  strictBooleans(fileDaemon, schemaLeaves(daemonSchema()), '', problems);
+  daemonCfg.load(screened);
   setFlags(daemonCfg as convict.Config<unknown>, flags, DAEMON_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
   for (const k of DAEMON_LEAF_KEYS) {
     const e = envName(keyInfo('daemon', k as 'control'));
@@ -215,14 +266,18 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
   const cacheEnv = cacheEnvSet(env, flags);
   const cacheFlagsSet = CACHE_FLAGS.filter((k) => flags[k] !== undefined);
   let rawCaches: RawCache[] = [];
+  const sourcesOf: Record<string, string>[] = [];
   let embeddedDefault = false;
   if (fileCaches !== undefined && !Array.isArray(fileCaches)) {
     problems.push(`caches: must be an array of cache objects: value was ${JSON.stringify(fileCaches)}`);
-  } else if (fileCaches === undefined || fileCaches.length === 0) {
+  } else if (Array.isArray(fileCaches) && fileCaches.length === 0) {
+    problems.push('caches: is empty: list at least one cache ({"name": "vol", "origin": "/dev/sdb", "cache": "/dev/nvme0n1p3", "unix": "/run/pcached/vol.sock"}), or leave "caches" out to serve the single cache of the flags and environment');
+  } else if (fileCaches === undefined) {
     const c = convict<RawCache>(cacheSchema('single', true), { env: { ...env }, args: [] });
     setFlags(c as convict.Config<unknown>, flags, CACHE_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
     validateInto(c, '', problems);
     rawCaches = [c.getProperties()];
+    sourcesOf.push(keySourcesOf({}, env, flags));
     embeddedDefault = flags.origin === undefined && env.PCACHED_ORIGIN === undefined;
   } else if (fileCaches.length > 1 && (cacheFlagsSet.length > 0 || cacheEnv.length > 0)) {
     const given = [...cacheFlagsSet.map((k) => FLAG_NAMES[k]), ...cacheEnv].join(', ');
@@ -238,11 +293,18 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
       // With one cache in the file the single-cache flags and environment refine it.
       const c = convict<RawCache>(cacheSchema('file', one), { env: one ? { ...env } : {}, args: [] });
       c.load(screenKeys(element, CACHE_KEYS, prefix, problems, CACHE_GROUPS));
+      strictBooleans(element, schemaLeaves(cacheSchema('file', false)), prefix, problems);
       if (one) {
         setFlags(c as convict.Config<unknown>, flags, CACHE_FLAGS, overrides, (k) => FLAG_NAMES[k] ?? k);
       }
-      validateInto(c, prefix, problems);
+      // A key with no default in a file must be there; convict would call it "empty".
+      const missing = REQUIRED_IN_FILE.filter(([k]) => !Object.hasOwn(element, k) && !(one && (flags[k] !== undefined || env[requiredEnv(k)] !== undefined)));
+      const own: string[] = [];
+      validateInto(c, prefix, own);
+      problems.push(...own.filter((p) => !missing.some(([k]) => p.startsWith(`${prefix}${k}:`))));
+      for (const [k, what] of missing) problems.push(`${prefix}${k}: is missing: every cache in a config file names its ${what}`);
       rawCaches.push(c.getProperties());
+      sourcesOf.push(keySourcesOf(element, one ? env : {}, one ? flags : {}));
     });
   }
   if (fileCaches === undefined || (Array.isArray(fileCaches) && fileCaches.length <= 1)) overrides.push(...cacheEnv);
@@ -265,7 +327,20 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
   };
   checkAcrossCaches(config, !(Array.isArray(fileCaches) && fileCaches.length > 0), problems);
   if (problems.length) throw configError(problems, configFile);
-  return { config, source: { ...source, configFile }, configFile, embeddedDefault, overrides };
+  const keySources = Object.fromEntries(config.caches.map((c, i) => [c.name, sourcesOf[i] ?? {}]));
+  return { config, source: { ...source, configFile }, configFile, embeddedDefault, overrides, keySources };
+}
+
+/** Where each cache key's value comes from: the file element, then the environment, then a flag (the winner). */
+function keySourcesOf(element: Record<string, unknown>, env: ConfigSource['env'], flags: StartFlags): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, info] of schemaLeaves(cacheSchema('single', true))) {
+    if (valueAt(element, k) !== undefined) out[k] = 'config file';
+    const e = envName(info);
+    if (e !== undefined && env[e] !== undefined) out[k] = `environment ${e}`;
+    if (info.flag !== undefined && flags[k as keyof StartFlags] !== undefined) out[k] = `flag ${info.flag}`;
+  }
+  return out;
 }
 
 function configError(problems: string[], configFile: string | undefined): PcachedError {

@@ -81,15 +81,17 @@ export function renderConfigReference(): string {
     '- Cache names, Unix socket paths (including `control`) and TCP addresses must be unique; every',
     '  cache needs at least one listener; a cache file belongs to one cache; an origin may be shared',
     '  only by read-only caches.',
-    '- Only the `writeback` and `passthrough` modes are implemented in this release; the other modes',
-    '  are rejected.',
+    '- Booleans in a config file are JSON `true` or `false`; the environment also takes `1`/`0`,',
+    '  `yes`/`no`, `on`/`off`. An empty `caches` array is refused (leave it out for the single-cache form).',
     '- `dataCrc` and `segmentSize` are format-time keys: they take effect when pcached formats a new',
     '  cache. Changing `segmentSize` does not reformat an existing cache; a cache formatted with the',
     '  other `dataCrc` setting is refused.',
     '- SIGHUP (or `pcached reload`) re-reads the file, validates it as a whole and applies it only if',
     '  every changed key is marked `yes` above; otherwise the reload is rejected',
     '  (`ERR_CONFIG_RELOAD_REJECTED` in the log, naming the keys) and the daemon keeps its running',
-    '  configuration. A key set by a flag or the environment keeps that value across reloads.',
+    '  configuration. A key set by a flag or the environment keeps that value across reloads. A',
+    '  value set by `pcached message` holds until a reload changes that key in the file, or a',
+    '  restart ([operations](operations.md#runtime-state-one-rule)).',
   );
   return lines.join('\n') + '\n';
 }

@@ -47,6 +47,8 @@ export interface CacheStatusFields {
   epochsPending: number;
   dataCrc: boolean;
   errors: string[];
+  /** The cache device failed (a sync or write): sticky until restart, as dm-writecache's error state. */
+  failed: boolean;
   workers: Record<string, number>;
   /** What the start-up replay found (keys dropped for a bad data CRC are counted here). */
   replay: { formatted: boolean; ksets: number; keys: number; staleKeys: number; crcErrors: number; stop: string; ms: number };
@@ -245,7 +247,12 @@ export class CacheRuntime {
     this.#opened.state.cacheInfo.value = info;
   }
 
-  /** SIGHUP: the reloadable cache keys this runtime owns. */
+  /** A message changed a tunable of the running config: the workers and stripes see it at once. */
+  applyTunables(cache: CacheConfig): void {
+    this.#opened.shared.setTunables(tunablesOf(cache));
+  }
+
+  /** SIGHUP: the reloadable cache keys this runtime owns (both configs are running ones, ./tunables.ts). */
   reconfigure(prev: CacheConfig, next: CacheConfig): string[] {
     const changed: string[] = [];
     if (next.gcPercent !== prev.gcPercent) {
@@ -295,6 +302,7 @@ export class CacheRuntime {
       epochsPending: sh.epochsPending,
       dataCrc: g.dataCrc,
       errors,
+      failed: sh.failed !== 0,
       workers: this.counters.snapshot(),
       replay: (({ formatted, ksets, keys, staleKeys, crcErrors, stop, ms }) => ({ formatted, ksets, keys, staleKeys, crcErrors, stop, ms: Math.round(ms) }))(this.#opened.report),
     };

@@ -27,6 +27,8 @@ import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
 import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
+import { CACHE_ONLY_MESSAGES, RuntimeTunables, TUNABLE_MESSAGES, type TableRow } from './tunables.js';
+import { conditionOf, listenHint, rateTotals, StatusRates } from './status-parts.js';
 
 const RING_CAPACITY = 1024;
 const SHUTDOWN_DRAIN_MS = 30_000;
@@ -60,28 +62,12 @@ export function parseHostPort(spec: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port };
 }
 
-/**
- * dm-writecache's controls as messages (their table-argument names), each setting one shared word
- * at once; a value set this way lasts until the next restart or reload (the config file is the
- * durable place). [tunable, min, max].
- */
-const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number]> = {
-  high_watermark: ['highWatermark', 1, 100],
-  low_watermark: ['lowWatermark', 0, 100],
-  writeback_jobs: ['writebackJobs', 1, 1024],
-  autocommit_blocks: ['autocommitBlocks', 1, 1_048_576],
-  autocommit_time: ['autocommitMs', 1, 3_600_000],
-  max_age: ['maxAgeMs', 0, 86_400_000],
-  pause_writeback: ['writebackPauseMs', 0, 600_000],
-  pause_writeback_ms: ['writebackPauseMs', 0, 600_000],
-};
-
 /** flush_on_suspend waits this long for writeback at a stop (the supervisor's own stop timeout is 30 s). */
 const FLUSH_ON_SUSPEND_MS = 25_000;
 
 export class Coordinator {
   readonly #log: Logger;
-  #cache: CacheConfig;
+  readonly #tunables: RuntimeTunables;
   readonly #facts: OriginFacts;
   readonly #stripes: StripeSet;
   /** The cache (null once detached: the stripes then serve from the origin). */
@@ -99,11 +85,11 @@ export class Coordinator {
   #nextSession = 1;
   #state: 'running' | 'draining' | 'stopped' = 'running';
   #shutdown: Promise<void> | null = null;
-  /** `message NAME flush_on_suspend`: the next stop writes everything back first. */
-  #flushOnSuspend = false;
+  readonly #rates: StatusRates;
 
-  private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
-    this.#cache = cache;
+  private constructor(tunables: RuntimeTunables, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
+    this.#tunables = tunables;
+    const cache = tunables.running;
     this.#facts = facts;
     this.#stripes = stripes;
     this.#cacheRt = cacheRt;
@@ -115,9 +101,20 @@ export class Coordinator {
       this.#wbRate.timer = setInterval(() => this.#sampleWritebackRate(), 1000);
       this.#wbRate.timer.unref();
     }
+    this.#rates = new StatusRates(() => rateTotals(this.counters.snapshot() as Record<string, number>,
+      this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>), this.#cacheRt?.counters.get('wb_bytes') ?? 0));
   }
 
-  static async start(cache: CacheConfig, log: Logger, logLevel: string): Promise<Coordinator> {
+  /** The running config: the configured one with what messages changed (./tunables.ts). */
+  get #cache(): CacheConfig {
+    return this.#tunables.running;
+  }
+
+  /** `overrides`: values set by message before a restart (the supervisor kept them; ./tunables.ts). */
+  static async start(configured: CacheConfig, log: Logger, logLevel: string, overrides: Record<string, unknown> = {}): Promise<Coordinator> {
+    const tunables = new RuntimeTunables(configured, overrides);
+    const cache = tunables.running;
+    if (Object.keys(overrides).length) log.info({ overrides }, 'values set by message before the restart are kept');
     const spec = originSpecFor(cache);
     let facts: OriginFacts;
     try {
@@ -138,7 +135,7 @@ export class Coordinator {
       await cacheRt?.close();
       throw err;
     }
-    const c = new Coordinator(cache, facts, stripes, cacheRt, log);
+    const c = new Coordinator(tunables, facts, stripes, cacheRt, log);
     try {
       await c.#listen();
     } catch (err) {
@@ -171,7 +168,7 @@ export class Coordinator {
   #serve(addr: { path: string } | { host: string; port: number }, label: string): Promise<void> {
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, 'port' in addr));
     return new Promise((resolve, reject) => {
-      server.once('error', (err) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err })));
+      server.once('error', (err: NodeJS.ErrnoException) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}${listenHint(err, 'port' in addr)}`, { cause: err })));
       server.listen(addr, () => {
         server.removeAllListeners('error');
         server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
@@ -228,6 +225,7 @@ export class Coordinator {
   status(restarts = 0): CacheStatus {
     const stats: Record<string, number> = this.counters.snapshot();
     const stripeStats = this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>);
+    const cacheState = this.#cacheRt ? this.#cacheState(stripeStats) : undefined;
     return {
       name: this.#cache.name,
       mode: this.#cache.mode,
@@ -246,8 +244,26 @@ export class Coordinator {
       stats,
       stripeStats,
       ...(this.#detached ? { detached: true } : {}),
-      ...(this.#cacheRt ? { cacheState: this.#cacheState(stripeStats) } : {}),
+      ...(cacheState ? { cacheState } : {}),
+      condition: this.#detached ? 'detached' : cacheState ? conditionOf(cacheState) : this.#state,
+      rates: this.#rates.status(),
     };
+  }
+
+  /** The values messages set, which the supervisor keeps for a restart. */
+  overrides(): Record<string, unknown> {
+    return this.#tunables.overrides();
+  }
+
+  /** `pcached table NAME`: every running tunable and where its value came from. */
+  table(): TableRow[] {
+    const rows = this.#tunables.rows();
+    const sh = this.#cacheRt?.shared;
+    // gc_percent and the cleaner live in the cache engine too (stored gc_percent, detach's cleaner).
+    for (const r of rows) {
+      if (r.key === 'gcPercent' && sh && sh.gcPercent !== r.value) Object.assign(r, { value: sh.gcPercent, shown: `${sh.gcPercent} %`, source: 'cache file' });
+    }
+    return rows;
   }
 
   #cacheState(stripeStats: Record<string, number>[]): NonNullable<CacheStatus['cacheState']> {
@@ -309,6 +325,9 @@ export class Coordinator {
 
   async message(words: string[]): Promise<unknown> {
     const [verb, ...args] = words;
+    if (this.#detached && verb !== undefined && CACHE_ONLY_MESSAGES.has(verb)) {
+      throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${this.#cache.name} is detached (served from its origin until the next start; nothing is dirty): ${verb} has nothing to act on; restart pcached to attach the cache again`);
+    }
     switch (verb) {
       case 'flush':
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush takes no arguments');
@@ -333,6 +352,7 @@ export class Coordinator {
         this.counters.clear();
         for (const r of this.#stripes.rings) r.counters.clear();
         this.#cacheRt?.counters.clear();
+        this.#rates.reset();
         return { cleared: true };
       case 'mode': {
         if (!this.#cacheRt) break;
@@ -349,7 +369,8 @@ export class Coordinator {
           throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: cleaner [on|off]');
         }
         const on = args[0] !== 'off';
-        this.#cacheRt.shared.setTunables({ cleaner: on });
+        this.#tunables.set('cleaner', on);
+        this.#cacheRt.applyTunables(this.#cache);
         this.#log.info({ cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks }, on ? 'cleaner on: writes go to the origin, everything is written back' : 'cleaner off');
         return { cleaner: on, dirtyBlocks: this.#cacheRt.status().dirtyBlocks };
       }
@@ -357,7 +378,8 @@ export class Coordinator {
         if (!this.#cacheRt) break;
         const n = args.length === 1 ? promotionHits(args[0]!) : null;
         if (n === null) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: promotion always|nhit:N (N 2-16)');
-        this.#cacheRt.shared.setTunables({ promoteHits: n });
+        this.#tunables.set('promotion', args[0]);
+        this.#cacheRt.applyTunables(this.#cache);
         return { promotion: args[0] };
       }
       case 'detach':
@@ -366,17 +388,18 @@ export class Coordinator {
       case 'flush_on_suspend':
         if (!this.#cacheRt) break;
         if (args.length) throw new PcachedError('ERR_BAD_ARGUMENT', 'flush_on_suspend takes no arguments');
-        this.#flushOnSuspend = true;
+        this.#tunables.flushOnSuspend = true;
         return { flushOnSuspend: true };
       case 'gc_percent': {
         if (!this.#cacheRt) throw new PcachedError('ERR_BAD_ARGUMENT', `gc_percent needs a cache; this one runs in ${this.#cache.mode} mode`);
         if (args.length !== 1 || !/^\d+$/.test(args[0]!)) throw new PcachedError('ERR_BAD_ARGUMENT', 'usage: gc_percent N (an integer 0-90)');
         this.#cacheRt.setGcPercent(Number(args[0]));
+        this.#tunables.set('gcPercent', Number(args[0]));
         return { gcPercent: Number(args[0]) };
       }
     }
     if (this.#cacheRt && verb !== undefined && Object.hasOwn(TUNABLE_MESSAGES, verb)) {
-      const [key, min, max] = TUNABLE_MESSAGES[verb]!;
+      const [key, min, max, configKey] = TUNABLE_MESSAGES[verb]!;
       if (args.length !== 1 || !/^\d+$/.test(args[0]!) || Number(args[0]) < min || Number(args[0]) > max) {
         throw new PcachedError('ERR_BAD_ARGUMENT', `usage: ${verb} N (an integer ${min}-${max})`);
       }
@@ -384,7 +407,8 @@ export class Coordinator {
       const sh = this.#cacheRt.shared;
       if (key === 'lowWatermark' && n > sh.highWatermark) throw new PcachedError('ERR_BAD_ARGUMENT', `low_watermark ${n} is above high_watermark ${sh.highWatermark}`);
       if (key === 'highWatermark' && n < sh.lowWatermark) throw new PcachedError('ERR_BAD_ARGUMENT', `high_watermark ${n} is below low_watermark ${sh.lowWatermark}`);
-      sh.setTunables({ [key]: n });
+      this.#tunables.set(configKey, n);
+      this.#cacheRt.applyTunables(this.#cache);
       return { [key]: n };
     }
     const known = this.#cacheRt
@@ -401,7 +425,7 @@ export class Coordinator {
     if (mode === this.#cache.mode) return;
     this.#log.info({ from: this.#cache.mode, to: mode, dirtyBlocks: this.#cacheRt?.status().dirtyBlocks }, 'cache mode switched');
     this.#cacheRt?.setMode(mode);
-    this.#cache = { ...this.#cache, mode };
+    this.#tunables.set('mode', mode);
     this.#exp.description = describe(this.#cache);
   }
 
@@ -415,7 +439,8 @@ export class Coordinator {
   async #detach(): Promise<unknown> {
     const rt = this.#cacheRt;
     if (!rt) throw new PcachedError('ERR_BAD_ARGUMENT', `cache ${this.#cache.name} is already detached`);
-    rt.shared.setTunables({ cleaner: true });
+    this.#tunables.set('cleaner', true);
+    rt.applyTunables(this.#cache);
     const dirty = rt.status().dirtyBlocks;
     if (dirty > 0) {
       throw new PcachedError('ERR_BAD_ARGUMENT', `${dirty} blocks are still dirty; the cleaner is on now: write them back first (pcached clean ${this.#cache.name}; pcached detach ${this.#cache.name} does both)`);
@@ -430,7 +455,8 @@ export class Coordinator {
     this.#cacheRt = null;
     this.#detached = true;
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
-    this.#cache = { ...this.#cache, mode: 'passthrough' };
+    this.#tunables.set('mode', 'passthrough', 'detach');
+    this.#tunables.set('cleaner', true, 'detach');
     this.#exp.description = describe(this.#cache);
     this.#log.info({ cacheFile: this.#cache.cache }, 'cache detached: serving from the origin; the cache file is released');
     return { detached: true, cache: this.#cache.cache };
@@ -453,29 +479,31 @@ export class Coordinator {
     return true;
   }
 
-  /** Apply the reloadable keys; the supervisor has already refused anything else. */
-  reconfigure(cache: CacheConfig): string[] {
+  /**
+   * Apply the reloadable keys; the supervisor has already refused anything else. Only keys whose
+   * configured value changed are applied: one a message set otherwise keeps its value (./tunables.ts).
+   */
+  reconfigure(next: CacheConfig): string[] {
+    const { before, after } = this.#tunables.reload(next);
     const changed: string[] = [];
-    // Once detached the volume stays pass-through until a restart attaches the cache again.
-    if (this.#detached) cache = { ...cache, mode: 'passthrough' };
-    if (cache.mode !== this.#cache.mode) {
-      this.#setMode(cache.mode);
+    if (after.mode !== before.mode) {
+      this.#cacheRt?.setMode(after.mode);
+      this.#log.info({ from: before.mode, to: after.mode }, 'cache mode switched by reload');
       changed.push('mode');
     }
-    if (cache.description !== this.#cache.description) {
-      this.#exp.description = describe(cache);
-      changed.push('description');
+    if (after.description !== before.description || after.mode !== before.mode) {
+      this.#exp.description = describe(after);
+      if (after.description !== before.description) changed.push('description');
     }
-    if (cache.maxConnections !== this.#cache.maxConnections) changed.push('maxConnections');
-    if (cache.originTimeoutMs !== this.#cache.originTimeoutMs) changed.push('originTimeoutMs (applies to new origin connections)');
+    if (after.maxConnections !== before.maxConnections) changed.push('maxConnections');
+    if (after.originTimeoutMs !== before.originTimeoutMs) changed.push('originTimeoutMs (applies to new origin connections)');
     if (this.#cacheRt) {
-      changed.push(...this.#cacheRt.reconfigure(this.#cache, cache));
-      if (cache.sequentialCutoff !== this.#cache.sequentialCutoff) {
-        this.#sequential!.cutoff = cache.sequentialCutoff;
+      changed.push(...this.#cacheRt.reconfigure(before, after));
+      if (after.sequentialCutoff !== before.sequentialCutoff) {
+        this.#sequential!.cutoff = after.sequentialCutoff;
         changed.push('sequentialCutoff');
       }
     }
-    this.#cache = cache;
     return changed;
   }
 
@@ -500,6 +528,7 @@ export class Coordinator {
   async #shutdownOnce(drainMs: number, prompt: boolean): Promise<void> {
     this.#state = 'draining';
     if (this.#wbRate.timer) clearInterval(this.#wbRate.timer);
+    this.#rates.stop();
     // close() only calls back once every connection has ended: start it, drain, then wait.
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     // Only a socket file we created is ours to remove (a refused start must not delete a live daemon's).
@@ -528,7 +557,7 @@ export class Coordinator {
     } catch (err) {
       this.#log.error({ err }, 'shutdown: flush failed');
     }
-    if (this.#flushOnSuspend && this.#cacheRt && !prompt) await this.#writeBackAll(FLUSH_ON_SUSPEND_MS);
+    if (this.#tunables.flushOnSuspend && this.#cacheRt && !prompt) await this.#writeBackAll(FLUSH_ON_SUSPEND_MS);
     // Writeback stops after its batch: dirty data stays in the cache and is replayed next start.
     await this.#cacheRt?.stopWorkers();
     await this.#stripes.close();

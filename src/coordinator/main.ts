@@ -67,7 +67,7 @@ async function onMessage(msg: SupervisorToCoordinator): Promise<void> {
         // Before anything is opened for writing: a second daemon on these files stops here.
         const claims = claimCacheDevices(msg.cache);
         log.info({ claims: claims.map((c) => ({ role: c.role, path: c.path, mode: c.mode, method: c.method })) }, 'devices claimed');
-        coordinator = await Coordinator.start(msg.cache, log, msg.logLevel);
+        coordinator = await Coordinator.start(msg.cache, log, msg.logLevel, msg.overrides);
         send({ type: 'ready', listeners: coordinator.listeners, originSize: coordinator.originSize });
       } catch (err) {
         log.error({ err }, 'coordinator failed to start');
@@ -80,8 +80,9 @@ async function onMessage(msg: SupervisorToCoordinator): Promise<void> {
     case 'request': {
       try {
         if (!coordinator) throw new Error('cache is still starting');
-        const result = msg.op === 'status' ? coordinator.status() : await coordinator.message(msg.words);
+        const result = msg.op === 'status' ? coordinator.status() : msg.op === 'table' ? coordinator.table() : await coordinator.message(msg.words);
         send({ type: 'response', id: msg.id, ok: true, result });
+        if (msg.op === 'message') send({ type: 'tunables', overrides: coordinator.overrides() });
       } catch (err) {
         send({ type: 'response', id: msg.id, ok: false, error: errorOf(err) });
       }
@@ -94,6 +95,7 @@ async function onMessage(msg: SupervisorToCoordinator): Promise<void> {
         const changed = coordinator.reconfigure(msg.cache);
         log.info({ changed }, 'reconfigured');
         send({ type: 'response', id: msg.id, ok: true, result: { changed } });
+        send({ type: 'tunables', overrides: coordinator.overrides() });
       } catch (err) {
         send({ type: 'response', id: msg.id, ok: false, error: errorOf(err) });
       }

@@ -82,7 +82,7 @@ export class FrameDecoder {
   }
 }
 
-const OPS = new Set(['ping', 'status', 'message', 'reload']);
+const OPS = new Set(['ping', 'status', 'table', 'message', 'reload']);
 
 /** Checks a decoded frame is a ControlRequest; copies only the known fields. */
 export function parseControlRequest(x: unknown): ControlRequest | { id: number; invalid: string } | undefined {
@@ -98,6 +98,9 @@ export function parseControlRequest(x: unknown): ControlRequest | { id: number; 
     case 'status':
       if (r.name !== undefined && typeof r.name !== 'string') return { id, invalid: 'status: name must be a string' };
       return r.name === undefined ? { id, op: 'status' } : { id, op: 'status', name: r.name };
+    case 'table':
+      if (typeof r.name !== 'string') return { id, invalid: 'table: name must be a string' };
+      return { id, op: 'table', name: r.name };
     default:
       if (typeof r.name !== 'string') return { id, invalid: 'message: name must be a string' };
       if (!Array.isArray(r.words) || r.words.length === 0 || !r.words.every((w) => typeof w === 'string')) {
@@ -225,6 +228,7 @@ let nextRequestId = 1;
 export type ControlCall =
   | { op: 'ping' }
   | { op: 'status'; name?: string }
+  | { op: 'table'; name: string }
   | { op: 'message'; name: string; words: string[] }
   | { op: 'reload' };
 

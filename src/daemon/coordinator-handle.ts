@@ -8,6 +8,7 @@ import type { Logger } from './logger.js';
 import { PcachedError } from '../util/errors.js';
 import { toPcachedError } from './control.js';
 import { COORDINATOR_NAME_ARG } from '../util/proc-info.js';
+import { overridesAfterReload } from '../coordinator/tunables.js';
 
 export type CoordinatorState = 'starting' | 'running' | 'restarting' | 'draining' | 'stopped';
 
@@ -58,6 +59,8 @@ export class CoordinatorHandle {
   #readyAt = 0;
   #stopping = false;
   #lastReady: { listeners: string[]; originSize: number } = { listeners: [], originSize: 0 };
+  /** Values set by message, as the coordinator last reported them: a restart gets them back. */
+  #overrides: Record<string, unknown> = {};
   /** The reason a coordinator gave (`fatal`) before it exited, for the exit log line. */
   #lastFatal: string | undefined;
 
@@ -95,9 +98,9 @@ export class CoordinatorHandle {
   }
 
   /** Sends a control-plane request; rejects with ERR_NOT_RUNNING unless the coordinator is up. */
-  request(body: { op: 'status' } | { op: 'message'; words: string[] }, timeoutMs: number): Promise<unknown> {
+  request(body: { op: 'status' } | { op: 'table' } | { op: 'message'; words: string[] }, timeoutMs: number): Promise<unknown> {
     if (this.#state !== 'running') {
-      return Promise.reject(new PcachedError('ERR_NOT_RUNNING', `cache "${this.name}" is ${this.#state}`));
+      return Promise.reject(new PcachedError('ERR_NOT_RUNNING', `cache "${this.name}" is ${this.#state}${this.#state === 'stopped' ? '' : ': try again in a moment (pcached status shows when it runs)'}`));
     }
     const id = this.#nextId++;
     return this.#call(id, { type: 'request', id, ...body } as SupervisorToCoordinator, timeoutMs);
@@ -105,6 +108,8 @@ export class CoordinatorHandle {
 
   /** Pushes reloadable settings. The new cache config is kept for restarts even if this fails. */
   reconfigure(cache: CacheConfig, logLevel: DaemonConfig['logLevel'], timeoutMs: number): Promise<unknown> {
+    // The rule holds while no coordinator runs too: a key the file changed drops its override.
+    this.#overrides = overridesAfterReload(this.#overrides, this.#cache, cache);
     this.#cache = cache;
     this.#logLevel = logLevel;
     if (this.#state !== 'running') return Promise.resolve(undefined);
@@ -260,6 +265,9 @@ export class CoordinatorHandle {
             log.error({ childPid: child.pid, code: m.code }, `coordinator fatal: ${m.message}`);
             if (!ready) settle(toPcachedError({ code: m.code, message: `cache "${this.name}": ${m.message}` }));
             break;
+          case 'tunables':
+            this.#overrides = m.overrides;
+            break;
           case 'response': {
             const p = this.#pending.get(m.id);
             if (!p) break;
@@ -295,7 +303,7 @@ export class CoordinatorHandle {
         this.#scheduleRestart(child.pid ?? 0, why);
       });
 
-      this.#send(child, { type: 'init', cache: this.#cache, logLevel: this.#logLevel });
+      this.#send(child, { type: 'init', cache: this.#cache, logLevel: this.#logLevel, overrides: this.#overrides });
     });
   }
 

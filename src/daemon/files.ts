@@ -118,6 +118,6 @@ export function checkDistinctFiles(caches: readonly CacheConfig[]): void {
 export function describeCreated(cache: CacheConfig, created: PreparedFiles): string[] {
   const out: string[] = [];
   if (created.createdOrigin) out.push(`created origin ${cache.origin} (${formatSize(EMBEDDED_ORIGIN_SIZE)}, sparse)`);
-  if (created.createdCache) out.push(`created cache ${cache.cache} (${formatSize(cache.cacheSize)}, sparse)`);
+  if (created.createdCache) out.push(`created cache ${cache.cache} (${formatSize(cache.cacheSize)}, sparse; reserved on its filesystem with fallocate when the cache starts, if the native addon is built)`);
   return out;
 }

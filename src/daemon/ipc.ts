@@ -28,11 +28,28 @@ export interface CacheStatus {
   detached?: boolean;
   /** The cache's state (blocks, tails, gc_percent, errors); absent once detached. */
   cacheState?: import('../coordinator/cache-runtime.js').CacheStatusFields;
+  /** clean, dirty, cleaning, draining, failed, degraded or detached (docs/operations.md). */
+  condition?: string;
+  /** Totals and their rates over the last minute and hour (src/stats/rates.ts). */
+  rates?: {
+    total: Record<string, number>;
+    minute?: RateWindowStatus;
+    hour?: RateWindowStatus;
+  };
+}
+
+export interface RateWindowStatus {
+  /** Seconds the window covers (less than its length while the cache is younger). */
+  spanSec: number;
+  perSec: Record<string, number>;
+  /** Read hits / read blocks within the window; null without reads. */
+  hitRatio: number | null;
 }
 
 export type SupervisorToCoordinator =
-  | { type: 'init'; cache: CacheConfig; logLevel: DaemonConfig['logLevel'] }
+  | { type: 'init'; cache: CacheConfig; logLevel: DaemonConfig['logLevel']; overrides?: Record<string, unknown> }
   | { type: 'request'; id: number; op: 'status' }
+  | { type: 'request'; id: number; op: 'table' }
   | { type: 'request'; id: number; op: 'message'; words: string[] }
   | { type: 'reconfigure'; id: number; cache: CacheConfig; logLevel: DaemonConfig['logLevel'] }
   | { type: 'shutdown' };
@@ -40,6 +57,8 @@ export type SupervisorToCoordinator =
 export type CoordinatorToSupervisor =
   | { type: 'ready'; listeners: string[]; originSize: number }
   | { type: 'fatal'; code: string; message: string }
+  /** After a message or a reload: the values messages set, for a restart after a crash. */
+  | { type: 'tunables'; overrides: Record<string, unknown> }
   | { type: 'response'; id: number; ok: true; result: unknown }
   | { type: 'response'; id: number; ok: false; error: { code: string; message: string } };
 
@@ -47,6 +66,7 @@ export type CoordinatorToSupervisor =
 export type ControlRequest =
   | { id: number; op: 'ping' }
   | { id: number; op: 'status'; name?: string }
+  | { id: number; op: 'table'; name: string }
   | { id: number; op: 'message'; name: string; words: string[] }
   | { id: number; op: 'reload' };
 

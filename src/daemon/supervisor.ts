@@ -12,6 +12,7 @@ import { CoordinatorHandle, DEFAULT_BACKOFF, type BackoffOptions } from './coord
 import { checkDistinctFiles, describeCreated, prepareCacheFiles } from './files.js';
 import type { CacheStatus, ControlRequest } from './ipc.js';
 import { createLogger, type Logger } from './logger.js';
+import type { TableRow } from '../coordinator/tunables.js';
 
 /** dist/src/daemon/supervisor.js → dist/src/coordinator/main.js */
 export const COORDINATOR_MODULE = fileURLToPath(new URL('../coordinator/main.js', import.meta.url));
@@ -275,6 +276,16 @@ export class Supervisor {
     return Promise.all(handles.map((h) => h.status(timeoutMs)));
   }
 
+  /**
+   * `pcached table NAME`: the coordinator's running tunables, with `config` told apart into the
+   * config file, a flag, the environment or the default.
+   */
+  async table(name: string): Promise<{ name: string; tunables: (Omit<TableRow, 'source'> & { source: string })[] }> {
+    const rows = (await this.#handle(name).request({ op: 'table' }, this.#opts.statusTimeoutMs ?? 2000)) as TableRow[];
+    const sources = this.#loaded.keySources[name] ?? {};
+    return { name, tunables: rows.map((r) => (r.source === 'config' ? { ...r, source: sources[r.key] ?? 'default' } : r)) };
+  }
+
   /** Forwards `pcached message NAME words...` to that cache's coordinator. */
   message(name: string, words: string[]): Promise<unknown> {
     return this.#handle(name).request({ op: 'message', words }, this.#opts.messageTimeoutMs ?? 300_000);
@@ -295,6 +306,8 @@ export class Supervisor {
         return { pid: process.pid, uptimeSec: Math.floor((Date.now() - this.#startedAt) / 1000), state: this.#state, caches: [...this.#handles.keys()] };
       case 'status':
         return { caches: await this.status(request.name) };
+      case 'table':
+        return this.table(request.name);
       case 'message':
         return this.message(request.name, request.words);
       case 'reload':

@@ -22,3 +22,13 @@ export function formatSize(bytes: number): string {
   while (v >= 1024 && i < units.length - 1 && v % 1024 === 0) { v /= 1024; i++; }
   return `${v}${units[i]}`;
 }
+
+/** For people: binary units with one decimal ("12.3 MiB", "512 B"); exact values stay whole ("64 MiB"). */
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = Math.abs(bytes);
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  const digits = i === 0 || Number.isInteger(v) ? v.toFixed(0) : v.toFixed(1);
+  return `${bytes < 0 ? '-' : ''}${digits} ${units[i]}`;
+}
