@@ -61,7 +61,7 @@ function pathFormat(what: string) {
 export function cacheAccessKeys(): { [K in keyof RawCacheAccess]: KeyInfo<RawCacheAccess[K]> } {
   return {
     unixMode: {
-      doc: 'Permission bits of the `unix` socket file. The socket is bound in a private folder and moved into place with these bits and `unixGroup` already set, so it never exists with other ones, whatever the umask.',
+      doc: 'Permission bits of the `unix` socket file. The socket is bound in a private folder and linked into place with these bits and `unixGroup` already set, so it never exists with other ones, whatever the umask.',
       accepts: 'octal string `"0600"` to `"0777"` with owner read and write',
       default: '0600',
       env: 'PCACHED_UNIX_MODE',
