@@ -130,6 +130,29 @@ t_(`X.509, tls require: a plaintext client gets ERR_TLS_REQD, EXPORT_NAME a hang
   await stop(d);
 });
 
+t_(`STARTTLS misuse ends only that connection: bytes pipelined after it, plaintext instead of a ClientHello${skipSuffix(why)}`, async (t) => {
+  const d = await start(['--tls', 'on', '--tls-certificates', x509.server], { tcp: '' });
+  // The client must wait for the ACK before it speaks TLS; one that does not is cut off unanswered.
+  const eager = await RawConn.open(d.sock);
+  await readGreeting(eager);
+  await eager.write(Buffer.concat([u32(1 | 2), option(OPT_STARTTLS), Buffer.from('\x16\x03\x01 early hello')]));
+  t.true(await eager.waitClosed(), 'closed');
+  eager.destroy();
+  // Options in plaintext where the ClientHello belongs: the TLS handshake fails, the connection ends.
+  const confused = await RawConn.open(d.sock);
+  await readGreeting(confused);
+  await confused.write(u32(1 | 2));
+  await confused.write(option(OPT_STARTTLS));
+  t.is((await readOptReply(confused)).type, REP_ACK);
+  await confused.write(option(OPT_LIST));
+  t.true(await confused.waitClosed(), 'closed');
+  confused.destroy();
+  t.true(await logged(d, /TLS handshake failed/));
+  const r = await nbdinfo(tlsUnix(d, `tls-certificates=${x509.anonymous}`));
+  t.is(r.code, 0, `still serving: ${describe(r)}`);
+  await stop(d);
+});
+
 t_(`X.509: qemu-io writes over tls-creds-x509; qemu-img, qemu-io and nbdsh over TLS read it back${skipSuffix(why)}`, async (t) => {
   const d = await start(['--tls', 'require', '--tls-certificates', x509.server]);
   const port = await tcpPort(d);
