@@ -174,20 +174,23 @@ export class Coordinator {
     }
   }
 
-  async #serve(addr: { path: string; access: SocketAccess } | { host: string; port: number }, label: string): Promise<void> {
+  #serve(addr: { path: string; access: SocketAccess } | { host: string; port: number }, label: string): Promise<void> {
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, 'port' in addr));
-    try {
-      if ('path' in addr) await listenUnixSocket(server, addr.path, addr.access);
-      else await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(addr, () => { server.off('error', reject); resolve(); }); });
-    } catch (err) {
-      if (err instanceof PcachedError) throw err;
-      throw new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${(err as Error).message}`, { cause: err });
-    }
-    server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
-    this.#servers.push(server);
-    const a = server.address();
-    this.#listeners.push(typeof a === 'object' && a && 'port' in addr ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label);
-    this.#log.info({ listener: label, ...(this.#tls ? { tls: this.#cache.tls } : {}) }, 'listening');
+    return new Promise((resolve, reject) => {
+      server.once('error', (err) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err })));
+      const listening = (): void => {
+        server.removeAllListeners('error');
+        server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
+        this.#servers.push(server);
+        const a = server.address();
+        this.#listeners.push(typeof a === 'object' && a && 'port' in addr ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label);
+        this.#log.info({ listener: label, ...(this.#tls ? { tls: this.#cache.tls } : {}) }, 'listening');
+        resolve();
+      };
+      const failed = (err: Error): void => reject(err instanceof PcachedError ? err : new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err }));
+      if ('path' in addr) listenUnixSocket(server, addr.path, addr.access).then(listening, failed);
+      else server.listen(addr, listening);
+    });
   }
 
   #accept(sock: Socket, tcp: boolean): void {
