@@ -228,6 +228,8 @@ t_(`PSK: nbdinfo over nbds:// and nbds+unix:// with the key; a wrong key or an u
   t.true(await logged(d, /does not match the one in/), 'the log names a wrong key');
   const plain = await nbdinfo(d.uri);
   t.not(plain.code, 0, describe(plain));
+  const { stats } = ((await controlRequest(d.control, { op: 'status' })) as { caches: CacheStatus[] }).caches[0]!;
+  t.like(stats, { tls_handshakes: 2, tls_failures: 2 }, 'status counts the upgrades and the refusals');
   await stop(d);
 });
 

@@ -191,7 +191,10 @@ export class Session implements ReplySink {
       upgradeToTls(raw, this.#ctx.tlsCredentials!, {
         secure: (tls) => this.#tlsReady(tls),
         // Logged even when the socket is closed already: a refused certificate closes it first.
-        failed: (why) => this.#log.info({ reason: why }, 'TLS handshake failed; closing connection'),
+        failed: (why) => {
+          this.#ctx.counters.add('tls_failures', 1);
+          this.#log.info({ reason: why }, 'TLS handshake failed; closing connection');
+        },
       });
     });
   }
@@ -201,6 +204,7 @@ export class Session implements ReplySink {
       tls.destroy();
       return;
     }
+    this.#ctx.counters.add('tls_handshakes', 1);
     this.#sock = tls;
     tls.on('error', (err) => this.#log.debug({ err }, 'TLS connection error'));
     tls.on('drain', this.#onDrain);
