@@ -208,6 +208,17 @@ t_(`X.509 with tlsVerifyPeer: the CA's client certificate is accepted; none, or 
   await stop(d);
 });
 
+t_(`X.509 with tlsVerifyPeer and ca-crl.pem: a revoked client certificate is refused${skipSuffix(why)}`, async (t) => {
+  const d = await start(['--tls', 'require', '--tls-certificates', x509.serverWithCrl, '--tls-verify-peer'], { tcp: '' });
+  const ok = await nbdinfo(tlsUnix(d, `tls-certificates=${x509.client}`));
+  t.is(ok.code, 0, describe(ok));
+  const r = await nbdinfo(tlsUnix(d, `tls-certificates=${x509.revoked}`));
+  t.not(r.code, 0, describe(r));
+  t.notRegex(r.stdout, /export-size/);
+  t.true(await logged(d, /client certificate refused \(CERT_REVOKED\)/), 'the log says it was revoked');
+  await stop(d);
+});
+
 t_(`PSK: nbdinfo over nbds:// and nbds+unix:// with the key; a wrong key or an unknown user is refused${skipSuffix(why)}`, async (t) => {
   const d = await start(['--tls', 'require', '--tls-psk', psk.file]);
   const port = await tcpPort(d);

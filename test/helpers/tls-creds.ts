@@ -16,6 +16,10 @@ export interface X509Set {
   anonymous: string;
   /** Client folder trusting the right CA but holding a certificate from another CA. */
   stranger: string;
+  /** Client folder with a certificate from the CA that `serverWithCrl`'s ca-crl.pem revokes. */
+  revoked: string;
+  /** The server folder plus a ca-crl.pem revoking `revoked`'s certificate. */
+  serverWithCrl: string;
 }
 
 async function certtool(args: string[], dir: string): Promise<string> {
@@ -31,7 +35,7 @@ async function selfSignedCa(dir: string, name: string): Promise<{ cert: string; 
   const cert = join(dir, `${name}-cert.pem`);
   const info = join(dir, `${name}.info`);
   await privkey(key, dir);
-  writeFileSync(info, `cn = ${name}\nca\ncert_signing_key\nexpiration_days = 2\n`);
+  writeFileSync(info, `cn = ${name}\nca\ncert_signing_key\ncrl_signing_key\nexpiration_days = 2\n`);
   await certtool(['--generate-self-signed', '--load-privkey', key, '--template', info, '--outfile', cert], dir);
   return { cert, key };
 }
@@ -46,7 +50,10 @@ async function issue(dir: string, ca: { cert: string; key: string }, keyPath: st
 
 export async function makeX509(root: string): Promise<X509Set> {
   const work = join(root, 'pki');
-  const set: X509Set = { server: join(root, 'server'), client: join(root, 'client'), anonymous: join(root, 'anonymous'), stranger: join(root, 'stranger') };
+  const set: X509Set = {
+    server: join(root, 'server'), client: join(root, 'client'), anonymous: join(root, 'anonymous'), stranger: join(root, 'stranger'),
+    revoked: join(root, 'revoked'), serverWithCrl: join(root, 'server-crl'),
+  };
   for (const d of [work, ...Object.values(set)]) mkdirSync(d, { recursive: true });
   const ca = await selfSignedCa(work, 'ca');
   const other = await selfSignedCa(work, 'other-ca');
@@ -56,7 +63,12 @@ export async function makeX509(root: string): Promise<X509Set> {
   const client = 'cn = pcached-test-client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n';
   await issue(work, ca, join(set.client, 'client-key.pem'), join(set.client, 'client-cert.pem'), client);
   await issue(work, other, join(set.stranger, 'client-key.pem'), join(set.stranger, 'client-cert.pem'), client);
-  for (const d of [set.server, set.client, set.anonymous, set.stranger]) copyFileSync(ca.cert, join(d, 'ca-cert.pem'));
+  await issue(work, ca, join(set.revoked, 'client-key.pem'), join(set.revoked, 'client-cert.pem'), client);
+  for (const d of [set.server, set.client, set.anonymous, set.stranger, set.revoked, set.serverWithCrl]) copyFileSync(ca.cert, join(d, 'ca-cert.pem'));
+  for (const f of ['server-cert.pem', 'server-key.pem']) copyFileSync(join(set.server, f), join(set.serverWithCrl, f));
+  writeFileSync(join(work, 'crl.info'), 'crl_next_update = 2\ncrl_number = 1\n');
+  await certtool(['--generate-crl', '--load-ca-privkey', ca.key, '--load-ca-certificate', ca.cert,
+    '--load-certificate', join(set.revoked, 'client-cert.pem'), '--template', join(work, 'crl.info'), '--outfile', join(set.serverWithCrl, 'ca-crl.pem')], work);
   return set;
 }
 
