@@ -15,7 +15,7 @@ import { RequestParser, PayloadDecision, type NbdRequest } from '../nbd/transmis
 import { StripeOp, StripeFlag } from '../ring/layout.js';
 import { Negotiation, type ExportInfo, type TlsPolicy } from './negotiate.js';
 import type { TlsCredentials } from '../tls/credentials.js';
-import { upgradeToTls } from '../tls/upgrade.js';
+import { tlsSummary, upgradeToTls } from '../tls/upgrade.js';
 import { validateRequest, type ExportState } from './validate.js';
 import { splitRequest, firstSubtreeLength, stripeOf } from './router.js';
 import { Io, errorReply, errnoName, type IoWork, type ReplySink } from './io.js';
@@ -210,8 +210,7 @@ export class Session implements ReplySink {
     tls.on('drain', this.#onDrain);
     tls.on('data', this.#onDataBound);
     this.#neg.tlsStarted();
-    const peer = this.#ctx.tlsCredentials?.kind === 'x509' ? tls.getPeerCertificate().subject?.CN : undefined;
-    this.#log.debug({ protocol: tls.getProtocol(), cipher: tls.getCipher().name, ...(peer ? { peer } : {}) }, 'TLS established');
+    this.#log.debug(tlsSummary(tls), 'TLS established');
   }
 
   #requests(): void {

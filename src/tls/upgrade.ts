@@ -51,3 +51,9 @@ function describeFailure(err: Error, tls: TLSSocket, creds: TlsCredentials): str
   if (/peer did not return a certificate/.test(reason)) return `client certificate refused (none signed by ${creds.source}/ca-cert.pem was sent)`;
   return reason;
 }
+
+/** What the log says about an established connection: protocol, cipher, the client certificate's CN. */
+export function tlsSummary(tls: TLSSocket): Record<string, string> {
+  const peer = tls.getPeerCertificate()?.subject?.CN;
+  return { protocol: tls.getProtocol() ?? '', cipher: tls.getCipher()?.name ?? '', ...(typeof peer === 'string' ? { peer } : {}) };
+}
