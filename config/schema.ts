@@ -11,6 +11,7 @@ import { CACHE_MODES, RELOADABLE_CACHE_KEYS, RELOADABLE_DAEMON_KEYS } from '../s
 import type { CacheConfig, DaemonConfig } from '../src/config/types.js';
 import { formatSize, parseSize } from '../src/util/size.js';
 import { isUri as isNbdUri } from '../src/nbd/uri.js';
+import { cacheAccessKeys, daemonAccessKeys, type RawCacheAccess, type RawDaemonAccess } from './access-schema.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export const MAX_STRIPES = 64;
@@ -19,7 +20,7 @@ export const MAX_UNIX_PATH_BYTES = 107;
 /** Written in default values and accepted at the start of any path: replaced by the resolved dataDir. */
 export const DATA_DIR_TOKEN = '{dataDir}';
 
-export interface RawCache {
+export interface RawCache extends RawCacheAccess {
   name: string;
   origin: string;
   cache: string;
@@ -51,7 +52,7 @@ export interface RawCache {
   cacheFullWaitMs: number;
 }
 
-export interface RawDaemon {
+export interface RawDaemon extends RawDaemonAccess {
   control: string;
   logLevel: string;
   dataDir: string;
@@ -281,7 +282,7 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       },
     },
     tcp: {
-      doc: 'TCP address to serve NBD on; `""` disables it. Port 0 picks a free port.',
+      doc: 'TCP address to serve NBD on; `""` disables it. Port 0 picks a free port. An address other than loopback needs `tls` `require` (or `allowRemotePlaintext`).',
       accepts: '`HOST:PORT`, `[IPV6]:PORT` or `""`',
       default: single ? '127.0.0.1:10809' : '',
       flag: '--tcp',
@@ -293,6 +294,7 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
         }
       },
     },
+    ...cacheAccessKeys(),
     stripes: {
       doc: 'Stripe worker threads; 0 means one per core but one, which the coordinator needs (`os.availableParallelism() - 1`, at least 1, at most 64).',
       accepts: `integer 0-${MAX_STRIPES}`,
@@ -586,7 +588,7 @@ export function isLoopbackHost(host: string): boolean {
 export function daemonSchema(): convict.Schema<RawDaemon> {
   const keys: { [K in Exclude<keyof RawDaemon, 'metrics'>]: KeyInfo<RawDaemon[K]> } & { metrics: { listen: KeyInfo<string>; allowRemote: KeyInfo<boolean> } } = {
     control: {
-      doc: 'Control socket for `pcached status|message` (mode 0600).',
+      doc: 'Control socket for `pcached status|message` (mode `controlMode`, 0600 by default).',
       accepts: `path (at most ${MAX_UNIX_PATH_BYTES} bytes once resolved)`,
       default: `${DATA_DIR_TOKEN}/control.sock`,
       flag: '--control',
@@ -595,6 +597,7 @@ export function daemonSchema(): convict.Schema<RawDaemon> {
         checkPath(x, false, 'a socket path');
       },
     },
+    ...daemonAccessKeys(),
     logLevel: {
       doc: 'pino log level (JSON lines on stderr).',
       accepts: LOG_LEVELS.map((l) => `\`${l}\``).join(', '),
@@ -659,7 +662,7 @@ export const CACHE_GROUPS: Readonly<Record<string, readonly string[]>> = Object.
     .filter(([, v]) => !isKeyInfo(v))
     .map(([k, v]) => [k, Object.keys(v as object)]),
 );
-export const DAEMON_KEYS = ['control', 'logLevel', 'dataDir'] as const satisfies readonly (keyof DaemonConfig)[];
+export const DAEMON_KEYS = ['control', 'controlMode', 'controlGroup', 'logLevel', 'dataDir'] as const satisfies readonly (keyof DaemonConfig)[];
 /** Daemon keys with their dotted names (`metrics.listen`), in schema order, `caches` left out. */
 export const DAEMON_LEAF_KEYS: readonly string[] = schemaLeaves(daemonSchema()).map(([k]) => k).filter((k) => k !== 'caches');
 export const DAEMON_GROUPS: Readonly<Record<string, readonly string[]>> = { metrics: ['listen', 'allowRemote'] };

@@ -18,6 +18,9 @@ _pcached() {
     start:--cache-size) COMPREPLY=(); return ;;
     start:--unix) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     start:--tcp) COMPREPLY=(); return ;;
+    start:--tls) COMPREPLY=($(compgen -W "off on require" -- "$cur")); return ;;
+    start:--tls-certificates) COMPREPLY=(); return ;;
+    start:--tls-psk) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     start:--name) COMPREPLY=(); return ;;
     start:--mode) COMPREPLY=($(compgen -W "writeback writethrough writearound passthrough writeonly" -- "$cur")); return ;;
     start:--stripes) COMPREPLY=(); return ;;
@@ -37,7 +40,7 @@ _pcached() {
     reload:--control) COMPREPLY=($(compgen -f -- "$cur")); return ;;
   esac
   case "$cmd" in
-    start) opts="--config --origin --cache --cache-size --unix --tcp --name --mode --stripes --control --read-only --format --discard-dirty --data-crc --segment-size --gc-percent --sequential-cutoff --log-level --help" ;;
+    start) opts="--config --origin --cache --cache-size --unix --tcp --tls --tls-certificates --tls-psk --tls-verify-peer --name --mode --stripes --control --read-only --format --discard-dirty --data-crc --segment-size --gc-percent --sequential-cutoff --log-level --help" ;;
     status) opts="--json --raw --control --help" ;;
     table) opts="--json --control --help" ;;
     message) opts="--json --control --help" ;;

@@ -53,6 +53,7 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
   t.deepEqual(config.caches, [{
     name: 'default', origin: join(dir, 'var/origin.img'), cache: join(dir, 'var/cache.img'), cacheSize: 256 * 2 ** 20,
     mode: 'writeback', unix: join(dir, 'var/pcached.sock'), tcp: '127.0.0.1:10809',
+    unixMode: 0o600, unixGroup: '', tls: 'off', tlsCertificates: '', tlsPsk: '', tlsVerifyPeer: false, allowRemotePlaintext: false,
     stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false, discardDirty: false,
     originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
     dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
@@ -218,7 +219,7 @@ test('prototype pollution attempts are rejected and harmless', (t) => {
 
 function daemon(caches: Partial<DaemonConfig['caches'][number]>[], extra: Partial<DaemonConfig> = {}): DaemonConfig {
   const base = load().config.caches[0]!;
-  return { control: '/c.sock', logLevel: 'info', dataDir: '/var', metrics: { listen: null, allowRemote: false }, caches: caches.map((c) => ({ ...base, ...c })), ...extra };
+  return { control: '/c.sock', controlMode: 0o600, controlGroup: '', logLevel: 'info', dataDir: '/var', metrics: { listen: null, allowRemote: false }, caches: caches.map((c) => ({ ...base, ...c })), ...extra };
 }
 
 test('diffConfig: reloadable keys, keys needing a restart, caches added and removed', (t) => {

@@ -15,6 +15,8 @@ import type { RawCache, RawDaemon } from '../../config/schema.js';
 import { PcachedError } from '../util/errors.js';
 import { parseSize } from '../util/size.js';
 import type { CacheConfig, DaemonConfig } from './types.js';
+import { checkAccess } from './access.js';
+import { parseSocketMode } from '../../config/access-schema.js';
 
 /** `pcached start` flags, as commander hands them over (strings; booleans for switches). */
 export interface StartFlags {
@@ -36,6 +38,10 @@ export interface StartFlags {
   segmentSize?: string;
   gcPercent?: string;
   sequentialCutoff?: string;
+  tls?: string;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer?: boolean;
 }
 
 /** Everything a load depends on; kept so that SIGHUP can load again from the same sources. */
@@ -320,12 +326,15 @@ export function loadConfig(source: ConfigSource): LoadedConfig {
   if (typeof metrics === 'string') throw configError([metrics], configFile);
   const config: DaemonConfig = {
     control: path(daemon.control),
+    controlMode: parseSocketMode(daemon.controlMode)!,
+    controlGroup: daemon.controlGroup,
     logLevel: daemon.logLevel as DaemonConfig['logLevel'],
     dataDir,
     metrics,
     caches: rawCaches.map((raw) => resolveCache(raw, path)),
   };
   checkAcrossCaches(config, !(Array.isArray(fileCaches) && fileCaches.length > 0), problems);
+  if (problems.length === 0) checkAccess(config, !(Array.isArray(fileCaches) && fileCaches.length > 0), problems);
   if (problems.length) throw configError(problems, configFile);
   const keySources = Object.fromEntries(config.caches.map((c, i) => [c.name, sourcesOf[i] ?? {}]));
   return { config, source: { ...source, configFile }, configFile, embeddedDefault, overrides, keySources };
@@ -368,6 +377,13 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     mode: raw.mode as CacheConfig['mode'],
     unix: raw.unix === '' ? '' : path(raw.unix),
     tcp: raw.tcp,
+    unixMode: parseSocketMode(raw.unixMode)!,
+    unixGroup: raw.unixGroup,
+    tls: raw.tls as CacheConfig['tls'],
+    tlsCertificates: raw.tlsCertificates === '' ? '' : path(raw.tlsCertificates),
+    tlsPsk: raw.tlsPsk === '' ? '' : path(raw.tlsPsk),
+    tlsVerifyPeer: raw.tlsVerifyPeer,
+    allowRemotePlaintext: raw.allowRemotePlaintext,
     stripes: resolveStripes(raw.stripes),
     readOnly: raw.readOnly,
     description: raw.description,

@@ -18,6 +18,20 @@ export interface CacheConfig {
   unix: string;
   /** "HOST:PORT" to listen on ("" = none). */
   tcp: string;
+  /** Permission bits of the Unix socket file. */
+  unixMode: number;
+  /** Group (name or id) of the Unix socket file; "" = the daemon's. */
+  unixGroup: string;
+  /** NBD STARTTLS: refused, offered, or required before any other option. */
+  tls: 'off' | 'on' | 'require';
+  /** X.509 credentials folder (nbdkit's --tls-certificates layout), absolute; "" = none. */
+  tlsCertificates: string;
+  /** psktool-format key file, absolute; "" = none. */
+  tlsPsk: string;
+  /** Clients must present a certificate signed by the folder's ca-cert.pem. */
+  tlsVerifyPeer: boolean;
+  /** A non-loopback `tcp` may serve clients without TLS. */
+  allowRemotePlaintext: boolean;
   /** Stripe worker threads (>= 1; resolved from 0 = number of cores). */
   stripes: number;
   readOnly: boolean;
@@ -74,6 +88,10 @@ export interface CacheConfig {
 export interface DaemonConfig {
   /** Control socket path. */
   control: string;
+  /** Permission bits of the control socket. */
+  controlMode: number;
+  /** Group (name or id) of the control socket; "" = the daemon's. */
+  controlGroup: string;
   /** pino level. */
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** Folder for the embedded default's files. */

@@ -6,7 +6,9 @@ import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { CACHE_MODES, type CacheConfig, type CacheMode } from '../config/types.js';
 import type { CacheStatus } from '../daemon/ipc.js';
-import { claimUnixSocketPath } from '../util/unix-socket.js';
+import { claimUnixSocketPath, listenUnixSocket, type SocketAccess } from '../util/unix-socket.js';
+import { resolveGroup } from '../util/group.js';
+import { loadTlsCredentials, type TlsCredentials } from '../tls/credentials.js';
 import { PcachedError } from '../util/errors.js';
 import { originSpecFor, probeOrigin, type OriginFacts } from '../origin/open.js';
 import { isUri } from '../nbd/uri.js';
@@ -79,6 +81,8 @@ export class Coordinator {
   readonly #listeners: string[] = [];
   readonly #sessions = new Set<Session>();
   readonly #exp: ExportInfo;
+  /** Read at start (a reload cannot change the TLS keys). */
+  readonly #tls: TlsCredentials | null;
   readonly #flow = new FlowBudget(FLOW_LIMIT);
   readonly #failures = { lastLogged: 0, suppressed: 0 };
   readonly #started = Date.now();
@@ -97,6 +101,8 @@ export class Coordinator {
     this.#log = log;
     this.counters = new CounterBlock(COORDINATOR_COUNTERS);
     this.#exp = { name: cache.name, description: describe(cache), size: facts.size, readOnly: cache.readOnly || facts.readOnly };
+    this.#tls = loadTlsCredentials(cache);
+    if (this.#tls) log.info({ tls: cache.tls, credentials: this.#tls.kind, from: this.#tls.source, verifyPeer: cache.tlsVerifyPeer }, 'TLS ready');
     if (cacheRt) {
       this.#wbRate.timer = setInterval(() => this.#sampleWritebackRate(), 1000);
       this.#wbRate.timer.unref();
@@ -157,7 +163,7 @@ export class Coordinator {
     const { unix, tcp } = this.#cache;
     if (unix) {
       await claimUnixSocketPath(unix);
-      await this.#serve({ path: unix }, `unix:${unix}`);
+      await this.#serve({ path: unix, access: { mode: this.#cache.unixMode, gid: resolveGroup(this.#cache.unixGroup, 'unixGroup') } }, `unix:${unix}`);
     }
     if (tcp) {
       const { host, port } = parseHostPort(tcp);
@@ -165,19 +171,22 @@ export class Coordinator {
     }
   }
 
-  #serve(addr: { path: string } | { host: string; port: number }, label: string): Promise<void> {
+  #serve(addr: { path: string; access: SocketAccess } | { host: string; port: number }, label: string): Promise<void> {
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, 'port' in addr));
     return new Promise((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}${listenHint(err, 'port' in addr)}`, { cause: err })));
-      server.listen(addr, () => {
+      const listening = (): void => {
         server.removeAllListeners('error');
         server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
         this.#servers.push(server);
         const a = server.address();
         this.#listeners.push(typeof a === 'object' && a && 'port' in addr ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label);
-        this.#log.info({ listener: label }, 'listening');
+        this.#log.info({ listener: label, ...(this.#tls ? { tls: this.#cache.tls } : {}) }, 'listening');
         resolve();
-      });
+      };
+      const failed = (err: Error): void => reject(err instanceof PcachedError ? err : new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err }));
+      if ('path' in addr) listenUnixSocket(server, addr.path, addr.access).then(listening, failed);
+      else server.listen(addr, listening);
     });
   }
 
@@ -192,7 +201,7 @@ export class Coordinator {
     c.add('connections_total', 1);
     c.add('connections_open', 1);
     const ctx: SessionContext = {
-      exp: this.#exp, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures, sequential: this.#sequential,
+      exp: this.#exp, tls: this.#cache.tls, tlsCredentials: this.#tls, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures, sequential: this.#sequential,
       closed: (s) => {
         if (this.#sessions.delete(s)) c.add('connections_open', -1);
       },

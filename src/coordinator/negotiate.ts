@@ -19,10 +19,18 @@ export interface ExportInfo {
   readOnly: boolean;
 }
 
-/** Result of one option: keep haggling, close the connection, or start transmission. */
+/** NBD STARTTLS policy (the cache's `tls` key). */
+export type TlsPolicy = 'off' | 'on' | 'require';
+
+/**
+ * Result of one option: keep haggling, close the connection, start transmission, or acknowledge
+ * STARTTLS and hand the socket to TLS (the caller sends the ACK: it must leave in plaintext,
+ * before the upgrade, and nothing else may be read meanwhile).
+ */
 export type OptionOutcome =
   | { next: 'continue' }
   | { next: 'close'; reason: string }
+  | { next: 'starttls' }
   | { next: 'transmission'; structuredReplies: boolean; metaContext: boolean };
 
 const MAX_META_QUERIES = 128;
@@ -39,6 +47,9 @@ export function transmissionFlags(exp: ExportInfo, structuredReplies: boolean): 
 export class Negotiation {
   readonly #exp: ExportInfo;
   readonly #send: (buf: Buffer) => void;
+  readonly #tls: TlsPolicy;
+  /** STARTTLS has completed: the connection is encrypted. */
+  #secure = false;
   #fixed = false;
   #noZeroes = false;
   #options = 0;
@@ -46,9 +57,24 @@ export class Negotiation {
   /** base:allocation selected by SET_META_CONTEXT, and for which export name. */
   #metaSelected = false;
 
-  constructor(exp: ExportInfo, send: (buf: Buffer) => void) {
+  constructor(exp: ExportInfo, send: (buf: Buffer) => void, opts: { tls?: TlsPolicy } = {}) {
     this.#exp = exp;
     this.#send = send;
+    this.#tls = opts.tls ?? 'off';
+  }
+
+  get secure(): boolean {
+    return this.#secure;
+  }
+
+  /**
+   * The TLS handshake succeeded. Whatever was negotiated in plaintext is forgotten ([proto]
+   * "NBD_OPT_STARTTLS": a man in the middle could have chosen it).
+   */
+  tlsStarted(): void {
+    this.#secure = true;
+    this.#structured = false;
+    this.#metaSelected = false;
   }
 
   /** The 4 client-flag bytes. Unknown flags end the connection (proto "Client flags"). */
@@ -72,10 +98,18 @@ export class Negotiation {
 
   option(option: number, data: Buffer): OptionOutcome {
     if (++this.#options > MAX_OPTIONS) return { next: 'close', reason: 'too many options' };
-    if (option === Opt.EXPORT_NAME) return this.#exportName(data);
+    const tlsRequired = this.#tls === 'require' && !this.#secure;
+    if (option === Opt.EXPORT_NAME) {
+      // EXPORT_NAME has no error reply: under required TLS the only refusal is to hang up.
+      if (tlsRequired) return { next: 'close', reason: 'EXPORT_NAME before STARTTLS, and TLS is required' };
+      return this.#exportName(data);
+    }
     if (!this.#fixed) {
       // Only EXPORT_NAME is defined for a client that did not accept fixed newstyle.
       return this.#error(option, Rep.ERR_INVALID, 'client did not negotiate fixed newstyle');
+    }
+    if (tlsRequired && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+      return this.#error(option, Rep.ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
     }
     switch (option) {
       case Opt.ABORT:
@@ -88,7 +122,9 @@ export class Negotiation {
         return { next: 'continue' };
       case Opt.STARTTLS:
         if (data.length !== 0) return this.#error(option, Rep.ERR_INVALID, 'STARTTLS takes no data');
-        return this.#error(option, Rep.ERR_POLICY, 'TLS is not configured on this server');
+        if (this.#tls === 'off') return this.#error(option, Rep.ERR_POLICY, 'TLS is not configured on this server');
+        if (this.#secure) return this.#error(option, Rep.ERR_INVALID, 'TLS is already active on this connection');
+        return { next: 'starttls' };
       case Opt.INFO:
       case Opt.GO:
         return this.#infoGo(option, data);

@@ -7,12 +7,15 @@
 // client can grow our memory.
 
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { Cmd, CmdFlag, NbdErr, cmdName } from '../nbd/constants.js';
-import { OptionParser, encodeGreeting } from '../nbd/handshake.js';
+import { Cmd, CmdFlag, NbdErr, Opt, Rep, cmdName } from '../nbd/constants.js';
+import { OptionParser, encodeGreeting, encodeOptionReply } from '../nbd/handshake.js';
 import { RequestParser, PayloadDecision, type NbdRequest } from '../nbd/transmission.js';
 import { StripeOp, StripeFlag } from '../ring/layout.js';
-import { Negotiation, type ExportInfo } from './negotiate.js';
+import { Negotiation, type ExportInfo, type TlsPolicy } from './negotiate.js';
+import type { TlsCredentials } from '../tls/credentials.js';
+import { tlsSummary, upgradeToTls } from '../tls/upgrade.js';
 import { validateRequest, type ExportState } from './validate.js';
 import { splitRequest, firstSubtreeLength, stripeOf } from './router.js';
 import { Io, errorReply, errnoName, type IoWork, type ReplySink } from './io.js';
@@ -47,6 +50,9 @@ const enum Pause {
 
 export interface SessionContext {
   exp: ExportInfo;
+  /** STARTTLS policy, and the credentials it uses (null when off). */
+  tls: TlsPolicy;
+  tlsCredentials: TlsCredentials | null;
   stripes: StripeSet;
   counters: CounterBlock<CoordinatorCounter>;
   flow: FlowBudget;
@@ -70,7 +76,8 @@ const ERR_COUNTER: Record<number, CoordinatorCounter> = {
 
 export class Session implements ReplySink {
   readonly id: number;
-  readonly #sock: Socket;
+  /** The accepted socket, or after STARTTLS the TLS socket over it. */
+  #sock: Socket;
   readonly #ctx: SessionContext;
   readonly #log: Logger;
   #optParser: OptionParser | null = new OptionParser();
@@ -94,6 +101,8 @@ export class Session implements ReplySink {
     this.#sock.uncork();
   };
   readonly #admitPayload = (req: NbdRequest, arrived: boolean): PayloadDecision => this.#startPayload(req, arrived);
+  readonly #onDataBound = (chunk: Buffer): void => this.#onData(chunk);
+  readonly #onDrain = (): void => this.#unpause(Pause.BACKLOG);
 
   constructor(id: number, sock: Socket, ctx: SessionContext) {
     this.id = id;
@@ -101,13 +110,15 @@ export class Session implements ReplySink {
     this.#ctx = ctx;
     this.#log = ctx.log.child({ conn: id });
     this.#state = { size: ctx.exp.size, readOnly: ctx.exp.readOnly, structuredReplies: false, metaContext: false };
-    this.#neg = new Negotiation(ctx.exp, (buf) => this.#write(buf));
+    this.#neg = new Negotiation(ctx.exp, (buf) => this.#write(buf), { tls: ctx.tls });
+    // Covers the TLS handshake too: a client that stalls inside it is cut like any other.
     this.#handshakeTimer = setTimeout(() => this.#abort('handshake timed out'), HANDSHAKE_TIMEOUT_MS);
     this.#handshakeTimer.unref();
-    sock.on('data', (chunk: Buffer) => this.#onData(chunk));
-    sock.on('drain', () => this.#unpause(Pause.BACKLOG));
+    sock.on('data', this.#onDataBound);
+    sock.on('drain', this.#onDrain);
     // A client hanging up with replies in flight is normal: drop what we still owe it.
     sock.on('error', (err) => this.#log.debug({ err }, 'connection error'));
+    // Also after STARTTLS: closing the TLS socket closes this one.
     sock.on('close', () => this.#onClose());
     this.#write(encodeGreeting());
   }
@@ -133,6 +144,10 @@ export class Session implements ReplySink {
       const out = ev.kind === 'clientFlags' ? this.#neg.clientFlags(ev.flags)
         : ev.kind === 'option' ? this.#neg.option(ev.option, ev.data)
         : { next: 'close' as const, reason: ev.reason };
+      if (out.next === 'starttls') {
+        this.#startTls(parser);
+        return;
+      }
       if (out.next === 'close') {
         this.#log.debug({ reason: out.reason }, 'handshake ended');
         if (ev.kind === 'fatal') this.#ctx.counters.add('protocol_errors', 1);
@@ -153,6 +168,49 @@ export class Session implements ReplySink {
         return;
       }
     }
+  }
+
+  /**
+   * STARTTLS accepted: the ACK leaves in plaintext, then the same connection carries TLS and
+   * haggling resumes inside it. Reading stops first: the client's ClientHello follows our ACK and
+   * must reach node:tls, not the option parser (it stays in the paused socket's buffer).
+   */
+  #startTls(parser: OptionParser): void {
+    // The client must wait for the reply before it starts TLS ([proto] "NBD_OPT_STARTTLS").
+    if (parser.takeRemainder().length > 0) {
+      this.#ctx.counters.add('protocol_errors', 1);
+      this.#abort('data after STARTTLS before its reply');
+      return;
+    }
+    const raw = this.#sock;
+    raw.off('data', this.#onDataBound);
+    raw.off('drain', this.#onDrain);
+    raw.pause();
+    raw.write(encodeOptionReply(Opt.STARTTLS, Rep.ACK), (err) => {
+      if (err || this.#closed) return;
+      upgradeToTls(raw, this.#ctx.tlsCredentials!, {
+        secure: (tls) => this.#tlsReady(tls),
+        // Logged even when the socket is closed already: a refused certificate closes it first.
+        failed: (why) => {
+          this.#ctx.counters.add('tls_failures', 1);
+          this.#log.info({ reason: why }, 'TLS handshake failed; closing connection');
+        },
+      });
+    });
+  }
+
+  #tlsReady(tls: TLSSocket): void {
+    if (this.#closed) {
+      tls.destroy();
+      return;
+    }
+    this.#ctx.counters.add('tls_handshakes', 1);
+    this.#sock = tls;
+    tls.on('error', (err) => this.#log.debug({ err }, 'TLS connection error'));
+    tls.on('drain', this.#onDrain);
+    tls.on('data', this.#onDataBound);
+    this.#neg.tlsStarted();
+    this.#log.debug(tlsSummary(tls), 'TLS established');
   }
 
   #requests(): void {

@@ -3,14 +3,14 @@
 // several requests, answered in any order. Anything that does not decode closes that connection
 // only; the server keeps serving the others.
 
-import { chmodSync, unlinkSync } from 'node:fs';
+import { unlinkSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { Packr } from 'msgpackr';
 import type { ControlRequest, ControlResponse } from './ipc.js';
 import type { Logger } from './logger.js';
 import { PcachedError, isPcachedError } from '../util/errors.js';
 import type { PcachedErrorCode } from '../util/errors.js';
-import { claimUnixSocketPath } from '../util/unix-socket.js';
+import { claimUnixSocketPath, listenUnixSocket, type SocketAccess } from '../util/unix-socket.js';
 
 /** Payload bytes; the length word itself is not counted. */
 export const MAX_CONTROL_FRAME = 1024 * 1024;
@@ -116,11 +116,14 @@ export class ControlServer {
   readonly path: string;
   readonly #handler: ControlHandler;
   readonly #logger: Logger | undefined;
+  readonly #access: SocketAccess;
   #server: Server | undefined;
   readonly #sockets = new Set<Socket>();
 
-  constructor(opts: { path: string; handler: ControlHandler; logger?: Logger }) {
+  /** `access`: the socket file's mode and group (default 0600, the process's group). */
+  constructor(opts: { path: string; handler: ControlHandler; logger?: Logger; access?: SocketAccess }) {
     this.path = opts.path;
+    this.#access = opts.access ?? { mode: 0o600, gid: null };
     this.#handler = opts.handler;
     this.#logger = opts.logger;
   }
@@ -128,16 +131,9 @@ export class ControlServer {
   async listen(): Promise<void> {
     await claimUnixSocketPath(this.path);
     const server = createServer((socket) => this.#serve(socket));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.path, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    // The socket controls the daemon: it appears with its final mode (only the owner, by default).
+    await listenUnixSocket(server, this.path, this.#access);
     server.on('error', (err) => this.#logger?.error({ err }, 'control socket error'));
-    // The socket controls the daemon: only its owner may talk to it.
-    chmodSync(this.path, 0o600);
     this.#server = server;
   }
 

@@ -13,6 +13,7 @@ import { checkDistinctFiles, describeCreated, prepareCacheFiles } from './files.
 import type { CacheStatus, ControlRequest } from './ipc.js';
 import { createLogger, type Logger } from './logger.js';
 import type { TableRow } from '../coordinator/tunables.js';
+import { resolveGroup } from '../util/group.js';
 
 /** dist/src/daemon/supervisor.js → dist/src/coordinator/main.js */
 export const COORDINATOR_MODULE = fileURLToPath(new URL('../coordinator/main.js', import.meta.url));
@@ -84,7 +85,10 @@ export class Supervisor {
         for (const line of describeCreated(cache, created)) this.#log.info({ cache: cache.name }, line);
       }
       checkDistinctFiles(config.caches);
-      this.#control = new ControlServer({ path: config.control, handler: (r) => this.#handleControl(r), logger: this.#log });
+      this.#control = new ControlServer({
+        path: config.control, handler: (r) => this.#handleControl(r), logger: this.#log,
+        access: { mode: config.controlMode, gid: resolveGroup(config.controlGroup, 'controlGroup') },
+      });
       await this.#control.listen();
       const m = config.metrics.listen;
       if (m) {

@@ -10,6 +10,7 @@ export const COORDINATOR_COUNTERS = [
   'err_enotsup', 'err_eshutdown',
   'connections_total', 'connections_open', 'connections_refused', 'protocol_errors',
   'inflight', 'split_pieces', 'queued_pieces', 'replies_copied',
+  'tls_handshakes', 'tls_failures',
 ] as const;
 
 /** Counted by one stripe worker (one block per stripe). */

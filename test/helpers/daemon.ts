@@ -61,6 +61,8 @@ export interface DaemonOptions {
   dir?: string;
   /** Extra environment for the server process (e.g. PCACHED_TEST_HOOKS=1). */
   env?: Record<string, string>;
+  /** Start the server under this umask (octal, e.g. "000"): a shell sets it and execs the server, keeping the PID. */
+  umask?: string;
 }
 
 export interface Daemon {
@@ -170,6 +172,11 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     if (opts.extraArgs) args.push(...opts.extraArgs);
   }
 
+  if (opts.umask !== undefined) {
+    if (!/^[0-7]{3,4}$/.test(opts.umask)) throw new Error(`bad umask ${opts.umask}`);
+    args = ['-c', `umask ${opts.umask} && exec "$0" "$@"`, cmd, ...args];
+    cmd = '/bin/sh';
+  }
   const child: ChildProcess = spawn(cmd, args, {
     cwd: dir,
     env: opts.env ? { ...TOOL_ENV, ...opts.env } : TOOL_ENV,
