@@ -138,7 +138,7 @@ test('errors name the key and the bad value', (t) => {
   configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '', cache: '/c', unix: '/u' }] }) }), 'caches[0].origin: must not be empty', 'value was ""');
   configError(t, () => load({ configFile: file({ caches: [] }) }), 'caches: is empty: list at least one cache');
   configError(t, () => load({ configFile: file({ caches: [{ name: 'x', origin: '/o', cache: '/c', unix: '/u', readOnly: 'yes' }] }) }), 'caches[0].readOnly: must be true or false (a JSON boolean, without quotes): value was "yes"');
-  configError(t, () => load({ configFile: file({ bogus: 1 }) }), 'allowed: control, logLevel, dataDir, metrics, caches');
+  configError(t, () => load({ configFile: file({ bogus: 1 }) }), 'allowed: control, controlMode, controlGroup, logLevel, dataDir, metrics, caches');
   // Every problem is reported at once, on one line.
   const msg = configError(t, () => load({ flags: { stripes: '99', cacheSize: 'huge' } }), 'stripes:', 'cacheSize:');
   t.false(msg.includes('\n'));
