@@ -245,7 +245,7 @@ const whyStart = needTools();
   t.regex(await startWith(`{"caches": [{"name": "vol", "cache": "${join(dir, 'c.img')}", "unix": "${join(dir, 's')}"}]}`),
     /caches\[0\]\.origin: is missing: every cache in a config file names its origin \(a file, a block device or an NBD URI: "origin": "\/dev\/sdb"\)/);
   const unknown = await startWith('{"cache": []}');
-  t.regex(unknown, /cache: not a known key \(allowed: control, logLevel, dataDir, metrics, caches\)/);
+  t.regex(unknown, /cache: not a known key \(allowed: control, controlMode, controlGroup, logLevel, dataDir, metrics, caches\)/);
   const yes = await startWith(`{"caches": [${good.replace(/}$/, ', "readOnly": "yes", "dataCrc": "off"}')}]}`);
   t.regex(yes, /caches\[0\]\.readOnly: must be true or false \(a JSON boolean, without quotes\): value was "yes"/);
   t.regex(yes, /caches\[0\]\.dataCrc: must be true or false \(a JSON boolean, without quotes\): value was "off"/);
