@@ -5,7 +5,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { CACHE_MODES, type CacheConfig, type CacheMode } from '../config/types.js';
-import type { CacheStatus } from '../daemon/ipc.js';
+import type { CacheStatus, InheritedListeners } from '../daemon/ipc.js';
 import { claimUnixSocketPath } from '../util/unix-socket.js';
 import { PcachedError } from '../util/errors.js';
 import { originSpecFor, probeOrigin, type OriginFacts } from '../origin/open.js';
@@ -101,6 +101,8 @@ export class Coordinator {
   #shutdown: Promise<void> | null = null;
   /** `message NAME flush_on_suspend`: the next stop writes everything back first. */
   #flushOnSuspend = false;
+  /** We created the Unix socket file (an activated one belongs to systemd and stays). */
+  #ownsSocketFile = false;
 
   private constructor(cache: CacheConfig, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
     this.#cache = cache;
@@ -117,7 +119,7 @@ export class Coordinator {
     }
   }
 
-  static async start(cache: CacheConfig, log: Logger, logLevel: string): Promise<Coordinator> {
+  static async start(cache: CacheConfig, log: Logger, logLevel: string, listenFds: InheritedListeners = {}): Promise<Coordinator> {
     const spec = originSpecFor(cache);
     let facts: OriginFacts;
     try {
@@ -140,7 +142,7 @@ export class Coordinator {
     }
     const c = new Coordinator(cache, facts, stripes, cacheRt, log);
     try {
-      await c.#listen();
+      await c.#listen(listenFds);
     } catch (err) {
       await c.shutdown();
       throw err;
@@ -156,20 +158,26 @@ export class Coordinator {
     return this.#facts.size;
   }
 
-  async #listen(): Promise<void> {
+  /** A socket-activated listener replaces the configured one of its kind. */
+  async #listen(inherited: InheritedListeners): Promise<void> {
     const { unix, tcp } = this.#cache;
-    if (unix) {
+    if (inherited.unix !== undefined) {
+      await this.#serve({ fd: inherited.unix.fd }, `unix:${inherited.unix.address}`, false);
+    } else if (unix) {
       await claimUnixSocketPath(unix);
-      await this.#serve({ path: unix }, `unix:${unix}`);
+      await this.#serve({ path: unix }, `unix:${unix}`, false);
+      this.#ownsSocketFile = true;
     }
-    if (tcp) {
+    if (inherited.tcp !== undefined) {
+      await this.#serve({ fd: inherited.tcp.fd }, `tcp:${inherited.tcp.address}`, true);
+    } else if (tcp) {
       const { host, port } = parseHostPort(tcp);
-      await this.#serve({ host, port }, `tcp:${tcp}`);
+      await this.#serve({ host, port }, `tcp:${tcp}`, true);
     }
   }
 
-  #serve(addr: { path: string } | { host: string; port: number }, label: string): Promise<void> {
-    const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, 'port' in addr));
+  #serve(addr: { path: string } | { host: string; port: number } | { fd: number }, label: string, isTcp: boolean): Promise<void> {
+    const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, isTcp));
     return new Promise((resolve, reject) => {
       server.once('error', (err) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err })));
       server.listen(addr, () => {
@@ -177,8 +185,9 @@ export class Coordinator {
         server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
         this.#servers.push(server);
         const a = server.address();
-        this.#listeners.push(typeof a === 'object' && a && 'port' in addr ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label);
-        this.#log.info({ listener: label }, 'listening');
+        const listener = typeof a === 'object' && a !== null ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label;
+        this.#listeners.push(listener);
+        this.#log.info({ listener, ...('fd' in addr ? { activatedFd: addr.fd } : {}) }, 'listening');
         resolve();
       });
     });
@@ -503,7 +512,7 @@ export class Coordinator {
     // close() only calls back once every connection has ended: start it, drain, then wait.
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     // Only a socket file we created is ours to remove (a refused start must not delete a live daemon's).
-    if (this.#cache.unix && this.#listeners.includes(`unix:${this.#cache.unix}`)) {
+    if (this.#ownsSocketFile) {
       try { unlinkSync(this.#cache.unix); } catch { /* already gone */ }
     }
     const drained = Promise.all([...this.#sessions].map((s) => s.drain()));

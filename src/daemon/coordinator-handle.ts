@@ -3,7 +3,7 @@
 
 import { fork, type ChildProcess } from 'node:child_process';
 import type { CacheConfig, DaemonConfig } from '../config/types.js';
-import type { CacheStatus, CoordinatorToSupervisor, SupervisorToCoordinator } from './ipc.js';
+import type { CacheStatus, CoordinatorToSupervisor, InheritedListeners, SupervisorToCoordinator } from './ipc.js';
 import type { Logger } from './logger.js';
 import { PcachedError } from '../util/errors.js';
 import { toPcachedError } from './control.js';
@@ -31,6 +31,10 @@ export interface CoordinatorHandleOptions {
   backoff: BackoffOptions;
   /** How long a coordinator may take from fork to `ready`. */
   startupTimeoutMs: number;
+  /** Socket-activated listeners for this cache: the supervisor's fds, passed again at every restart. */
+  listenFds?: InheritedListeners;
+  /** Environment of the coordinator (default: the supervisor's). */
+  env?: NodeJS.ProcessEnv;
 }
 
 interface Pending {
@@ -213,12 +217,19 @@ export class CoordinatorHandle {
   #spawn(): Promise<void> {
     this.#state = this.#restarts === 0 && this.#readyAt === 0 ? 'starting' : 'restarting';
     this.#lastFatal = undefined;
+    const passed = (['unix', 'tcp'] as const).flatMap((kind) => {
+      const l = this.#opts.listenFds?.[kind];
+      return l === undefined ? [] : [{ kind, ...l }];
+    });
+    const listenFds: InheritedListeners = Object.fromEntries(passed.map((p, i) => [p.kind, { fd: 4 + i, address: p.address }]));
     let child: ChildProcess;
     try {
       // The cache name in argv lets /proc/PID/cmdline say whose coordinator holds a device.
       child = fork(this.#opts.modulePath, [COORDINATOR_NAME_ARG, this.#cache.name], {
         serialization: 'advanced',
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        // Activated sockets follow the IPC channel: fds 4 and up in the child.
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...passed.map((p) => p.fd)],
+        env: this.#opts.env,
         // Own process group: a terminal's Ctrl-C reaches only the supervisor, which then drains
         // the coordinators in order instead of having them all die at once.
         detached: true,
@@ -295,7 +306,7 @@ export class CoordinatorHandle {
         this.#scheduleRestart(child.pid ?? 0, why);
       });
 
-      this.#send(child, { type: 'init', cache: this.#cache, logLevel: this.#logLevel });
+      this.#send(child, { type: 'init', cache: this.#cache, logLevel: this.#logLevel, listenFds });
     });
   }
 
