@@ -223,3 +223,15 @@ test('PCACHED_NO_NATIVE=1 disables the addon', async (t) => {
   );
   t.deepEqual(answer, { available: false, native: null, reason: 'disabled by PCACHED_NO_NATIVE=1' });
 });
+
+maybe('sdNotify: bad addresses come back as -errno, bad argument types throw', (t) => {
+  const { EAFNOSUPPORT, ENOENT, ECONNREFUSED, ENAMETOOLONG } = os.constants.errno;
+  t.is(n.sdNotify!('vsock:2:1234', 'READY=1'), -EAFNOSUPPORT!);
+  t.is(n.sdNotify!('', 'READY=1'), -EAFNOSUPPORT!);
+  t.is(n.sdNotify!('/nonexistent/pcached-notify.sock', 'READY=1'), -ENOENT!);
+  t.is(n.sdNotify!(`/${'x'.repeat(200)}`, 'READY=1'), -ENAMETOOLONG!);
+  // Nobody bound this abstract name.
+  t.is(n.sdNotify!(`@pcached-nobody-${process.pid}`, 'READY=1'), -ECONNREFUSED!);
+  t.throws(() => (n.sdNotify as (a: unknown, b: unknown) => number)(3, 'READY=1'), { instanceOf: TypeError });
+  t.throws(() => (n.sdNotify as (a: unknown) => number)('/x'), { instanceOf: TypeError });
+});

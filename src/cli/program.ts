@@ -1,14 +1,15 @@
-// The command line: `pcached start|status|message|reload`. Errors are one line
+// The command line: `pcached start|run|status|message|reload|...`. Errors are one line
 // `pcached: <message>` on stderr; exit code 1, or 2 for usage errors.
 
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import { environmentVariables, loadConfig, type StartFlags } from '../config/load.js';
+import { environmentVariables } from '../config/load.js';
 import { controlRequest } from '../daemon/control.js';
 import type { CacheStatus } from '../daemon/ipc.js';
-import { createLogger } from '../daemon/logger.js';
-import { Supervisor } from '../daemon/supervisor.js';
+import { LOG_FORMAT_ENV, LOG_FORMATS } from '../daemon/logger.js';
+import { runCaptive, startDaemon, type DaemonFlags } from './daemon-start.js';
+import { PACKAGE_VERSION } from './version.js';
 import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
 import { formatStatus, formatWritecacheLine } from './status-format.js';
@@ -50,21 +51,9 @@ function controlPath(io: CliIo, flag: string | undefined): string {
   return resolve(io.cwd, flag ?? io.env.PCACHED_CONTROL ?? DEFAULT_CONTROL);
 }
 
-function buildProgram(io: CliIo): Command {
-  const program = new Command('pcached')
-    .description('Userspace block cache daemon serving a cached volume over NBD')
-    .exitOverride()
-    .configureOutput({
-      writeOut: io.stdout,
-      writeErr: io.stderr,
-      // Commander says "error: unknown option '--x'"; we say "pcached: unknown option '--x'".
-      outputError: (str, write) => write(`pcached: ${str.replace(/^error: /, '').trimEnd()}\n`),
-    })
-    .showSuggestionAfterError(true);
-
-  program
-    .command('start')
-    .description('Run the daemon in the foreground (supervisor + one coordinator per cache)')
+/** The options of `pcached start`, shared by `pcached run`. */
+function addStartOptions(cmd: Command): Command {
+  return cmd
     .option('--config <file>', 'JSON config file (daemon keys and a "caches" array); also $PCACHED_CONFIG')
     .option('--origin <path|uri>', 'origin file, block device or NBD URI (single-cache form)')
     .option('--cache <path>', 'cache file or block device; created sparse when absent')
@@ -83,11 +72,46 @@ function buildProgram(io: CliIo): Command {
     .option('--gc-percent <n>', 'garbage collection runs above this percentage of segments in use (0-90)')
     .option('--sequential-cutoff <size>', 'sequential read runs longer than this bypass the cache (0 = off)')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
+    .option('--pidfile <file>', 'write the daemon PID to FILE once every cache serves (removed on exit; refused while a running pcached holds it)')
+    .addOption(new Option('--log-format <format>', `log lines: human or json (default: $${LOG_FORMAT_ENV}, else human on a terminal, json otherwise)`).choices(LOG_FORMATS))
     .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.\n`
       + 'The cache file and a local origin are locked while the daemon runs (flock; O_EXCL on block devices): a second daemon on them is refused, naming the PID that holds them.\n'
-      + 'Without the native addon the locks are lock files in $PCACHED_LOCK_DIR (default /run/lock/pcached, or $TMPDIR/pcached-locks).')
-    .action(async (opts: StartFlags) => {
-      await startDaemon(io, opts);
+      + 'Without the native addon the locks are lock files in $PCACHED_LOCK_DIR (default /run/lock/pcached, or $TMPDIR/pcached-locks).\n'
+      + 'Under systemd (Type=notify) the daemon sends READY=1 once every cache serves and STOPPING=1 when it drains; with socket activation (LISTEN_FDS) the passed sockets replace the configured listeners. See docs/service.md.');
+}
+
+function buildProgram(io: CliIo): Command {
+  const program = new Command('pcached')
+    .description('Userspace block cache daemon serving a cached volume over NBD')
+    .version(PACKAGE_VERSION, '-V, --version', 'print the version and exit')
+    .enablePositionalOptions()
+    .exitOverride()
+    .configureOutput({
+      writeOut: io.stdout,
+      writeErr: io.stderr,
+      // Commander says "error: unknown option '--x'"; we say "pcached: unknown option '--x'".
+      outputError: (str, write) => write(`pcached: ${str.replace(/^error: /, '').trimEnd()}\n`),
+    })
+    .showSuggestionAfterError(true);
+
+  addStartOptions(program
+    .command('start')
+    .description('Run the daemon in the foreground (supervisor + one coordinator per cache)'))
+    .action(async (opts: DaemonFlags) => {
+      const code = await startDaemon(io, opts);
+      if (code !== 0) throw new Exit(code);
+    });
+
+  addStartOptions(program
+    .command('run')
+    .description("Captive mode, as nbdkit's: start the daemon, run COMMAND once every cache serves (with $uri, $exportname, $unixsocket, $port set), stop the daemon, exit with COMMAND's status")
+    .argument('<command...>', 'the command and its arguments, after --')
+    .passThroughOptions())
+    .addHelpText('after', '\nExample: pcached run --origin disk.img --cache cache.img -- sh -c \'nbdinfo "$uri"\'\n'
+      + 'A signal (SIGINT, SIGTERM, SIGHUP) goes to COMMAND; the daemon stops once COMMAND has exited. A COMMAND killed by signal N exits 128+N.\n')
+    .action(async (command: string[], opts: DaemonFlags) => {
+      const code = await runCaptive(io, opts, command);
+      if (code !== 0) throw new Exit(code);
     });
 
   program
@@ -160,24 +184,6 @@ function buildProgram(io: CliIo): Command {
     });
 
   return program;
-}
-
-async function startDaemon(io: CliIo, flags: StartFlags): Promise<void> {
-  const loaded = loadConfig({ env: io.env, flags, cwd: io.cwd });
-  const logger = createLogger({ level: loaded.config.logLevel, name: 'pcached' });
-  const supervisor = new Supervisor({ loaded, logger });
-  // Handlers go in before the coordinators exist: a signal during start-up must not kill us
-  // and orphan them.
-  const uninstall = supervisor.installSignalHandlers();
-  try {
-    await supervisor.start();
-  } catch (err) {
-    uninstall();
-    throw err;
-  }
-  const code = await supervisor.stopped;
-  uninstall();
-  if (code !== 0) throw new Exit(code);
 }
 
 /** Runs the command line; resolves with the exit code. */

@@ -12,6 +12,10 @@ import { CoordinatorHandle, DEFAULT_BACKOFF, type BackoffOptions } from './coord
 import { checkDistinctFiles, describeCreated, prepareCacheFiles } from './files.js';
 import type { CacheStatus, ControlRequest } from './ipc.js';
 import { createLogger, type Logger } from './logger.js';
+import type { SdNotifier } from './sd-notify.js';
+import type { PidFile } from './pidfile.js';
+import { matchListeners, type ActivatedSocket } from './socket-activation.js';
+import { formatNbdUri, listenerTarget, type NbdTarget } from '../nbd/uri.js';
 
 /** dist/src/daemon/supervisor.js → dist/src/coordinator/main.js */
 export const COORDINATOR_MODULE = fileURLToPath(new URL('../coordinator/main.js', import.meta.url));
@@ -28,6 +32,19 @@ export interface SupervisorOptions {
   reconfigureTimeoutMs?: number;
   /** Fork to `ready`. Default: 60 s, or longer when an NBD origin may take originTimeoutMs to answer. */
   startupTimeoutMs?: number;
+  /** systemd readiness (READY=1 once every cache serves, STOPPING=1 on drain, STATUS=). */
+  notifier?: SdNotifier;
+  /** Socket-activated listeners (src/daemon/socket-activation.ts), matched to caches before any fork. */
+  listenSockets?: ActivatedSocket[];
+  /** --pidfile: checked before start-up, written once ready, removed once stopped. */
+  pidFile?: PidFile;
+}
+
+/** One connectable address of one cache, as the ready line and `pcached run` give it. */
+export interface ServedUri {
+  cache: string;
+  uri: string;
+  target: NbdTarget;
 }
 
 export interface ReloadResult {
@@ -77,7 +94,13 @@ export class Supervisor {
     this.#startedAt = Date.now();
     const { config, configFile, embeddedDefault, overrides } = this.#loaded;
     this.#log.info({ configFile: configFile ?? null, embeddedDefault, overrides, caches: config.caches.map((c) => c.name) }, 'pcached starting');
+    const notifier = this.#opts.notifier;
+    notifier?.notify({ STATUS: `starting ${config.caches.length} cache${config.caches.length === 1 ? '' : 's'}` });
+    let listenFds: ReturnType<typeof matchListeners>;
     try {
+      this.#opts.pidFile?.check();
+      listenFds = matchListeners(this.#opts.listenSockets ?? [], config.caches);
+      for (const s of this.#opts.listenSockets ?? []) this.#log.info({ fd: s.fd, name: s.name || undefined, kind: s.kind, address: s.address }, 'socket-activated listener');
       for (const cache of config.caches) {
         const created = prepareCacheFiles(cache, { createOrigin: embeddedDefault });
         for (const line of describeCreated(cache, created)) this.#log.info({ cache: cache.name }, line);
@@ -115,12 +138,14 @@ export class Supervisor {
         logger: this.#log,
         backoff,
         startupTimeoutMs: this.#opts.startupTimeoutMs ?? Math.max(60_000, cache.originTimeoutMs + 30_000),
+        listenFds: listenFds.get(cache.name),
       }));
     }
     const results = await Promise.allSettled([...this.#handles.values()].map((h) => h.start()));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       await this.#shutdown('start-up failed');
+      notifier?.notify({ STATUS: `failed: ${(failed.reason as Error).message}` });
       throw failed.reason;
     }
     this.#state = 'running';
@@ -128,7 +153,25 @@ export class Supervisor {
       await this.stop(this.#stopRequested);
       return;
     }
-    this.#log.info({ control: config.control, listeners: Object.fromEntries([...this.#handles].map(([n, h]) => [n, h.listeners])) }, 'pcached ready');
+    const uris = this.uris();
+    try {
+      this.#opts.pidFile?.write();
+    } catch (err) {
+      await this.stop('cannot write the pidfile');
+      throw err;
+    }
+    this.#log.info({ control: config.control, uris: uris.map((u) => u.uri), pidFile: this.#opts.pidFile?.path },
+      `pcached ready: ${uris.map((u) => u.uri).join(' ')}`);
+    const n = config.caches.length;
+    notifier?.notify({ READY: 1, STATUS: `serving ${n} cache${n === 1 ? '' : 's'}: ${uris.map((u) => u.uri).join(' ')}`, MAINPID: process.pid });
+  }
+
+  /** Every URI a client can connect to, in listener order per cache. */
+  uris(): ServedUri[] {
+    return [...this.#handles].flatMap(([name, h]) => h.listeners.flatMap((l) => {
+      const target = listenerTarget(l, name);
+      return target ? [{ cache: name, uri: formatNbdUri(target), target }] : [];
+    }));
   }
 
   /** Graceful stop: drain every coordinator, remove the control socket. Idempotent. */
@@ -150,11 +193,13 @@ export class Supervisor {
   async #shutdown(reason: string): Promise<void> {
     this.#state = 'stopping';
     this.#log.info({ reason }, 'pcached stopping: draining coordinators');
+    this.#opts.notifier?.notify({ STOPPING: 1, STATUS: `draining (${reason})` });
     // Stop taking control requests first, so nobody sees a half-stopped daemon.
     await this.#control?.close();
     await this.#metrics?.close();
     const timeoutMs = this.#opts.shutdownTimeoutMs ?? 30_000;
     await Promise.all([...this.#handles.values()].map((h) => h.stop(timeoutMs)));
+    this.#opts.pidFile?.remove();
     this.#state = 'stopped';
     this.#log.info('pcached stopped');
   }
