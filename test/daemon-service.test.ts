@@ -108,7 +108,16 @@ t_('socket activation by name: passed Unix and TCP descriptors replace the confi
   t.false(existsSync(s.sock), 'the configured socket is not created when one is passed');
   const ready = jsonLines(proc.output()).find((l) => String(l.msg).startsWith('pcached ready'))!;
   t.deepEqual(ready.uris, [`nbd+unix:///vol?socket=${activated}`, `nbd://127.0.0.1:${port}/vol`]);
-  t.deepEqual((await statusJson(s.control)).caches[0]!.listeners, [`unix:${activated}`, `tcp:127.0.0.1:${port}`]);
+  const before = (await statusJson(s.control)).caches[0]!;
+  t.deepEqual(before.listeners, [`unix:${activated}`, `tcp:127.0.0.1:${port}`]);
+  // A restarted coordinator gets the same descriptors again from the supervisor.
+  process.kill(before.pid, 'SIGKILL');
+  await waitFor('a restarted coordinator', async () => {
+    const c = (await statusJson(s.control)).caches[0]!;
+    return c.state === 'running' && c.pid !== before.pid ? c : undefined;
+  }, 30_000, 100);
+  t.is(await nbdinfoSize(`nbd+unix:///vol?socket=${activated}`), String(16 << 20));
+  t.is(await nbdinfoSize(`nbd://127.0.0.1:${port}/vol`), String(16 << 20));
   t.is(await proc.stop('SIGTERM', 30_000), 0);
   t.true(existsSync(activated), 'a passed socket file belongs to whoever passed it and stays');
 });
