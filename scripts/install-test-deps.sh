@@ -6,7 +6,8 @@ set -uo pipefail
 
 # package -> a file it provides (checked instead of dpkg, which is slow-ish and may be absent).
 # libnbd-bin also ships nbdfuse and fuse3 ships fusermount3 (/bin): the FUSE tests (a cache file
-# on a faulty disk, test/helpers/fuse.ts) need both, plus /dev/fuse.
+# on a faulty disk, test/helpers/fuse.ts) need both, plus /dev/fuse. systemd ships systemd-notify
+# (the sd_notify fallback) and systemd-analyze (checks config/pcached.service); it need not run.
 declare -A PROVIDES=(
   [nbdkit]=/usr/bin/nbdkit
   [libnbd-bin]=/usr/bin/nbdinfo
@@ -16,10 +17,11 @@ declare -A PROVIDES=(
   [fuse3]=/usr/bin/fusermount3
   [e2fsprogs]=/usr/sbin/mkfs.ext4
   [nbd-client]=/usr/sbin/nbd-client
+  [systemd]=/usr/bin/systemd-analyze
 )
 
 missing=()
-for pkg in nbdkit libnbd-bin python3-libnbd fio qemu-utils fuse3 e2fsprogs nbd-client; do
+for pkg in nbdkit libnbd-bin python3-libnbd fio qemu-utils fuse3 e2fsprogs nbd-client systemd; do
   f=${PROVIDES[$pkg]}
   if [[ -e $f ]]; then continue; fi
   # python3-libnbd may live under a versioned path

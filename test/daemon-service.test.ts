@@ -268,3 +268,23 @@ const noNpm = have('npm') ? null : 'npm is not on PATH';
   t.false(existsSync(s.sock));
   t.false(existsSync(pidfile));
 });
+
+const noAnalyze = have('systemd-analyze') ? null : 'systemd-analyze is not installed';
+(noAnalyze ? test.skip : test)('config/pcached.service and pcached.socket: systemd-analyze verify is silent, ExecStart uses real options' + skipSuffix(noAnalyze), async (t) => {
+  const dir = join(REPO_ROOT, 'config');
+  const r = await run('systemd-analyze', ['verify', '--man=no', join(dir, 'pcached.service'), join(dir, 'pcached.socket')], { timeoutMs: 30_000 });
+  t.is(r.code, 0, describe(r));
+  t.is(r.stderr.trim(), '', 'no warning about any line');
+  const unit = readFileSync(join(dir, 'pcached.service'), 'utf8');
+  t.regex(unit, /^Type=notify$/m);
+  const exec = /^ExecStart=\S+ \S+\/bin\/pcached start (.*)$/m.exec(unit);
+  t.truthy(exec, 'ExecStart runs pcached start');
+  const help = (await pcachedCli(['start', '--help'])).stdout;
+  for (const flag of exec![1]!.split(' ').filter((w) => w.startsWith('--'))) t.true(help.includes(flag), `${flag} is a start option`);
+  const socket = readFileSync(join(dir, 'pcached.socket'), 'utf8');
+  const name = /^FileDescriptorName=(\S+)$/m.exec(socket)?.[1];
+  const example = JSON.parse(readFileSync(join(dir, 'example.json'), 'utf8')) as { caches: { name: string; unix?: string; tcp?: string }[] };
+  const cache = example.caches.find((c) => c.name === name);
+  t.truthy(cache, 'the socket unit names a cache of config/example.json');
+  t.true(socket.includes(`ListenStream=${cache!.unix}`) && socket.includes(`ListenStream=${cache!.tcp}`), 'at the addresses that cache is configured with');
+});
