@@ -168,6 +168,14 @@ t_('pcached run: COMMAND sees $uri, $exportname, $unixsocket, $port; the daemon 
   const killed = owned(t, spawnTracked(process.execPath, [join(REPO_ROOT, 'bin', 'pcached'), 'run', ...s.args, '--', 'sh', '-c', 'kill -TERM $$'], { cwd: s.dir, env: cleanEnv() }));
   t.is(await killed.exited, 128 + 15, 'a COMMAND killed by SIGTERM gives 143');
 
+  // A stop signal to `pcached run` goes to COMMAND; the daemon stops after it.
+  const waiting = owned(t, spawnTracked(process.execPath, [join(REPO_ROOT, 'bin', 'pcached'), 'run', ...s.args, '--', 'sleep', '60'], { cwd: s.dir, env: cleanEnv() }));
+  await waitFor('the ready line', () => /pcached ready/.test(waiting.output()), 60_000, 50);
+  process.kill(waiting.pid, 'SIGTERM');
+  t.is(await waiting.exited, 128 + 15, waiting.output());
+  t.regex(waiting.output(), /"reason":"the captive command exited"/);
+  t.false(existsSync(s.sock));
+
   const none = await pcachedCli(['run', ...s.args, '--', '/nonexistent/command'], { cwd: s.dir, timeoutMs: 60_000 });
   t.is(none.code, 127, none.stderr);
   t.regex(none.stderr, /pcached run: cannot run \/nonexistent\/command: spawn \/nonexistent\/command ENOENT/);
@@ -194,6 +202,11 @@ t_('--pidfile: written once ready, refused while that daemon runs, removed on ex
 
   t.is(await proc.stop('SIGTERM', 30_000), 0);
   t.false(existsSync(pidfile), 'removed on exit');
+
+  const nodir = await pcachedCli(['start', ...s2.args, '--pidfile', join(s2.dir, 'missing', 'p.pid')], { cwd: s2.dir, timeoutMs: 60_000 });
+  t.is(nodir.code, 1);
+  t.is(nodir.stderr.trim().split('\n').pop(), `pcached: cannot write pidfile ${join(s2.dir, 'missing', 'p.pid')}: its directory does not exist`);
+  t.false(existsSync(s2.sock), 'refused before any cache started');
 });
 
 test('--version and -V print package.json\'s version', async (t) => {
@@ -232,11 +245,14 @@ t_('--log-format json and human; the ready line names every URI; without a termi
   t.regex(human.output(), /INFO  coordinator\[vol\]: listening listener=unix:\S+nbd\.sock/);
   t.is(await human.stop('SIGTERM', 30_000), 0);
 
-  // Pipes, no flag, no $PCACHED_LOG_FORMAT: JSON, and the coordinators follow.
-  const dflt = owned(t, spawnPcached(withTcp([]), { cwd: s.dir }), s.control);
+  // Pipes, no flag, no $PCACHED_LOG_FORMAT: JSON, and the coordinators follow. A NOTIFY_SOCKET
+  // nobody listens on costs one warning, not the service.
+  const dflt = owned(t, spawnPcached(withTcp([]), { cwd: s.dir, env: { NOTIFY_SOCKET: join(s.dir, 'nobody.sock') } }), s.control);
   await waitFor('the ready line', () => /pcached ready/.test(dflt.output()), 60_000, 50);
   t.true(dflt.output().trim().split('\n').every((l) => l.startsWith('{')));
   t.regex(dflt.output(), /"name":"coordinator"/);
+  t.is(await nbdinfoSize(`nbd+unix:///vol?socket=${s.sock}`), String(16 << 20));
+  t.is(dflt.output().match(/systemd will not hear from pcached/g)?.length, 1, dflt.output());
   t.is(await dflt.stop('SIGTERM', 30_000), 0);
 
   const bad = await run(process.execPath, [join(REPO_ROOT, 'bin', 'pcached'), 'start', ...withTcp([])], { cwd: s.dir, env: cleanEnv({ PCACHED_LOG_FORMAT: 'pretty' }), timeoutMs: 30_000 });
@@ -287,4 +303,18 @@ const noAnalyze = have('systemd-analyze') ? null : 'systemd-analyze is not insta
   const cache = example.caches.find((c) => c.name === name);
   t.truthy(cache, 'the socket unit names a cache of config/example.json');
   t.true(socket.includes(`ListenStream=${cache!.unix}`) && socket.includes(`ListenStream=${cache!.tcp}`), 'at the addresses that cache is configured with');
+});
+
+const noScript = have('script') ? null : 'script (util-linux) is not installed';
+(noScript || why ? test.skip : test)('on a terminal the default log format is human (script(1) gives pcached run a pty)' + skipSuffix(noScript ?? why), async (t) => {
+  const s = scratch(t);
+  const args = s.args.filter((a, i) => a !== '--log-format' && s.args[i - 1] !== '--log-format');
+  const cmd = [process.execPath, join(REPO_ROOT, 'bin', 'pcached'), 'run', ...args, '--', 'true'].map((a) => `'${a}'`).join(' ');
+  const r = await run('script', ['-qec', cmd, '/dev/null'], { cwd: s.dir, env: cleanEnv(), timeoutMs: 90_000 });
+  t.is(r.code, 0, describe(r));
+  const lines = r.stdout.replace(/\r/g, '').trim().split('\n');
+  t.true(lines.length > 3);
+  t.false(lines.some((l) => l.startsWith('{')), r.stdout);
+  t.regex(r.stdout, new RegExp(`INFO  pcached: pcached ready: nbd\\+unix:///vol\\?socket=${s.sock}`));
+  t.regex(r.stdout, /INFO  coordinator\[vol\]: listening/);
 });

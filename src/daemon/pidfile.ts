@@ -2,7 +2,8 @@
 // PID) once every cache serves, removed on exit. A file naming a live pcached refuses the start;
 // one naming a dead process, or a PID since reused by something else, is stale and replaced.
 
-import { readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { describeProcess, processAlive } from '../util/proc-info.js';
 import { PcachedError } from '../util/errors.js';
 
@@ -26,8 +27,16 @@ export class PidFile {
     this.path = path;
   }
 
-  /** Throws ERR_IN_USE when a live pcached other than us holds the file. */
+  /**
+   * Throws ERR_IN_USE when a live pcached other than us holds the file, and ERR_CONFIG when it
+   * could not be written later (better now than after every cache has started).
+   */
   check(): void {
+    try {
+      accessSync(dirname(this.path), fsConstants.W_OK);
+    } catch (err) {
+      throw new PcachedError('ERR_CONFIG', `cannot write pidfile ${this.path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'its directory does not exist' : (err as Error).message}`, { cause: err });
+    }
     const pid = readPid(this.path);
     if (pid === null || pid === process.pid || !processAlive(pid)) return;
     const what = describeProcess(pid);
