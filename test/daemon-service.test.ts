@@ -8,7 +8,7 @@ import test from 'ava';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freshDir, makeSparseFile, REPO_ROOT } from './helpers/daemon.js';
-import { cleanEnv, killPid, pcachedCli, pidRunning, spawnPcached, spawnTracked, statusJson, waitAccepting, waitFor, type Proc } from './helpers/lifecycle.js';
+import { cleanEnv, killPid, pcachedCli, pidRunning, spawnPcached, spawnTracked, statusJson, waitAccepting, waitFor, within, type Proc } from './helpers/lifecycle.js';
 import { activatedPorts, startActivated, startNotifyListener } from './helpers/service.js';
 import { describe, have, needTools, run, skipSuffix, TOOL_ENV } from './helpers/tools.js';
 import { nativeAvailable } from '../src/native/index.js';
@@ -276,8 +276,11 @@ const noNpm = have('npm') ? null : 'npm is not on PATH';
   t.teardown(() => killPid(coord));
   t.is(await nbdinfoSize(`nbd+unix:///vol?socket=${s.sock}`), String(16 << 20));
 
-  t.is(await npm.stop('SIGTERM', 60_000), 0, npm.output());
-  await waitFor('the daemon to exit', () => !pidRunning(daemonPid), 30_000, 50);
+  // An orphaned daemon would keep npm's pipes open (and `exited` waiting for them): wait for
+  // the daemon first, bounded, so that the failure is this message rather than a timeout.
+  process.kill(npm.pid, 'SIGTERM');
+  await waitFor('the daemon to exit after SIGTERM to npm', () => !pidRunning(daemonPid), 30_000, 50);
+  t.is(await within(npm.exited, 30_000, -1), 0, npm.output());
   await waitFor('the coordinator to exit', () => !pidRunning(coord), 30_000, 50);
   t.regex(npm.output(), /"reason":"SIGTERM".*"msg":"pcached stopping: draining coordinators"/);
   t.regex(npm.output(), /"msg":"pcached stopped"/);
