@@ -3,7 +3,7 @@
 // captive mode: start, run COMMAND with $uri set once every cache serves, stop, exit with
 // COMMAND's status.
 
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { resolve } from 'node:path';
 import { loadConfig, type StartFlags } from '../config/load.js';
@@ -82,6 +82,8 @@ export function captiveEnv(uris: ServedUri[]): Record<string, string> {
   return env;
 }
 
+const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
 /**
  * `pcached run [start options] -- COMMAND [ARGS]`: resolves with COMMAND's exit status
  * (128+n when a signal ended it). SIGINT/SIGTERM/SIGHUP go to COMMAND; the daemon stops when it
@@ -90,23 +92,32 @@ export function captiveEnv(uris: ServedUri[]): Record<string, string> {
 export async function runCaptive(io: DaemonIo, flags: DaemonFlags, command: string[]): Promise<number> {
   if (command.length === 0) throw new PcachedError('ERR_BAD_ARGUMENT', 'pcached run: no command given (pcached run [options] -- COMMAND [ARGS])');
   const { supervisor, logger, uninstall } = await startSupervisor(io, flags);
+  if (supervisor.stopRequested) {
+    // A signal during start-up: the daemon stopped instead of becoming ready.
+    uninstall();
+    await supervisor.stopped;
+    throw new PcachedError('ERR_SHUTDOWN', `pcached run: stopped by a signal before ${command[0]} could run`);
+  }
   // From here on a stop signal is COMMAND's business; the daemon stops when COMMAND has gone.
+  // The forwarders go in before the supervisor's handlers come out: in between, a SIGTERM
+  // would find no handler and kill us, orphaning the coordinators.
+  let child: ChildProcess | undefined;
+  let early: NodeJS.Signals | undefined;
+  const forward = (sig: NodeJS.Signals): void => {
+    if (child) child.kill(sig);
+    else early ??= sig;
+  };
+  for (const sig of FORWARDED) process.on(sig, forward);
   uninstall();
-  const forward: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   let status: number;
-  const handlers = new Map<NodeJS.Signals, () => void>();
   try {
-    const child = spawn(command[0]!, command.slice(1), {
-      cwd: io.cwd,
-      env: { ...process.env, ...captiveEnv(supervisor.uris()) },
-      stdio: 'inherit',
-    });
-    for (const sig of forward) {
-      const h = (): void => { child.kill(sig); };
-      handlers.set(sig, h);
-      process.on(sig, h);
-    }
     status = await new Promise<number>((res) => {
+      child = spawn(command[0]!, command.slice(1), {
+        cwd: io.cwd,
+        env: { ...process.env, ...captiveEnv(supervisor.uris()) },
+        stdio: 'inherit',
+      });
+      if (early) child.kill(early);
       child.once('error', (err) => {
         logger.error({ command: command[0] }, `pcached run: cannot run ${command[0]}: ${err.message}`);
         res(127);
@@ -114,8 +125,8 @@ export async function runCaptive(io: DaemonIo, flags: DaemonFlags, command: stri
       child.once('exit', (code, signal) => res(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0)));
     });
   } finally {
-    for (const [sig, h] of handlers) process.off(sig, h);
     await supervisor.stop('the captive command exited');
+    for (const sig of FORWARDED) process.off(sig, forward);
   }
   const code = await supervisor.stopped;
   if (code !== 0) logger.warn({ code }, 'pcached run: the daemon did not stop cleanly');

@@ -51,9 +51,23 @@ function controlPath(io: CliIo, flag: string | undefined): string {
   return resolve(io.cwd, flag ?? io.env.PCACHED_CONTROL ?? DEFAULT_CONTROL);
 }
 
-/** The options of `pcached start`, shared by `pcached run`. */
-function addStartOptions(cmd: Command): Command {
-  return cmd
+function buildProgram(io: CliIo): Command {
+  const program = new Command('pcached')
+    .description('Userspace block cache daemon serving a cached volume over NBD')
+    .version(PACKAGE_VERSION, '-V, --version', 'print the version and exit')
+    .enablePositionalOptions()
+    .exitOverride()
+    .configureOutput({
+      writeOut: io.stdout,
+      writeErr: io.stderr,
+      // Commander says "error: unknown option '--x'"; we say "pcached: unknown option '--x'".
+      outputError: (str, write) => write(`pcached: ${str.replace(/^error: /, '').trimEnd()}\n`),
+    })
+    .showSuggestionAfterError(true);
+
+  const start = program
+    .command('start')
+    .description('Run the daemon in the foreground (supervisor + one coordinator per cache)')
     .option('--config <file>', 'JSON config file (daemon keys and a "caches" array); also $PCACHED_CONFIG')
     .option('--origin <path|uri>', 'origin file, block device or NBD URI (single-cache form)')
     .option('--cache <path>', 'cache file or block device; created sparse when absent')
@@ -77,36 +91,20 @@ function addStartOptions(cmd: Command): Command {
     .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.\n`
       + 'The cache file and a local origin are locked while the daemon runs (flock; O_EXCL on block devices): a second daemon on them is refused, naming the PID that holds them.\n'
       + 'Without the native addon the locks are lock files in $PCACHED_LOCK_DIR (default /run/lock/pcached, or $TMPDIR/pcached-locks).\n'
-      + 'Under systemd (Type=notify) the daemon sends READY=1 once every cache serves and STOPPING=1 when it drains; with socket activation (LISTEN_FDS) the passed sockets replace the configured listeners. See docs/service.md.');
-}
-
-function buildProgram(io: CliIo): Command {
-  const program = new Command('pcached')
-    .description('Userspace block cache daemon serving a cached volume over NBD')
-    .version(PACKAGE_VERSION, '-V, --version', 'print the version and exit')
-    .enablePositionalOptions()
-    .exitOverride()
-    .configureOutput({
-      writeOut: io.stdout,
-      writeErr: io.stderr,
-      // Commander says "error: unknown option '--x'"; we say "pcached: unknown option '--x'".
-      outputError: (str, write) => write(`pcached: ${str.replace(/^error: /, '').trimEnd()}\n`),
-    })
-    .showSuggestionAfterError(true);
-
-  addStartOptions(program
-    .command('start')
-    .description('Run the daemon in the foreground (supervisor + one coordinator per cache)'))
+      + 'Under systemd (Type=notify) the daemon sends READY=1 once every cache serves and STOPPING=1 when it drains; with socket activation (LISTEN_FDS) the passed sockets replace the configured listeners. See docs/service.md.')
     .action(async (opts: DaemonFlags) => {
       const code = await startDaemon(io, opts);
       if (code !== 0) throw new Exit(code);
     });
 
-  addStartOptions(program
+  const captive = program
     .command('run')
     .description("Captive mode, as nbdkit's: start the daemon, run COMMAND once every cache serves (with $uri, $exportname, $unixsocket, $port set), stop the daemon, exit with COMMAND's status")
     .argument('<command...>', 'the command and its arguments, after --')
-    .passThroughOptions())
+    .passThroughOptions();
+  // Every option of start, so the two never drift apart.
+  for (const option of start.options) captive.addOption(option);
+  captive
     .addHelpText('after', '\nExample: pcached run --origin disk.img --cache cache.img -- sh -c \'nbdinfo "$uri"\'\n'
       + 'A signal (SIGINT, SIGTERM, SIGHUP) goes to COMMAND; the daemon stops once COMMAND has exited. A COMMAND killed by signal N exits 128+N.\n')
     .action(async (command: string[], opts: DaemonFlags) => {
