@@ -75,6 +75,20 @@ t_('READY=1 once the cache serves, STOPPING=1 on drain, STATUS= lines, to a NOTI
   t.regex(ready, /^STATUS=serving 1 cache: nbd\+unix:\/\/\/vol\?socket=\S+nbd\.sock$/m);
   t.regex(listener.datagrams()[0]!, /^STATUS=starting 1 cache$/m, 'a STATUS line before readiness');
 
+  // A reload is bracketed by RELOADING=1 and READY=1.
+  const seen = listener.datagrams().length;
+  t.is((await pcachedCli(['reload', '--control', s.control])).code, 0);
+  await waitFor('READY=1 after the reload', () => listener.datagrams().slice(seen).some((d) => d.split('\n').includes('READY=1')), 10_000, 50);
+  const reload = listener.datagrams().slice(seen);
+  t.regex(reload[0]!, /^RELOADING=1\nMONOTONIC_USEC=\d+$/);
+
+  // A coordinator being restarted shows in STATUS, and goes from it once it serves again.
+  const coord = (await statusJson(s.control)).caches[0]!.pid;
+  process.kill(coord, 'SIGKILL');
+  await listener.waitFor('STATUS=serving 1 cache: nbd+unix:///vol?socket=' + s.sock + '; cache vol restarting (killed by SIGKILL)', 30_000);
+  const restarted = listener.datagrams().length;
+  await waitFor('STATUS without the restart', () => listener.datagrams().slice(restarted).find((d) => d === `STATUS=serving 1 cache: nbd+unix:///vol?socket=${s.sock}`), 30_000, 50);
+
   t.is(await proc.stop('SIGTERM', 30_000), 0);
   const stopping = await listener.waitFor('STOPPING=1', 10_000);
   t.regex(stopping, /^STATUS=draining \(SIGTERM\)$/m);

@@ -35,6 +35,8 @@ export interface CoordinatorHandleOptions {
   listenFds?: InheritedListeners;
   /** Environment of the coordinator (default: the supervisor's). */
   env?: NodeJS.ProcessEnv;
+  /** Called when the coordinator died and a restart is scheduled (why), and when one is serving again (null). */
+  onRestart?: (why: string | null) => void;
 }
 
 interface Pending {
@@ -317,13 +319,17 @@ export class CoordinatorHandle {
     const delayMs = this.#backoffMs;
     this.#backoffMs = Math.min(this.#backoffMs * 2, this.#opts.backoff.maxMs);
     this.#log.warn({ childPid: pid, reason: why, fatal: this.#lastFatal, restartInMs: delayMs }, `coordinator ${why}; restarting in ${delayMs} ms`);
+    this.#opts.onRestart?.(why);
     this.#restartTimer = setTimeout(() => {
       this.#restartTimer = undefined;
       if (this.#stopping) return;
       this.#restarts++;
       this.#readyAt = 0;
       this.#spawn().then(
-        () => this.#log.info({ restarts: this.#restarts }, 'coordinator restarted'),
+        () => {
+          this.#log.info({ restarts: this.#restarts }, 'coordinator restarted');
+          this.#opts.onRestart?.(null);
+        },
         (err: Error) => {
           if (this.#stopping) return;
           this.#child?.kill('SIGKILL');

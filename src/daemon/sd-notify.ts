@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { native } from '../native/index.js';
 import type { Logger } from './logger.js';
 
-export type NotifyFields = Partial<Record<'READY' | 'STOPPING' | 'RELOADING' | 'STATUS' | 'MAINPID' | 'ERRNO', string | number>>;
+export type NotifyFields = Partial<Record<'READY' | 'STOPPING' | 'RELOADING' | 'MONOTONIC_USEC' | 'STATUS' | 'MAINPID' | 'ERRNO', string | number>>;
 
 /** KEY=VALUE lines; a newline inside a value would start a new assignment, so it becomes a space. */
 export function formatNotify(fields: NotifyFields): string {

@@ -12,7 +12,7 @@ import { CoordinatorHandle, DEFAULT_BACKOFF, type BackoffOptions } from './coord
 import { checkDistinctFiles, describeCreated, prepareCacheFiles } from './files.js';
 import type { CacheStatus, ControlRequest } from './ipc.js';
 import { createLogger, type Logger } from './logger.js';
-import type { SdNotifier } from './sd-notify.js';
+import type { NotifyFields, SdNotifier } from './sd-notify.js';
 import type { PidFile } from './pidfile.js';
 import { matchListeners, type ActivatedSocket } from './socket-activation.js';
 import { formatNbdUri, listenerTarget, type NbdTarget } from '../nbd/uri.js';
@@ -68,6 +68,8 @@ export class Supervisor {
   #reloadAgain = false;
   #stopping: Promise<void> | undefined;
   #stopRequested: string | undefined;
+  /** Caches whose coordinator died and is being restarted, with why. */
+  readonly #restarting = new Map<string, string>();
   #resolveStopped!: (code: number) => void;
   /** Resolves with the process exit code once the supervisor has stopped. */
   readonly stopped: Promise<number>;
@@ -139,6 +141,11 @@ export class Supervisor {
         backoff,
         startupTimeoutMs: this.#opts.startupTimeoutMs ?? Math.max(60_000, cache.originTimeoutMs + 30_000),
         listenFds: listenFds.get(cache.name),
+        onRestart: (why) => {
+          if (why === null) this.#restarting.delete(cache.name);
+          else this.#restarting.set(cache.name, why);
+          this.#notifyServing();
+        },
       }));
     }
     const results = await Promise.allSettled([...this.#handles.values()].map((h) => h.start()));
@@ -162,8 +169,15 @@ export class Supervisor {
     }
     this.#log.info({ control: config.control, uris: uris.map((u) => u.uri), pidFile: this.#opts.pidFile?.path },
       `pcached ready: ${uris.map((u) => u.uri).join(' ')}`);
-    const n = config.caches.length;
-    notifier?.notify({ READY: 1, STATUS: `serving ${n} cache${n === 1 ? '' : 's'}: ${uris.map((u) => u.uri).join(' ')}`, MAINPID: process.pid });
+    this.#notifyServing({ READY: 1, MAINPID: process.pid });
+  }
+
+  /** STATUS= for `systemctl status`: what serves, and which coordinator is being restarted. */
+  #notifyServing(extra: NotifyFields = {}): void {
+    if (this.#state !== 'running') return;
+    const n = this.#handles.size;
+    const restarting = [...this.#restarting].map(([name, why]) => `; cache ${name} restarting (${why})`).join('');
+    this.#opts.notifier?.notify({ ...extra, STATUS: `serving ${n} cache${n === 1 ? '' : 's'}: ${this.uris().map((u) => u.uri).join(' ')}${restarting}` });
   }
 
   /** Every URI a client can connect to, in listener order per cache. */
@@ -246,6 +260,8 @@ export class Supervisor {
       return this.#reloading;
     }
     const run = async (): Promise<ReloadResult> => {
+      // systemd shows the unit "reloading" until READY=1; MONOTONIC_USEC says since when.
+      if (this.#state === 'running') this.#opts.notifier?.notify({ RELOADING: 1, MONOTONIC_USEC: String(process.hrtime.bigint() / 1000n) });
       try {
         let result = await this.#reloadOnce();
         while (this.#reloadAgain) {
@@ -255,6 +271,7 @@ export class Supervisor {
         return result;
       } finally {
         this.#reloading = undefined;
+        this.#notifyServing({ READY: 1 });
       }
     };
     this.#reloading = run();
