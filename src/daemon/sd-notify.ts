@@ -43,10 +43,24 @@ export class SdNotifier {
       if (r < 0) this.#fail(`sd_notify to ${socket} failed: errno ${-r}`);
       return;
     }
-    const args = Object.entries(fields).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${String(v).replace(/\n/g, ' ')}`);
-    const child = spawn('systemd-notify', args, { env: { ...process.env, NOTIFY_SOCKET: socket }, stdio: 'ignore' });
-    child.on('error', (err) => this.#fail(`no native addon and cannot run systemd-notify: ${err.message}`));
-    child.on('exit', (code) => { if (code !== 0 && code !== null) this.#fail(`systemd-notify exited with ${code}`); });
+    // One systemd-notify at a time, so that RELOADING=1 cannot overtake the READY=1 before it.
+    this.#queue = this.#queue.then(() => this.#spawnNotify(socket, message.split('\n')));
+  }
+
+  #queue: Promise<void> = Promise.resolve();
+
+  #spawnNotify(socket: string, args: string[]): Promise<void> {
+    return new Promise((resolve) => {
+      const child = spawn('systemd-notify', args, { env: { ...process.env, NOTIFY_SOCKET: socket }, stdio: 'ignore' });
+      child.on('error', (err) => {
+        this.#fail(`no native addon and cannot run systemd-notify: ${err.message}`);
+        resolve();
+      });
+      child.on('exit', (code) => {
+        if (code !== 0 && code !== null) this.#fail(`systemd-notify exited with ${code}`);
+        resolve();
+      });
+    });
   }
 
   #fail(why: string): void {
