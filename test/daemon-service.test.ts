@@ -147,9 +147,13 @@ t_('socket activation by address: an unnamed descriptor on the configured path s
 
 t_('socket activation that fits no listener is refused with a clear message, before any cache starts' + skipSuffix(why), async (t) => {
   const s = scratch(t);
-  const stray = owned(t, startActivated([{ kind: 'tcp' }], ['other'], s.args, { cwd: s.dir }));
+  const listener = await startNotifyListener(join(s.dir, 'notify.sock'));
+  t.teardown(() => listener.proc.stop('SIGKILL'));
+  const stray = owned(t, startActivated([{ kind: 'tcp' }], ['other'], s.args, { cwd: s.dir, env: { NOTIFY_SOCKET: join(s.dir, 'notify.sock') } }));
   t.is(await stray.exited, 1);
   const [port] = activatedPorts(stray);
+  // systemd shows why in `systemctl status`.
+  t.regex(await listener.waitFor(`STATUS=failed: socket activation: descriptor 3 (tcp 127.0.0.1:${port}, name "other") matches no configured listener: name it after a cache (FileDescriptorName=, caches: "vol") or configure that address as a cache's tcp`, 10_000), /^STATUS=failed/);
   t.regex(stray.output(), new RegExp(`pcached: socket activation: descriptor 3 \\(tcp 127\\.0\\.0\\.1:${port}, name "other"\\) matches no configured listener: name it after a cache \\(FileDescriptorName=, caches: "vol"\\)`));
   t.false(existsSync(join(s.dir, 'cache.img')), 'nothing was started');
 

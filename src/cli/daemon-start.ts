@@ -54,6 +54,7 @@ async function startSupervisor(io: DaemonIo, flags: DaemonFlags): Promise<Starte
     await supervisor.start();
   } catch (err) {
     uninstall();
+    notifier.notify({ STATUS: `failed: ${(err as Error).message}` });
     throw err;
   }
   return { supervisor, logger, uninstall };

@@ -152,7 +152,6 @@ export class Supervisor {
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       await this.#shutdown('start-up failed');
-      notifier?.notify({ STATUS: `failed: ${(failed.reason as Error).message}` });
       throw failed.reason;
     }
     this.#state = 'running';
