@@ -339,3 +339,16 @@ const noScript = have('script') ? null : 'script (util-linux) is not installed';
   t.regex(r.stdout, new RegExp(`INFO  pcached: pcached ready: nbd\\+unix:///vol\\?socket=${s.sock}`));
   t.regex(r.stdout, /INFO  coordinator\[vol\]: listening/);
 });
+
+const noActivate = have('systemd-socket-activate') ? null : 'systemd-socket-activate is not installed';
+(noActivate || why ? test.skip : test)('systemd-socket-activate: the first connection starts pcached, and that very client is served' + skipSuffix(noActivate ?? why), async (t) => {
+  const s = scratch(t);
+  // It execs pcached in its own process, so its PID is the daemon's.
+  const proc = owned(t, spawnTracked('systemd-socket-activate', ['-l', s.sock, '--fdname=vol', '--', process.execPath, join(REPO_ROOT, 'bin', 'pcached'), 'start', ...s.args],
+    { cwd: s.dir, env: cleanEnv() }), s.control);
+  await waitFor('the socket', () => existsSync(s.sock), 30_000, 50);
+  t.false(/pcached starting/.test(proc.output()), 'nothing runs before a client comes');
+  t.is(await nbdinfoSize(`nbd+unix:///vol?socket=${s.sock}`), String(16 << 20));
+  t.regex(proc.output(), /"fd":3,"fdName":"vol","kind":"unix","address":"[^"]+nbd\.sock","msg":"socket-activated listener"/);
+  t.is(await proc.stop('SIGTERM', 30_000), 0);
+});

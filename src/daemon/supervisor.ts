@@ -102,7 +102,7 @@ export class Supervisor {
     try {
       this.#opts.pidFile?.check();
       listenFds = matchListeners(this.#opts.listenSockets ?? [], config.caches);
-      for (const s of this.#opts.listenSockets ?? []) this.#log.info({ fd: s.fd, name: s.name || undefined, kind: s.kind, address: s.address }, 'socket-activated listener');
+      for (const s of this.#opts.listenSockets ?? []) this.#log.info({ fd: s.fd, fdName: s.name || undefined, kind: s.kind, address: s.address }, 'socket-activated listener');
       for (const cache of config.caches) {
         const created = prepareCacheFiles(cache, { createOrigin: embeddedDefault });
         for (const line of describeCreated(cache, created)) this.#log.info({ cache: cache.name }, line);
