@@ -33,8 +33,6 @@ export interface CoordinatorHandleOptions {
   startupTimeoutMs: number;
   /** Socket-activated listeners for this cache: the supervisor's fds, passed again at every restart. */
   listenFds?: InheritedListeners;
-  /** Environment of the coordinator (default: the supervisor's). */
-  env?: NodeJS.ProcessEnv;
   /** Called when the coordinator died and a restart is scheduled (why), and when one is serving again (null). */
   onRestart?: (why: string | null) => void;
 }
@@ -231,7 +229,6 @@ export class CoordinatorHandle {
         serialization: 'advanced',
         // Activated sockets follow the IPC channel: fds 4 and up in the child.
         stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...passed.map((p) => p.fd)],
-        env: this.#opts.env,
         // Own process group: a terminal's Ctrl-C reaches only the supervisor, which then drains
         // the coordinators in order instead of having them all die at once.
         detached: true,
