@@ -13,7 +13,8 @@
 
 #include "sd_notify.h"
 
-#define MAX_MESSAGE 4096
+// Longer messages are refused (EMSGSIZE) rather than cut: a cut STATUS= line would mislead.
+#define MAX_MESSAGE 16384
 
 // Copies string argument `index` into buf (NUL-terminated). Returns its length, or -1 after throwing.
 static ssize_t get_string_arg(napi_env env, napi_value v, size_t index, char *buf, size_t size) {
@@ -52,8 +53,10 @@ napi_value pcached_js_sd_notify(napi_env env, napi_callback_info info) {
   addr.sun_family = AF_UNIX;
   if ((path[0] != '/' && path[0] != '@') || plen < 2) {
     result = -EAFNOSUPPORT;
-  } else if ((size_t)plen > sizeof addr.sun_path - (path[0] == '/' ? 1 : 0) || mlen >= MAX_MESSAGE) {
+  } else if ((size_t)plen > sizeof addr.sun_path - (path[0] == '/' ? 1 : 0)) {
     result = -ENAMETOOLONG;
+  } else if (mlen >= MAX_MESSAGE) {
+    result = -EMSGSIZE;
   } else {
     memcpy(addr.sun_path, path, (size_t)plen);
     // An abstract name starts with a NUL byte and is exactly as long as given (no terminator).
