@@ -599,7 +599,7 @@ export function daemonSchema(): convict.Schema<RawDaemon> {
     },
     ...daemonAccessKeys(),
     logLevel: {
-      doc: 'pino log level (JSON lines on stderr).',
+      doc: 'pino log level (lines on stderr: human on a terminal, JSON otherwise; `--log-format`, docs/service.md).',
       accepts: LOG_LEVELS.map((l) => `\`${l}\``).join(', '),
       default: 'info',
       flag: '--log-level',

@@ -7,7 +7,7 @@ _pcached() {
   prev=${COMP_WORDS[COMP_CWORD-1]}
   cword=$COMP_CWORD
   if [[ $cword -eq 1 ]]; then
-    COMPREPLY=($(compgen -W "start status table message clean detach inspect reload completion --help" -- "$cur"))
+    COMPREPLY=($(compgen -W "start run status table message clean detach inspect reload completion --help" -- "$cur"))
     return
   fi
   cmd=${COMP_WORDS[1]}
@@ -29,6 +29,27 @@ _pcached() {
     start:--gc-percent) COMPREPLY=(); return ;;
     start:--sequential-cutoff) COMPREPLY=(); return ;;
     start:--log-level) COMPREPLY=($(compgen -W "fatal error warn info debug trace silent" -- "$cur")); return ;;
+    start:--pidfile) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    start:--log-format) COMPREPLY=($(compgen -W "human json" -- "$cur")); return ;;
+    run:--config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    run:--origin) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    run:--cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    run:--cache-size) COMPREPLY=(); return ;;
+    run:--unix) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    run:--tcp) COMPREPLY=(); return ;;
+    run:--tls) COMPREPLY=($(compgen -W "off on require" -- "$cur")); return ;;
+    run:--tls-certificates) COMPREPLY=(); return ;;
+    run:--tls-psk) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    run:--name) COMPREPLY=(); return ;;
+    run:--mode) COMPREPLY=($(compgen -W "writeback writethrough writearound passthrough writeonly" -- "$cur")); return ;;
+    run:--stripes) COMPREPLY=(); return ;;
+    run:--control) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    run:--segment-size) COMPREPLY=(); return ;;
+    run:--gc-percent) COMPREPLY=(); return ;;
+    run:--sequential-cutoff) COMPREPLY=(); return ;;
+    run:--log-level) COMPREPLY=($(compgen -W "fatal error warn info debug trace silent" -- "$cur")); return ;;
+    run:--pidfile) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    run:--log-format) COMPREPLY=($(compgen -W "human json" -- "$cur")); return ;;
     status:--control) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     table:--control) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     message:--control) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -40,7 +61,8 @@ _pcached() {
     reload:--control) COMPREPLY=($(compgen -f -- "$cur")); return ;;
   esac
   case "$cmd" in
-    start) opts="--config --origin --cache --cache-size --unix --tcp --tls --tls-certificates --tls-psk --tls-verify-peer --name --mode --stripes --control --read-only --format --discard-dirty --data-crc --segment-size --gc-percent --sequential-cutoff --log-level --help" ;;
+    start) opts="--config --origin --cache --cache-size --unix --tcp --tls --tls-certificates --tls-psk --tls-verify-peer --name --mode --stripes --control --read-only --format --discard-dirty --data-crc --segment-size --gc-percent --sequential-cutoff --log-level --pidfile --log-format --help" ;;
+    run) opts="--config --origin --cache --cache-size --unix --tcp --tls --tls-certificates --tls-psk --tls-verify-peer --name --mode --stripes --control --read-only --format --discard-dirty --data-crc --segment-size --gc-percent --sequential-cutoff --log-level --pidfile --log-format --help" ;;
     status) opts="--json --raw --control --help" ;;
     table) opts="--json --control --help" ;;
     message) opts="--json --control --help" ;;

@@ -1,4 +1,4 @@
-// Builds src/native (fallocate, SEEK_DATA/SEEK_HOLE, block-device ioctls, flock, posix_fadvise) with node-gyp.
+// Builds src/native (fallocate, SEEK_DATA/SEEK_HOLE, block-device ioctls, flock, posix_fadvise, sd_notify) with node-gyp.
 // The addon is an optimisation: without it pcached still works (TRIM is ignored, zeroing writes
 // zeros, BLOCK_STATUS reports everything as data). So this script never fails an install; a
 // failed build prints one line and exits 0.

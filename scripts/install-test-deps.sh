@@ -7,7 +7,8 @@ set -uo pipefail
 # package -> a file it provides (checked instead of dpkg, which is slow-ish and may be absent).
 # libnbd-bin also ships nbdfuse and fuse3 ships fusermount3 (/bin): the FUSE tests (a cache file
 # on a faulty disk, test/helpers/fuse.ts) need both, plus /dev/fuse. gnutls-bin's certtool and psktool
-# make the TLS tests' certificates and keys (test/daemon-tls.test.ts).
+# make the TLS tests' certificates and keys (test/daemon-tls.test.ts). systemd ships systemd-notify
+# (the sd_notify fallback) and systemd-analyze (checks config/pcached.service); it need not run.
 declare -A PROVIDES=(
   [nbdkit]=/usr/bin/nbdkit
   [libnbd-bin]=/usr/bin/nbdinfo
@@ -18,10 +19,11 @@ declare -A PROVIDES=(
   [e2fsprogs]=/usr/sbin/mkfs.ext4
   [nbd-client]=/usr/sbin/nbd-client
   [gnutls-bin]=/usr/bin/certtool
+  [systemd]=/usr/bin/systemd-analyze
 )
 
 missing=()
-for pkg in nbdkit libnbd-bin python3-libnbd fio qemu-utils fuse3 e2fsprogs nbd-client gnutls-bin; do
+for pkg in nbdkit libnbd-bin python3-libnbd fio qemu-utils fuse3 e2fsprogs nbd-client gnutls-bin systemd; do
   f=${PROVIDES[$pkg]}
   if [[ -e $f ]]; then continue; fi
   # python3-libnbd may live under a versioned path

@@ -223,3 +223,29 @@ test('PCACHED_NO_NATIVE=1 disables the addon', async (t) => {
   );
   t.deepEqual(answer, { available: false, native: null, reason: 'disabled by PCACHED_NO_NATIVE=1' });
 });
+
+maybe('sdNotify: bad addresses come back as -errno, bad argument types throw', (t) => {
+  const { EAFNOSUPPORT, ENOENT, ECONNREFUSED, ENAMETOOLONG } = os.constants.errno;
+  t.is(n.sdNotify!('vsock:2:1234', 'READY=1'), -EAFNOSUPPORT!);
+  t.is(n.sdNotify!('', 'READY=1'), -EAFNOSUPPORT!);
+  t.is(n.sdNotify!('/nonexistent/pcached-notify.sock', 'READY=1'), -ENOENT!);
+  t.is(n.sdNotify!(`/${'x'.repeat(200)}`, 'READY=1'), -ENAMETOOLONG!);
+  t.is(n.sdNotify!('/tmp/x.sock', `STATUS=${'x'.repeat(20_000)}`), -os.constants.errno.EMSGSIZE!);
+  // Nobody bound this abstract name.
+  t.is(n.sdNotify!(`@pcached-nobody-${process.pid}`, 'READY=1'), -ECONNREFUSED!);
+  t.throws(() => (n.sdNotify as (a: unknown, b: unknown) => number)(3, 'READY=1'), { instanceOf: TypeError });
+  t.throws(() => (n.sdNotify as (a: unknown) => number)('/x'), { instanceOf: TypeError });
+});
+
+maybe('sdNotify: one datagram reaches a listener on a path and on an abstract name', async (t) => {
+  const { startNotifyListener } = await import('./helpers/service.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pcached-notify-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  for (const address of [path.join(dir, 'notify.sock'), `@pcached-native-${process.pid}`]) {
+    const listener = await startNotifyListener(address);
+    t.teardown(() => listener.proc.stop('SIGKILL'));
+    const message = 'READY=1\nSTATUS=serving 1 cache: nbd+unix:///vol?socket=/x';
+    t.is(n.sdNotify!(address, message), Buffer.byteLength(message));
+    t.is(await listener.waitFor('READY=1', 10_000), message);
+  }
+});

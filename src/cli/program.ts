@@ -1,13 +1,15 @@
-// The command line: `pcached start|status|message|reload`. Errors are one line
+// The command line: `pcached start|run|status|message|reload|...`. Errors are one line
 // `pcached: <message>` on stderr; exit code 1, or 2 for usage errors.
 
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import cliProgress from 'cli-progress';
 import { environmentVariables, loadConfig, type StartFlags } from '../config/load.js';
 import { controlRequest } from '../daemon/control.js';
 import type { CacheStatus } from '../daemon/ipc.js';
-import { createLogger } from '../daemon/logger.js';
-import { Supervisor } from '../daemon/supervisor.js';
+import { LOG_FORMAT_ENV, LOG_FORMATS } from '../daemon/logger.js';
+import { runCaptive, startDaemon, type DaemonFlags } from './daemon-start.js';
+import { PACKAGE_VERSION } from './version.js';
 import { CACHE_MODES } from '../config/types.js';
 import { LOG_LEVELS } from '../../config/schema.js';
 import { formatStatus, formatWritecacheLine } from './status-format.js';
@@ -55,6 +57,8 @@ function controlPath(io: CliIo, flag: string | undefined): string {
 export function buildProgram(io: CliIo = processIo): Command {
   const program = new Command('pcached')
     .description('Userspace block cache daemon serving a cached volume over NBD')
+    .version(PACKAGE_VERSION, '-V, --version', 'print the version and exit')
+    .enablePositionalOptions()
     .exitOverride()
     .configureOutput({
       writeOut: io.stdout,
@@ -64,7 +68,7 @@ export function buildProgram(io: CliIo = processIo): Command {
     })
     .showSuggestionAfterError(true);
 
-  program
+  const start = program
     .command('start')
     .description('Run the daemon in the foreground (supervisor + one coordinator per cache)')
     .option('--config <file>', 'JSON config file (daemon keys and a "caches" array); also $PCACHED_CONFIG')
@@ -89,11 +93,30 @@ export function buildProgram(io: CliIo = processIo): Command {
     .option('--gc-percent <n>', 'garbage collection runs above this percentage of segments in use (0-90)')
     .option('--sequential-cutoff <size>', 'sequential read runs longer than this bypass the cache (0 = off)')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
+    .option('--pidfile <file>', 'write the daemon PID to FILE once every cache serves (removed on exit; refused while a running pcached holds it)')
+    .addOption(new Option('--log-format <format>', `log lines: human or json (default: $${LOG_FORMAT_ENV}, else human on a terminal, json otherwise)`).choices(LOG_FORMATS))
     .addHelpText('after', `\nEnvironment: ${environmentVariables().join(', ')}.\nPrecedence: flags > environment > config file > defaults. See docs/configuration.md.\n`
       + 'The cache file and a local origin are locked while the daemon runs (flock; O_EXCL on block devices): a second daemon on them is refused, naming the PID that holds them.\n'
-      + 'Without the native addon the locks are lock files in $PCACHED_LOCK_DIR (default /run/lock/pcached, or $TMPDIR/pcached-locks).')
-    .action(async (opts: StartFlags) => {
-      await startDaemon(io, opts);
+      + 'Without the native addon the locks are lock files in $PCACHED_LOCK_DIR (default /run/lock/pcached, or $TMPDIR/pcached-locks).\n'
+      + 'Under systemd (Type=notify) the daemon sends READY=1 once every cache serves and STOPPING=1 when it drains; with socket activation (LISTEN_FDS) the passed sockets replace the configured listeners. See docs/service.md.')
+    .action(async (opts: DaemonFlags) => {
+      const code = await startDaemon(io, opts);
+      if (code !== 0) throw new Exit(code);
+    });
+
+  const captive = program
+    .command('run')
+    .description("Captive mode, as nbdkit's: start the daemon, run COMMAND once every cache serves (with $uri, $exportname, $unixsocket, $port set), stop the daemon, exit with COMMAND's status")
+    .argument('<command...>', 'the command and its arguments, after --')
+    .passThroughOptions();
+  // Every option of start, so the two never drift apart.
+  for (const option of start.options) captive.addOption(option);
+  captive
+    .addHelpText('after', '\nExample: pcached run --origin disk.img --cache cache.img -- sh -c \'nbdinfo "$uri"\'\n'
+      + 'A signal (SIGINT, SIGTERM, SIGHUP) goes to COMMAND; the daemon stops once COMMAND has exited. A COMMAND killed by signal N exits 128+N.\n')
+    .action(async (command: string[], opts: DaemonFlags) => {
+      const code = await runCaptive(io, opts, command);
+      if (code !== 0) throw new Exit(code);
     });
 
   program
@@ -196,24 +219,6 @@ export function buildProgram(io: CliIo = processIo): Command {
     });
 
   return program;
-}
-
-async function startDaemon(io: CliIo, flags: StartFlags): Promise<void> {
-  const loaded = loadConfig({ env: io.env, flags, cwd: io.cwd });
-  const logger = createLogger({ level: loaded.config.logLevel, name: 'pcached' });
-  const supervisor = new Supervisor({ loaded, logger });
-  // Handlers go in before the coordinators exist: a signal during start-up must not kill us
-  // and orphan them.
-  const uninstall = supervisor.installSignalHandlers();
-  try {
-    await supervisor.start();
-  } catch (err) {
-    uninstall();
-    throw err;
-  }
-  const code = await supervisor.stopped;
-  uninstall();
-  if (code !== 0) throw new Exit(code);
 }
 
 /** Runs the command line; resolves with the exit code. */

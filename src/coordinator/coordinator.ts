@@ -5,7 +5,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { CACHE_MODES, type CacheConfig, type CacheMode } from '../config/types.js';
-import type { CacheStatus } from '../daemon/ipc.js';
+import type { CacheStatus, InheritedListeners } from '../daemon/ipc.js';
 import { claimUnixSocketPath, listenUnixSocket, type SocketAccess } from '../util/unix-socket.js';
 import { resolveGroup } from '../util/group.js';
 import { loadTlsCredentials, type TlsCredentials } from '../tls/credentials.js';
@@ -90,6 +90,10 @@ export class Coordinator {
   #state: 'running' | 'draining' | 'stopped' = 'running';
   #shutdown: Promise<void> | null = null;
   readonly #rates: StatusRates;
+  /** `message NAME flush_on_suspend`: the next stop writes everything back first. */
+  #flushOnSuspend = false;
+  /** We created the Unix socket file (an activated one belongs to systemd and stays). */
+  #ownsSocketFile = false;
 
   private constructor(tunables: RuntimeTunables, facts: OriginFacts, stripes: StripeSet, cacheRt: CacheRuntime | null, log: Logger) {
     this.#tunables = tunables;
@@ -116,8 +120,11 @@ export class Coordinator {
     return this.#tunables.running;
   }
 
-  /** `overrides`: values set by message before a restart (the supervisor kept them; ./tunables.ts). */
-  static async start(configured: CacheConfig, log: Logger, logLevel: string, overrides: Record<string, unknown> = {}): Promise<Coordinator> {
+  /**
+   * `overrides`: values set by message before a restart (the supervisor kept them; ./tunables.ts).
+   * `listenFds`: socket-activated listeners (docs/service.md).
+   */
+  static async start(configured: CacheConfig, log: Logger, logLevel: string, overrides: Record<string, unknown> = {}, listenFds: InheritedListeners = {}): Promise<Coordinator> {
     const tunables = new RuntimeTunables(configured, overrides);
     const cache = tunables.running;
     if (Object.keys(overrides).length) log.info({ overrides }, 'values set by message before the restart are kept');
@@ -143,7 +150,7 @@ export class Coordinator {
     }
     const c = new Coordinator(tunables, facts, stripes, cacheRt, log);
     try {
-      await c.#listen();
+      await c.#listen(listenFds);
     } catch (err) {
       await c.shutdown();
       throw err;
@@ -159,29 +166,36 @@ export class Coordinator {
     return this.#facts.size;
   }
 
-  async #listen(): Promise<void> {
+  /** A socket-activated listener replaces the configured one of its kind. */
+  async #listen(inherited: InheritedListeners): Promise<void> {
     const { unix, tcp } = this.#cache;
-    if (unix) {
+    if (inherited.unix !== undefined) {
+      await this.#serve({ fd: inherited.unix.fd }, `unix:${inherited.unix.address}`, false);
+    } else if (unix) {
       await claimUnixSocketPath(unix);
-      await this.#serve({ path: unix, access: { mode: this.#cache.unixMode, gid: resolveGroup(this.#cache.unixGroup, 'unixGroup') } }, `unix:${unix}`);
+      await this.#serve({ path: unix, access: { mode: this.#cache.unixMode, gid: resolveGroup(this.#cache.unixGroup, 'unixGroup') } }, `unix:${unix}`, false);
+      this.#ownsSocketFile = true;
     }
-    if (tcp) {
+    if (inherited.tcp !== undefined) {
+      await this.#serve({ fd: inherited.tcp.fd }, `tcp:${inherited.tcp.address}`, true);
+    } else if (tcp) {
       const { host, port } = parseHostPort(tcp);
-      await this.#serve({ host, port }, `tcp:${tcp}`);
+      await this.#serve({ host, port }, `tcp:${tcp}`, true);
     }
   }
 
-  #serve(addr: { path: string; access: SocketAccess } | { host: string; port: number }, label: string): Promise<void> {
-    const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, 'port' in addr));
+  #serve(addr: { path: string; access: SocketAccess } | { host: string; port: number } | { fd: number }, label: string, isTcp: boolean): Promise<void> {
+    const server = createServer({ noDelay: true, pauseOnConnect: false }, (sock) => this.#accept(sock, isTcp));
     return new Promise((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}${listenHint(err, 'port' in addr)}`, { cause: err })));
+      server.once('error', (err: NodeJS.ErrnoException) => reject(new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}${listenHint(err, isTcp)}`, { cause: err })));
       const listening = (): void => {
         server.removeAllListeners('error');
         server.on('error', (err) => this.#log.error({ err, listener: label }, 'listener error'));
         this.#servers.push(server);
         const a = server.address();
-        this.#listeners.push(typeof a === 'object' && a && 'port' in addr ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label);
-        this.#log.info({ listener: label, ...(this.#tls ? { tls: this.#cache.tls } : {}) }, 'listening');
+        const listener = typeof a === 'object' && a !== null ? `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}` : label;
+        this.#listeners.push(listener);
+        this.#log.info({ listener, ...('fd' in addr ? { activatedFd: addr.fd } : {}), ...(this.#tls ? { tls: this.#cache.tls } : {}) }, 'listening');
         resolve();
       };
       const failed = (err: Error): void => reject(err instanceof PcachedError ? err : new PcachedError('ERR_LISTEN', `cannot listen on ${label}: ${err.message}`, { cause: err }));
@@ -541,7 +555,7 @@ export class Coordinator {
     // close() only calls back once every connection has ended: start it, drain, then wait.
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     // Only a socket file we created is ours to remove (a refused start must not delete a live daemon's).
-    if (this.#cache.unix && this.#listeners.includes(`unix:${this.#cache.unix}`)) {
+    if (this.#ownsSocketFile) {
       try { unlinkSync(this.#cache.unix); } catch { /* already gone */ }
     }
     const drained = Promise.all([...this.#sessions].map((s) => s.drain()));

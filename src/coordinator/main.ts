@@ -67,7 +67,7 @@ async function onMessage(msg: SupervisorToCoordinator): Promise<void> {
         // Before anything is opened for writing: a second daemon on these files stops here.
         const claims = claimCacheDevices(msg.cache);
         log.info({ claims: claims.map((c) => ({ role: c.role, path: c.path, mode: c.mode, method: c.method })) }, 'devices claimed');
-        coordinator = await Coordinator.start(msg.cache, log, msg.logLevel, msg.overrides);
+        coordinator = await Coordinator.start(msg.cache, log, msg.logLevel, msg.overrides, msg.listenFds);
         send({ type: 'ready', listeners: coordinator.listeners, originSize: coordinator.originSize });
       } catch (err) {
         log.error({ err }, 'coordinator failed to start');

@@ -3,7 +3,7 @@
 
 import { fork, type ChildProcess } from 'node:child_process';
 import type { CacheConfig, DaemonConfig } from '../config/types.js';
-import type { CacheStatus, CoordinatorToSupervisor, SupervisorToCoordinator } from './ipc.js';
+import type { CacheStatus, CoordinatorToSupervisor, InheritedListeners, SupervisorToCoordinator } from './ipc.js';
 import type { Logger } from './logger.js';
 import { PcachedError } from '../util/errors.js';
 import { toPcachedError } from './control.js';
@@ -32,6 +32,10 @@ export interface CoordinatorHandleOptions {
   backoff: BackoffOptions;
   /** How long a coordinator may take from fork to `ready`. */
   startupTimeoutMs: number;
+  /** Socket-activated listeners for this cache: the supervisor's fds, passed again at every restart. */
+  listenFds?: InheritedListeners;
+  /** Called when the coordinator died and a restart is scheduled (why), and when one is serving again (null). */
+  onRestart?: (why: string | null) => void;
 }
 
 interface Pending {
@@ -218,12 +222,18 @@ export class CoordinatorHandle {
   #spawn(): Promise<void> {
     this.#state = this.#restarts === 0 && this.#readyAt === 0 ? 'starting' : 'restarting';
     this.#lastFatal = undefined;
+    const passed = (['unix', 'tcp'] as const).flatMap((kind) => {
+      const l = this.#opts.listenFds?.[kind];
+      return l === undefined ? [] : [{ kind, ...l }];
+    });
+    const listenFds: InheritedListeners = Object.fromEntries(passed.map((p, i) => [p.kind, { fd: 4 + i, address: p.address }]));
     let child: ChildProcess;
     try {
       // The cache name in argv lets /proc/PID/cmdline say whose coordinator holds a device.
       child = fork(this.#opts.modulePath, [COORDINATOR_NAME_ARG, this.#cache.name], {
         serialization: 'advanced',
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        // Activated sockets follow the IPC channel: fds 4 and up in the child.
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...passed.map((p) => p.fd)],
         // Own process group: a terminal's Ctrl-C reaches only the supervisor, which then drains
         // the coordinators in order instead of having them all die at once.
         detached: true,
@@ -303,7 +313,7 @@ export class CoordinatorHandle {
         this.#scheduleRestart(child.pid ?? 0, why);
       });
 
-      this.#send(child, { type: 'init', cache: this.#cache, logLevel: this.#logLevel, overrides: this.#overrides });
+      this.#send(child, { type: 'init', cache: this.#cache, logLevel: this.#logLevel, overrides: this.#overrides, listenFds });
     });
   }
 
@@ -314,13 +324,17 @@ export class CoordinatorHandle {
     const delayMs = this.#backoffMs;
     this.#backoffMs = Math.min(this.#backoffMs * 2, this.#opts.backoff.maxMs);
     this.#log.warn({ childPid: pid, reason: why, fatal: this.#lastFatal, restartInMs: delayMs }, `coordinator ${why}; restarting in ${delayMs} ms`);
+    this.#opts.onRestart?.(why);
     this.#restartTimer = setTimeout(() => {
       this.#restartTimer = undefined;
       if (this.#stopping) return;
       this.#restarts++;
       this.#readyAt = 0;
       this.#spawn().then(
-        () => this.#log.info({ restarts: this.#restarts }, 'coordinator restarted'),
+        () => {
+          this.#log.info({ restarts: this.#restarts }, 'coordinator restarted');
+          this.#opts.onRestart?.(null);
+        },
         (err: Error) => {
           if (this.#stopping) return;
           this.#child?.kill('SIGKILL');

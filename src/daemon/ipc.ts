@@ -46,8 +46,15 @@ export interface RateWindowStatus {
   hitRatio: number | null;
 }
 
+/** Socket-activated listeners handed to a coordinator: the fd numbers in the coordinator. */
+export interface InheritedListeners {
+  /** address: the socket's path or HOST:PORT, as /proc tells it (a Unix server on an fd cannot say). */
+  unix?: { fd: number; address: string };
+  tcp?: { fd: number; address: string };
+}
+
 export type SupervisorToCoordinator =
-  | { type: 'init'; cache: CacheConfig; logLevel: DaemonConfig['logLevel']; overrides?: Record<string, unknown> }
+  | { type: 'init'; cache: CacheConfig; logLevel: DaemonConfig['logLevel']; overrides?: Record<string, unknown>; listenFds?: InheritedListeners }
   | { type: 'request'; id: number; op: 'status' }
   | { type: 'request'; id: number; op: 'table' }
   | { type: 'request'; id: number; op: 'message'; words: string[] }

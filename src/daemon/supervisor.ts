@@ -14,6 +14,10 @@ import type { CacheStatus, ControlRequest } from './ipc.js';
 import { createLogger, type Logger } from './logger.js';
 import type { TableRow } from '../coordinator/tunables.js';
 import { resolveGroup } from '../util/group.js';
+import type { NotifyFields, SdNotifier } from './sd-notify.js';
+import type { PidFile } from './pidfile.js';
+import { matchListeners, type ActivatedSocket } from './socket-activation.js';
+import { formatNbdUri, listenerTarget, type NbdTarget } from '../nbd/uri.js';
 
 /** dist/src/daemon/supervisor.js → dist/src/coordinator/main.js */
 export const COORDINATOR_MODULE = fileURLToPath(new URL('../coordinator/main.js', import.meta.url));
@@ -30,6 +34,19 @@ export interface SupervisorOptions {
   reconfigureTimeoutMs?: number;
   /** Fork to `ready`. Default: 60 s, or longer when an NBD origin may take originTimeoutMs to answer. */
   startupTimeoutMs?: number;
+  /** systemd readiness (READY=1 once every cache serves, STOPPING=1 on drain, STATUS=). */
+  notifier?: SdNotifier;
+  /** Socket-activated listeners (src/daemon/socket-activation.ts), matched to caches before any fork. */
+  listenSockets?: ActivatedSocket[];
+  /** --pidfile: checked before start-up, written once ready, removed once stopped. */
+  pidFile?: PidFile;
+}
+
+/** One connectable address of one cache, as the ready line and `pcached run` give it. */
+export interface ServedUri {
+  cache: string;
+  uri: string;
+  target: NbdTarget;
 }
 
 export interface ReloadResult {
@@ -53,6 +70,8 @@ export class Supervisor {
   #reloadAgain = false;
   #stopping: Promise<void> | undefined;
   #stopRequested: string | undefined;
+  /** Caches whose coordinator died and is being restarted, with why. */
+  readonly #restarting = new Map<string, string>();
   #resolveStopped!: (code: number) => void;
   /** Resolves with the process exit code once the supervisor has stopped. */
   readonly stopped: Promise<number>;
@@ -79,7 +98,13 @@ export class Supervisor {
     this.#startedAt = Date.now();
     const { config, configFile, embeddedDefault, overrides } = this.#loaded;
     this.#log.info({ configFile: configFile ?? null, embeddedDefault, overrides, caches: config.caches.map((c) => c.name) }, 'pcached starting');
+    const notifier = this.#opts.notifier;
+    notifier?.notify({ STATUS: `starting ${config.caches.length} cache${config.caches.length === 1 ? '' : 's'}` });
+    let listenFds: ReturnType<typeof matchListeners>;
     try {
+      this.#opts.pidFile?.check();
+      listenFds = matchListeners(this.#opts.listenSockets ?? [], config.caches);
+      for (const s of this.#opts.listenSockets ?? []) this.#log.info({ fd: s.fd, fdName: s.name || undefined, kind: s.kind, address: s.address }, 'socket-activated listener');
       for (const cache of config.caches) {
         const created = prepareCacheFiles(cache, { createOrigin: embeddedDefault });
         for (const line of describeCreated(cache, created)) this.#log.info({ cache: cache.name }, line);
@@ -120,6 +145,12 @@ export class Supervisor {
         logger: this.#log,
         backoff,
         startupTimeoutMs: this.#opts.startupTimeoutMs ?? Math.max(60_000, cache.originTimeoutMs + 30_000),
+        listenFds: listenFds.get(cache.name),
+        onRestart: (why) => {
+          if (why === null) this.#restarting.delete(cache.name);
+          else this.#restarting.set(cache.name, why);
+          this.#notifyServing();
+        },
       }));
     }
     const results = await Promise.allSettled([...this.#handles.values()].map((h) => h.start()));
@@ -133,7 +164,32 @@ export class Supervisor {
       await this.stop(this.#stopRequested);
       return;
     }
-    this.#log.info({ control: config.control, listeners: Object.fromEntries([...this.#handles].map(([n, h]) => [n, h.listeners])) }, 'pcached ready');
+    const uris = this.uris();
+    try {
+      this.#opts.pidFile?.write();
+    } catch (err) {
+      await this.stop('cannot write the pidfile');
+      throw err;
+    }
+    this.#log.info({ control: config.control, uris: uris.map((u) => u.uri), pidFile: this.#opts.pidFile?.path },
+      `pcached ready: ${uris.map((u) => u.uri).join(' ')}`);
+    this.#notifyServing({ READY: 1, MAINPID: process.pid });
+  }
+
+  /** STATUS= for `systemctl status`: what serves, and which coordinator is being restarted. */
+  #notifyServing(extra: NotifyFields = {}): void {
+    if (this.#state !== 'running') return;
+    const n = this.#handles.size;
+    const restarting = [...this.#restarting].map(([name, why]) => `; cache ${name} restarting (${why})`).join('');
+    this.#opts.notifier?.notify({ ...extra, STATUS: `serving ${n} cache${n === 1 ? '' : 's'}: ${this.uris().map((u) => u.uri).join(' ')}${restarting}` });
+  }
+
+  /** Every URI a client can connect to, in listener order per cache. */
+  uris(): ServedUri[] {
+    return [...this.#handles].flatMap(([name, h]) => h.listeners.flatMap((l) => {
+      const target = listenerTarget(l, name);
+      return target ? [{ cache: name, uri: formatNbdUri(target), target }] : [];
+    }));
   }
 
   /** Graceful stop: drain every coordinator, remove the control socket. Idempotent. */
@@ -155,11 +211,13 @@ export class Supervisor {
   async #shutdown(reason: string): Promise<void> {
     this.#state = 'stopping';
     this.#log.info({ reason }, 'pcached stopping: draining coordinators');
+    this.#opts.notifier?.notify({ STOPPING: 1, STATUS: `draining (${reason})` });
     // Stop taking control requests first, so nobody sees a half-stopped daemon.
     await this.#control?.close();
     await this.#metrics?.close();
     const timeoutMs = this.#opts.shutdownTimeoutMs ?? 30_000;
     await Promise.all([...this.#handles.values()].map((h) => h.stop(timeoutMs)));
+    this.#opts.pidFile?.remove();
     this.#state = 'stopped';
     this.#log.info('pcached stopped');
   }
@@ -206,6 +264,8 @@ export class Supervisor {
       return this.#reloading;
     }
     const run = async (): Promise<ReloadResult> => {
+      // systemd shows the unit "reloading" until READY=1; MONOTONIC_USEC says since when.
+      if (this.#state === 'running') this.#opts.notifier?.notify({ RELOADING: 1, MONOTONIC_USEC: String(process.hrtime.bigint() / 1000n) });
       try {
         let result = await this.#reloadOnce();
         while (this.#reloadAgain) {
@@ -215,6 +275,7 @@ export class Supervisor {
         return result;
       } finally {
         this.#reloading = undefined;
+        this.#notifyServing({ READY: 1 });
       }
     };
     this.#reloading = run();

@@ -24,6 +24,11 @@ export interface NativeBinding {
   flock(fd: number, op: number): number;
   /** posix_fadvise(2) over [offset, offset+length) (length 0: to the end of the file). */
   fadvise(fd: number, offset: number, length: number, advice: number): number;
+  /**
+   * One datagram to a $NOTIFY_SOCKET address ("/path" or "@abstract"): bytes sent or -errno.
+   * Optional: an addon built from an older source lacks it and the caller falls back.
+   */
+  sdNotify?(socket: string, message: string): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

@@ -1,5 +1,5 @@
 // The few Linux file calls Node 20 does not expose: fallocate, lseek(SEEK_DATA/SEEK_HOLE), the
-// block-device ioctls, flock and posix_fadvise. Every function is synchronous (the callers are stripe worker threads
+// block-device ioctls, flock and posix_fadvise (and sd_notify, in sd_notify.c). Every function is synchronous (the callers are stripe worker threads
 // doing positional I/O) and returns a non-negative result or -errno, so JS never sees an
 // exception for an I/O failure. Only malformed arguments (a programming error) throw.
 //
@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include <node_api.h>
+
+#include "sd_notify.h"
 
 // Offsets and lengths travel as JS numbers; past 2^53 they have already lost precision.
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -174,6 +176,7 @@ NAPI_MODULE_INIT() {
       {"blkZeroOut", NULL, js_blk_zero_out, NULL, NULL, NULL, napi_enumerable, NULL},
       {"flock", NULL, js_flock, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadvise", NULL, js_fadvise, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sdNotify", NULL, pcached_js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) != napi_ok) return NULL;

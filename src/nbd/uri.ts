@@ -71,3 +71,17 @@ export function formatNbdUri(t: NbdTarget): string {
   const name = encodeURIComponent(t.exportName);
   return t.socketPath !== undefined ? `nbd+unix:///${name}?socket=${t.socketPath}` : `nbd://${t.host?.includes(':') ? `[${t.host}]` : t.host}:${t.port}/${name}`;
 }
+
+/**
+ * How a client reaches a listener ("unix:/path", "tcp:HOST:PORT", "tcp:[v6]:PORT", as coordinators
+ * report them): its NBD URI, with a wildcard address (0.0.0.0, ::) replaced by loopback, which
+ * is connectable from this host whatever the interfaces are. null for a form it does not know.
+ */
+export function listenerTarget(listener: string, exportName: string): NbdTarget | null {
+  if (listener.startsWith('unix:')) return { socketPath: listener.slice(5), port: 0, exportName };
+  const m = /^tcp:(?:\[(.+)\]|([^:]+)):(\d+)$/.exec(listener);
+  if (!m) return null;
+  const host = m[1] ?? m[2]!;
+  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return { host: reachable, port: Number(m[3]), exportName };
+}
