@@ -86,9 +86,11 @@ function countByte(uri: string, off: number, len: number, byte: number): Promise
   return nbdshOn<number>(uri, `b = h.pread(${len}, ${off})\nprint(json.dumps(b.count(${byte})))`);
 }
 
-t_(`X.509, tls require: nbdinfo over nbds+unix:// and nbds://${skipSuffix(why)}`, async (t) => {
+t_(`X.509, tls require: the ready line names nbds URIs; nbdinfo over nbds+unix:// and nbds://${skipSuffix(why)}`, async (t) => {
   const d = await start(['--tls', 'require', '--tls-certificates', x509.server]);
   const port = await tcpPort(d);
+  // The ready line names URIs a client can use as they are: with TLS required, nbds.
+  t.true(await logged(d, new RegExp(`pcached ready: nbds\\+unix:///${d.name}\\?socket=\\S+ nbds://127\\.0\\.0\\.1:${port}/${d.name}`)), d.stderr());
   for (const uri of [tlsUnix(d, `tls-certificates=${x509.anonymous}`), tlsTcp(port, d.name, `tls-certificates=${x509.anonymous}`)]) {
     const r = await nbdinfo(uri);
     t.is(r.code, 0, describe(r));

@@ -184,10 +184,11 @@ export class Supervisor {
     this.#opts.notifier?.notify({ ...extra, STATUS: `serving ${n} cache${n === 1 ? '' : 's'}: ${this.uris().map((u) => u.uri).join(' ')}${restarting}` });
   }
 
-  /** Every URI a client can connect to, in listener order per cache. */
+  /** Every URI a client can connect to, in listener order per cache (nbds… where TLS is required). */
   uris(): ServedUri[] {
     return [...this.#handles].flatMap(([name, h]) => h.listeners.flatMap((l) => {
-      const target = listenerTarget(l, name);
+      const plain = listenerTarget(l, name);
+      const target = plain && h.cache.tls === 'require' ? { ...plain, tls: true } : plain;
       return target ? [{ cache: name, uri: formatNbdUri(target), target }] : [];
     }));
   }

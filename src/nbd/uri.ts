@@ -11,6 +11,8 @@ export interface NbdTarget {
   /** 0 for Unix sockets. */
   port: number;
   exportName: string;
+  /** The server requires TLS: nbds:// and nbds+unix:// (as libnbd spells them). */
+  tls?: boolean;
 }
 
 /** IANA port for NBD. */
@@ -69,7 +71,8 @@ export function parseNbdUri(uri: string): NbdTarget {
 /** The canonical URI of a target, for logs and status. */
 export function formatNbdUri(t: NbdTarget): string {
   const name = encodeURIComponent(t.exportName);
-  return t.socketPath !== undefined ? `nbd+unix:///${name}?socket=${t.socketPath}` : `nbd://${t.host?.includes(':') ? `[${t.host}]` : t.host}:${t.port}/${name}`;
+  const s = t.tls ? 's' : '';
+  return t.socketPath !== undefined ? `nbd${s}+unix:///${name}?socket=${t.socketPath}` : `nbd${s}://${t.host?.includes(':') ? `[${t.host}]` : t.host}:${t.port}/${name}`;
 }
 
 /**
