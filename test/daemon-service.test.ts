@@ -122,6 +122,13 @@ t_('socket activation by name: passed Unix and TCP descriptors replace the confi
   t.false(existsSync(s.sock), 'the configured socket is not created when one is passed');
   const ready = jsonLines(proc.output()).find((l) => String(l.msg).startsWith('pcached ready'))!;
   t.deepEqual(ready.uris, [`nbd+unix:///vol?socket=${activated}`, `nbd://127.0.0.1:${port}/vol`]);
+  // Like sd_listen_fds: the passed descriptors are close-on-exec, so no child inherits them all
+  // (Node marks its low descriptors so at start-up: uv_disable_stdio_inheritance).
+  const O_CLOEXEC = 0o2000000;
+  for (const fd of [3, 4]) {
+    const flags = parseInt(/^flags:\s+(\d+)/m.exec(readFileSync(`/proc/${proc.pid}/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+    t.true((flags & O_CLOEXEC) !== 0, `fd ${fd} is close-on-exec`);
+  }
   const before = (await statusJson(s.control)).caches[0]!;
   t.deepEqual(before.listeners, [`unix:${activated}`, `tcp:127.0.0.1:${port}`]);
   // A restarted coordinator gets the same descriptors again from the supervisor.
