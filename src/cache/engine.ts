@@ -19,9 +19,11 @@ import type { CacheKey } from './kset.js';
 import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
+import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
 import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE, FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
+import { liveData, segmentLive, staleData } from './liveness.js';
+import { modeRow } from './mode-table.js';
 import { KeyJournal } from './journal.js';
 import type { CacheShared } from './shared.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
@@ -468,7 +470,7 @@ export class StripeEngine {
 
   private sweepStale(): void {
     const gen = this.sh.gen;
-    this.index.removeIf((e) => (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && Atomics.load(gen, e.seg) !== e.gen);
+    this.index.removeIf((e) => staleData(gen, e));
   }
 
   /** Not a device error (index memory, a bug): EIO for this request only, logged. */
@@ -576,9 +578,8 @@ export class StripeEngine {
 
   /** writeback and writeonly complete writes in the cache; the other modes write the origin first. */
   private writesThrough(): boolean {
-    const m = this.sh.mode;
     // dm-writecache's cleaner: no new write promotions; writes go around the cache.
-    return (m !== MODE_WRITEBACK && m !== MODE_WRITEONLY) || this.sh.cleaner;
+    return modeRow(this.sh.mode).originFirst || this.sh.cleaner;
   }
 
   // ---- modes that write the origin first ----
@@ -679,7 +680,7 @@ export class StripeEngine {
   private writeOrigin(q: Queued): void {
     const finish = (errno: number): void => {
       let cached = false;
-      if (errno === 0 && q.kind === 'write' && this.sh.mode === MODE_WRITETHROUGH) {
+      if (errno === 0 && q.kind === 'write' && modeRow(this.sh.mode).cleanCopy) {
         try {
           cached = this.cacheClean(q.off, q.data!);
         } catch (err) {
@@ -722,7 +723,7 @@ export class StripeEngine {
     this.index.lookup(off, len, (_o, _l, e) => {
       if (e === null || dirty) return;
       if (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) dirty = true;
-      else if ((e.flags & ExtentFlag.DIRTY) && Atomics.load(gen, e.seg) === e.gen) dirty = true;
+      else if ((e.flags & ExtentFlag.DIRTY) && segmentLive(gen, e.seg, e.gen)) dirty = true;
     });
     return dirty;
   }
@@ -738,8 +739,7 @@ export class StripeEngine {
     const gen = this.sh.gen;
     this.index.lookup(off, len, (o, l, e) => {
       if (e === null) return;
-      const live = (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) !== 0 ||
-        ((e.flags & (ExtentFlag.CLEAN | ExtentFlag.DIRTY)) !== 0 && Atomics.load(gen, e.seg) === e.gen);
+      const live = (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) !== 0 || liveData(gen, e);
       drop.push([o, l, live]);
     });
     let logged = false;
@@ -888,7 +888,7 @@ export class StripeEngine {
   private hitsCommitted = 0;
   /** Fed by the index insert itself as it replaces older extents (no second walk of the index). */
   private readonly replacedCb = (len: number, flags: number, seg: number, segOff: number, gen: number): void => {
-    if ((flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || Atomics.load(this.sh.gen, seg) !== gen) return;
+    if ((flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || !segmentLive(this.sh.gen, seg, gen)) return;
     const from = this.uncommitted.get(seg);
     if (from !== undefined && segOff >= from) this.hitsUncommitted += len;
     else this.hitsCommitted += len;
@@ -1104,7 +1104,7 @@ export class StripeEngine {
     const gen = this.sh.gen;
     this.index.lookup(off, len, (_o, _l, e) => {
       if (e === null || (e.flags & ExtentFlag.EMPTY)) return;
-      if ((e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) && Atomics.load(gen, e.seg) !== e.gen) return;
+      if (staleData(gen, e)) return;
       ok = false;
     });
     return ok;
@@ -1152,8 +1152,7 @@ export class StripeEngine {
   /** `noFill`: the coordinator saw a long sequential run; serve it without promoting it. */
   read(off: number, buf: Uint8Array, noFill: boolean, done: Done): void {
     this.wroteInBatch = true; // any foreground I/O pauses writeback (see shared.ts writebackPauseMs)
-    const mode = this.sh.mode;
-    if (mode === MODE_PASSTHROUGH || mode === MODE_WRITEONLY) noFill = true;
+    if (!modeRow(this.sh.mode).promote) noFill = true;
     // A hit may be in a gathered run that is not in the file yet.
     if (this.runBufs.length > 0) this.flushData();
     // A failed device takes no new data, and what it holds that is not durable is poisoned.
@@ -1185,7 +1184,7 @@ export class StripeEngine {
         hitBytes += p.len;
         continue;
       }
-      if (Atomics.load(gen, p.seg) !== p.gen) {
+      if (!segmentLive(gen, p.seg, p.gen)) {
         this.index.remove(p.off, p.len);
         gaps.push({ o: p.off, l: p.len, fill: !noFill });
         continue;
@@ -1201,7 +1200,7 @@ export class StripeEngine {
         continue;
       }
       // GC may have freed and reused the segment while we read: then the bytes are not ours.
-      if (Atomics.load(gen, p.seg) !== p.gen) {
+      if (!segmentLive(gen, p.seg, p.gen)) {
         gaps.push({ o: p.off, l: p.len, fill: false });
         continue;
       }
@@ -1237,14 +1236,14 @@ export class StripeEngine {
     const h = this.hit;
     if (this.hitPieces !== 1 || (h.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || h.len !== buf.length) return false;
     const gen = this.sh.gen;
-    if (Atomics.load(gen, h.seg) !== h.gen) return false;
+    if (!segmentLive(gen, h.seg, h.gen)) return false;
     try {
       this.dev.pread(buf, dataOffset(h.seg, h.segOff, this.g.segmentSize));
     } catch {
       return false; // the general path reports it
     }
     // GC may have freed and reused the segment while we read.
-    return Atomics.load(gen, h.seg) === h.gen;
+    return segmentLive(gen, h.seg, h.gen);
   }
 
   /** Copies of the lookup pieces (flags -1 for a gap): the callback's extent object is reused. */
@@ -1396,7 +1395,7 @@ export class StripeEngine {
     const first = pieces[0];
     const gen = this.sh.gen;
     const isGap = (p: Extent): boolean => p.flags === -1 || (p.flags & ExtentFlag.EMPTY) !== 0 ||
-      ((p.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && Atomics.load(gen, p.seg) !== p.gen);
+      staleData(gen, p);
     if (!first || isGap(first)) {
       let gapLen = 0;
       for (const p of pieces) { if (!isGap(p)) break; gapLen += p.len; }
