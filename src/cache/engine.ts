@@ -22,6 +22,8 @@ import { forSegment, segmentGenCodec } from './meta-slots.js';
 import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
 import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE, FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
+import { DataHead } from './allocator.js';
+import type { Alloc } from './allocator.js';
 import { liveData, segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
 import { KeyJournal } from './journal.js';
@@ -70,8 +72,6 @@ export interface EngineOptions {
   /** Index slots a dead predecessor left half edited, emptied (ExtentIndex.attachRepairing): rebuilt from the log. */
   rebuild?: readonly number[];
 }
-
-interface Alloc { seg: number; segOff: number; len: number }
 
 interface Queued {
   kind: 'write' | 'trim' | 'zero';
@@ -125,8 +125,7 @@ export class StripeEngine {
   private readonly writerId: number;
   private readonly journal: KeyJournal;
 
-  private headSeg = -1;
-  private headOff = 0;
+  private readonly head: DataHead;
   private open: CacheKey[] = [];
   private openSince = 0;
   private ready: CacheKey[][] = [];
@@ -150,6 +149,7 @@ export class StripeEngine {
     this.writerId = this.sh.nextWriterId();
     this.freedSeen = this.sh.word(W_FREED);
     this.journal = o.journal ?? KeyJournal.create();
+    this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
     this.takeOver();
   }
 
@@ -176,10 +176,7 @@ export class StripeEngine {
       this.sh.addDirty(j.unpublishedDirty);
       j.unpublishedDirty = 0;
     }
-    if (j.headSeg >= 0) {
-      this.headSeg = j.headSeg;
-      this.headOff = j.headOff;
-    }
+    if (j.headSeg >= 0) this.head.resume(j.headSeg, j.headOff);
     for (const k of keys) this.queueKey(k);
     (this as { recoveredKeys: number }).recoveredKeys = keys.length;
     const slots = this.opts.rebuild ?? [];
@@ -200,7 +197,7 @@ export class StripeEngine {
     this.originFlushFailed = (origin & 2) !== 0;
     this.originUnflushed = (origin & 1) !== 0;
     this.index.removeIf((e) => (e.flags & ExtentFlag.EMPTY) !== 0);
-    this.log.warn({ keys: keys.length, headSegment: this.headSeg }, 'stripe restarted: took over the keys its predecessor had accepted');
+    this.log.warn({ keys: keys.length, headSegment: this.head.segment }, 'stripe restarted: took over the keys its predecessor had accepted');
   }
 
   /** Keys accepted but not yet in the log (open kset plus closed ones waiting for log space). */
@@ -211,44 +208,6 @@ export class StripeEngine {
   }
 
   get queuedWrites(): number { return this.queue.length; }
-
-  // ---- allocation ----
-
-  private allocData(maxLen: number): Alloc | null {
-    const area = this.g.dataAreaSize;
-    if (this.headSeg < 0 || this.headOff >= area) {
-      const s = this.sh.allocSegment(SEG_DATA);
-      if (s < 0) return null;
-      // allocSegment took the head's own reference.
-      if (this.headSeg >= 0) this.releaseRef(this.headSeg);
-      this.headSeg = -1;
-      this.journal.setHead(-1, 0);
-      try {
-        writeSegmentInfo(this.dev, this.sh, this.g, s, { type: 'data', next: 0xffffffff });
-      } catch (err) {
-        this.releaseRef(s);
-        this.deviceWriteFailed(err, 'segment info', FAIL_META_WRITE);
-        throw err;
-      }
-      this.headSeg = s;
-      this.headOff = 0;
-    }
-    const len = Math.min(maxLen, area - this.headOff);
-    const a = { seg: this.headSeg, segOff: this.headOff, len };
-    if (!this.uncommitted.has(a.seg)) this.uncommitted.set(a.seg, a.segOff);
-    this.headOff += alignUp(len, DATA_ALIGN);
-    this.journal.setHead(this.headSeg, this.headOff);
-    this.sh.ref(a.seg);
-    return a;
-  }
-
-  /**
-   * Drops one reference. A segment left without any is garbage the GC worker frees (a stripe never
-   * syncs synchronously: its own commit round may hold the sync gate while it waits here).
-   */
-  private releaseRef(seg: number): void {
-    if (this.sh.unref(seg) === 0) this.sh.kick(W_KICK_GC);
-  }
 
   // ---- keys and commit ----
 
@@ -315,7 +274,7 @@ export class StripeEngine {
     this.wantRound = false;
     this.roundRunning = true;
     // Everything allocated so far has its key in this round.
-    this.uncommitted.clear();
+    this.head.committed();
     this.pendingBlocks = 0;
     const batch = this.ready;
     this.ready = [];
@@ -522,7 +481,7 @@ export class StripeEngine {
         this.log.error({ errno }, 'origin flush failed after writes that went to the origin first: FLUSH fails until restart');
       }
       if (errno === 0) this.logCleanCopies(cleans);
-      else for (let i = 0; i < cleans.length; i += RUN_STRIDE) this.releaseRef(cleans[i + 2]!);
+      else for (let i = 0; i < cleans.length; i += RUN_STRIDE) this.head.release(cleans[i + 2]!);
       this.durableWaiters.push(both);
       this.kickCommit(true);
       both(errno);
@@ -548,7 +507,7 @@ export class StripeEngine {
       });
       if (pieces === 1 && whole === len && this.journalRoom(1)) {
         this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc: p[i + 7]! });
-      } else this.releaseRef(seg);
+      } else this.head.release(seg);
     }
   }
 
@@ -758,17 +717,8 @@ export class StripeEngine {
     if (this.sh.failed !== 0 || !this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS)) return false;
     // Copies wait in memory for the origin flush: bounded, beyond which writes are not cached.
     if (this.unloggedClean.length >= MAX_UNLOGGED_CLEAN * RUN_STRIDE) return false;
-    const allocs: Alloc[] = [];
-    for (let pos = 0; pos < data.length;) {
-      const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
-      const a = needsSegment && this.sh.freeSegments <= this.sh.logReserve + 1 ? null : this.allocData(data.length - pos);
-      if (a === null) {
-        for (const x of allocs) this.releaseRef(x.seg);
-        return false;
-      }
-      allocs.push(a);
-      pos += a.len;
-    }
+    const allocs = this.head.allocAll(data.length, true);
+    if (allocs === null) return false;
     let pos = 0;
     for (const a of allocs) {
       this.writeData(a, data.subarray(pos, pos + a.len), off + pos, PIECE_CLEAN, 0);
@@ -858,16 +808,8 @@ export class StripeEngine {
     }
     const data = q.data!;
     if (!this.journalRoom(Math.ceil(data.length / this.g.dataAreaSize) + 1)) return 'full';
-    const allocs: Alloc[] = [];
-    for (let pos = 0; pos < data.length;) {
-      const a = this.allocData(data.length - pos);
-      if (a === null) {
-        for (const x of allocs) this.releaseRef(x.seg);
-        return 'full';
-      }
-      allocs.push(a);
-      pos += a.len;
-    }
+    const allocs = this.head.allocAll(data.length, false);
+    if (allocs === null) return 'full';
     this.count('write_allocs', blocks(data.length));
     let pos = 0;
     for (const a of allocs) {
@@ -883,14 +825,12 @@ export class StripeEngine {
    * the copy they replace is in a key not yet captured by a commit round (`uncommitted`: data
    * allocated since the last round took its ksets) or already committed.
    */
-  private readonly uncommitted = new Map<number, number>();
   private hitsUncommitted = 0;
   private hitsCommitted = 0;
   /** Fed by the index insert itself as it replaces older extents (no second walk of the index). */
   private readonly replacedCb = (len: number, flags: number, seg: number, segOff: number, gen: number): void => {
     if ((flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || !segmentLive(this.sh.gen, seg, gen)) return;
-    const from = this.uncommitted.get(seg);
-    if (from !== undefined && segOff >= from) this.hitsUncommitted += len;
+    if (this.head.sinceCommit(seg, segOff)) this.hitsUncommitted += len;
     else this.hitsCommitted += len;
   };
 
@@ -1007,7 +947,7 @@ export class StripeEngine {
         // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
         // logging them would let replay put them after the newer write. The segment's generation
         // retires them when it is freed.
-        this.releaseRef(seg);
+        this.head.release(seg);
       }
       return;
     }
@@ -1024,7 +964,7 @@ export class StripeEngine {
 
   /** A piece's data never reached the file: give back its space; a fill's placeholder goes too. */
   private abortPiece(p: readonly number[], i: number): void {
-    this.releaseRef(p[i + 2]!);
+    this.head.release(p[i + 2]!);
     if (p[i + 5] === PIECE_FILL) this.dropPlaceholder(p[i + 6]!, p[i]!, p[i + 1]!);
   }
 
@@ -1372,9 +1312,7 @@ export class StripeEngine {
     // Fills never wait, and never take the last free segments from writes (nor journal room).
     const room = this.sh.failed === 0 && this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS);
     while (room && pos < data.length) {
-      const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
-      if (needsSegment && this.sh.freeSegments <= this.sh.logReserve + 1) break;
-      const a = this.allocData(data.length - pos);
+      const a = this.head.alloc(data.length - pos, true);
       if (a === null) break;
       // Takes effect (placeholder replaced, key logged) once the run is written: commitPiece.
       this.writeData(a, copy.subarray(pos, pos + a.len), off + pos, PIECE_FILL, token);
