@@ -23,6 +23,8 @@ import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, SEG_DATA, W_FOREGROUND,
 import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE, FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
 import { DataHead } from './allocator.js';
+import { BLOCK, DataRuns, PIECE_CLEAN, PIECE_DIRTY, PIECE_FILL, RUN_STRIDE, blockNo } from './data-runs.js';
+import type { Done } from './data-runs.js';
 import type { Alloc } from './allocator.js';
 import { liveData, segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
@@ -35,9 +37,8 @@ import type { Origin, Extent as StatusExtent } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
 import { BlockState } from '../nbd/constants.js';
 
-export type Done = (errno: number) => void;
-
-export const BLOCK = 4096;
+export type { Done };
+export { BLOCK };
 
 /** Counters the engine bumps; the stripe maps them onto its SAB counter block. */
 export interface EngineStats {
@@ -98,14 +99,6 @@ const MISS_TABLE_SLOTS = 16_384;
 function blocksOfKey(k: CacheKey): number {
   return k.flags === KEY_DIRTY || k.flags === KEY_CLEAN ? Math.ceil(k.length / BLOCK) : 1;
 }
-/** A gathered run of data writes goes out at this size (bounded by IOV_MAX buffers). */
-const RUN_MAX_BYTES = 1 << 20;
-const RUN_MAX_BUFS = 256;
-/** What a run piece becomes once written: a dirty write, a read-miss fill, a write-through clean copy. */
-const PIECE_DIRTY = 0;
-const PIECE_FILL = 1;
-const PIECE_CLEAN = 2;
-const RUN_STRIDE = 8;
 /** Write-through copies waiting for the origin's flush before their keys are logged. */
 const MAX_UNLOGGED_CLEAN = 8192;
 
@@ -126,6 +119,7 @@ export class StripeEngine {
   private readonly journal: KeyJournal;
 
   private readonly head: DataHead;
+  private readonly runs: DataRuns;
   private open: CacheKey[] = [];
   private openSince = 0;
   private ready: CacheKey[][] = [];
@@ -149,6 +143,12 @@ export class StripeEngine {
     this.writerId = this.sh.nextWriterId();
     this.freedSeen = this.sh.word(W_FREED);
     this.journal = o.journal ?? KeyJournal.create();
+    this.runs = new DataRuns(this.dev, this.sh, this.g, o.blockCrc, {
+      commit: (p, i) => this.commitPiece(p, i),
+      abort: (p, i) => this.abortPiece(p, i),
+      afterRun: () => this.countWriteHits(),
+      writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
+    });
     this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
     this.takeOver();
   }
@@ -353,7 +353,7 @@ export class StripeEngine {
     if (this.sh.failed === 0) return false;
     if (this.failureSeen) return true;
     this.failureSeen = true;
-    this.flushRun(); // pieces not yet written are aborted
+    this.runs.flush(); // pieces not yet written are aborted
     const suspect: CacheKey[][] = [this.open, ...this.ready];
     if (this.round && !this.round.dataDurable) suspect.push(...this.round.batch);
     let poisoned = 0;
@@ -605,7 +605,7 @@ export class StripeEngine {
 
   private startThrough(q: Queued): void {
     // Writes still in the gathered run take effect first: the index must show them.
-    this.flushRun();
+    this.runs.flush();
     if (this.hasDirty(q.off, q.len)) {
       this.submit({ ...q, through: false });
       return;
@@ -666,7 +666,7 @@ export class StripeEngine {
     // A cached copy sits in a gathered run: acknowledged once it is in the file (flushData). The
     // origin has the write either way, so a failed copy (its extent never entered the index) does
     // not fail it.
-    if (cached && errno === 0 && this.runBufs.length > 0) this.throughAcks.push(q.done);
+    if (cached && errno === 0 && this.runs.pending) this.runs.ackThroughAfterWrite(q.done);
     else q.done(errno);
     this.unpark();
     this.flushData();
@@ -721,7 +721,7 @@ export class StripeEngine {
     if (allocs === null) return false;
     let pos = 0;
     for (const a of allocs) {
-      this.writeData(a, data.subarray(pos, pos + a.len), off + pos, PIECE_CLEAN, 0);
+      this.runs.add(a, data.subarray(pos, pos + a.len), off + pos, PIECE_CLEAN, 0);
       pos += a.len;
     }
     this.count('write_blocks', blocks(data.length));
@@ -783,8 +783,7 @@ export class StripeEngine {
 
   private finishWrite(q: Queued): void {
     if (!q.fua) {
-      if (this.runBufs.length > 0) this.dataAcks.push(q.done);
-      else q.done(0);
+      this.runs.ackAfterWrite(q.done);
       return;
     }
     this.durableWaiters.push(q.done);
@@ -795,7 +794,7 @@ export class StripeEngine {
     if (q.kind !== 'write') {
       const flags = q.kind === 'trim' ? KEY_TRIM : KEY_ZERO;
       // Writes still in the gathered run come first in the index and the log.
-      this.flushRun();
+      this.runs.flush();
       if (this.noticeFailure()) throw new Error('the cache device failed');
       // A key without data still needs log space; keep a segment's worth of headroom.
       if (this.sh.freeSegments === 0 && this.ready.length > 0) return 'full';
@@ -813,7 +812,7 @@ export class StripeEngine {
     this.count('write_allocs', blocks(data.length));
     let pos = 0;
     for (const a of allocs) {
-      this.writeData(a, data.subarray(pos, pos + a.len), q.off + pos, PIECE_DIRTY, 0);
+      this.runs.add(a, data.subarray(pos, pos + a.len), q.off + pos, PIECE_DIRTY, 0);
       pos += a.len;
     }
     this.count('write_blocks', blocks(data.length));
@@ -850,83 +849,6 @@ export class StripeEngine {
       this.sweepStale();
       this.index.insert(e, replaced);
     }
-  }
-
-  /**
-   * Data goes out padded to whole 4 KiB blocks, so every cache block has a well-defined CRC.
-   * Allocation is log-structured, so the writes of one batch are mostly contiguous in the cache:
-   * they are gathered into one pwritev per run (a 4 KiB pwrite costs ~5x a page of a batched
-   * one here). A piece takes effect (index entry, key) only once its run is in the file
-   * (commitPiece), and the writes are acknowledged after that (flushData); a run that fails to
-   * write changes nothing in the index, so the extents it would have replaced are still served.
-   */
-  private writeData(a: Alloc, piece: Uint8Array, originOff: number, kind: number, token: number): void {
-    const at = dataOffset(a.seg, a.segOff, this.g.segmentSize);
-    if (this.runBufs.length > 0 && (at !== this.runEnd || this.runBufs.length >= RUN_MAX_BUFS || this.runEnd - this.runAt >= RUN_MAX_BYTES)) this.flushRun();
-    if (this.runBufs.length === 0) this.runAt = this.runEnd = at;
-    const gen = this.sh.genOf(a.seg);
-    const crc = this.g.dataCrc ? crc32cOf(piece) : 0;
-    this.runPieces.push(originOff, piece.length, a.seg, a.segOff, gen, kind, token, crc);
-    const whole = piece.length - (piece.length % BLOCK);
-    if (whole > 0) this.runBufs.push(piece.subarray(0, whole));
-    let tail: Uint8Array | null = null;
-    if (whole < piece.length) {
-      tail = Buffer.alloc(BLOCK);
-      tail.set(piece.subarray(whole));
-      this.runBufs.push(tail);
-    }
-    this.runEnd += alignUp(piece.length, BLOCK);
-    const blockCrc = this.opts.blockCrc;
-    if (blockCrc) {
-      const first = this.blockNo(a.seg, a.segOff);
-      for (let b = 0; b * BLOCK < piece.length; b++) {
-        const chunk = b * BLOCK + BLOCK <= piece.length ? piece.subarray(b * BLOCK, b * BLOCK + BLOCK) : tail!;
-        Atomics.store(blockCrc, first + b, crc32cOf(chunk) | 0);
-      }
-    }
-  }
-
-  private runBufs: Uint8Array[] = [];
-  private runAt = 0;
-  private runEnd = 0;
-  /** Writes whose data sits in runs not yet written: acknowledged by flushData. */
-  private dataAcks: Done[] = [];
-  /** Write-through writes whose clean copy sits in the run: the origin has them, so they succeed either way. */
-  private throughAcks: Done[] = [];
-
-  /** The pieces of the gathered run, flat (RUN_STRIDE numbers each): origin offset, length, segment, segment offset, generation, kind, placeholder token, data CRC. */
-  private runPieces: number[] = [];
-  /** A run failed since the last acknowledgement: the writes waiting on runs get EIO. */
-  private runFailed = false;
-
-  /** Writes the gathered run, then gives its pieces effect in order (or undoes their allocations). */
-  private flushRun(): void {
-    const bufs = this.runBufs;
-    if (bufs.length === 0) return;
-    this.runBufs = [];
-    const pieces = this.runPieces;
-    this.runPieces = [];
-    let written = false;
-    if (this.sh.failed === 0) {
-      try {
-        if (bufs.length === 1) this.dev.pwrite(bufs[0]!, this.runAt);
-        else if (this.dev.pwritev) this.dev.pwritev(bufs, this.runAt);
-        else {
-          let at = this.runAt;
-          for (const b of bufs) { this.dev.pwrite(b, at); at += b.length; }
-        }
-        written = true;
-      } catch (err) {
-        this.deviceWriteFailed(err, 'data write', FAIL_DATA_WRITE);
-      }
-    }
-    if (!written) {
-      this.runFailed = true;
-      for (let i = 0; i < pieces.length; i += RUN_STRIDE) this.abortPiece(pieces, i);
-      return;
-    }
-    for (let i = 0; i < pieces.length; i += RUN_STRIDE) this.commitPiece(pieces, i);
-    this.countWriteHits();
   }
 
   /** A piece's data is in the file: its index entry and its key, in one step. */
@@ -970,25 +892,7 @@ export class StripeEngine {
 
   /** Writes out every gathered run and acknowledges the writes waiting on them. */
   flushData(): void {
-    this.flushRun();
-    if (this.throughAcks.length > 0) {
-      const acks = this.throughAcks;
-      this.throughAcks = [];
-      for (const d of acks) d(0);
-    }
-    if (this.dataAcks.length === 0) {
-      this.runFailed = false;
-      return;
-    }
-    const errno = this.runFailed ? NbdErr.EIO : 0;
-    this.runFailed = false;
-    const acks = this.dataAcks;
-    this.dataAcks = [];
-    for (const d of acks) d(errno);
-  }
-
-  private blockNo(seg: number, segOff: number): number {
-    return seg * (this.g.dataAreaSize / BLOCK) + segOff / BLOCK;
+    this.runs.flushAndAck();
   }
 
   private runQueue(): void {
@@ -1094,7 +998,7 @@ export class StripeEngine {
     this.wroteInBatch = true; // any foreground I/O pauses writeback (see shared.ts writebackPauseMs)
     if (!modeRow(this.sh.mode).promote) noFill = true;
     // A hit may be in a gathered run that is not in the file yet.
-    if (this.runBufs.length > 0) this.flushData();
+    if (this.runs.pending) this.flushData();
     // A failed device takes no new data, and what it holds that is not durable is poisoned.
     if (this.noticeFailure()) noFill = true;
     const len = buf.length;
@@ -1210,7 +1114,7 @@ export class StripeEngine {
       const segOff = p.segOff + done;
       const blockStart = segOff - (segOff % BLOCK);
       this.dev.pread(blk, dataOffset(p.seg, blockStart, this.g.segmentSize));
-      if ((crc32cOf(blk) | 0) !== Atomics.load(crc, this.blockNo(p.seg, blockStart))) {
+      if ((crc32cOf(blk) | 0) !== Atomics.load(crc, blockNo(this.g, p.seg, blockStart))) {
         this.count('crc_errors', 1);
         this.sh.setError(ERR_CACHE_IO);
         this.log.error({ segment: p.seg, offset: blockStart, origin: p.off + done }, 'data CRC mismatch on a cache read: returning EIO');
@@ -1254,7 +1158,7 @@ export class StripeEngine {
 
   /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
   get busy(): boolean {
-    return this.committing || this.queue.length > 0 || this.parked.length > 0 || this.missesInFlight > 0 || this.runBufs.length > 0;
+    return this.committing || this.queue.length > 0 || this.parked.length > 0 || this.missesInFlight > 0 || this.runs.pending;
   }
 
   private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
@@ -1315,7 +1219,7 @@ export class StripeEngine {
       const a = this.head.alloc(data.length - pos, true);
       if (a === null) break;
       // Takes effect (placeholder replaced, key logged) once the run is written: commitPiece.
-      this.writeData(a, copy.subarray(pos, pos + a.len), off + pos, PIECE_FILL, token);
+      this.runs.add(a, copy.subarray(pos, pos + a.len), off + pos, PIECE_FILL, token);
       pos += a.len;
     }
     if (pos < data.length) {
@@ -1328,7 +1232,7 @@ export class StripeEngine {
 
   /** A prefix of the range (the protocol allows short replies): cached pieces first, else the origin's answer for the first gap. */
   blockStatus(off: number, len: number, maxExtents: number, cb: (errno: number, extents: StatusExtent[]) => void): void {
-    this.flushRun();
+    this.runs.flush();
     const pieces = this.collect(off, len);
     const first = pieces[0];
     const gen = this.sh.gen;
