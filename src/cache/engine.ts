@@ -13,29 +13,27 @@
 //    and nothing is claimed durable: writes, FLUSH and FUA get EIO, durable data is still served.
 
 import type { BlockDevice } from './blockdev.js';
-import { DATA_ALIGN, KSET_MAX_KEYS, SEGMENT_GEN_SLOTS, alignUp, crc32cOf, dataOffset } from './layout.js';
+import { KSET_MAX_KEYS } from './layout.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
-import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
+import { appendKsets } from './log.js';
 import type { Geometry } from './log.js';
-import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
-import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE, FAIL_REPLAY } from './durability.js';
+import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
+import type { CacheShared } from './shared.js';
+import { FAIL_LOG_WRITE, FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
+import { KeyJournal } from './journal.js';
 import { DataHead } from './allocator.js';
-import { BLOCK, DataRuns, PIECE_CLEAN, PIECE_DIRTY, PIECE_FILL, RUN_STRIDE, blockNo } from './data-runs.js';
+import { BLOCK, DataRuns, PIECE_CLEAN, PIECE_DIRTY, PIECE_FILL, RUN_STRIDE } from './data-runs.js';
 import type { Done } from './data-runs.js';
-import type { Alloc } from './allocator.js';
 import { liveData, segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
-import { KeyJournal } from './journal.js';
-import type { CacheShared } from './shared.js';
+import { StripeReads } from './reads.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
 import type { Replaced } from './index/cursor.js';
 import type { Origin, Extent as StatusExtent } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
-import { BlockState } from '../nbd/constants.js';
 
 export type { Done };
 export { BLOCK };
@@ -93,9 +91,6 @@ interface Queued {
  * a 4 KiB random-write load paid an fdatasync every 0.15 s and ran 10% slower. The autocommit time
  * bounds what a crash can take back; this also bounds the memory the ksets hold.
  */
-/** Slots of the per-stripe table of recent read misses (admission `nhit:N`). */
-const MISS_TABLE_SLOTS = 16_384;
-
 function blocksOfKey(k: CacheKey): number {
   return k.flags === KEY_DIRTY || k.flags === KEY_CLEAN ? Math.ceil(k.length / BLOCK) : 1;
 }
@@ -120,6 +115,7 @@ export class StripeEngine {
 
   private readonly head: DataHead;
   private readonly runs: DataRuns;
+  private readonly reads: StripeReads;
   private open: CacheKey[] = [];
   private openSince = 0;
   private ready: CacheKey[][] = [];
@@ -127,8 +123,6 @@ export class StripeEngine {
   private queue: Queued[] = [];
   private bypassing = false;
   private freedSeen: number;
-  private readonly blockBuf = Buffer.alloc(BLOCK);
-  private readonly scratch: Extent[] = [];
 
   constructor(o: EngineOptions) {
     this.opts = o;
@@ -150,6 +144,14 @@ export class StripeEngine {
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
     });
     this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
+    this.reads = new StripeReads({ dev: this.dev, sh: this.sh, index: this.index, g: this.g, origin: this.origin, blockCrc: o.blockCrc, journal: this.journal, head: this.head, runs: this.runs, log: this.log }, {
+      noticeFailure: () => this.noticeFailure(),
+      flushData: () => this.flushData(),
+      count: (name, n) => this.count(name, n),
+      requestError: (err, what) => this.requestError(err, what),
+      cacheReadError: (err, what) => this.cacheReadError(err, what),
+      writingThrough: (off, len) => this.throughInflight.length > 0 && this.overlapsInflight(off, len),
+    });
     this.takeOver();
   }
 
@@ -887,7 +889,7 @@ export class StripeEngine {
   /** A piece's data never reached the file: give back its space; a fill's placeholder goes too. */
   private abortPiece(p: readonly number[], i: number): void {
     this.head.release(p[i + 2]!);
-    if (p[i + 5] === PIECE_FILL) this.dropPlaceholder(p[i + 6]!, p[i]!, p[i + 1]!);
+    if (p[i + 5] === PIECE_FILL) this.reads.dropPlaceholder(p[i + 6]!, p[i]!, p[i + 1]!);
   }
 
   /** Writes out every gathered run and acknowledges the writes waiting on them. */
@@ -991,269 +993,22 @@ export class StripeEngine {
     else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: true }, finish);
   }
 
-  // ---- READ ----
+  // ---- READ and BLOCK_STATUS (src/cache/reads.ts) ----
 
   /** `noFill`: the coordinator saw a long sequential run; serve it without promoting it. */
   read(off: number, buf: Uint8Array, noFill: boolean, done: Done): void {
     this.wroteInBatch = true; // any foreground I/O pauses writeback (see shared.ts writebackPauseMs)
-    if (!modeRow(this.sh.mode).promote) noFill = true;
-    // A hit may be in a gathered run that is not in the file yet.
-    if (this.runs.pending) this.flushData();
-    // A failed device takes no new data, and what it holds that is not durable is poisoned.
-    if (this.noticeFailure()) noFill = true;
-    const len = buf.length;
-    if (this.opts.blockCrc === null && this.readWholeHit(off, buf)) {
-      this.count('read_blocks', blocks(len));
-      this.count('read_hits', blocks(len));
-      done(0);
-      return;
-    }
-    const pieces = this.collect(off, len);
-    const gen = this.sh.gen;
-    const gaps: { o: number; l: number; fill: boolean }[] = [];
-    let errno = 0;
-    let hitBytes = 0;
-    for (const p of pieces) {
-      const into = buf.subarray(p.off - off, p.off - off + p.len);
-      if (p.flags === -1 || (p.flags & ExtentFlag.EMPTY)) {
-        gaps.push({ o: p.off, l: p.len, fill: p.flags === -1 && !noFill });
-        continue;
-      }
-      if (p.flags & ExtentFlag.POISON) {
-        errno = NbdErr.EIO;
-        continue;
-      }
-      if (p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) {
-        into.fill(0);
-        hitBytes += p.len;
-        continue;
-      }
-      if (!segmentLive(gen, p.seg, p.gen)) {
-        this.index.remove(p.off, p.len);
-        gaps.push({ o: p.off, l: p.len, fill: !noFill });
-        continue;
-      }
-      try {
-        if (!this.readCached(p, into)) {
-          errno = NbdErr.EIO;
-          continue;
-        }
-      } catch (err) {
-        this.cacheReadError(err, 'read');
-        errno = NbdErr.EIO;
-        continue;
-      }
-      // GC may have freed and reused the segment while we read: then the bytes are not ours.
-      if (!segmentLive(gen, p.seg, p.gen)) {
-        gaps.push({ o: p.off, l: p.len, fill: false });
-        continue;
-      }
-      hitBytes += p.len;
-    }
-    this.count('read_blocks', blocks(len));
-    this.count('read_hits', hitBytes === len ? blocks(len) : Math.floor(hitBytes / BLOCK));
-    if (gaps.length === 0 || errno !== 0) { done(errno); return; }
-    let remaining = gaps.length;
-    let firstErr = 0;
-    const pieceDone = (e: number): void => {
-      if (e !== 0 && firstErr === 0) firstErr = e;
-      if (--remaining === 0) done(firstErr);
-    };
-    for (const gap of gaps) this.readMiss(gap.o, buf.subarray(gap.o - off, gap.o - off + gap.l), gap.fill, pieceDone);
+    this.reads.read(off, buf, noFill, done);
   }
-
-  // The common read, one cached extent covering the whole request, without allocating: a
-  // reusable callback records the first piece, and the data goes straight into the buffer.
-  private hitPieces = 0;
-  private readonly hit: Extent = { off: 0, len: 0, seg: 0, segOff: 0, gen: 0, flags: 0 };
-  private readonly hitCb = (o: number, l: number, e: Extent | null): void => {
-    if (this.hitPieces++ > 0 || e === null) return;
-    const h = this.hit;
-    h.off = o; h.len = l; h.seg = e.seg; h.segOff = e.segOff; h.gen = e.gen; h.flags = e.flags;
-  };
-
-  /** True when the request was served whole from one live data extent. */
-  private readWholeHit(off: number, buf: Uint8Array): boolean {
-    this.hitPieces = 0;
-    this.hit.flags = 0;
-    this.index.lookup(off, buf.length, this.hitCb);
-    const h = this.hit;
-    if (this.hitPieces !== 1 || (h.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || h.len !== buf.length) return false;
-    const gen = this.sh.gen;
-    if (!segmentLive(gen, h.seg, h.gen)) return false;
-    try {
-      this.dev.pread(buf, dataOffset(h.seg, h.segOff, this.g.segmentSize));
-    } catch {
-      return false; // the general path reports it
-    }
-    // GC may have freed and reused the segment while we read.
-    return segmentLive(gen, h.seg, h.gen);
-  }
-
-  /** Copies of the lookup pieces (flags -1 for a gap): the callback's extent object is reused. */
-  private collect(off: number, len: number): Extent[] {
-    const out = this.scratch;
-    out.length = 0;
-    this.index.lookup(off, len, (o, l, e) => {
-      out.push(e === null ? { off: o, len: l, seg: 0, segOff: 0, gen: 0, flags: -1 } : { off: o, len: l, seg: e.seg, segOff: e.segOff, gen: e.gen, flags: e.flags });
-    });
-    return out.slice();
-  }
-
-  /** Reads a hit; with dataCrc, verifies every 4 KiB block it touches. False on a CRC mismatch. */
-  private readCached(p: Extent, into: Uint8Array): boolean {
-    const at = dataOffset(p.seg, p.segOff, this.g.segmentSize);
-    const crc = this.opts.blockCrc;
-    if (!crc) {
-      this.dev.pread(into, at);
-      return true;
-    }
-    const blk = this.blockBuf;
-    let done = 0;
-    while (done < p.len) {
-      const segOff = p.segOff + done;
-      const blockStart = segOff - (segOff % BLOCK);
-      this.dev.pread(blk, dataOffset(p.seg, blockStart, this.g.segmentSize));
-      if ((crc32cOf(blk) | 0) !== Atomics.load(crc, blockNo(this.g, p.seg, blockStart))) {
-        this.count('crc_errors', 1);
-        this.sh.setError(ERR_CACHE_IO);
-        this.log.error({ segment: p.seg, offset: blockStart, origin: p.off + done }, 'data CRC mismatch on a cache read: returning EIO');
-        return false;
-      }
-      const from = segOff - blockStart;
-      const n = Math.min(BLOCK - from, p.len - done);
-      into.set(blk.subarray(from, from + n), done);
-      done += n;
-    }
-    return true;
-  }
-
-  // Admission (`promotion nhit:N`): a fixed table of recent misses per stripe, keyed by the
-  // request's first 4 KiB block. A block is promoted on its N-th miss while its entry lives; an
-  // entry dies when another block takes its slot or when the table's era moves on (every
-  // MISS_TABLE_SLOTS misses), so "within a window" means within the last 16-32k misses.
-  private readonly missTag = new Float64Array(MISS_TABLE_SLOTS).fill(-1);
-  private readonly missCount = new Uint8Array(MISS_TABLE_SLOTS);
-  private readonly missEra = new Uint32Array(MISS_TABLE_SLOTS);
-  private era = 1;
-  private missesInEra = 0;
-
-  /** Counts a miss of the block at `off`; true when it has now missed `need` times. */
-  private admit(off: number, need: number): boolean {
-    const block = Math.floor(off / BLOCK);
-    const slot = ((block * 2654435761) >>> 0) % MISS_TABLE_SLOTS;
-    if (++this.missesInEra >= MISS_TABLE_SLOTS) { this.era++; this.missesInEra = 0; }
-    const live = this.missTag[slot] === block && this.era - this.missEra[slot]! <= 1;
-    const count = live ? Math.min(255, this.missCount[slot]! + 1) : 1;
-    this.missTag[slot] = block;
-    this.missCount[slot] = count;
-    this.missEra[slot] = this.era;
-    if (count < need) return false;
-    this.missTag[slot] = -1; // promoted: its next miss (after eviction) starts over
-    return true;
-  }
-
-  /** Origin reads of misses in flight (their fills still touch the cache when they return). */
-  private missesInFlight = 0;
-
-  /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
-  get busy(): boolean {
-    return this.committing || this.queue.length > 0 || this.parked.length > 0 || this.missesInFlight > 0 || this.runs.pending;
-  }
-
-  private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
-    if (fill && this.throughInflight.length > 0 && this.overlapsInflight(off, into.length)) fill = false;
-    if (fill) {
-      const need = this.sh.promoteHits;
-      if (need > 1 && !this.admit(off, need)) {
-        fill = false;
-        this.count('fills_deferred', 1);
-      }
-    }
-    this.count('origin_reads', 1);
-    this.count('origin_read_bytes', into.length);
-    if (!fill) {
-      this.origin.read(off, into, done);
-      return;
-    }
-    let token: number;
-    try {
-      token = this.index.insertPlaceholder(off, into.length);
-    } catch (err) {
-      if (!(err instanceof IndexFullError)) throw err;
-      this.origin.read(off, into, done);
-      return;
-    }
-    this.missesInFlight++;
-    this.origin.read(off, into, (errno) => {
-      this.missesInFlight--;
-      if (errno === 0) {
-        try {
-          this.fill(token, off, into);
-        } catch (err) {
-          this.requestError(err, 'fill');
-          this.dropPlaceholder(token, off, into.length);
-        }
-      } else this.dropPlaceholder(token, off, into.length);
-      done(errno);
-    });
-  }
-
-  private dropPlaceholder(token: number, off: number, len: number): void {
-    const mine: [number, number][] = [];
-    this.index.lookup(off, len, (o, l, e) => {
-      if (e !== null && (e.flags & ExtentFlag.EMPTY) && e.seg === token) mine.push([o, l]);
-    });
-    for (const [o, l] of mine) this.index.remove(o, l);
-  }
-
-  /** Promotes a miss into the cache as clean data, where its placeholder survived. */
-  private fill(token: number, off: number, data: Uint8Array): void {
-    // The read buffer goes back to its owner with the reply, before the gathered run is written.
-    const copy = Buffer.allocUnsafe(data.length);
-    copy.set(data);
-    let pos = 0;
-    // Fills never wait, and never take the last free segments from writes (nor journal room).
-    const room = this.sh.failed === 0 && this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS);
-    while (room && pos < data.length) {
-      const a = this.head.alloc(data.length - pos, true);
-      if (a === null) break;
-      // Takes effect (placeholder replaced, key logged) once the run is written: commitPiece.
-      this.runs.add(a, copy.subarray(pos, pos + a.len), off + pos, PIECE_FILL, token);
-      pos += a.len;
-    }
-    if (pos < data.length) {
-      this.count('fills_skipped', 1);
-      this.dropPlaceholder(token, off + pos, data.length - pos);
-    }
-  }
-
-  // ---- BLOCK_STATUS ----
 
   /** A prefix of the range (the protocol allows short replies): cached pieces first, else the origin's answer for the first gap. */
   blockStatus(off: number, len: number, maxExtents: number, cb: (errno: number, extents: StatusExtent[]) => void): void {
-    this.runs.flush();
-    const pieces = this.collect(off, len);
-    const first = pieces[0];
-    const gen = this.sh.gen;
-    const isGap = (p: Extent): boolean => p.flags === -1 || (p.flags & ExtentFlag.EMPTY) !== 0 ||
-      staleData(gen, p);
-    if (!first || isGap(first)) {
-      let gapLen = 0;
-      for (const p of pieces) { if (!isGap(p)) break; gapLen += p.len; }
-      this.origin.blockStatus(off, gapLen || len, maxExtents, cb);
-      return;
-    }
-    const out: StatusExtent[] = [];
-    for (const p of pieces) {
-      if (isGap(p) || out.length >= maxExtents) break;
-      // Writeback zeroes with holes allowed (the key does not keep NO_HOLE), so both read as holes.
-      const flags = p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO) ? BlockState.HOLE | BlockState.ZERO : 0;
-      const last = out[out.length - 1];
-      if (last && last.flags === flags) last.length += p.len;
-      else out.push({ length: p.len, flags });
-    }
-    cb(0, out);
+    this.reads.blockStatus(off, len, maxExtents, cb);
+  }
+
+  /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
+  get busy(): boolean {
+    return this.committing || this.queue.length > 0 || this.parked.length > 0 || this.reads.missesInFlight > 0 || this.runs.pending;
   }
 
   /**
