@@ -16,11 +16,10 @@ import type { BlockDevice } from './blockdev.js';
 import { KSET_MAX_KEYS } from './layout.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
-import { appendKsets } from './log.js';
 import type { Geometry } from './log.js';
 import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
 import type { CacheShared } from './shared.js';
-import { FAIL_LOG_WRITE, FAIL_REPLAY } from './durability.js';
+import { FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
 import { KeyJournal } from './journal.js';
 import { DataHead } from './allocator.js';
@@ -29,6 +28,7 @@ import type { Done } from './data-runs.js';
 import { liveData, segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
 import { StripeReads } from './reads.js';
+import { CommitRounds } from './commit-rounds.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
 import type { Replaced } from './index/cursor.js';
@@ -84,16 +84,6 @@ interface Queued {
   through: boolean;
 }
 
-/**
- * Uncommitted 4 KiB blocks that start a commit round before the autocommit time (the shared
- * `autocommit.blocks` word, dm-writecache's autocommit_blocks: 65,536 by default, its SSD value):
- * a round costs an fdatasync, so a full kset alone does not start one. At 64 ksets (8192 blocks)
- * a 4 KiB random-write load paid an fdatasync every 0.15 s and ran 10% slower. The autocommit time
- * bounds what a crash can take back; this also bounds the memory the ksets hold.
- */
-function blocksOfKey(k: CacheKey): number {
-  return k.flags === KEY_DIRTY || k.flags === KEY_CLEAN ? Math.ceil(k.length / BLOCK) : 1;
-}
 /** Write-through copies waiting for the origin's flush before their keys are logged. */
 const MAX_UNLOGGED_CLEAN = 8192;
 
@@ -116,10 +106,7 @@ export class StripeEngine {
   private readonly head: DataHead;
   private readonly runs: DataRuns;
   private readonly reads: StripeReads;
-  private open: CacheKey[] = [];
-  private openSince = 0;
-  private ready: CacheKey[][] = [];
-  private lastLsn = 0;
+  private readonly rounds: CommitRounds;
   private queue: Queued[] = [];
   private bypassing = false;
   private freedSeen: number;
@@ -144,6 +131,12 @@ export class StripeEngine {
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
     });
     this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
+    this.rounds = new CommitRounds(this.dev, this.sh, this.g, this.journal, this.head, this.writerId, this.now, {
+      beforeRound: () => { this.flushData(); return this.noticeFailure(); },
+      failed: () => { this.noticeFailure(); },
+      count: (name, n) => this.count(name, n),
+      writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
+    });
     this.reads = new StripeReads({ dev: this.dev, sh: this.sh, index: this.index, g: this.g, origin: this.origin, blockCrc: o.blockCrc, journal: this.journal, head: this.head, runs: this.runs, log: this.log }, {
       noticeFailure: () => this.noticeFailure(),
       flushData: () => this.flushData(),
@@ -179,7 +172,7 @@ export class StripeEngine {
       j.unpublishedDirty = 0;
     }
     if (j.headSeg >= 0) this.head.resume(j.headSeg, j.headOff);
-    for (const k of keys) this.queueKey(k);
+    for (const k of keys) this.rounds.queue(k);
     (this as { recoveredKeys: number }).recoveredKeys = keys.length;
     const slots = this.opts.rebuild ?? [];
     if (slots.length > 0) {
@@ -204,139 +197,21 @@ export class StripeEngine {
 
   /** Keys accepted but not yet in the log (open kset plus closed ones waiting for log space). */
   get pendingKeys(): number {
-    let n = this.open.length;
-    for (const k of this.ready) n += k.length;
-    return n;
+    return this.rounds.pendingKeys;
   }
 
   get queuedWrites(): number { return this.queue.length; }
 
-  // ---- keys and commit ----
-
-  /** Blocks in the open and closed ksets not yet taken by a round. */
-  private pendingBlocks = 0;
-
-  private get autocommitDue(): boolean {
-    return this.pendingBlocks >= this.sh.autocommitBlocks || this.journal.pending * 2 >= this.journal.capacity;
-  }
+  // ---- keys and commit rounds (src/cache/commit-rounds.ts) ----
 
   /** A new key: into the open kset, and into the shared journal so it survives this thread. */
   private pushKey(k: CacheKey): void {
-    this.journal.push(k);
-    this.queueKey(k);
+    this.rounds.push(k);
   }
 
-  private queueKey(k: CacheKey): void {
-    if (this.open.length === 0 && this.ready.length === 0) this.openSince = this.now();
-    this.pendingBlocks += blocksOfKey(k);
-    this.open.push(k);
-    if (this.open.length >= KSET_MAX_KEYS) {
-      this.ready.push(this.open);
-      this.open = [];
-    }
-  }
-
-  /** Room in the journal for `n` more keys (it bounds what a stripe holds uncommitted). */
+  /** Room in the journal for `n` more keys; without it the next round is asked for. */
   private journalRoom(n: number): boolean {
-    if (this.journal.room(n + KSET_MAX_KEYS)) return true;
-    this.wantRound = true;
-    return false;
-  }
-
-  /**
-   * Commit machinery. A round: take every closed kset, sync the cache (their data must be durable
-   * before any kset points at it), append them to the log, and, when a FLUSH or FUA waits, sync
-   * again so the ksets are durable before the replies. The syncs run off-thread (fdatasync in the
-   * libuv pool), so the stripe keeps serving I/O meanwhile; writes that arrive during a round go
-   * to the next one, and so do FLUSHes (they may cover those writes). One round at a time.
-   */
-  private roundRunning = false;
-  /** FLUSH/FUA replies waiting for the next round to complete. */
-  private durableWaiters: Done[] = [];
-  private wantRound = false;
-
-  /** The round in flight: its ksets, and whether the sync that covers their data succeeded. */
-  private round: { batch: CacheKey[][]; dataDurable: boolean } | null = null;
-
-  /** Starts a round if one is due and none runs. */
-  private kickCommit(durable: boolean): void {
-    if (durable) this.wantRound = true;
-    if (this.roundRunning) return;
-    // The round's first sync must cover the data its keys point at.
-    this.flushData();
-    if (this.noticeFailure()) return;
-    if (this.open.length > 0) {
-      this.ready.push(this.open);
-      this.open = [];
-    }
-    const waiters = this.durableWaiters;
-    const needDurable = waiters.length > 0;
-    if (this.ready.length === 0 && !needDurable) { this.wantRound = false; return; }
-    this.durableWaiters = [];
-    this.wantRound = false;
-    this.roundRunning = true;
-    // Everything allocated so far has its key in this round.
-    this.head.committed();
-    this.pendingBlocks = 0;
-    const batch = this.ready;
-    this.ready = [];
-    // A round for FLUSH/FUA ends an epoch with its last kset; with nothing new to log, an empty
-    // kset carries the mark unless the newest kset in the log already ends one.
-    if (needDurable && batch.length === 0 && !this.sh.epochClosed) batch.push([]);
-    const epochAt = needDurable ? batch.length - 1 : -1;
-    const round = { batch, dataDurable: false };
-    this.round = round;
-    // A failed sync or log write is the device failing (sticky): the round's keys are never
-    // logged again (that would count them twice), its waiters and everyone after them get EIO.
-    const fail = (): void => {
-      this.noticeFailure();
-      this.round = null;
-      this.endRound(waiters, NbdErr.EIO);
-    };
-    const done = (): void => {
-      this.round = null;
-      this.endRound(waiters, 0);
-    };
-    const afterAppend = (): void => {
-      if (!needDurable || this.lastLsn <= this.sh.durableLsn) { done(); return; }
-      this.sh.syncCacheAsync(this.dev, (ok) => (ok ? done() : fail()));
-    };
-    if (batch.length === 0) { afterAppend(); return; }
-    this.sh.syncCacheAsync(this.dev, (ok) => {
-      if (!ok) { fail(); return; }
-      round.dataDurable = true;
-      let appended = 0;
-      try {
-        const r = appendKsets(this.dev, this.sh, this.g, batch, this.writerId, epochAt, this.journal);
-        appended = r.appended;
-        if (appended > 0) {
-          this.lastLsn = r.headLsn;
-          this.count('ksets', appended);
-        }
-      } catch (e) {
-        this.deviceWriteFailed(e, 'key log append', FAIL_LOG_WRITE);
-        fail();
-        return;
-      }
-      if (appended < batch.length) {
-        // Log full: the rest waits for GC, and so do the durable waiters of this round.
-        this.round = null;
-        this.ready = batch.slice(appended).concat(this.ready);
-        for (const ks of batch.slice(appended)) for (const k of ks) this.pendingBlocks += blocksOfKey(k);
-        this.durableWaiters = waiters.concat(this.durableWaiters);
-        this.roundRunning = false;
-        this.sh.kick(W_KICK_GC);
-        return;
-      }
-      afterAppend();
-    });
-  }
-
-  private endRound(waiters: Done[], errno: number): void {
-    this.roundRunning = false;
-    if (errno === 0 && waiters.length > 0) this.count('cache_flushes', 1);
-    for (const d of waiters) d(errno);
-    if (this.wantRound || this.durableWaiters.length > 0) this.kickCommit(this.durableWaiters.length > 0);
+    return this.rounds.room(n);
   }
 
   // ---- the device failed (src/cache/durability.ts) ----
@@ -356,8 +231,7 @@ export class StripeEngine {
     if (this.failureSeen) return true;
     this.failureSeen = true;
     this.runs.flush(); // pieces not yet written are aborted
-    const suspect: CacheKey[][] = [this.open, ...this.ready];
-    if (this.round && !this.round.dataDurable) suspect.push(...this.round.batch);
+    const { suspect, unlogged } = this.rounds.abandon();
     let poisoned = 0;
     for (const ks of suspect) {
       for (const k of ks) {
@@ -367,10 +241,7 @@ export class StripeEngine {
       }
     }
     // Never written back in this run (writeback stops at the last durable kset).
-    for (const ks of [this.open, ...this.ready, ...(this.round?.batch ?? [])]) for (const k of ks) if (needsWriteback(k.flags)) this.addDirty(-k.length);
-    this.open = [];
-    this.ready = [];
-    this.pendingBlocks = 0;
+    for (const ks of unlogged) for (const k of ks) if (needsWriteback(k.flags)) this.addDirty(-k.length);
     this.index.removeIf((e) => (e.flags & ExtentFlag.CLEAN) !== 0);
     if (poisoned > 0) this.log.error({ bytes: poisoned }, 'cache device failed: data not yet durable is unreadable until restart (EIO)');
     this.failAllWaiting();
@@ -380,10 +251,7 @@ export class StripeEngine {
 
   /** Every FLUSH, FUA and write still waiting gets EIO (the device failed). */
   private failAllWaiting(): void {
-    const waiters = this.durableWaiters;
-    this.durableWaiters = [];
-    this.wantRound = false;
-    for (const d of waiters) d(NbdErr.EIO);
+    this.rounds.failWaiters();
     const queued = this.queue.concat(this.parked);
     this.queue = [];
     this.parked = [];
@@ -404,12 +272,12 @@ export class StripeEngine {
     if (this.noticeFailure()) return;
     const now = this.now();
     // Closed ksets wait for the autocommit time (or for enough of them): every round costs a sync.
-    if (!this.roundRunning && (this.autocommitDue || ((this.open.length > 0 || this.ready.length > 0) && now - this.openSince >= this.sh.autocommitMs))) this.kickCommit(false);
+    if (!this.rounds.running && (this.rounds.autocommitDue || (this.rounds.holdsKeys && now - this.rounds.openSince >= this.sh.autocommitMs))) this.rounds.kick(false);
     const freed = this.sh.word(W_FREED);
     if (freed !== this.freedSeen) {
       this.freedSeen = freed;
       this.sweepStale();
-      if (this.ready.length > 0 || this.durableWaiters.length > 0) this.kickCommit(this.durableWaiters.length > 0);
+      if (this.rounds.hasClosed || this.rounds.waiting) this.rounds.kick(this.rounds.waiting);
     }
     if (this.queue.length > 0) {
       this.runQueue();
@@ -419,14 +287,14 @@ export class StripeEngine {
 
   /** Milliseconds until tick() has something to do (for the stripe's idle wait). */
   nextTickIn(): number {
-    if (this.queue.length > 0 || (this.autocommitDue && !this.roundRunning)) return 5;
-    if (this.open.length > 0 || this.ready.length > 0) return Math.max(0, this.sh.autocommitMs - (this.now() - this.openSince));
+    if (this.queue.length > 0 || (this.rounds.autocommitDue && !this.rounds.running)) return 5;
+    if (this.rounds.holdsKeys) return Math.max(0, this.sh.autocommitMs - (this.now() - this.rounds.openSince));
     return Infinity;
   }
 
   /** True while keys or replies wait on a commit round, or writes on the origin (modes that write it first). */
   get committing(): boolean {
-    return this.roundRunning || this.durableWaiters.length > 0 || this.throughInflight.length > 0;
+    return this.rounds.running || this.rounds.waiting || this.throughInflight.length > 0;
   }
 
   private sweepStale(): void {
@@ -456,7 +324,7 @@ export class StripeEngine {
       return;
     }
     if (!this.originUnflushed) {
-      this.durableWaiters.push(done);
+      this.rounds.waitDurable(done);
       return;
     }
     // Writes completed on the origin since its last flush (modes that write it first).
@@ -484,8 +352,8 @@ export class StripeEngine {
       }
       if (errno === 0) this.logCleanCopies(cleans);
       else for (let i = 0; i < cleans.length; i += RUN_STRIDE) this.head.release(cleans[i + 2]!);
-      this.durableWaiters.push(both);
-      this.kickCommit(true);
+      this.rounds.waitDurable(both);
+      this.rounds.kick(true);
       both(errno);
     });
   }
@@ -520,7 +388,7 @@ export class StripeEngine {
       Atomics.add(this.sh.w, W_FOREGROUND, 1);
     }
     this.flushData();
-    if (this.durableWaiters.length > 0) this.kickCommit(true);
+    if (this.rounds.waiting) this.rounds.kick(true);
   }
 
   // ---- WRITE / TRIM / ZERO ----
@@ -614,7 +482,7 @@ export class StripeEngine {
     }
     if (!this.journalRoom(KSET_MAX_KEYS)) {
       this.queue.push(q);
-      this.kickCommit(false);
+      this.rounds.kick(false);
       return;
     }
     this.throughInflight.push(q);
@@ -631,11 +499,11 @@ export class StripeEngine {
       return;
     }
     // The INVALIDATE key is durable before the origin can hold data the old copy contradicts.
-    this.durableWaiters.push((errno) => {
+    this.rounds.waitDurable((errno) => {
       if (errno !== 0) this.endThrough(q, errno, false);
       else this.writeOrigin(q);
     });
-    this.kickCommit(true);
+    this.rounds.kick(true);
   }
 
   private writeOrigin(q: Queued): void {
@@ -788,8 +656,8 @@ export class StripeEngine {
       this.runs.ackAfterWrite(q.done);
       return;
     }
-    this.durableWaiters.push(q.done);
-    this.kickCommit(true);
+    this.rounds.waitDurable(q.done);
+    this.rounds.kick(true);
   }
 
   private apply(q: Queued): 'ok' | 'full' {
@@ -799,7 +667,7 @@ export class StripeEngine {
       this.runs.flush();
       if (this.noticeFailure()) throw new Error('the cache device failed');
       // A key without data still needs log space; keep a segment's worth of headroom.
-      if (this.sh.freeSegments === 0 && this.ready.length > 0) return 'full';
+      if (this.sh.freeSegments === 0 && this.rounds.hasClosed) return 'full';
       if (!this.journalRoom(1)) return 'full';
       this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
       this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
@@ -1018,21 +886,9 @@ export class StripeEngine {
   drain(): boolean {
     this.flushData();
     if (this.noticeFailure()) return false;
-    if (this.open.length > 0) { this.ready.push(this.open); this.open = []; }
-    if (this.ready.length > 0) {
-      if (!this.sh.syncCache(this.dev)) return false;
-      try {
-        const r = appendKsets(this.dev, this.sh, this.g, this.ready, this.writerId, -1, this.journal);
-        if (r.appended > 0) this.lastLsn = r.headLsn;
-        this.ready.splice(0, r.appended);
-      } catch (err) {
-        this.deviceWriteFailed(err, 'key log append at stop', FAIL_LOG_WRITE);
-        return false;
-      }
-    }
-    if (this.lastLsn > this.sh.durableLsn && !this.sh.syncCache(this.dev)) return false;
-    return this.ready.length === 0;
+    return this.rounds.drain();
   }
+
 }
 
 function blocks(len: number): number {
