@@ -17,7 +17,7 @@ import { KSET_MAX_KEYS } from './layout.js';
 import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
 import type { Geometry } from './log.js';
-import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
+import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
 import type { CacheShared } from './shared.js';
 import { FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
@@ -29,6 +29,8 @@ import { liveData, segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
 import { StripeReads } from './reads.js';
 import { CommitRounds } from './commit-rounds.js';
+import { Bypass } from './bypass.js';
+import type { Queued } from './write-request.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
 import type { Replaced } from './index/cursor.js';
@@ -72,18 +74,6 @@ export interface EngineOptions {
   rebuild?: readonly number[];
 }
 
-interface Queued {
-  kind: 'write' | 'trim' | 'zero';
-  off: number;
-  len: number;
-  data: Uint8Array | null;
-  fua: boolean;
-  done: Done;
-  since: number;
-  /** Goes to the origin first (writethrough, writearound, passthrough): see submitThrough. */
-  through: boolean;
-}
-
 /** Write-through copies waiting for the origin's flush before their keys are logged. */
 const MAX_UNLOGGED_CLEAN = 8192;
 
@@ -107,8 +97,8 @@ export class StripeEngine {
   private readonly runs: DataRuns;
   private readonly reads: StripeReads;
   private readonly rounds: CommitRounds;
+  private readonly bypass: Bypass;
   private queue: Queued[] = [];
-  private bypassing = false;
   private freedSeen: number;
 
   constructor(o: EngineOptions) {
@@ -137,6 +127,7 @@ export class StripeEngine {
       count: (name, n) => this.count(name, n),
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
     });
+    this.bypass = new Bypass(this.sh, this.index, this.origin, (name, n) => this.count(name, n));
     this.reads = new StripeReads({ dev: this.dev, sh: this.sh, index: this.index, g: this.g, origin: this.origin, blockCrc: o.blockCrc, journal: this.journal, head: this.head, runs: this.runs, log: this.log }, {
       noticeFailure: () => this.noticeFailure(),
       flushData: () => this.flushData(),
@@ -466,7 +457,7 @@ export class StripeEngine {
 
   private submitThrough(q: Queued): void {
     // Writes waiting for cache space keep their order: nothing overtakes them.
-    if (this.queue.length > 0 || this.bypassing) {
+    if (this.queue.length > 0 || this.bypass.running) {
       this.queue.push(q);
       return;
     }
@@ -630,7 +621,7 @@ export class StripeEngine {
   private submit(q: Queued): void {
     this.wroteInBatch = true;
     // Writes waiting for space keep their order: nothing overtakes them.
-    if (this.queue.length > 0 || this.bypassing) {
+    if (this.queue.length > 0 || this.bypass.running) {
       this.queue.push(q);
       return;
     }
@@ -767,7 +758,7 @@ export class StripeEngine {
 
   private runQueue(): void {
     if (this.queue.length > 0) this.sh.noteWriteBlocked(Date.now());
-    while (this.queue.length > 0 && !this.bypassing) {
+    while (this.queue.length > 0 && !this.bypass.running) {
       const q = this.queue[0]!;
       if (q.through) {
         this.queue.shift();
@@ -790,75 +781,21 @@ export class StripeEngine {
       }
       const waited = this.now() - q.since;
       if (waited < this.sh.cacheFullWaitMs) return;
-      if (this.canBypass(q.off, q.len)) {
-        if (!this.drainedForBypass()) {
+      if (this.bypass.allowed(q.off, q.len)) {
+        if (!this.bypass.drained()) {
           if (waited < this.sh.cacheFullMaxWaitMs) return;
         } else {
           this.queue.shift();
-          this.bypass(q);
+          this.bypass.start(q);
           continue;
         }
       }
       if (waited < this.sh.cacheFullMaxWaitMs) return;
       this.queue.shift();
-      this.bypassTarget = -1;
+      this.bypass.forget();
       this.log.error({ off: q.off, len: q.len, waitedMs: waited }, 'cache full and writeback not freeing space: write failed');
       q.done(NbdErr.EIO);
     }
-  }
-
-  /**
-   * A bypass writes straight to the origin. It is only safe where the index holds nothing live:
-   * a dirty extent would be written back over it later, and a clean or trim/zero extent may have
-   * a key in the log that replay would bring back over the bypassed data. Gaps and extents of
-   * reclaimed segments have no live key.
-   */
-  private canBypass(off: number, len: number): boolean {
-    let ok = true;
-    const gen = this.sh.gen;
-    this.index.lookup(off, len, (_o, _l, e) => {
-      if (e === null || (e.flags & ExtentFlag.EMPTY)) return;
-      if (staleData(gen, e)) return;
-      ok = false;
-    });
-    return ok;
-  }
-
-  /** The log head when the write at the head of the queue decided to bypass (-1: none yet). */
-  private bypassTarget = -1;
-
-  /**
-   * Epoch order holds for bypassed writes too: one goes to the origin only once every epoch closed
-   * before it (up to the newest EPOCH kset in the log) has been written back and synced, so the
-   * origin never gets a write ahead of an older epoch; keys after that mark are of the write's own
-   * epoch, which the origin may hold in part. Writeback runs at full speed meanwhile (writes are
-   * waiting for space).
-   */
-  private drainedForBypass(): boolean {
-    if (this.bypassTarget < 0) this.bypassTarget = this.sh.lastEpochLsn + 1;
-    if (this.sh.dirtyTail().lsn < this.bypassTarget) {
-      this.sh.kick(W_KICK_WB);
-      return false;
-    }
-    this.bypassTarget = -1;
-    return true;
-  }
-
-  private bypass(q: Queued): void {
-    this.index.remove(q.off, q.len);
-    this.count('write_bypass', 1);
-    this.bypassing = true;
-    const finish = (errno: number): void => {
-      this.bypassing = false;
-      q.done(errno);
-    };
-    // FUA: a FLUSH only syncs the cache, so a bypassed write must be durable on its own.
-    if (q.kind === 'write') {
-      this.count('origin_writes', 1);
-      this.count('origin_write_bytes', q.len);
-      this.origin.write(q.off, q.data!, true, finish);
-    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, true, finish);
-    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: true }, finish);
   }
 
   // ---- READ and BLOCK_STATUS (src/cache/reads.ts) ----
