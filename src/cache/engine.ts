@@ -13,23 +13,23 @@
 //    and nothing is claimed durable: writes, FLUSH and FUA get EIO, durable data is still served.
 
 import type { BlockDevice } from './blockdev.js';
-import { KSET_MAX_KEYS } from './layout.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
+import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
 import type { Geometry } from './log.js';
-import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
+import { ERR_CACHE_IO, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
 import type { CacheShared } from './shared.js';
 import { FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
 import { KeyJournal } from './journal.js';
 import { DataHead } from './allocator.js';
-import { BLOCK, DataRuns, PIECE_CLEAN, PIECE_DIRTY, PIECE_FILL, RUN_STRIDE } from './data-runs.js';
+import { BLOCK, DataRuns, PIECE_CLEAN, PIECE_DIRTY, PIECE_FILL } from './data-runs.js';
 import type { Done } from './data-runs.js';
-import { liveData, segmentLive, staleData } from './liveness.js';
+import { segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
 import { StripeReads } from './reads.js';
 import { CommitRounds } from './commit-rounds.js';
 import { Bypass } from './bypass.js';
+import { OriginFirst } from './write-through.js';
 import type { Queued } from './write-request.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
@@ -74,9 +74,6 @@ export interface EngineOptions {
   rebuild?: readonly number[];
 }
 
-/** Write-through copies waiting for the origin's flush before their keys are logged. */
-const MAX_UNLOGGED_CLEAN = 8192;
-
 const NO_STATS: EngineStats = { add() {} };
 const NO_LOG: EngineLog = { warn() {}, error() {} };
 
@@ -98,6 +95,7 @@ export class StripeEngine {
   private readonly reads: StripeReads;
   private readonly rounds: CommitRounds;
   private readonly bypass: Bypass;
+  private readonly through: OriginFirst;
   private queue: Queued[] = [];
   private freedSeen: number;
 
@@ -128,13 +126,21 @@ export class StripeEngine {
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
     });
     this.bypass = new Bypass(this.sh, this.index, this.origin, (name, n) => this.count(name, n));
+    this.through = new OriginFirst({ sh: this.sh, index: this.index, g: this.g, origin: this.origin, journal: this.journal, head: this.head, runs: this.runs, rounds: this.rounds, log: this.log }, {
+      submit: (q) => this.submit(q),
+      spaceWaiters: () => this.queue.length > 0 || this.bypass.running,
+      enqueue: (q) => { this.queue.push(q); },
+      unpublishedDirty: () => this.dirtyDelta,
+      count: (name, n) => this.count(name, n),
+      requestError: (err, what) => this.requestError(err, what),
+    });
     this.reads = new StripeReads({ dev: this.dev, sh: this.sh, index: this.index, g: this.g, origin: this.origin, blockCrc: o.blockCrc, journal: this.journal, head: this.head, runs: this.runs, log: this.log }, {
       noticeFailure: () => this.noticeFailure(),
       flushData: () => this.flushData(),
       count: (name, n) => this.count(name, n),
       requestError: (err, what) => this.requestError(err, what),
       cacheReadError: (err, what) => this.cacheReadError(err, what),
-      writingThrough: (off, len) => this.throughInflight.length > 0 && this.overlapsInflight(off, len),
+      writingThrough: (off, len) => this.through.inflight > 0 && this.through.overlapsInflight(off, len),
     });
     this.takeOver();
   }
@@ -179,9 +185,7 @@ export class StripeEngine {
     }
     // Writes the predecessor sent to the origin first and did not flush there yet, or an origin
     // flush of its that failed: the successor owes the same.
-    const origin = j.originState;
-    this.originFlushFailed = (origin & 2) !== 0;
-    this.originUnflushed = (origin & 1) !== 0;
+    this.through.inherit(j.originState);
     this.index.removeIf((e) => (e.flags & ExtentFlag.EMPTY) !== 0);
     this.log.warn({ keys: keys.length, headSegment: this.head.segment }, 'stripe restarted: took over the keys its predecessor had accepted');
   }
@@ -243,9 +247,8 @@ export class StripeEngine {
   /** Every FLUSH, FUA and write still waiting gets EIO (the device failed). */
   private failAllWaiting(): void {
     this.rounds.failWaiters();
-    const queued = this.queue.concat(this.parked);
+    const queued = this.queue.concat(this.through.takeParked());
     this.queue = [];
-    this.parked = [];
     for (const q of queued) q.done(NbdErr.EIO);
   }
 
@@ -285,7 +288,7 @@ export class StripeEngine {
 
   /** True while keys or replies wait on a commit round, or writes on the origin (modes that write it first). */
   get committing(): boolean {
-    return this.rounds.running || this.rounds.waiting || this.throughInflight.length > 0;
+    return this.rounds.running || this.rounds.waiting || this.through.inflight > 0;
   }
 
   private sweepStale(): void {
@@ -310,66 +313,30 @@ export class StripeEngine {
 
   /** Group commit: every FLUSH (and FUA) of one batch shares one round (see endBatch). */
   flush(done: Done): void {
-    if (this.noticeFailure() || this.originFlushFailed) {
+    if (this.noticeFailure() || this.through.flushFailed) {
       done(NbdErr.EIO);
       return;
     }
-    if (!this.originUnflushed) {
+    if (!this.through.unflushed) {
       this.rounds.waitDurable(done);
       return;
     }
     // Writes completed on the origin since its last flush (modes that write it first).
-    this.originUnflushed = false;
-    let left = 2;
-    let first = 0;
-    const both = (errno: number): void => {
-      if (errno !== 0 && first === 0) first = errno;
-      if (--left === 0) done(first);
-    };
-    const cleans = this.unloggedClean;
-    this.unloggedClean = [];
-    const mark = this.journal.originMark;
-    this.origin.flush((status) => {
-      if (status !== 0) this.sh.noteOriginFlushFailed();
-      // A flush anywhere that failed since these writes began may have dropped them: not covered.
-      const errno = status !== 0 ? status : this.sh.originFlushFails !== mark ? NbdErr.EIO : 0;
-      // Those writes may be gone (a flush that failed may have dropped them, and a later one
-      // would succeed without them) and nothing holds a copy to write again: every later FLUSH
-      // of this stripe fails too, until a restart.
-      if (errno !== 0 && !this.originFlushFailed) {
-        this.originFlushFailed = true;
-        this.sh.setError(ERR_ORIGIN_FLUSH);
-        this.log.error({ errno }, 'origin flush failed after writes that went to the origin first: FLUSH fails until restart');
-      }
-      if (errno === 0) this.logCleanCopies(cleans);
-      else for (let i = 0; i < cleans.length; i += RUN_STRIDE) this.head.release(cleans[i + 2]!);
-      this.rounds.waitDurable(both);
-      this.rounds.kick(true);
-      both(errno);
-    });
+    this.through.flushOrigin(done);
   }
 
-  /**
-   * Write-through copies whose origin write is not flushed yet (flat, RUN_STRIDE numbers each). A
-   * clean key says "the origin holds this": logged before the origin flushed it, a power cut that
-   * cost the origin its write cache would leave the cache replaying a copy the origin lost. Until
-   * the flush, the copy is served from memory only.
-   */
-  private unloggedClean: number[] = [];
-
-  /** After the origin flushed them: log the copies the index still holds whole (nothing newer touched them). */
-  private logCleanCopies(p: readonly number[]): void {
-    for (let i = 0; i < p.length; i += RUN_STRIDE) {
-      const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!;
-      let whole = 0, pieces = 0;
-      this.index.lookup(off, len, (_o, l, e) => {
-        pieces++;
-        if (e !== null && e.flags === ExtentFlag.CLEAN && e.seg === seg && e.gen === gen && e.segOff === segOff) whole += l;
-      });
-      if (pieces === 1 && whole === len && this.journalRoom(1)) {
-        this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc: p[i + 7]! });
-      } else this.head.release(seg);
+  private enter(q: Queued): void {
+    this.wroteInBatch = true;
+    if (this.noticeFailure()) {
+      q.done(NbdErr.EIO);
+      return;
     }
+    if (this.through.mustWait(q)) {
+      this.through.park(q);
+      return;
+    }
+    if (q.through) this.through.submit(q);
+    else this.submit(q);
   }
 
   endBatch(): void {
@@ -400,193 +367,6 @@ export class StripeEngine {
   private writesThrough(): boolean {
     // dm-writecache's cleaner: no new write promotions; writes go around the cache.
     return modeRow(this.sh.mode).originFirst || this.sh.cleaner;
-  }
-
-  // ---- modes that write the origin first ----
-  //
-  // The origin and the cache must never disagree in a way a crash could expose: a clean cached
-  // copy replayed over newer origin data would change the volume by itself later, when it is
-  // evicted. So a write that goes to the origin first (writethrough, writearound, passthrough):
-  //  * over a range still holding dirty data (written in write-back mode, or a TRIM/ZERO key),
-  //    is taken by the cache as a dirty write instead; writeback puts it on the origin after the
-  //    older data, in log order;
-  //  * otherwise drops the cached copies of its range first, and, if one was live (replay would
-  //    restore it), logs an INVALIDATE key and makes it durable before the origin write starts;
-  //  * is not overtaken: later writes overlapping it wait in `parked`, in order, and reads of its
-  //    range do not promote (a fill could read the origin's old data);
-  //  * in writethrough, a WRITE is then cached as a clean extent (if there is room now).
-  // A FLUSH then flushes the origin too.
-
-  private throughInflight: Queued[] = [];
-  private parked: Queued[] = [];
-  private originUnflushedNow = false;
-  /** An origin flush failed after writes that went to the origin first (sticky, see flush()). */
-  private originFlushFailedNow = false;
-  // Mirrored in the journal: a successor stripe inherits both.
-  private get originUnflushed(): boolean { return this.originUnflushedNow; }
-  private set originUnflushed(v: boolean) { this.originUnflushedNow = v; this.journal.originState = (v ? 1 : 0) | (this.originFlushFailedNow ? 2 : 0); }
-  private get originFlushFailed(): boolean { return this.originFlushFailedNow; }
-  private set originFlushFailed(v: boolean) { this.originFlushFailedNow = v; this.journal.originState = (this.originUnflushedNow ? 1 : 0) | (v ? 2 : 0); }
-
-  private overlapsInflight(off: number, len: number): boolean {
-    for (const t of this.throughInflight) if (off < t.off + t.len && t.off < off + len) return true;
-    return false;
-  }
-
-  private enter(q: Queued): void {
-    this.wroteInBatch = true;
-    if (this.noticeFailure()) {
-      q.done(NbdErr.EIO);
-      return;
-    }
-    if (this.parked.length > 0 || (this.throughInflight.length > 0 && this.overlapsInflight(q.off, q.len))) {
-      this.parked.push(q);
-      return;
-    }
-    if (q.through) this.submitThrough(q);
-    else this.submit(q);
-  }
-
-  private unpark(): void {
-    while (this.parked.length > 0 && !this.overlapsInflight(this.parked[0]!.off, this.parked[0]!.len)) {
-      const q = this.parked.shift()!;
-      if (q.through) this.submitThrough(q);
-      else this.submit(q);
-    }
-  }
-
-  private submitThrough(q: Queued): void {
-    // Writes waiting for cache space keep their order: nothing overtakes them.
-    if (this.queue.length > 0 || this.bypass.running) {
-      this.queue.push(q);
-      return;
-    }
-    this.startThrough(q);
-  }
-
-  private startThrough(q: Queued): void {
-    // Writes still in the gathered run take effect first: the index must show them.
-    this.runs.flush();
-    if (this.hasDirty(q.off, q.len)) {
-      this.submit({ ...q, through: false });
-      return;
-    }
-    if (!this.journalRoom(KSET_MAX_KEYS)) {
-      this.queue.push(q);
-      this.rounds.kick(false);
-      return;
-    }
-    this.throughInflight.push(q);
-    let logged: boolean;
-    try {
-      logged = this.invalidate(q.off, q.len);
-    } catch (err) {
-      this.requestError(err, 'invalidate');
-      this.endThrough(q, NbdErr.EIO, false);
-      return;
-    }
-    if (!logged) {
-      this.writeOrigin(q);
-      return;
-    }
-    // The INVALIDATE key is durable before the origin can hold data the old copy contradicts.
-    this.rounds.waitDurable((errno) => {
-      if (errno !== 0) this.endThrough(q, errno, false);
-      else this.writeOrigin(q);
-    });
-    this.rounds.kick(true);
-  }
-
-  private writeOrigin(q: Queued): void {
-    const finish = (errno: number): void => {
-      let cached = false;
-      if (errno === 0 && q.kind === 'write' && modeRow(this.sh.mode).cleanCopy) {
-        try {
-          cached = this.cacheClean(q.off, q.data!);
-        } catch (err) {
-          // The origin has the write and the range holds no cached copy: still a success.
-          this.requestError(err, 'write-through cache copy');
-        }
-      }
-      this.endThrough(q, errno, cached);
-    };
-    if (q.kind === 'write') {
-      this.count('origin_writes', 1);
-      this.count('origin_write_bytes', q.len);
-      this.origin.write(q.off, q.data!, q.fua, finish);
-    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, q.fua, finish);
-    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: q.fua }, finish);
-  }
-
-  private endThrough(q: Queued, errno: number, cached: boolean): void {
-    this.throughInflight.splice(this.throughInflight.indexOf(q), 1);
-    if (errno === 0 && !this.originUnflushed) {
-      this.originUnflushed = true;
-      this.journal.originMark = this.sh.originFlushFails;
-    }
-    // A cached copy sits in a gathered run: acknowledged once it is in the file (flushData). The
-    // origin has the write either way, so a failed copy (its extent never entered the index) does
-    // not fail it.
-    if (cached && errno === 0 && this.runs.pending) this.runs.ackThroughAfterWrite(q.done);
-    else q.done(errno);
-    this.unpark();
-    this.flushData();
-  }
-
-  /** Live dirty data, or a TRIM/ZERO key, anywhere in the range (writeback still owes it to the origin). */
-  private hasDirty(off: number, len: number): boolean {
-    // The index keeps DIRTY/TRIM/ZERO flags after writeback; with nothing dirty anywhere, none is
-    // (this stripe's own unpublished count included: see publishStats).
-    if (this.sh.dirtyBytes + this.dirtyDelta === 0) return false;
-    let dirty = false;
-    const gen = this.sh.gen;
-    this.index.lookup(off, len, (_o, _l, e) => {
-      if (e === null || dirty) return;
-      if (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) dirty = true;
-      else if ((e.flags & ExtentFlag.DIRTY) && segmentLive(gen, e.seg, e.gen)) dirty = true;
-    });
-    return dirty;
-  }
-
-  /**
-   * Drops every cached copy, placeholder and TRIM/ZERO entry in the range (which holds nothing
-   * writeback still owes the origin: see startThrough; entries flagged DIRTY or TRIM/ZERO are
-   * written back already). Returns true when an INVALIDATE key was logged for a live entry, which
-   * replay would otherwise restore.
-   */
-  private invalidate(off: number, len: number): boolean {
-    const drop: [number, number, boolean][] = [];
-    const gen = this.sh.gen;
-    this.index.lookup(off, len, (o, l, e) => {
-      if (e === null) return;
-      const live = (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) !== 0 || liveData(gen, e);
-      drop.push([o, l, live]);
-    });
-    let logged = false;
-    for (const [o, l, live] of drop) {
-      this.index.remove(o, l);
-      if (live) {
-        this.pushKey({ originOffset: o, length: l, flags: KEY_INVALIDATE, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
-        logged = true;
-      }
-    }
-    return logged;
-  }
-
-  /** Caches data the origin already holds as clean extents; false (nothing cached) when there is no room now. */
-  private cacheClean(off: number, data: Uint8Array): boolean {
-    if (this.sh.failed !== 0 || !this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS)) return false;
-    // Copies wait in memory for the origin flush: bounded, beyond which writes are not cached.
-    if (this.unloggedClean.length >= MAX_UNLOGGED_CLEAN * RUN_STRIDE) return false;
-    const allocs = this.head.allocAll(data.length, true);
-    if (allocs === null) return false;
-    let pos = 0;
-    for (const a of allocs) {
-      this.runs.add(a, data.subarray(pos, pos + a.len), off + pos, PIECE_CLEAN, 0);
-      pos += a.len;
-    }
-    this.count('write_blocks', blocks(data.length));
-    return true;
   }
 
   /** Foreground I/O seen in this batch (reads included: writeback competes for the same CPU). */
@@ -717,11 +497,11 @@ export class StripeEngine {
     const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!, kind = p[i + 5]!, token = p[i + 6]!, dataCrc = p[i + 7]!;
     if (kind === PIECE_FILL) {
       const filled = this.index.replacePlaceholder(token, { off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
-      if (filled === len && (this.originUnflushed || this.originFlushFailed)) {
+      if (filled === len && this.through.originMayLack) {
         // The origin may have served writes it has not flushed (this stripe wrote them through),
         // or, after a failed flush, writes it may have lost (its page cache still shows them):
         // logged like a write-through copy, once the origin has flushed (logCleanCopies), or never.
-        for (let j = 0; j < RUN_STRIDE; j++) this.unloggedClean.push(p[i + j]!);
+        this.through.holdClean(p, i);
         this.count('fills', 1);
       } else if (filled === len) {
         this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc });
@@ -737,7 +517,7 @@ export class StripeEngine {
     if (kind === PIECE_CLEAN) {
       // A write-through copy: logged once the origin has flushed the write (logCleanCopies).
       this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
-      for (let j = 0; j < RUN_STRIDE; j++) this.unloggedClean.push(p[i + j]!);
+      this.through.holdClean(p, i);
       return;
     }
     this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.DIRTY }, this.replacedCb);
@@ -762,7 +542,7 @@ export class StripeEngine {
       const q = this.queue[0]!;
       if (q.through) {
         this.queue.shift();
-        this.startThrough(q);
+        this.through.start(q);
         continue;
       }
       let r: 'ok' | 'full';
@@ -813,7 +593,7 @@ export class StripeEngine {
 
   /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
   get busy(): boolean {
-    return this.committing || this.queue.length > 0 || this.parked.length > 0 || this.reads.missesInFlight > 0 || this.runs.pending;
+    return this.committing || this.queue.length > 0 || this.through.parkedWrites > 0 || this.reads.missesInFlight > 0 || this.runs.pending;
   }
 
   /**
