@@ -2,6 +2,10 @@
 // head and its open kset, and does the cache I/O (synchronous pread/pwrite: one outstanding I/O
 // per stripe thread, no thread hand-offs) and the origin reads of misses.
 //
+// This file takes the requests in and ties the paths together; each path lives in its own file
+// (docs/cache-engine.md "Threads and what they share" lists them): allocator.ts, data-runs.ts,
+// commit-rounds.ts, reads.ts, write-through.ts, bypass.ts, mode-table.ts.
+//
 // Ordering rules this file keeps (docs/cache-engine.md "Ordering rules"):
 //  * data is durable before any kset pointing at it is written (one group-commit sync first);
 //  * an extent enters the index only once its data is in the file, and then in the same step as
