@@ -329,20 +329,6 @@ export class StripeEngine {
     this.through.flushOrigin(done);
   }
 
-  private enter(q: Queued): void {
-    this.wroteInBatch = true;
-    if (this.noticeFailure()) {
-      q.done(NbdErr.EIO);
-      return;
-    }
-    if (this.through.mustWait(q)) {
-      this.through.park(q);
-      return;
-    }
-    if (q.through) this.through.submit(q);
-    else this.submit(q);
-  }
-
   endBatch(): void {
     this.publishStats();
     if (this.wroteInBatch) {
@@ -371,6 +357,21 @@ export class StripeEngine {
   private writesThrough(): boolean {
     // dm-writecache's cleaner: no new write promotions; writes go around the cache.
     return modeRow(this.sh.mode).originFirst || this.sh.cleaner;
+  }
+
+  /** Every write enters here: behind an overlapping write on the origin, or down its mode's path. */
+  private enter(q: Queued): void {
+    this.wroteInBatch = true;
+    if (this.noticeFailure()) {
+      q.done(NbdErr.EIO);
+      return;
+    }
+    if (this.through.mustWait(q)) {
+      this.through.park(q);
+      return;
+    }
+    if (q.through) this.through.submit(q);
+    else this.submit(q);
   }
 
   /** Foreground I/O seen in this batch (reads included: writeback competes for the same CPU). */
