@@ -9,7 +9,7 @@ import type { ExtentIndex } from './index/extent-index.js';
 import { staleData } from './liveness.js';
 import type { Origin } from '../origin/types.js';
 import type { Queued } from './write-request.js';
-import type { EngineCounter } from './engine.js';
+import type { EngineCounter } from './engine-counters.js';
 
 export class Bypass {
   /** The log position every older epoch must be written back to before the waiting write bypasses (-1: none yet). */

@@ -18,7 +18,7 @@ import type { DataHead, WriteFailed } from './allocator.js';
 import { BLOCK } from './data-runs.js';
 import type { Done } from './data-runs.js';
 import { NbdErr } from '../nbd/constants.js';
-import type { EngineCounter } from './engine.js';
+import type { EngineCounter } from './engine-counters.js';
 
 /** What a round needs of the rest of the engine. */
 export interface RoundHooks {

@@ -35,6 +35,8 @@ import { CommitRounds } from './commit-rounds.js';
 import { Bypass } from './bypass.js';
 import { OriginFirst } from './write-through.js';
 import type { Queued } from './write-request.js';
+import { LocalCounters } from './engine-counters.js';
+import type { EngineCounter, EngineLog, EngineStats } from './engine-counters.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
 import type { Replaced } from './index/cursor.js';
@@ -43,20 +45,7 @@ import { NbdErr } from '../nbd/constants.js';
 
 export type { Done };
 export { BLOCK };
-
-/** Counters the engine bumps; the stripe maps them onto its SAB counter block. */
-export interface EngineStats {
-  add(name: EngineCounter, n: number): void;
-}
-export type EngineCounter =
-  | 'read_blocks' | 'read_hits' | 'write_blocks' | 'write_bypass' | 'write_blocked' | 'cache_flushes'
-  | 'discards' | 'fills' | 'fills_skipped' | 'crc_errors' | 'cache_errors' | 'ksets' | 'origin_reads' | 'origin_read_bytes'
-  | 'origin_writes' | 'origin_write_bytes' | 'write_hits_uncommitted' | 'write_hits_committed' | 'write_allocs' | 'fills_deferred';
-
-export interface EngineLog {
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-}
+export type { EngineCounter, EngineLog, EngineStats };
 
 export interface EngineOptions {
   dev: BlockDevice;
@@ -88,7 +77,7 @@ export class StripeEngine {
   private readonly g: Geometry;
   private readonly origin: Origin;
   private readonly opts: EngineOptions;
-  private readonly stats: EngineStats;
+  private readonly counters: LocalCounters;
   private readonly log: EngineLog;
   private readonly now: () => number;
   private readonly writerId: number;
@@ -110,12 +99,12 @@ export class StripeEngine {
     this.index = o.index;
     this.g = o.geometry;
     this.origin = o.origin;
-    this.stats = o.stats ?? NO_STATS;
     this.log = o.log ?? NO_LOG;
     this.now = o.now ?? Date.now;
     this.writerId = this.sh.nextWriterId();
     this.freedSeen = this.sh.word(W_FREED);
     this.journal = o.journal ?? KeyJournal.create();
+    this.counters = new LocalCounters(this.sh, this.journal, o.stats ?? NO_STATS);
     this.runs = new DataRuns(this.dev, this.sh, this.g, o.blockCrc, {
       commit: (p, i) => this.commitPiece(p, i),
       abort: (p, i) => this.abortPiece(p, i),
@@ -134,7 +123,7 @@ export class StripeEngine {
       submit: (q) => this.submit(q),
       spaceWaiters: () => this.queue.length > 0 || this.bypass.running,
       enqueue: (q) => { this.queue.push(q); },
-      unpublishedDirty: () => this.dirtyDelta,
+      unpublishedDirty: () => this.counters.unpublishedDirty,
       count: (name, n) => this.count(name, n),
       requestError: (err, what) => this.requestError(err, what),
     });
@@ -377,30 +366,17 @@ export class StripeEngine {
   /** Foreground I/O seen in this batch (reads included: writeback competes for the same CPU). */
   private wroteInBatch = false;
 
-  // Counters are SharedArrayBuffer BigInt words: an Atomics.add (and a BigInt) per request costs
-  // more than the request's own bookkeeping, so the engine sums locally and publishes per batch.
-  private readonly local = new Map<EngineCounter, number>();
-  private dirtyDelta = 0;
-
   private count(name: EngineCounter, n: number): void {
-    this.local.set(name, (this.local.get(name) ?? 0) + n);
+    this.counters.count(name, n);
   }
 
   private addDirty(n: number): void {
-    this.dirtyDelta += n;
-    this.journal.unpublishedDirty = this.dirtyDelta;
+    this.counters.addDirty(n);
   }
 
   /** Publishes the locally summed counters (end of every batch and tick). */
   publishStats(): void {
-    if (this.dirtyDelta !== 0) {
-      this.sh.addDirty(this.dirtyDelta);
-      this.dirtyDelta = 0;
-      this.journal.unpublishedDirty = 0;
-    }
-    if (this.local.size === 0) return;
-    for (const [k, v] of this.local) if (v !== 0) this.stats.add(k, v);
-    this.local.clear();
+    this.counters.publish();
   }
 
   private submit(q: Queued): void {

@@ -19,7 +19,7 @@ import { BLOCK, PIECE_FILL, blockNo } from './data-runs.js';
 import type { DataRuns, Done } from './data-runs.js';
 import { segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
-import type { EngineCounter, EngineLog } from './engine.js';
+import type { EngineCounter, EngineLog } from './engine-counters.js';
 
 /** What reads need of the rest of the engine. */
 export interface ReadContext {

@@ -31,7 +31,7 @@ import type { DataRuns, Done } from './data-runs.js';
 import { liveData, segmentLive } from './liveness.js';
 import { modeRow } from './mode-table.js';
 import type { Queued } from './write-request.js';
-import type { EngineCounter, EngineLog } from './engine.js';
+import type { EngineCounter, EngineLog } from './engine-counters.js';
 
 /** Write-through copies waiting for the origin's flush before their keys are logged. */
 const MAX_UNLOGGED_CLEAN = 8192;
