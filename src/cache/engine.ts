@@ -17,7 +17,7 @@
 //    and nothing is claimed durable: writes, FLUSH and FUA get EIO, durable data is still served.
 
 import type { BlockDevice } from './blockdev.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
+import { KEY_DIRTY, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
 import type { Geometry } from './log.js';
 import { ERR_CACHE_IO, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
@@ -26,20 +26,20 @@ import { FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
 import { KeyJournal } from './journal.js';
 import { DataHead } from './allocator.js';
-import { BLOCK, DataRuns, PIECE_CLEAN, PIECE_DIRTY, PIECE_FILL } from './data-runs.js';
+import { BLOCK, DataRuns, PIECE_DIRTY } from './data-runs.js';
 import type { Done } from './data-runs.js';
-import { segmentLive, staleData } from './liveness.js';
+import { insertSweeping, sweepStale } from './liveness.js';
 import { modeRow } from './mode-table.js';
 import { StripeReads } from './reads.js';
 import { CommitRounds } from './commit-rounds.js';
 import { Bypass } from './bypass.js';
 import { OriginFirst } from './write-through.js';
 import type { Queued } from './write-request.js';
+import { PieceEffects } from './piece-effects.js';
 import { LocalCounters } from './engine-counters.js';
 import type { EngineCounter, EngineLog, EngineStats } from './engine-counters.js';
-import { ExtentFlag, IndexFullError } from './index/extent-index.js';
+import { ExtentFlag } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
-import type { Replaced } from './index/cursor.js';
 import type { Origin, Extent as StatusExtent } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
 
@@ -89,6 +89,7 @@ export class StripeEngine {
   private readonly rounds: CommitRounds;
   private readonly bypass: Bypass;
   private readonly through: OriginFirst;
+  private readonly effects: PieceEffects;
   private queue: Queued[] = [];
   private freedSeen: number;
 
@@ -106,9 +107,9 @@ export class StripeEngine {
     this.journal = o.journal ?? KeyJournal.create();
     this.counters = new LocalCounters(this.sh, this.journal, o.stats ?? NO_STATS);
     this.runs = new DataRuns(this.dev, this.sh, this.g, o.blockCrc, {
-      commit: (p, i) => this.commitPiece(p, i),
-      abort: (p, i) => this.abortPiece(p, i),
-      afterRun: () => this.countWriteHits(),
+      commit: (p, i) => this.effects.commit(p, i),
+      abort: (p, i) => this.effects.abort(p, i),
+      afterRun: () => this.effects.afterRun(),
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
     });
     this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
@@ -135,6 +136,7 @@ export class StripeEngine {
       cacheReadError: (err, what) => this.cacheReadError(err, what),
       writingThrough: (off, len) => this.through.inflight > 0 && this.through.overlapsInflight(off, len),
     });
+    this.effects = new PieceEffects(this.sh, this.index, this.head, this.rounds, this.through, this.reads, this.counters);
     this.takeOver();
   }
 
@@ -285,8 +287,11 @@ export class StripeEngine {
   }
 
   private sweepStale(): void {
-    const gen = this.sh.gen;
-    this.index.removeIf((e) => staleData(gen, e));
+    sweepStale(this.index, this.sh.gen);
+  }
+
+  private insertIndex(e: Extent): void {
+    insertSweeping(this.index, this.sh.gen, e);
   }
 
   /** Not a device error (index memory, a bug): EIO for this request only, logged. */
@@ -439,77 +444,6 @@ export class StripeEngine {
     }
     this.count('write_blocks', blocks(data.length));
     return 'ok';
-  }
-
-  /**
-   * dm-writecache's write hits: blocks of a write that were already cached, split by whether
-   * the copy they replace is in a key not yet captured by a commit round (`uncommitted`: data
-   * allocated since the last round took its ksets) or already committed.
-   */
-  private hitsUncommitted = 0;
-  private hitsCommitted = 0;
-  /** Fed by the index insert itself as it replaces older extents (no second walk of the index). */
-  private readonly replacedCb = (len: number, flags: number, seg: number, segOff: number, gen: number): void => {
-    if ((flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || !segmentLive(this.sh.gen, seg, gen)) return;
-    if (this.head.sinceCommit(seg, segOff)) this.hitsUncommitted += len;
-    else this.hitsCommitted += len;
-  };
-
-  private countWriteHits(): void {
-    if (this.hitsUncommitted > 0) this.count('write_hits_uncommitted', blocks(this.hitsUncommitted));
-    if (this.hitsCommitted > 0) this.count('write_hits_committed', blocks(this.hitsCommitted));
-    this.hitsUncommitted = 0;
-    this.hitsCommitted = 0;
-  }
-
-  /** Index inserts never fail for lack of memory while stale entries can be swept. */
-  private insertIndex(e: Extent, replaced?: Replaced): void {
-    try {
-      this.index.insert(e, replaced);
-    } catch (err) {
-      if (!(err instanceof IndexFullError)) throw err;
-      this.sweepStale();
-      this.index.insert(e, replaced);
-    }
-  }
-
-  /** A piece's data is in the file: its index entry and its key, in one step. */
-  private commitPiece(p: readonly number[], i: number): void {
-    const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!, kind = p[i + 5]!, token = p[i + 6]!, dataCrc = p[i + 7]!;
-    if (kind === PIECE_FILL) {
-      const filled = this.index.replacePlaceholder(token, { off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
-      if (filled === len && this.through.originMayLack) {
-        // The origin may have served writes it has not flushed (this stripe wrote them through),
-        // or, after a failed flush, writes it may have lost (its page cache still shows them):
-        // logged like a write-through copy, once the origin has flushed (logCleanCopies), or never.
-        this.through.holdClean(p, i);
-        this.count('fills', 1);
-      } else if (filled === len) {
-        this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc });
-        this.count('fills', 1);
-      } else {
-        // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
-        // logging them would let replay put them after the newer write. The segment's generation
-        // retires them when it is freed.
-        this.head.release(seg);
-      }
-      return;
-    }
-    if (kind === PIECE_CLEAN) {
-      // A write-through copy: logged once the origin has flushed the write (logCleanCopies).
-      this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
-      this.through.holdClean(p, i);
-      return;
-    }
-    this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.DIRTY }, this.replacedCb);
-    this.pushKey({ originOffset: off, length: len, flags: KEY_DIRTY, segment: seg, offset: segOff, generation: gen, dataCrc });
-    this.addDirty(len);
-  }
-
-  /** A piece's data never reached the file: give back its space; a fill's placeholder goes too. */
-  private abortPiece(p: readonly number[], i: number): void {
-    this.head.release(p[i + 2]!);
-    if (p[i + 5] === PIECE_FILL) this.reads.dropPlaceholder(p[i + 6]!, p[i]!, p[i + 1]!);
   }
 
   /** Writes out every gathered run and acknowledges the writes waiting on them. */

@@ -2,7 +2,9 @@
 // a new generation, and never tells the stripes one by one: every reader compares the generation
 // its entry recorded with the segment's current one, before and (for reads) after touching it.
 
-import { ExtentFlag } from './index/extent-index.js';
+import { ExtentFlag, IndexFullError } from './index/extent-index.js';
+import type { Extent, ExtentIndex } from './index/extent-index.js';
+import type { Replaced } from './index/cursor.js';
 
 interface Located { flags: number; seg: number; gen: number }
 
@@ -19,4 +21,20 @@ export function staleData(gens: Int32Array, e: Located): boolean {
 /** A DIRTY or CLEAN entry whose segment still holds its data. */
 export function liveData(gens: Int32Array, e: Located): boolean {
   return (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && segmentLive(gens, e.seg, e.gen);
+}
+
+/** Drops the index entries whose segment GC has freed. */
+export function sweepStale(index: ExtentIndex, gens: Int32Array): void {
+  index.removeIf((e) => staleData(gens, e));
+}
+
+/** Index inserts never fail for lack of memory while stale entries can be swept. */
+export function insertSweeping(index: ExtentIndex, gens: Int32Array, e: Extent, replaced?: Replaced): void {
+  try {
+    index.insert(e, replaced);
+  } catch (err) {
+    if (!(err instanceof IndexFullError)) throw err;
+    sweepStale(index, gens);
+    index.insert(e, replaced);
+  }
 }
