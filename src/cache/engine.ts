@@ -4,7 +4,7 @@
 //
 // This file takes the requests in and ties the paths together; each path lives in its own file
 // (docs/cache-engine.md "Threads and what they share" lists them): allocator.ts, data-runs.ts,
-// commit-rounds.ts, reads.ts, write-through.ts, bypass.ts, mode-table.ts.
+// piece-effects.ts, commit-rounds.ts, reads.ts, write-through.ts, bypass.ts, mode-table.ts.
 //
 // Ordering rules this file keeps (docs/cache-engine.md "Ordering rules"):
 //  * data is durable before any kset pointing at it is written (one group-commit sync first);
