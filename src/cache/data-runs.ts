@@ -17,6 +17,11 @@ export type Done = (errno: number) => void;
 
 export const BLOCK = 4096;
 
+/** 4 KiB blocks a byte count covers (how the counters count). */
+export function blocks(len: number): number {
+  return Math.ceil(len / BLOCK);
+}
+
 /** A gathered run goes out at this size (bounded by IOV_MAX buffers). */
 const RUN_MAX_BYTES = 1 << 20;
 const RUN_MAX_BUFS = 256;

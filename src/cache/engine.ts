@@ -26,7 +26,7 @@ import { FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
 import { KeyJournal } from './journal.js';
 import { DataHead } from './allocator.js';
-import { BLOCK, DataRuns, PIECE_DIRTY } from './data-runs.js';
+import { BLOCK, DataRuns, PIECE_DIRTY, blocks } from './data-runs.js';
 import type { Done } from './data-runs.js';
 import { insertSweeping, sweepStale } from './liveness.js';
 import { modeRow } from './mode-table.js';
@@ -521,8 +521,4 @@ export class StripeEngine {
     return this.rounds.drain();
   }
 
-}
-
-function blocks(len: number): number {
-  return Math.ceil(len / BLOCK);
 }

@@ -9,7 +9,7 @@ import { ExtentFlag } from './index/extent-index.js';
 import type { ExtentIndex } from './index/extent-index.js';
 import type { DataHead } from './allocator.js';
 import type { CommitRounds } from './commit-rounds.js';
-import { BLOCK, PIECE_CLEAN, PIECE_FILL } from './data-runs.js';
+import { PIECE_CLEAN, PIECE_FILL, blocks } from './data-runs.js';
 import type { RunSink } from './data-runs.js';
 import type { LocalCounters } from './engine-counters.js';
 import { insertSweeping, segmentLive } from './liveness.js';
@@ -87,8 +87,4 @@ export class PieceEffects implements Omit<RunSink, 'writeFailed'> {
     this.head.release(p[i + 2]!);
     if (p[i + 5] === PIECE_FILL) this.reads.dropPlaceholder(p[i + 6]!, p[i]!, p[i + 1]!);
   }
-}
-
-function blocks(len: number): number {
-  return Math.ceil(len / BLOCK);
 }

@@ -15,7 +15,7 @@ import type { Origin, Extent as StatusExtent } from '../origin/types.js';
 import { BlockState, NbdErr } from '../nbd/constants.js';
 import { MissTable } from './admission.js';
 import type { DataHead } from './allocator.js';
-import { BLOCK, PIECE_FILL, blockNo } from './data-runs.js';
+import { BLOCK, PIECE_FILL, blockNo, blocks } from './data-runs.js';
 import type { DataRuns, Done } from './data-runs.js';
 import { segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
@@ -305,8 +305,4 @@ export class StripeReads {
     }
     cb(0, out);
   }
-}
-
-function blocks(len: number): number {
-  return Math.ceil(len / BLOCK);
 }

@@ -26,7 +26,7 @@ import type { Origin } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
 import type { DataHead } from './allocator.js';
 import type { CommitRounds } from './commit-rounds.js';
-import { BLOCK, PIECE_CLEAN, RUN_STRIDE } from './data-runs.js';
+import { PIECE_CLEAN, RUN_STRIDE, blocks } from './data-runs.js';
 import type { DataRuns, Done } from './data-runs.js';
 import { liveData, segmentLive } from './liveness.js';
 import { modeRow } from './mode-table.js';
@@ -342,8 +342,4 @@ export class OriginFirst {
       } else this.head.release(seg);
     }
   }
-}
-
-function blocks(len: number): number {
-  return Math.ceil(len / BLOCK);
 }
