@@ -2,6 +2,10 @@
 // head and its open kset, and does the cache I/O (synchronous pread/pwrite: one outstanding I/O
 // per stripe thread, no thread hand-offs) and the origin reads of misses.
 //
+// This file takes the requests in and ties the paths together; each path lives in its own file
+// (docs/cache-engine.md "Threads and what they share" lists them): allocator.ts, data-runs.ts,
+// piece-effects.ts, commit-rounds.ts, reads.ts, write-through.ts, bypass.ts, mode-table.ts.
+//
 // Ordering rules this file keeps (docs/cache-engine.md "Ordering rules"):
 //  * data is durable before any kset pointing at it is written (one group-commit sync first);
 //  * an extent enters the index only once its data is in the file, and then in the same step as
@@ -13,41 +17,35 @@
 //    and nothing is claimed durable: writes, FLUSH and FUA get EIO, durable data is still served.
 
 import type { BlockDevice } from './blockdev.js';
-import { DATA_ALIGN, KSET_MAX_KEYS, SEGMENT_GEN_SLOTS, alignUp, crc32cOf, dataOffset } from './layout.js';
-import { KEY_CLEAN, KEY_DIRTY, KEY_INVALIDATE, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
+import { KEY_DIRTY, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
 import type { CacheKey } from './kset.js';
-import { appendKsets, segmentSlots, writeSegmentInfo } from './log.js';
 import type { Geometry } from './log.js';
-import { forSegment, segmentGenCodec } from './meta-slots.js';
-import { ERR_CACHE_IO, ERR_ORIGIN_FLUSH, MAX_GENERATION, MODE_PASSTHROUGH, MODE_WRITEBACK, MODE_WRITEONLY, MODE_WRITETHROUGH, SEG_DATA, W_FOREGROUND, W_FREED, W_KICK_GC, W_KICK_WB } from './shared.js';
-import { FAIL_DATA_WRITE, FAIL_LOG_WRITE, FAIL_META_WRITE, FAIL_REPLAY } from './durability.js';
+import { ERR_CACHE_IO, W_FOREGROUND, W_FREED, W_KICK_GC } from './shared.js';
+import type { CacheShared } from './shared.js';
+import { FAIL_REPLAY } from './durability.js';
 import { rebuildSubtrees } from './rebuild.js';
 import { KeyJournal } from './journal.js';
-import type { CacheShared } from './shared.js';
-import { ExtentFlag, IndexFullError } from './index/extent-index.js';
+import { DataHead } from './allocator.js';
+import { BLOCK, DataRuns, PIECE_DIRTY, blocks } from './data-runs.js';
+import type { Done } from './data-runs.js';
+import { insertSweeping, sweepStale } from './liveness.js';
+import { modeRow } from './mode-table.js';
+import { StripeReads } from './reads.js';
+import { CommitRounds } from './commit-rounds.js';
+import { Bypass } from './bypass.js';
+import { OriginFirst } from './write-through.js';
+import type { Queued } from './write-request.js';
+import { PieceEffects } from './piece-effects.js';
+import { LocalCounters } from './engine-counters.js';
+import type { EngineCounter, EngineLog, EngineStats } from './engine-counters.js';
+import { ExtentFlag } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
-import type { Replaced } from './index/cursor.js';
 import type { Origin, Extent as StatusExtent } from '../origin/types.js';
 import { NbdErr } from '../nbd/constants.js';
-import { BlockState } from '../nbd/constants.js';
 
-export type Done = (errno: number) => void;
-
-export const BLOCK = 4096;
-
-/** Counters the engine bumps; the stripe maps them onto its SAB counter block. */
-export interface EngineStats {
-  add(name: EngineCounter, n: number): void;
-}
-export type EngineCounter =
-  | 'read_blocks' | 'read_hits' | 'write_blocks' | 'write_bypass' | 'write_blocked' | 'cache_flushes'
-  | 'discards' | 'fills' | 'fills_skipped' | 'crc_errors' | 'cache_errors' | 'ksets' | 'origin_reads' | 'origin_read_bytes'
-  | 'origin_writes' | 'origin_write_bytes' | 'write_hits_uncommitted' | 'write_hits_committed' | 'write_allocs' | 'fills_deferred';
-
-export interface EngineLog {
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-}
+export type { Done };
+export { BLOCK };
+export type { EngineCounter, EngineLog, EngineStats };
 
 export interface EngineOptions {
   dev: BlockDevice;
@@ -69,44 +67,6 @@ export interface EngineOptions {
   rebuild?: readonly number[];
 }
 
-interface Alloc { seg: number; segOff: number; len: number }
-
-interface Queued {
-  kind: 'write' | 'trim' | 'zero';
-  off: number;
-  len: number;
-  data: Uint8Array | null;
-  fua: boolean;
-  done: Done;
-  since: number;
-  /** Goes to the origin first (writethrough, writearound, passthrough): see submitThrough. */
-  through: boolean;
-}
-
-/**
- * Uncommitted 4 KiB blocks that start a commit round before the autocommit time (the shared
- * `autocommit.blocks` word, dm-writecache's autocommit_blocks: 65,536 by default, its SSD value):
- * a round costs an fdatasync, so a full kset alone does not start one. At 64 ksets (8192 blocks)
- * a 4 KiB random-write load paid an fdatasync every 0.15 s and ran 10% slower. The autocommit time
- * bounds what a crash can take back; this also bounds the memory the ksets hold.
- */
-/** Slots of the per-stripe table of recent read misses (admission `nhit:N`). */
-const MISS_TABLE_SLOTS = 16_384;
-
-function blocksOfKey(k: CacheKey): number {
-  return k.flags === KEY_DIRTY || k.flags === KEY_CLEAN ? Math.ceil(k.length / BLOCK) : 1;
-}
-/** A gathered run of data writes goes out at this size (bounded by IOV_MAX buffers). */
-const RUN_MAX_BYTES = 1 << 20;
-const RUN_MAX_BUFS = 256;
-/** What a run piece becomes once written: a dirty write, a read-miss fill, a write-through clean copy. */
-const PIECE_DIRTY = 0;
-const PIECE_FILL = 1;
-const PIECE_CLEAN = 2;
-const RUN_STRIDE = 8;
-/** Write-through copies waiting for the origin's flush before their keys are logged. */
-const MAX_UNLOGGED_CLEAN = 8192;
-
 const NO_STATS: EngineStats = { add() {} };
 const NO_LOG: EngineLog = { warn() {}, error() {} };
 
@@ -117,23 +77,21 @@ export class StripeEngine {
   private readonly g: Geometry;
   private readonly origin: Origin;
   private readonly opts: EngineOptions;
-  private readonly stats: EngineStats;
+  private readonly counters: LocalCounters;
   private readonly log: EngineLog;
   private readonly now: () => number;
   private readonly writerId: number;
   private readonly journal: KeyJournal;
 
-  private headSeg = -1;
-  private headOff = 0;
-  private open: CacheKey[] = [];
-  private openSince = 0;
-  private ready: CacheKey[][] = [];
-  private lastLsn = 0;
+  private readonly head: DataHead;
+  private readonly runs: DataRuns;
+  private readonly reads: StripeReads;
+  private readonly rounds: CommitRounds;
+  private readonly bypass: Bypass;
+  private readonly through: OriginFirst;
+  private readonly effects: PieceEffects;
   private queue: Queued[] = [];
-  private bypassing = false;
   private freedSeen: number;
-  private readonly blockBuf = Buffer.alloc(BLOCK);
-  private readonly scratch: Extent[] = [];
 
   constructor(o: EngineOptions) {
     this.opts = o;
@@ -142,12 +100,43 @@ export class StripeEngine {
     this.index = o.index;
     this.g = o.geometry;
     this.origin = o.origin;
-    this.stats = o.stats ?? NO_STATS;
     this.log = o.log ?? NO_LOG;
     this.now = o.now ?? Date.now;
     this.writerId = this.sh.nextWriterId();
     this.freedSeen = this.sh.word(W_FREED);
     this.journal = o.journal ?? KeyJournal.create();
+    this.counters = new LocalCounters(this.sh, this.journal, o.stats ?? NO_STATS);
+    this.runs = new DataRuns(this.dev, this.sh, this.g, o.blockCrc, {
+      commit: (p, i) => this.effects.commit(p, i),
+      abort: (p, i) => this.effects.abort(p, i),
+      afterRun: () => this.effects.afterRun(),
+      writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
+    });
+    this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
+    this.rounds = new CommitRounds(this.dev, this.sh, this.g, this.journal, this.head, this.writerId, this.now, {
+      beforeRound: () => { this.flushData(); return this.noticeFailure(); },
+      failed: () => { this.noticeFailure(); },
+      count: (name, n) => this.count(name, n),
+      writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
+    });
+    this.bypass = new Bypass(this.sh, this.index, this.origin, (name, n) => this.count(name, n));
+    this.through = new OriginFirst({ sh: this.sh, index: this.index, g: this.g, origin: this.origin, journal: this.journal, head: this.head, runs: this.runs, rounds: this.rounds, log: this.log }, {
+      submit: (q) => this.submit(q),
+      spaceWaiters: () => this.queue.length > 0 || this.bypass.running,
+      enqueue: (q) => { this.queue.push(q); },
+      unpublishedDirty: () => this.counters.unpublishedDirty,
+      count: (name, n) => this.count(name, n),
+      requestError: (err, what) => this.requestError(err, what),
+    });
+    this.reads = new StripeReads({ dev: this.dev, sh: this.sh, index: this.index, g: this.g, origin: this.origin, blockCrc: o.blockCrc, journal: this.journal, head: this.head, runs: this.runs, log: this.log }, {
+      noticeFailure: () => this.noticeFailure(),
+      flushData: () => this.flushData(),
+      count: (name, n) => this.count(name, n),
+      requestError: (err, what) => this.requestError(err, what),
+      cacheReadError: (err, what) => this.cacheReadError(err, what),
+      writingThrough: (off, len) => this.through.inflight > 0 && this.through.overlapsInflight(off, len),
+    });
+    this.effects = new PieceEffects(this.sh, this.index, this.head, this.rounds, this.through, this.reads, this.counters);
     this.takeOver();
   }
 
@@ -174,11 +163,8 @@ export class StripeEngine {
       this.sh.addDirty(j.unpublishedDirty);
       j.unpublishedDirty = 0;
     }
-    if (j.headSeg >= 0) {
-      this.headSeg = j.headSeg;
-      this.headOff = j.headOff;
-    }
-    for (const k of keys) this.queueKey(k);
+    if (j.headSeg >= 0) this.head.resume(j.headSeg, j.headOff);
+    for (const k of keys) this.rounds.queue(k);
     (this as { recoveredKeys: number }).recoveredKeys = keys.length;
     const slots = this.opts.rebuild ?? [];
     if (slots.length > 0) {
@@ -194,186 +180,28 @@ export class StripeEngine {
     }
     // Writes the predecessor sent to the origin first and did not flush there yet, or an origin
     // flush of its that failed: the successor owes the same.
-    const origin = j.originState;
-    this.originFlushFailed = (origin & 2) !== 0;
-    this.originUnflushed = (origin & 1) !== 0;
+    this.through.inherit(j.originState);
     this.index.removeIf((e) => (e.flags & ExtentFlag.EMPTY) !== 0);
-    this.log.warn({ keys: keys.length, headSegment: this.headSeg }, 'stripe restarted: took over the keys its predecessor had accepted');
+    this.log.warn({ keys: keys.length, headSegment: this.head.segment }, 'stripe restarted: took over the keys its predecessor had accepted');
   }
 
   /** Keys accepted but not yet in the log (open kset plus closed ones waiting for log space). */
   get pendingKeys(): number {
-    let n = this.open.length;
-    for (const k of this.ready) n += k.length;
-    return n;
+    return this.rounds.pendingKeys;
   }
 
   get queuedWrites(): number { return this.queue.length; }
 
-  // ---- allocation ----
-
-  private allocData(maxLen: number): Alloc | null {
-    const area = this.g.dataAreaSize;
-    if (this.headSeg < 0 || this.headOff >= area) {
-      const s = this.sh.allocSegment(SEG_DATA);
-      if (s < 0) return null;
-      // allocSegment took the head's own reference.
-      if (this.headSeg >= 0) this.releaseRef(this.headSeg);
-      this.headSeg = -1;
-      this.journal.setHead(-1, 0);
-      try {
-        writeSegmentInfo(this.dev, this.sh, this.g, s, { type: 'data', next: 0xffffffff });
-      } catch (err) {
-        this.releaseRef(s);
-        this.deviceWriteFailed(err, 'segment info', FAIL_META_WRITE);
-        throw err;
-      }
-      this.headSeg = s;
-      this.headOff = 0;
-    }
-    const len = Math.min(maxLen, area - this.headOff);
-    const a = { seg: this.headSeg, segOff: this.headOff, len };
-    if (!this.uncommitted.has(a.seg)) this.uncommitted.set(a.seg, a.segOff);
-    this.headOff += alignUp(len, DATA_ALIGN);
-    this.journal.setHead(this.headSeg, this.headOff);
-    this.sh.ref(a.seg);
-    return a;
-  }
-
-  /**
-   * Drops one reference. A segment left without any is garbage the GC worker frees (a stripe never
-   * syncs synchronously: its own commit round may hold the sync gate while it waits here).
-   */
-  private releaseRef(seg: number): void {
-    if (this.sh.unref(seg) === 0) this.sh.kick(W_KICK_GC);
-  }
-
-  // ---- keys and commit ----
-
-  /** Blocks in the open and closed ksets not yet taken by a round. */
-  private pendingBlocks = 0;
-
-  private get autocommitDue(): boolean {
-    return this.pendingBlocks >= this.sh.autocommitBlocks || this.journal.pending * 2 >= this.journal.capacity;
-  }
+  // ---- keys and commit rounds (src/cache/commit-rounds.ts) ----
 
   /** A new key: into the open kset, and into the shared journal so it survives this thread. */
   private pushKey(k: CacheKey): void {
-    this.journal.push(k);
-    this.queueKey(k);
+    this.rounds.push(k);
   }
 
-  private queueKey(k: CacheKey): void {
-    if (this.open.length === 0 && this.ready.length === 0) this.openSince = this.now();
-    this.pendingBlocks += blocksOfKey(k);
-    this.open.push(k);
-    if (this.open.length >= KSET_MAX_KEYS) {
-      this.ready.push(this.open);
-      this.open = [];
-    }
-  }
-
-  /** Room in the journal for `n` more keys (it bounds what a stripe holds uncommitted). */
+  /** Room in the journal for `n` more keys; without it the next round is asked for. */
   private journalRoom(n: number): boolean {
-    if (this.journal.room(n + KSET_MAX_KEYS)) return true;
-    this.wantRound = true;
-    return false;
-  }
-
-  /**
-   * Commit machinery. A round: take every closed kset, sync the cache (their data must be durable
-   * before any kset points at it), append them to the log, and, when a FLUSH or FUA waits, sync
-   * again so the ksets are durable before the replies. The syncs run off-thread (fdatasync in the
-   * libuv pool), so the stripe keeps serving I/O meanwhile; writes that arrive during a round go
-   * to the next one, and so do FLUSHes (they may cover those writes). One round at a time.
-   */
-  private roundRunning = false;
-  /** FLUSH/FUA replies waiting for the next round to complete. */
-  private durableWaiters: Done[] = [];
-  private wantRound = false;
-
-  /** The round in flight: its ksets, and whether the sync that covers their data succeeded. */
-  private round: { batch: CacheKey[][]; dataDurable: boolean } | null = null;
-
-  /** Starts a round if one is due and none runs. */
-  private kickCommit(durable: boolean): void {
-    if (durable) this.wantRound = true;
-    if (this.roundRunning) return;
-    // The round's first sync must cover the data its keys point at.
-    this.flushData();
-    if (this.noticeFailure()) return;
-    if (this.open.length > 0) {
-      this.ready.push(this.open);
-      this.open = [];
-    }
-    const waiters = this.durableWaiters;
-    const needDurable = waiters.length > 0;
-    if (this.ready.length === 0 && !needDurable) { this.wantRound = false; return; }
-    this.durableWaiters = [];
-    this.wantRound = false;
-    this.roundRunning = true;
-    // Everything allocated so far has its key in this round.
-    this.uncommitted.clear();
-    this.pendingBlocks = 0;
-    const batch = this.ready;
-    this.ready = [];
-    // A round for FLUSH/FUA ends an epoch with its last kset; with nothing new to log, an empty
-    // kset carries the mark unless the newest kset in the log already ends one.
-    if (needDurable && batch.length === 0 && !this.sh.epochClosed) batch.push([]);
-    const epochAt = needDurable ? batch.length - 1 : -1;
-    const round = { batch, dataDurable: false };
-    this.round = round;
-    // A failed sync or log write is the device failing (sticky): the round's keys are never
-    // logged again (that would count them twice), its waiters and everyone after them get EIO.
-    const fail = (): void => {
-      this.noticeFailure();
-      this.round = null;
-      this.endRound(waiters, NbdErr.EIO);
-    };
-    const done = (): void => {
-      this.round = null;
-      this.endRound(waiters, 0);
-    };
-    const afterAppend = (): void => {
-      if (!needDurable || this.lastLsn <= this.sh.durableLsn) { done(); return; }
-      this.sh.syncCacheAsync(this.dev, (ok) => (ok ? done() : fail()));
-    };
-    if (batch.length === 0) { afterAppend(); return; }
-    this.sh.syncCacheAsync(this.dev, (ok) => {
-      if (!ok) { fail(); return; }
-      round.dataDurable = true;
-      let appended = 0;
-      try {
-        const r = appendKsets(this.dev, this.sh, this.g, batch, this.writerId, epochAt, this.journal);
-        appended = r.appended;
-        if (appended > 0) {
-          this.lastLsn = r.headLsn;
-          this.count('ksets', appended);
-        }
-      } catch (e) {
-        this.deviceWriteFailed(e, 'key log append', FAIL_LOG_WRITE);
-        fail();
-        return;
-      }
-      if (appended < batch.length) {
-        // Log full: the rest waits for GC, and so do the durable waiters of this round.
-        this.round = null;
-        this.ready = batch.slice(appended).concat(this.ready);
-        for (const ks of batch.slice(appended)) for (const k of ks) this.pendingBlocks += blocksOfKey(k);
-        this.durableWaiters = waiters.concat(this.durableWaiters);
-        this.roundRunning = false;
-        this.sh.kick(W_KICK_GC);
-        return;
-      }
-      afterAppend();
-    });
-  }
-
-  private endRound(waiters: Done[], errno: number): void {
-    this.roundRunning = false;
-    if (errno === 0 && waiters.length > 0) this.count('cache_flushes', 1);
-    for (const d of waiters) d(errno);
-    if (this.wantRound || this.durableWaiters.length > 0) this.kickCommit(this.durableWaiters.length > 0);
+    return this.rounds.room(n);
   }
 
   // ---- the device failed (src/cache/durability.ts) ----
@@ -392,9 +220,8 @@ export class StripeEngine {
     if (this.sh.failed === 0) return false;
     if (this.failureSeen) return true;
     this.failureSeen = true;
-    this.flushRun(); // pieces not yet written are aborted
-    const suspect: CacheKey[][] = [this.open, ...this.ready];
-    if (this.round && !this.round.dataDurable) suspect.push(...this.round.batch);
+    this.runs.flush(); // pieces not yet written are aborted
+    const { suspect, unlogged } = this.rounds.abandon();
     let poisoned = 0;
     for (const ks of suspect) {
       for (const k of ks) {
@@ -404,10 +231,7 @@ export class StripeEngine {
       }
     }
     // Never written back in this run (writeback stops at the last durable kset).
-    for (const ks of [this.open, ...this.ready, ...(this.round?.batch ?? [])]) for (const k of ks) if (needsWriteback(k.flags)) this.addDirty(-k.length);
-    this.open = [];
-    this.ready = [];
-    this.pendingBlocks = 0;
+    for (const ks of unlogged) for (const k of ks) if (needsWriteback(k.flags)) this.addDirty(-k.length);
     this.index.removeIf((e) => (e.flags & ExtentFlag.CLEAN) !== 0);
     if (poisoned > 0) this.log.error({ bytes: poisoned }, 'cache device failed: data not yet durable is unreadable until restart (EIO)');
     this.failAllWaiting();
@@ -417,13 +241,9 @@ export class StripeEngine {
 
   /** Every FLUSH, FUA and write still waiting gets EIO (the device failed). */
   private failAllWaiting(): void {
-    const waiters = this.durableWaiters;
-    this.durableWaiters = [];
-    this.wantRound = false;
-    for (const d of waiters) d(NbdErr.EIO);
-    const queued = this.queue.concat(this.parked);
+    this.rounds.failWaiters();
+    const queued = this.queue.concat(this.through.takeParked());
     this.queue = [];
-    this.parked = [];
     for (const q of queued) q.done(NbdErr.EIO);
   }
 
@@ -441,12 +261,12 @@ export class StripeEngine {
     if (this.noticeFailure()) return;
     const now = this.now();
     // Closed ksets wait for the autocommit time (or for enough of them): every round costs a sync.
-    if (!this.roundRunning && (this.autocommitDue || ((this.open.length > 0 || this.ready.length > 0) && now - this.openSince >= this.sh.autocommitMs))) this.kickCommit(false);
+    if (!this.rounds.running && (this.rounds.autocommitDue || (this.rounds.holdsKeys && now - this.rounds.openSince >= this.sh.autocommitMs))) this.rounds.kick(false);
     const freed = this.sh.word(W_FREED);
     if (freed !== this.freedSeen) {
       this.freedSeen = freed;
       this.sweepStale();
-      if (this.ready.length > 0 || this.durableWaiters.length > 0) this.kickCommit(this.durableWaiters.length > 0);
+      if (this.rounds.hasClosed || this.rounds.waiting) this.rounds.kick(this.rounds.waiting);
     }
     if (this.queue.length > 0) {
       this.runQueue();
@@ -456,19 +276,22 @@ export class StripeEngine {
 
   /** Milliseconds until tick() has something to do (for the stripe's idle wait). */
   nextTickIn(): number {
-    if (this.queue.length > 0 || (this.autocommitDue && !this.roundRunning)) return 5;
-    if (this.open.length > 0 || this.ready.length > 0) return Math.max(0, this.sh.autocommitMs - (this.now() - this.openSince));
+    if (this.queue.length > 0 || (this.rounds.autocommitDue && !this.rounds.running)) return 5;
+    if (this.rounds.holdsKeys) return Math.max(0, this.sh.autocommitMs - (this.now() - this.rounds.openSince));
     return Infinity;
   }
 
   /** True while keys or replies wait on a commit round, or writes on the origin (modes that write it first). */
   get committing(): boolean {
-    return this.roundRunning || this.durableWaiters.length > 0 || this.throughInflight.length > 0;
+    return this.rounds.running || this.rounds.waiting || this.through.inflight > 0;
   }
 
   private sweepStale(): void {
-    const gen = this.sh.gen;
-    this.index.removeIf((e) => (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && Atomics.load(gen, e.seg) !== e.gen);
+    sweepStale(this.index, this.sh.gen);
+  }
+
+  private insertIndex(e: Extent): void {
+    insertSweeping(this.index, this.sh.gen, e);
   }
 
   /** Not a device error (index memory, a bug): EIO for this request only, logged. */
@@ -488,66 +311,16 @@ export class StripeEngine {
 
   /** Group commit: every FLUSH (and FUA) of one batch shares one round (see endBatch). */
   flush(done: Done): void {
-    if (this.noticeFailure() || this.originFlushFailed) {
+    if (this.noticeFailure() || this.through.flushFailed) {
       done(NbdErr.EIO);
       return;
     }
-    if (!this.originUnflushed) {
-      this.durableWaiters.push(done);
+    if (!this.through.unflushed) {
+      this.rounds.waitDurable(done);
       return;
     }
     // Writes completed on the origin since its last flush (modes that write it first).
-    this.originUnflushed = false;
-    let left = 2;
-    let first = 0;
-    const both = (errno: number): void => {
-      if (errno !== 0 && first === 0) first = errno;
-      if (--left === 0) done(first);
-    };
-    const cleans = this.unloggedClean;
-    this.unloggedClean = [];
-    const mark = this.journal.originMark;
-    this.origin.flush((status) => {
-      if (status !== 0) this.sh.noteOriginFlushFailed();
-      // A flush anywhere that failed since these writes began may have dropped them: not covered.
-      const errno = status !== 0 ? status : this.sh.originFlushFails !== mark ? NbdErr.EIO : 0;
-      // Those writes may be gone (a flush that failed may have dropped them, and a later one
-      // would succeed without them) and nothing holds a copy to write again: every later FLUSH
-      // of this stripe fails too, until a restart.
-      if (errno !== 0 && !this.originFlushFailed) {
-        this.originFlushFailed = true;
-        this.sh.setError(ERR_ORIGIN_FLUSH);
-        this.log.error({ errno }, 'origin flush failed after writes that went to the origin first: FLUSH fails until restart');
-      }
-      if (errno === 0) this.logCleanCopies(cleans);
-      else for (let i = 0; i < cleans.length; i += RUN_STRIDE) this.releaseRef(cleans[i + 2]!);
-      this.durableWaiters.push(both);
-      this.kickCommit(true);
-      both(errno);
-    });
-  }
-
-  /**
-   * Write-through copies whose origin write is not flushed yet (flat, RUN_STRIDE numbers each). A
-   * clean key says "the origin holds this": logged before the origin flushed it, a power cut that
-   * cost the origin its write cache would leave the cache replaying a copy the origin lost. Until
-   * the flush, the copy is served from memory only.
-   */
-  private unloggedClean: number[] = [];
-
-  /** After the origin flushed them: log the copies the index still holds whole (nothing newer touched them). */
-  private logCleanCopies(p: readonly number[]): void {
-    for (let i = 0; i < p.length; i += RUN_STRIDE) {
-      const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!;
-      let whole = 0, pieces = 0;
-      this.index.lookup(off, len, (_o, l, e) => {
-        pieces++;
-        if (e !== null && e.flags === ExtentFlag.CLEAN && e.seg === seg && e.gen === gen && e.segOff === segOff) whole += l;
-      });
-      if (pieces === 1 && whole === len && this.journalRoom(1)) {
-        this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc: p[i + 7]! });
-      } else this.releaseRef(seg);
-    }
+    this.through.flushOrigin(done);
   }
 
   endBatch(): void {
@@ -557,7 +330,7 @@ export class StripeEngine {
       Atomics.add(this.sh.w, W_FOREGROUND, 1);
     }
     this.flushData();
-    if (this.durableWaiters.length > 0) this.kickCommit(true);
+    if (this.rounds.waiting) this.rounds.kick(true);
   }
 
   // ---- WRITE / TRIM / ZERO ----
@@ -576,241 +349,45 @@ export class StripeEngine {
 
   /** writeback and writeonly complete writes in the cache; the other modes write the origin first. */
   private writesThrough(): boolean {
-    const m = this.sh.mode;
     // dm-writecache's cleaner: no new write promotions; writes go around the cache.
-    return (m !== MODE_WRITEBACK && m !== MODE_WRITEONLY) || this.sh.cleaner;
+    return modeRow(this.sh.mode).originFirst || this.sh.cleaner;
   }
 
-  // ---- modes that write the origin first ----
-  //
-  // The origin and the cache must never disagree in a way a crash could expose: a clean cached
-  // copy replayed over newer origin data would change the volume by itself later, when it is
-  // evicted. So a write that goes to the origin first (writethrough, writearound, passthrough):
-  //  * over a range still holding dirty data (written in write-back mode, or a TRIM/ZERO key),
-  //    is taken by the cache as a dirty write instead; writeback puts it on the origin after the
-  //    older data, in log order;
-  //  * otherwise drops the cached copies of its range first, and, if one was live (replay would
-  //    restore it), logs an INVALIDATE key and makes it durable before the origin write starts;
-  //  * is not overtaken: later writes overlapping it wait in `parked`, in order, and reads of its
-  //    range do not promote (a fill could read the origin's old data);
-  //  * in writethrough, a WRITE is then cached as a clean extent (if there is room now).
-  // A FLUSH then flushes the origin too.
-
-  private throughInflight: Queued[] = [];
-  private parked: Queued[] = [];
-  private originUnflushedNow = false;
-  /** An origin flush failed after writes that went to the origin first (sticky, see flush()). */
-  private originFlushFailedNow = false;
-  // Mirrored in the journal: a successor stripe inherits both.
-  private get originUnflushed(): boolean { return this.originUnflushedNow; }
-  private set originUnflushed(v: boolean) { this.originUnflushedNow = v; this.journal.originState = (v ? 1 : 0) | (this.originFlushFailedNow ? 2 : 0); }
-  private get originFlushFailed(): boolean { return this.originFlushFailedNow; }
-  private set originFlushFailed(v: boolean) { this.originFlushFailedNow = v; this.journal.originState = (this.originUnflushedNow ? 1 : 0) | (v ? 2 : 0); }
-
-  private overlapsInflight(off: number, len: number): boolean {
-    for (const t of this.throughInflight) if (off < t.off + t.len && t.off < off + len) return true;
-    return false;
-  }
-
+  /** Every write enters here: behind an overlapping write on the origin, or down its mode's path. */
   private enter(q: Queued): void {
     this.wroteInBatch = true;
     if (this.noticeFailure()) {
       q.done(NbdErr.EIO);
       return;
     }
-    if (this.parked.length > 0 || (this.throughInflight.length > 0 && this.overlapsInflight(q.off, q.len))) {
-      this.parked.push(q);
+    if (this.through.mustWait(q)) {
+      this.through.park(q);
       return;
     }
-    if (q.through) this.submitThrough(q);
+    if (q.through) this.through.submit(q);
     else this.submit(q);
-  }
-
-  private unpark(): void {
-    while (this.parked.length > 0 && !this.overlapsInflight(this.parked[0]!.off, this.parked[0]!.len)) {
-      const q = this.parked.shift()!;
-      if (q.through) this.submitThrough(q);
-      else this.submit(q);
-    }
-  }
-
-  private submitThrough(q: Queued): void {
-    // Writes waiting for cache space keep their order: nothing overtakes them.
-    if (this.queue.length > 0 || this.bypassing) {
-      this.queue.push(q);
-      return;
-    }
-    this.startThrough(q);
-  }
-
-  private startThrough(q: Queued): void {
-    // Writes still in the gathered run take effect first: the index must show them.
-    this.flushRun();
-    if (this.hasDirty(q.off, q.len)) {
-      this.submit({ ...q, through: false });
-      return;
-    }
-    if (!this.journalRoom(KSET_MAX_KEYS)) {
-      this.queue.push(q);
-      this.kickCommit(false);
-      return;
-    }
-    this.throughInflight.push(q);
-    let logged: boolean;
-    try {
-      logged = this.invalidate(q.off, q.len);
-    } catch (err) {
-      this.requestError(err, 'invalidate');
-      this.endThrough(q, NbdErr.EIO, false);
-      return;
-    }
-    if (!logged) {
-      this.writeOrigin(q);
-      return;
-    }
-    // The INVALIDATE key is durable before the origin can hold data the old copy contradicts.
-    this.durableWaiters.push((errno) => {
-      if (errno !== 0) this.endThrough(q, errno, false);
-      else this.writeOrigin(q);
-    });
-    this.kickCommit(true);
-  }
-
-  private writeOrigin(q: Queued): void {
-    const finish = (errno: number): void => {
-      let cached = false;
-      if (errno === 0 && q.kind === 'write' && this.sh.mode === MODE_WRITETHROUGH) {
-        try {
-          cached = this.cacheClean(q.off, q.data!);
-        } catch (err) {
-          // The origin has the write and the range holds no cached copy: still a success.
-          this.requestError(err, 'write-through cache copy');
-        }
-      }
-      this.endThrough(q, errno, cached);
-    };
-    if (q.kind === 'write') {
-      this.count('origin_writes', 1);
-      this.count('origin_write_bytes', q.len);
-      this.origin.write(q.off, q.data!, q.fua, finish);
-    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, q.fua, finish);
-    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: q.fua }, finish);
-  }
-
-  private endThrough(q: Queued, errno: number, cached: boolean): void {
-    this.throughInflight.splice(this.throughInflight.indexOf(q), 1);
-    if (errno === 0 && !this.originUnflushed) {
-      this.originUnflushed = true;
-      this.journal.originMark = this.sh.originFlushFails;
-    }
-    // A cached copy sits in a gathered run: acknowledged once it is in the file (flushData). The
-    // origin has the write either way, so a failed copy (its extent never entered the index) does
-    // not fail it.
-    if (cached && errno === 0 && this.runBufs.length > 0) this.throughAcks.push(q.done);
-    else q.done(errno);
-    this.unpark();
-    this.flushData();
-  }
-
-  /** Live dirty data, or a TRIM/ZERO key, anywhere in the range (writeback still owes it to the origin). */
-  private hasDirty(off: number, len: number): boolean {
-    // The index keeps DIRTY/TRIM/ZERO flags after writeback; with nothing dirty anywhere, none is
-    // (this stripe's own unpublished count included: see publishStats).
-    if (this.sh.dirtyBytes + this.dirtyDelta === 0) return false;
-    let dirty = false;
-    const gen = this.sh.gen;
-    this.index.lookup(off, len, (_o, _l, e) => {
-      if (e === null || dirty) return;
-      if (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) dirty = true;
-      else if ((e.flags & ExtentFlag.DIRTY) && Atomics.load(gen, e.seg) === e.gen) dirty = true;
-    });
-    return dirty;
-  }
-
-  /**
-   * Drops every cached copy, placeholder and TRIM/ZERO entry in the range (which holds nothing
-   * writeback still owes the origin: see startThrough; entries flagged DIRTY or TRIM/ZERO are
-   * written back already). Returns true when an INVALIDATE key was logged for a live entry, which
-   * replay would otherwise restore.
-   */
-  private invalidate(off: number, len: number): boolean {
-    const drop: [number, number, boolean][] = [];
-    const gen = this.sh.gen;
-    this.index.lookup(off, len, (o, l, e) => {
-      if (e === null) return;
-      const live = (e.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) !== 0 ||
-        ((e.flags & (ExtentFlag.CLEAN | ExtentFlag.DIRTY)) !== 0 && Atomics.load(gen, e.seg) === e.gen);
-      drop.push([o, l, live]);
-    });
-    let logged = false;
-    for (const [o, l, live] of drop) {
-      this.index.remove(o, l);
-      if (live) {
-        this.pushKey({ originOffset: o, length: l, flags: KEY_INVALIDATE, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
-        logged = true;
-      }
-    }
-    return logged;
-  }
-
-  /** Caches data the origin already holds as clean extents; false (nothing cached) when there is no room now. */
-  private cacheClean(off: number, data: Uint8Array): boolean {
-    if (this.sh.failed !== 0 || !this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS)) return false;
-    // Copies wait in memory for the origin flush: bounded, beyond which writes are not cached.
-    if (this.unloggedClean.length >= MAX_UNLOGGED_CLEAN * RUN_STRIDE) return false;
-    const allocs: Alloc[] = [];
-    for (let pos = 0; pos < data.length;) {
-      const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
-      const a = needsSegment && this.sh.freeSegments <= this.sh.logReserve + 1 ? null : this.allocData(data.length - pos);
-      if (a === null) {
-        for (const x of allocs) this.releaseRef(x.seg);
-        return false;
-      }
-      allocs.push(a);
-      pos += a.len;
-    }
-    let pos = 0;
-    for (const a of allocs) {
-      this.writeData(a, data.subarray(pos, pos + a.len), off + pos, PIECE_CLEAN, 0);
-      pos += a.len;
-    }
-    this.count('write_blocks', blocks(data.length));
-    return true;
   }
 
   /** Foreground I/O seen in this batch (reads included: writeback competes for the same CPU). */
   private wroteInBatch = false;
 
-  // Counters are SharedArrayBuffer BigInt words: an Atomics.add (and a BigInt) per request costs
-  // more than the request's own bookkeeping, so the engine sums locally and publishes per batch.
-  private readonly local = new Map<EngineCounter, number>();
-  private dirtyDelta = 0;
-
   private count(name: EngineCounter, n: number): void {
-    this.local.set(name, (this.local.get(name) ?? 0) + n);
+    this.counters.count(name, n);
   }
 
   private addDirty(n: number): void {
-    this.dirtyDelta += n;
-    this.journal.unpublishedDirty = this.dirtyDelta;
+    this.counters.addDirty(n);
   }
 
   /** Publishes the locally summed counters (end of every batch and tick). */
   publishStats(): void {
-    if (this.dirtyDelta !== 0) {
-      this.sh.addDirty(this.dirtyDelta);
-      this.dirtyDelta = 0;
-      this.journal.unpublishedDirty = 0;
-    }
-    if (this.local.size === 0) return;
-    for (const [k, v] of this.local) if (v !== 0) this.stats.add(k, v);
-    this.local.clear();
+    this.counters.publish();
   }
 
   private submit(q: Queued): void {
     this.wroteInBatch = true;
     // Writes waiting for space keep their order: nothing overtakes them.
-    if (this.queue.length > 0 || this.bypassing) {
+    if (this.queue.length > 0 || this.bypass.running) {
       this.queue.push(q);
       return;
     }
@@ -833,22 +410,21 @@ export class StripeEngine {
 
   private finishWrite(q: Queued): void {
     if (!q.fua) {
-      if (this.runBufs.length > 0) this.dataAcks.push(q.done);
-      else q.done(0);
+      this.runs.ackAfterWrite(q.done);
       return;
     }
-    this.durableWaiters.push(q.done);
-    this.kickCommit(true);
+    this.rounds.waitDurable(q.done);
+    this.rounds.kick(true);
   }
 
   private apply(q: Queued): 'ok' | 'full' {
     if (q.kind !== 'write') {
       const flags = q.kind === 'trim' ? KEY_TRIM : KEY_ZERO;
       // Writes still in the gathered run come first in the index and the log.
-      this.flushRun();
+      this.runs.flush();
       if (this.noticeFailure()) throw new Error('the cache device failed');
       // A key without data still needs log space; keep a segment's worth of headroom.
-      if (this.sh.freeSegments === 0 && this.ready.length > 0) return 'full';
+      if (this.sh.freeSegments === 0 && this.rounds.hasClosed) return 'full';
       if (!this.journalRoom(1)) return 'full';
       this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
       this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
@@ -858,206 +434,30 @@ export class StripeEngine {
     }
     const data = q.data!;
     if (!this.journalRoom(Math.ceil(data.length / this.g.dataAreaSize) + 1)) return 'full';
-    const allocs: Alloc[] = [];
-    for (let pos = 0; pos < data.length;) {
-      const a = this.allocData(data.length - pos);
-      if (a === null) {
-        for (const x of allocs) this.releaseRef(x.seg);
-        return 'full';
-      }
-      allocs.push(a);
-      pos += a.len;
-    }
+    const allocs = this.head.allocAll(data.length, false);
+    if (allocs === null) return 'full';
     this.count('write_allocs', blocks(data.length));
     let pos = 0;
     for (const a of allocs) {
-      this.writeData(a, data.subarray(pos, pos + a.len), q.off + pos, PIECE_DIRTY, 0);
+      this.runs.add(a, data.subarray(pos, pos + a.len), q.off + pos, PIECE_DIRTY, 0);
       pos += a.len;
     }
     this.count('write_blocks', blocks(data.length));
     return 'ok';
   }
 
-  /**
-   * dm-writecache's write hits: blocks of a write that were already cached, split by whether
-   * the copy they replace is in a key not yet captured by a commit round (`uncommitted`: data
-   * allocated since the last round took its ksets) or already committed.
-   */
-  private readonly uncommitted = new Map<number, number>();
-  private hitsUncommitted = 0;
-  private hitsCommitted = 0;
-  /** Fed by the index insert itself as it replaces older extents (no second walk of the index). */
-  private readonly replacedCb = (len: number, flags: number, seg: number, segOff: number, gen: number): void => {
-    if ((flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || Atomics.load(this.sh.gen, seg) !== gen) return;
-    const from = this.uncommitted.get(seg);
-    if (from !== undefined && segOff >= from) this.hitsUncommitted += len;
-    else this.hitsCommitted += len;
-  };
-
-  private countWriteHits(): void {
-    if (this.hitsUncommitted > 0) this.count('write_hits_uncommitted', blocks(this.hitsUncommitted));
-    if (this.hitsCommitted > 0) this.count('write_hits_committed', blocks(this.hitsCommitted));
-    this.hitsUncommitted = 0;
-    this.hitsCommitted = 0;
-  }
-
-  /** Index inserts never fail for lack of memory while stale entries can be swept. */
-  private insertIndex(e: Extent, replaced?: Replaced): void {
-    try {
-      this.index.insert(e, replaced);
-    } catch (err) {
-      if (!(err instanceof IndexFullError)) throw err;
-      this.sweepStale();
-      this.index.insert(e, replaced);
-    }
-  }
-
-  /**
-   * Data goes out padded to whole 4 KiB blocks, so every cache block has a well-defined CRC.
-   * Allocation is log-structured, so the writes of one batch are mostly contiguous in the cache:
-   * they are gathered into one pwritev per run (a 4 KiB pwrite costs ~5x a page of a batched
-   * one here). A piece takes effect (index entry, key) only once its run is in the file
-   * (commitPiece), and the writes are acknowledged after that (flushData); a run that fails to
-   * write changes nothing in the index, so the extents it would have replaced are still served.
-   */
-  private writeData(a: Alloc, piece: Uint8Array, originOff: number, kind: number, token: number): void {
-    const at = dataOffset(a.seg, a.segOff, this.g.segmentSize);
-    if (this.runBufs.length > 0 && (at !== this.runEnd || this.runBufs.length >= RUN_MAX_BUFS || this.runEnd - this.runAt >= RUN_MAX_BYTES)) this.flushRun();
-    if (this.runBufs.length === 0) this.runAt = this.runEnd = at;
-    const gen = this.sh.genOf(a.seg);
-    const crc = this.g.dataCrc ? crc32cOf(piece) : 0;
-    this.runPieces.push(originOff, piece.length, a.seg, a.segOff, gen, kind, token, crc);
-    const whole = piece.length - (piece.length % BLOCK);
-    if (whole > 0) this.runBufs.push(piece.subarray(0, whole));
-    let tail: Uint8Array | null = null;
-    if (whole < piece.length) {
-      tail = Buffer.alloc(BLOCK);
-      tail.set(piece.subarray(whole));
-      this.runBufs.push(tail);
-    }
-    this.runEnd += alignUp(piece.length, BLOCK);
-    const blockCrc = this.opts.blockCrc;
-    if (blockCrc) {
-      const first = this.blockNo(a.seg, a.segOff);
-      for (let b = 0; b * BLOCK < piece.length; b++) {
-        const chunk = b * BLOCK + BLOCK <= piece.length ? piece.subarray(b * BLOCK, b * BLOCK + BLOCK) : tail!;
-        Atomics.store(blockCrc, first + b, crc32cOf(chunk) | 0);
-      }
-    }
-  }
-
-  private runBufs: Uint8Array[] = [];
-  private runAt = 0;
-  private runEnd = 0;
-  /** Writes whose data sits in runs not yet written: acknowledged by flushData. */
-  private dataAcks: Done[] = [];
-  /** Write-through writes whose clean copy sits in the run: the origin has them, so they succeed either way. */
-  private throughAcks: Done[] = [];
-
-  /** The pieces of the gathered run, flat (RUN_STRIDE numbers each): origin offset, length, segment, segment offset, generation, kind, placeholder token, data CRC. */
-  private runPieces: number[] = [];
-  /** A run failed since the last acknowledgement: the writes waiting on runs get EIO. */
-  private runFailed = false;
-
-  /** Writes the gathered run, then gives its pieces effect in order (or undoes their allocations). */
-  private flushRun(): void {
-    const bufs = this.runBufs;
-    if (bufs.length === 0) return;
-    this.runBufs = [];
-    const pieces = this.runPieces;
-    this.runPieces = [];
-    let written = false;
-    if (this.sh.failed === 0) {
-      try {
-        if (bufs.length === 1) this.dev.pwrite(bufs[0]!, this.runAt);
-        else if (this.dev.pwritev) this.dev.pwritev(bufs, this.runAt);
-        else {
-          let at = this.runAt;
-          for (const b of bufs) { this.dev.pwrite(b, at); at += b.length; }
-        }
-        written = true;
-      } catch (err) {
-        this.deviceWriteFailed(err, 'data write', FAIL_DATA_WRITE);
-      }
-    }
-    if (!written) {
-      this.runFailed = true;
-      for (let i = 0; i < pieces.length; i += RUN_STRIDE) this.abortPiece(pieces, i);
-      return;
-    }
-    for (let i = 0; i < pieces.length; i += RUN_STRIDE) this.commitPiece(pieces, i);
-    this.countWriteHits();
-  }
-
-  /** A piece's data is in the file: its index entry and its key, in one step. */
-  private commitPiece(p: readonly number[], i: number): void {
-    const off = p[i]!, len = p[i + 1]!, seg = p[i + 2]!, segOff = p[i + 3]!, gen = p[i + 4]!, kind = p[i + 5]!, token = p[i + 6]!, dataCrc = p[i + 7]!;
-    if (kind === PIECE_FILL) {
-      const filled = this.index.replacePlaceholder(token, { off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
-      if (filled === len && (this.originUnflushed || this.originFlushFailed)) {
-        // The origin may have served writes it has not flushed (this stripe wrote them through),
-        // or, after a failed flush, writes it may have lost (its page cache still shows them):
-        // logged like a write-through copy, once the origin has flushed (logCleanCopies), or never.
-        for (let j = 0; j < RUN_STRIDE; j++) this.unloggedClean.push(p[i + j]!);
-        this.count('fills', 1);
-      } else if (filled === len) {
-        this.pushKey({ originOffset: off, length: len, flags: KEY_CLEAN, segment: seg, offset: segOff, generation: gen, dataCrc });
-        this.count('fills', 1);
-      } else {
-        // Part of it was overwritten meanwhile: serve the surviving clean pieces from memory only;
-        // logging them would let replay put them after the newer write. The segment's generation
-        // retires them when it is freed.
-        this.releaseRef(seg);
-      }
-      return;
-    }
-    if (kind === PIECE_CLEAN) {
-      // A write-through copy: logged once the origin has flushed the write (logCleanCopies).
-      this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.CLEAN });
-      for (let j = 0; j < RUN_STRIDE; j++) this.unloggedClean.push(p[i + j]!);
-      return;
-    }
-    this.insertIndex({ off, len, seg, segOff, gen, flags: ExtentFlag.DIRTY }, this.replacedCb);
-    this.pushKey({ originOffset: off, length: len, flags: KEY_DIRTY, segment: seg, offset: segOff, generation: gen, dataCrc });
-    this.addDirty(len);
-  }
-
-  /** A piece's data never reached the file: give back its space; a fill's placeholder goes too. */
-  private abortPiece(p: readonly number[], i: number): void {
-    this.releaseRef(p[i + 2]!);
-    if (p[i + 5] === PIECE_FILL) this.dropPlaceholder(p[i + 6]!, p[i]!, p[i + 1]!);
-  }
-
   /** Writes out every gathered run and acknowledges the writes waiting on them. */
   flushData(): void {
-    this.flushRun();
-    if (this.throughAcks.length > 0) {
-      const acks = this.throughAcks;
-      this.throughAcks = [];
-      for (const d of acks) d(0);
-    }
-    if (this.dataAcks.length === 0) {
-      this.runFailed = false;
-      return;
-    }
-    const errno = this.runFailed ? NbdErr.EIO : 0;
-    this.runFailed = false;
-    const acks = this.dataAcks;
-    this.dataAcks = [];
-    for (const d of acks) d(errno);
-  }
-
-  private blockNo(seg: number, segOff: number): number {
-    return seg * (this.g.dataAreaSize / BLOCK) + segOff / BLOCK;
+    this.runs.flushAndAck();
   }
 
   private runQueue(): void {
     if (this.queue.length > 0) this.sh.noteWriteBlocked(Date.now());
-    while (this.queue.length > 0 && !this.bypassing) {
+    while (this.queue.length > 0 && !this.bypass.running) {
       const q = this.queue[0]!;
       if (q.through) {
         this.queue.shift();
-        this.startThrough(q);
+        this.through.start(q);
         continue;
       }
       let r: 'ok' | 'full';
@@ -1076,343 +476,39 @@ export class StripeEngine {
       }
       const waited = this.now() - q.since;
       if (waited < this.sh.cacheFullWaitMs) return;
-      if (this.canBypass(q.off, q.len)) {
-        if (!this.drainedForBypass()) {
+      if (this.bypass.allowed(q.off, q.len)) {
+        if (!this.bypass.drained()) {
           if (waited < this.sh.cacheFullMaxWaitMs) return;
         } else {
           this.queue.shift();
-          this.bypass(q);
+          this.bypass.start(q);
           continue;
         }
       }
       if (waited < this.sh.cacheFullMaxWaitMs) return;
       this.queue.shift();
-      this.bypassTarget = -1;
+      this.bypass.forget();
       this.log.error({ off: q.off, len: q.len, waitedMs: waited }, 'cache full and writeback not freeing space: write failed');
       q.done(NbdErr.EIO);
     }
   }
 
-  /**
-   * A bypass writes straight to the origin. It is only safe where the index holds nothing live:
-   * a dirty extent would be written back over it later, and a clean or trim/zero extent may have
-   * a key in the log that replay would bring back over the bypassed data. Gaps and extents of
-   * reclaimed segments have no live key.
-   */
-  private canBypass(off: number, len: number): boolean {
-    let ok = true;
-    const gen = this.sh.gen;
-    this.index.lookup(off, len, (_o, _l, e) => {
-      if (e === null || (e.flags & ExtentFlag.EMPTY)) return;
-      if ((e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) && Atomics.load(gen, e.seg) !== e.gen) return;
-      ok = false;
-    });
-    return ok;
-  }
-
-  /** The log head when the write at the head of the queue decided to bypass (-1: none yet). */
-  private bypassTarget = -1;
-
-  /**
-   * Epoch order holds for bypassed writes too: one goes to the origin only once every epoch closed
-   * before it (up to the newest EPOCH kset in the log) has been written back and synced, so the
-   * origin never gets a write ahead of an older epoch; keys after that mark are of the write's own
-   * epoch, which the origin may hold in part. Writeback runs at full speed meanwhile (writes are
-   * waiting for space).
-   */
-  private drainedForBypass(): boolean {
-    if (this.bypassTarget < 0) this.bypassTarget = this.sh.lastEpochLsn + 1;
-    if (this.sh.dirtyTail().lsn < this.bypassTarget) {
-      this.sh.kick(W_KICK_WB);
-      return false;
-    }
-    this.bypassTarget = -1;
-    return true;
-  }
-
-  private bypass(q: Queued): void {
-    this.index.remove(q.off, q.len);
-    this.count('write_bypass', 1);
-    this.bypassing = true;
-    const finish = (errno: number): void => {
-      this.bypassing = false;
-      q.done(errno);
-    };
-    // FUA: a FLUSH only syncs the cache, so a bypassed write must be durable on its own.
-    if (q.kind === 'write') {
-      this.count('origin_writes', 1);
-      this.count('origin_write_bytes', q.len);
-      this.origin.write(q.off, q.data!, true, finish);
-    } else if (q.kind === 'trim') this.origin.trim(q.off, q.len, true, finish);
-    else this.origin.zero(q.off, q.len, { noHole: false, fastZero: false, fua: true }, finish);
-  }
-
-  // ---- READ ----
+  // ---- READ and BLOCK_STATUS (src/cache/reads.ts) ----
 
   /** `noFill`: the coordinator saw a long sequential run; serve it without promoting it. */
   read(off: number, buf: Uint8Array, noFill: boolean, done: Done): void {
     this.wroteInBatch = true; // any foreground I/O pauses writeback (see shared.ts writebackPauseMs)
-    const mode = this.sh.mode;
-    if (mode === MODE_PASSTHROUGH || mode === MODE_WRITEONLY) noFill = true;
-    // A hit may be in a gathered run that is not in the file yet.
-    if (this.runBufs.length > 0) this.flushData();
-    // A failed device takes no new data, and what it holds that is not durable is poisoned.
-    if (this.noticeFailure()) noFill = true;
-    const len = buf.length;
-    if (this.opts.blockCrc === null && this.readWholeHit(off, buf)) {
-      this.count('read_blocks', blocks(len));
-      this.count('read_hits', blocks(len));
-      done(0);
-      return;
-    }
-    const pieces = this.collect(off, len);
-    const gen = this.sh.gen;
-    const gaps: { o: number; l: number; fill: boolean }[] = [];
-    let errno = 0;
-    let hitBytes = 0;
-    for (const p of pieces) {
-      const into = buf.subarray(p.off - off, p.off - off + p.len);
-      if (p.flags === -1 || (p.flags & ExtentFlag.EMPTY)) {
-        gaps.push({ o: p.off, l: p.len, fill: p.flags === -1 && !noFill });
-        continue;
-      }
-      if (p.flags & ExtentFlag.POISON) {
-        errno = NbdErr.EIO;
-        continue;
-      }
-      if (p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) {
-        into.fill(0);
-        hitBytes += p.len;
-        continue;
-      }
-      if (Atomics.load(gen, p.seg) !== p.gen) {
-        this.index.remove(p.off, p.len);
-        gaps.push({ o: p.off, l: p.len, fill: !noFill });
-        continue;
-      }
-      try {
-        if (!this.readCached(p, into)) {
-          errno = NbdErr.EIO;
-          continue;
-        }
-      } catch (err) {
-        this.cacheReadError(err, 'read');
-        errno = NbdErr.EIO;
-        continue;
-      }
-      // GC may have freed and reused the segment while we read: then the bytes are not ours.
-      if (Atomics.load(gen, p.seg) !== p.gen) {
-        gaps.push({ o: p.off, l: p.len, fill: false });
-        continue;
-      }
-      hitBytes += p.len;
-    }
-    this.count('read_blocks', blocks(len));
-    this.count('read_hits', hitBytes === len ? blocks(len) : Math.floor(hitBytes / BLOCK));
-    if (gaps.length === 0 || errno !== 0) { done(errno); return; }
-    let remaining = gaps.length;
-    let firstErr = 0;
-    const pieceDone = (e: number): void => {
-      if (e !== 0 && firstErr === 0) firstErr = e;
-      if (--remaining === 0) done(firstErr);
-    };
-    for (const gap of gaps) this.readMiss(gap.o, buf.subarray(gap.o - off, gap.o - off + gap.l), gap.fill, pieceDone);
+    this.reads.read(off, buf, noFill, done);
   }
-
-  // The common read, one cached extent covering the whole request, without allocating: a
-  // reusable callback records the first piece, and the data goes straight into the buffer.
-  private hitPieces = 0;
-  private readonly hit: Extent = { off: 0, len: 0, seg: 0, segOff: 0, gen: 0, flags: 0 };
-  private readonly hitCb = (o: number, l: number, e: Extent | null): void => {
-    if (this.hitPieces++ > 0 || e === null) return;
-    const h = this.hit;
-    h.off = o; h.len = l; h.seg = e.seg; h.segOff = e.segOff; h.gen = e.gen; h.flags = e.flags;
-  };
-
-  /** True when the request was served whole from one live data extent. */
-  private readWholeHit(off: number, buf: Uint8Array): boolean {
-    this.hitPieces = 0;
-    this.hit.flags = 0;
-    this.index.lookup(off, buf.length, this.hitCb);
-    const h = this.hit;
-    if (this.hitPieces !== 1 || (h.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || h.len !== buf.length) return false;
-    const gen = this.sh.gen;
-    if (Atomics.load(gen, h.seg) !== h.gen) return false;
-    try {
-      this.dev.pread(buf, dataOffset(h.seg, h.segOff, this.g.segmentSize));
-    } catch {
-      return false; // the general path reports it
-    }
-    // GC may have freed and reused the segment while we read.
-    return Atomics.load(gen, h.seg) === h.gen;
-  }
-
-  /** Copies of the lookup pieces (flags -1 for a gap): the callback's extent object is reused. */
-  private collect(off: number, len: number): Extent[] {
-    const out = this.scratch;
-    out.length = 0;
-    this.index.lookup(off, len, (o, l, e) => {
-      out.push(e === null ? { off: o, len: l, seg: 0, segOff: 0, gen: 0, flags: -1 } : { off: o, len: l, seg: e.seg, segOff: e.segOff, gen: e.gen, flags: e.flags });
-    });
-    return out.slice();
-  }
-
-  /** Reads a hit; with dataCrc, verifies every 4 KiB block it touches. False on a CRC mismatch. */
-  private readCached(p: Extent, into: Uint8Array): boolean {
-    const at = dataOffset(p.seg, p.segOff, this.g.segmentSize);
-    const crc = this.opts.blockCrc;
-    if (!crc) {
-      this.dev.pread(into, at);
-      return true;
-    }
-    const blk = this.blockBuf;
-    let done = 0;
-    while (done < p.len) {
-      const segOff = p.segOff + done;
-      const blockStart = segOff - (segOff % BLOCK);
-      this.dev.pread(blk, dataOffset(p.seg, blockStart, this.g.segmentSize));
-      if ((crc32cOf(blk) | 0) !== Atomics.load(crc, this.blockNo(p.seg, blockStart))) {
-        this.count('crc_errors', 1);
-        this.sh.setError(ERR_CACHE_IO);
-        this.log.error({ segment: p.seg, offset: blockStart, origin: p.off + done }, 'data CRC mismatch on a cache read: returning EIO');
-        return false;
-      }
-      const from = segOff - blockStart;
-      const n = Math.min(BLOCK - from, p.len - done);
-      into.set(blk.subarray(from, from + n), done);
-      done += n;
-    }
-    return true;
-  }
-
-  // Admission (`promotion nhit:N`): a fixed table of recent misses per stripe, keyed by the
-  // request's first 4 KiB block. A block is promoted on its N-th miss while its entry lives; an
-  // entry dies when another block takes its slot or when the table's era moves on (every
-  // MISS_TABLE_SLOTS misses), so "within a window" means within the last 16-32k misses.
-  private readonly missTag = new Float64Array(MISS_TABLE_SLOTS).fill(-1);
-  private readonly missCount = new Uint8Array(MISS_TABLE_SLOTS);
-  private readonly missEra = new Uint32Array(MISS_TABLE_SLOTS);
-  private era = 1;
-  private missesInEra = 0;
-
-  /** Counts a miss of the block at `off`; true when it has now missed `need` times. */
-  private admit(off: number, need: number): boolean {
-    const block = Math.floor(off / BLOCK);
-    const slot = ((block * 2654435761) >>> 0) % MISS_TABLE_SLOTS;
-    if (++this.missesInEra >= MISS_TABLE_SLOTS) { this.era++; this.missesInEra = 0; }
-    const live = this.missTag[slot] === block && this.era - this.missEra[slot]! <= 1;
-    const count = live ? Math.min(255, this.missCount[slot]! + 1) : 1;
-    this.missTag[slot] = block;
-    this.missCount[slot] = count;
-    this.missEra[slot] = this.era;
-    if (count < need) return false;
-    this.missTag[slot] = -1; // promoted: its next miss (after eviction) starts over
-    return true;
-  }
-
-  /** Origin reads of misses in flight (their fills still touch the cache when they return). */
-  private missesInFlight = 0;
-
-  /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
-  get busy(): boolean {
-    return this.committing || this.queue.length > 0 || this.parked.length > 0 || this.missesInFlight > 0 || this.runBufs.length > 0;
-  }
-
-  private readMiss(off: number, into: Uint8Array, fill: boolean, done: Done): void {
-    if (fill && this.throughInflight.length > 0 && this.overlapsInflight(off, into.length)) fill = false;
-    if (fill) {
-      const need = this.sh.promoteHits;
-      if (need > 1 && !this.admit(off, need)) {
-        fill = false;
-        this.count('fills_deferred', 1);
-      }
-    }
-    this.count('origin_reads', 1);
-    this.count('origin_read_bytes', into.length);
-    if (!fill) {
-      this.origin.read(off, into, done);
-      return;
-    }
-    let token: number;
-    try {
-      token = this.index.insertPlaceholder(off, into.length);
-    } catch (err) {
-      if (!(err instanceof IndexFullError)) throw err;
-      this.origin.read(off, into, done);
-      return;
-    }
-    this.missesInFlight++;
-    this.origin.read(off, into, (errno) => {
-      this.missesInFlight--;
-      if (errno === 0) {
-        try {
-          this.fill(token, off, into);
-        } catch (err) {
-          this.requestError(err, 'fill');
-          this.dropPlaceholder(token, off, into.length);
-        }
-      } else this.dropPlaceholder(token, off, into.length);
-      done(errno);
-    });
-  }
-
-  private dropPlaceholder(token: number, off: number, len: number): void {
-    const mine: [number, number][] = [];
-    this.index.lookup(off, len, (o, l, e) => {
-      if (e !== null && (e.flags & ExtentFlag.EMPTY) && e.seg === token) mine.push([o, l]);
-    });
-    for (const [o, l] of mine) this.index.remove(o, l);
-  }
-
-  /** Promotes a miss into the cache as clean data, where its placeholder survived. */
-  private fill(token: number, off: number, data: Uint8Array): void {
-    // The read buffer goes back to its owner with the reply, before the gathered run is written.
-    const copy = Buffer.allocUnsafe(data.length);
-    copy.set(data);
-    let pos = 0;
-    // Fills never wait, and never take the last free segments from writes (nor journal room).
-    const room = this.sh.failed === 0 && this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS);
-    while (room && pos < data.length) {
-      const needsSegment = this.headSeg < 0 || this.headOff >= this.g.dataAreaSize;
-      if (needsSegment && this.sh.freeSegments <= this.sh.logReserve + 1) break;
-      const a = this.allocData(data.length - pos);
-      if (a === null) break;
-      // Takes effect (placeholder replaced, key logged) once the run is written: commitPiece.
-      this.writeData(a, copy.subarray(pos, pos + a.len), off + pos, PIECE_FILL, token);
-      pos += a.len;
-    }
-    if (pos < data.length) {
-      this.count('fills_skipped', 1);
-      this.dropPlaceholder(token, off + pos, data.length - pos);
-    }
-  }
-
-  // ---- BLOCK_STATUS ----
 
   /** A prefix of the range (the protocol allows short replies): cached pieces first, else the origin's answer for the first gap. */
   blockStatus(off: number, len: number, maxExtents: number, cb: (errno: number, extents: StatusExtent[]) => void): void {
-    this.flushRun();
-    const pieces = this.collect(off, len);
-    const first = pieces[0];
-    const gen = this.sh.gen;
-    const isGap = (p: Extent): boolean => p.flags === -1 || (p.flags & ExtentFlag.EMPTY) !== 0 ||
-      ((p.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && Atomics.load(gen, p.seg) !== p.gen);
-    if (!first || isGap(first)) {
-      let gapLen = 0;
-      for (const p of pieces) { if (!isGap(p)) break; gapLen += p.len; }
-      this.origin.blockStatus(off, gapLen || len, maxExtents, cb);
-      return;
-    }
-    const out: StatusExtent[] = [];
-    for (const p of pieces) {
-      if (isGap(p) || out.length >= maxExtents) break;
-      // Writeback zeroes with holes allowed (the key does not keep NO_HOLE), so both read as holes.
-      const flags = p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO) ? BlockState.HOLE | BlockState.ZERO : 0;
-      const last = out[out.length - 1];
-      if (last && last.flags === flags) last.length += p.len;
-      else out.push({ length: p.len, flags });
-    }
-    cb(0, out);
+    this.reads.blockStatus(off, len, maxExtents, cb);
+  }
+
+  /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
+  get busy(): boolean {
+    return this.committing || this.queue.length > 0 || this.through.parkedWrites > 0 || this.reads.missesInFlight > 0 || this.runs.pending;
   }
 
   /**
@@ -1422,23 +518,7 @@ export class StripeEngine {
   drain(): boolean {
     this.flushData();
     if (this.noticeFailure()) return false;
-    if (this.open.length > 0) { this.ready.push(this.open); this.open = []; }
-    if (this.ready.length > 0) {
-      if (!this.sh.syncCache(this.dev)) return false;
-      try {
-        const r = appendKsets(this.dev, this.sh, this.g, this.ready, this.writerId, -1, this.journal);
-        if (r.appended > 0) this.lastLsn = r.headLsn;
-        this.ready.splice(0, r.appended);
-      } catch (err) {
-        this.deviceWriteFailed(err, 'key log append at stop', FAIL_LOG_WRITE);
-        return false;
-      }
-    }
-    if (this.lastLsn > this.sh.durableLsn && !this.sh.syncCache(this.dev)) return false;
-    return this.ready.length === 0;
+    return this.rounds.drain();
   }
-}
 
-function blocks(len: number): number {
-  return Math.ceil(len / BLOCK);
 }
