@@ -8,6 +8,7 @@ import type { Logger } from './logger.js';
 import { PcachedError } from '../util/errors.js';
 import { toPcachedError } from './control.js';
 import { COORDINATOR_NAME_ARG } from '../util/proc-info.js';
+import { coordinatorEnv } from './threadpool.js';
 
 export type CoordinatorState = 'starting' | 'running' | 'restarting' | 'draining' | 'stopped';
 
@@ -218,6 +219,7 @@ export class CoordinatorHandle {
       // The cache name in argv lets /proc/PID/cmdline say whose coordinator holds a device.
       child = fork(this.#opts.modulePath, [COORDINATOR_NAME_ARG, this.#cache.name], {
         serialization: 'advanced',
+        env: coordinatorEnv(this.#cache),
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
         // Own process group: a terminal's Ctrl-C reaches only the supervisor, which then drains
         // the coordinators in order instead of having them all die at once.
