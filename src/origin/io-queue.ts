@@ -32,9 +32,8 @@ export class OrderedIoQueue {
   readonly #depth: number;
   /** With its arrival number: only earlier operations can hold one back. */
   readonly #inflight = new Map<QueuedIo, number>();
-  /** In arrival order. */
-  #waiting: QueuedIo[] = [];
-  readonly #seq = new Map<QueuedIo, number>();
+  /** In arrival order, with their arrival numbers. */
+  #waiting: { io: QueuedIo; seq: number }[] = [];
   #arrivals = 0;
   #idle: (() => void)[] = [];
   #closed = false;
@@ -71,9 +70,8 @@ export class OrderedIoQueue {
       this.#start(io, seq);
       return;
     }
-    this.#seq.set(io, seq);
-    this.#waiting.push(io);
-    // Over the depth only: nothing has to finish for a conflict-free op to go once there is room.
+    this.#waiting.push({ io, seq });
+    // Behind waiting ops but with room: it goes now if it conflicts with none of them.
     if (this.#inflight.size < this.#depth) this.#admit();
   }
 
@@ -82,8 +80,7 @@ export class OrderedIoQueue {
     this.#closed = true;
     const cancelled = this.#waiting;
     this.#waiting = [];
-    this.#seq.clear();
-    for (const io of cancelled) io.cancel();
+    for (const { io } of cancelled) io.cancel();
     if (this.#inflight.size === 0) return Promise.resolve();
     return new Promise((resolve) => this.#idle.push(resolve));
   }
@@ -128,16 +125,14 @@ export class OrderedIoQueue {
 
   #admitPass(): void {
     for (let i = 0; i < this.#waiting.length && this.#inflight.size < this.#depth; ) {
-      const io = this.#waiting[i]!;
-      const seq = this.#seq.get(io)!;
+      const { io, seq } = this.#waiting[i]!;
       let blocked = this.#blockedByInflight(io, seq);
-      for (let j = 0; !blocked && j < i; j++) blocked = conflicts(this.#waiting[j]!, io);
+      for (let j = 0; !blocked && j < i; j++) blocked = conflicts(this.#waiting[j]!.io, io);
       if (blocked) {
         i++;
         continue;
       }
       this.#waiting.splice(i, 1);
-      this.#seq.delete(io);
       this.#start(io, seq);
       // It may have finished at once and changed the list: look again from the front.
       if (this.#again) return;
