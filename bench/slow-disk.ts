@@ -11,7 +11,7 @@
 // cell and the NBD origin never get that. The notes show each pcached's read-hit ratio.
 //
 // The kernel serializes pwrite on one FUSE file (the inode lock is held while nbdfuse answers
-// each 2 ms WRITE), so writeback to the nbdfuse file runs at ~450 4 KiB writes/s however many
+// each 2 ms WRITE), so writeback to the nbdfuse file runs at ~400 4 KiB writes/s however many
 // threads issue them; only asynchronous direct I/O (fio's libaio) overlaps writes there. So, as
 // root, the same disk is also measured as a block device: a loop device with direct I/O over the
 // nbdfuse file (the loop driver submits asynchronously), fio and pcached's file origin on it.

@@ -6,6 +6,7 @@
 // (so the hits would finish after the miss, not before, and take over a second each).
 
 import test from 'ava';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeSparseFile } from './helpers/daemon.js';
 import { startFaultyDisk } from './helpers/faulty-disk.js';
@@ -34,8 +35,11 @@ const why = fuseUnavailable();
   makeSparseFile(cache, 64 * MiB);
   const sock = join(dir, 'nbd.sock');
   const control = join(dir, 'control.sock');
-  await startServing(t, ['--origin', mount.file, '--cache', cache, '--segment-size', '1M', '--stripes', '1',
+  const daemon = await startServing(t, ['--origin', mount.file, '--cache', cache, '--segment-size', '1M', '--stripes', '1',
     '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--log-level', 'warn'], { cwd: dir, sock, control });
+  // libuv's pool, sized by the supervisor: 1 stripe × originQueueDepth 32 + writeback.jobs 16 + 4.
+  const env = readFileSync(`/proc/${daemon.coord}/environ`, 'utf8').split('\0');
+  t.true(env.includes('UV_THREADPOOL_SIZE=52'), 'the coordinator runs with a pool for its origin I/O');
   const client = await NbdTestClient.connect(sock, NAME);
   t.teardown(() => client.destroy());
 
