@@ -9,6 +9,7 @@ import path from 'node:path';
 import { OrderedIoQueue, type QueuedIo } from '../src/origin/io-queue.js';
 import { SyncGroup } from '../src/origin/sync-group.js';
 import { openFileOrigin } from '../src/origin/file.js';
+import { native } from '../src/native/index.js';
 
 const OK = 0, EIO = 5, ESHUTDOWN = 108;
 
@@ -178,7 +179,8 @@ test('file origin: callbacks come later, many requests are in flight at once, or
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'origin');
   fs.writeFileSync(file, Buffer.alloc(1 << 20));
-  const o = openFileOrigin({ kind: 'file', path: file, readOnly: false, queueDepth: 8 });
+  // Without the addon: every read goes through the pool (with it, a read the page cache holds may be answered at once).
+  const o = openFileOrigin({ kind: 'file', path: file, readOnly: false, queueDepth: 8 }, { native: null });
   let closed = false;
   t.teardown(() => (closed ? undefined : o.close()));
   t.false(o.synchronous);
@@ -216,4 +218,35 @@ test('file origin: callbacks come later, many requests are in flight at once, or
   t.is(await last, OK);
   t.is(fs.readFileSync(file)[0], 0xee);
   t.is(await new Promise<number>((resolve) => o.read(0, Buffer.alloc(1), resolve)), ESHUTDOWN);
+});
+
+(native?.preadNowait ? test : test.skip)('file origin with the addon: a read the page cache holds is answered at once, but never ahead of an overlapping write', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pcached-ioq-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'origin');
+  fs.writeFileSync(file, Buffer.alloc(1 << 20, 3)); // written just now: in the page cache
+  const o = openFileOrigin({ kind: 'file', path: file, readOnly: false });
+  t.teardown(() => o.close());
+  const a = Buffer.alloc(4096);
+  let answer = -1;
+  o.read(4096, a, (e) => { answer = e; });
+  if (answer === -1) {
+    // This file system cannot tell (preadv2 RWF_NOWAIT unsupported): everything goes through the pool.
+    t.log('RWF_NOWAIT reads unsupported here; the read went through the pool');
+    await new Promise<void>((resolve) => { const poll = (): void => { if (answer >= 0) resolve(); else setImmediate(poll); }; poll(); });
+    t.is(answer, OK);
+    return;
+  }
+  t.is(answer, OK);
+  t.true(a.every((b) => b === 3));
+  // A write in flight over the range: the read behind it must wait for it and see its data.
+  const w = new Promise<number>((resolve) => o.write(4096, Buffer.alloc(4096, 9), false, resolve));
+  const b = Buffer.alloc(4096);
+  let second = -1;
+  o.read(4096, b, (e) => { second = e; });
+  t.is(second, -1, 'not answered from the page cache ahead of the write');
+  t.is(await w, OK);
+  await new Promise<void>((resolve) => { const poll = (): void => { if (second >= 0) resolve(); else setImmediate(poll); }; poll(); });
+  t.is(second, OK);
+  t.true(b.every((x) => x === 9));
 });

@@ -24,6 +24,12 @@ export interface NativeBinding {
   flock(fd: number, op: number): number;
   /** posix_fadvise(2) over [offset, offset+length) (length 0: to the end of the file). */
   fadvise(fd: number, offset: number, length: number, advice: number): number;
+  /**
+   * preadv2 with RWF_NOWAIT over the whole array: bytes read, -EAGAIN when it would have to wait
+   * for the device (not all in the page cache), -EOPNOTSUPP where the file system cannot say.
+   * Optional: an addon built from an older source lacks it (the caller then always goes async).
+   */
+  preadNowait?(fd: number, view: Uint8Array, offset: number): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

@@ -131,6 +131,7 @@ class FileOrigin implements Origin {
   #zeroRange: boolean;
   #zeroOut: boolean;
   #discard: boolean;
+  #nowaitReads = true;
 
   constructor(fd: number, path: string, kind: 'file' | 'device', size: number, readOnly: boolean, native: NativeBinding | null, depth: number) {
     this.#fd = fd;
@@ -160,6 +161,7 @@ class FileOrigin implements Origin {
   read(off: number, dst: Uint8Array, cb: Done): void {
     const err = this.#check(off, dst.length, false);
     if (err) return cb(err);
+    if (this.#readCached(off, dst)) return cb(NbdErr.OK);
     this.#submit(off, dst.length, 'read', cb, (done) => this.#readFully(off, dst, done));
   }
 
@@ -232,6 +234,21 @@ class FileOrigin implements Origin {
       }),
       cancel: () => cb(NbdErr.ESHUTDOWN),
     });
+  }
+
+  /**
+   * Serves a read from the page cache synchronously when all of it is there (preadv2 RWF_NOWAIT):
+   * cheaper than a hand-off to the pool and back, and it cannot block. Only when nothing admitted
+   * overlaps it, so it never overtakes a write. False: issue it asynchronously.
+   */
+  #readCached(off: number, dst: Uint8Array): boolean {
+    const native = this.#native;
+    if (!this.#nowaitReads || native?.preadNowait === undefined || dst.length === 0 || this.#queue.blocks(off, dst.length, 'read')) return false;
+    const n = native.preadNowait(this.#fd, dst, off);
+    if (n === dst.length) return true;
+    // The file system cannot tell (FUSE, NFS...): ask no more. A short count or EAGAIN: not all cached.
+    if (n === -EOPNOTSUPP || n === -ENOTSUP || n === -EINVAL) this.#nowaitReads = false;
+    return false;
   }
 
   /** 0, or the NBD error for a request that must not reach the file. */

@@ -75,6 +75,14 @@ export class OrderedIoQueue {
     if (this.#inflight.size < this.#depth) this.#admit();
   }
 
+  /** Whether an operation issued now would have to wait for one already admitted (it may run at once, outside the queue, if not). */
+  blocks(off: number, len: number, kind: QueuedIo['kind']): boolean {
+    const io = { off, len, kind } as QueuedIo;
+    for (const f of this.#inflight.keys()) if (conflicts(f, io)) return true;
+    for (const w of this.#waiting) if (conflicts(w.io, io)) return true;
+    return false;
+  }
+
   /** Cancels what has not started; resolves once everything started has finished. */
   close(): Promise<void> {
     this.#closed = true;
