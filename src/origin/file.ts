@@ -3,7 +3,9 @@
 // pool, up to `queueDepth` at once: a slow origin read never holds up the cache hits queued
 // behind it in the stripe. OrderedIoQueue (io-queue.ts) keeps what ordering can be observed
 // (overlapping writes land in issue order; a FLUSH waits for the writes issued before it), and
-// SyncGroup (sync-group.ts) runs one fdatasync at a time with group commit. The pool is
+// SyncGroup (sync-group.ts) runs one fdatasync at a time with group commit. A read the page
+// cache holds whole is answered at once (preadv2 RWF_NOWAIT through the addon) when nothing
+// admitted overlaps it: it cannot block, and the hand-off to the pool and back costs more. The pool is
 // per process and sized for the stripes by the supervisor (UV_THREADPOOL_SIZE, see
 // src/daemon/threadpool.ts).
 //
