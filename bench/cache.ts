@@ -33,7 +33,7 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--keep') o.keep = true;
     else if (a === '--baseline') o.baseline = next();
     else if (a === '--pcached-env') { const [k, ...v] = next().split('='); o.pcachedEnv[k!] = v.join('='); }
-    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,slowdisk,drain,engine --pcached-env KEY=VALUE --baseline DIR --out DIR --keep)`);
+    else throw new Error(`unknown argument ${a} (options: --quick --reps N --runtime S --slow-runtime S --only fast,slow,drain,engine --pcached-env KEY=VALUE --baseline DIR --out DIR --keep)`);
   }
   return o;
 }

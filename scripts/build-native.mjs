@@ -1,4 +1,4 @@
-// Builds src/native (fallocate, SEEK_DATA/SEEK_HOLE, block-device ioctls, flock, posix_fadvise, RWF_NOWAIT reads) with node-gyp.
+// Builds src/native (fallocate, SEEK_DATA/SEEK_HOLE, block-device ioctls, flock, posix_fadvise) with node-gyp.
 // The addon is an optimisation: without it pcached still works (TRIM is ignored, zeroing writes
 // zeros, BLOCK_STATUS reports everything as data). So this script never fails an install; a
 // failed build prints one line and exits 0.
