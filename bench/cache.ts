@@ -14,11 +14,12 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { slowDiskScenario, slowDiskTargets } from './slow-disk.js';
 import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type FioDir, type Proc, type Sample } from './lib.js';
 
 interface Opts { baseline: string | null; pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
 
-const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slow-runtime S] [--only fast,slow,drain,engine]
+const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slow-runtime S] [--only fast,slow,slowdisk,drain,engine]
                      [--pcached-env KEY=VALUE] [--baseline DIR] [--out DIR] [--keep]
   --quick            shorter cells, one repetition
   --reps N           repetitions per cell (median reported; default 3)
@@ -308,6 +309,7 @@ function targets(engine: Record<string, number>): string[] {
   check('fast randread QD32 (cached) vs nbdkit memory', get('fast', 'randread-4k-qd32', 'pcached'), get('fast', 'randread-4k-qd32', 'nbdkit-memory'), 0.8);
   check('slow zipf vs nbdkit cache filter on the delayed file', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'nbdkit-cache'), 10);
   check('slow zipf vs the delayed origin directly', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'delayed-origin'), 3);
+  slowDiskTargets(get, check);
   const strict = drainRows.find((r) => r.order === 'strict' && r.server === 'pcached');
   const epoch = drainRows.find((r) => r.order === 'epoch' && r.server === 'pcached');
   // What a change costs, next to the baseline build (--baseline): no cell may lose more than 5 %.
@@ -387,6 +389,7 @@ async function main(): Promise<void> {
   try {
     if (want('fast')) await fastScenario(o, dir);
     if (want('slow')) await slowScenario(o, dir);
+    if (want('slowdisk')) await slowDiskScenario(o, dir, { fioNbd: fioCell, pcachedArgs: (d, tag, origin, size, root) => pcachedArgs(d, tag, origin, size, [], root), pcachedStatus, waitInitialized, record });
     if (want('drain')) await drainScenario(o, dir);
     const engine = want('engine') ? engineNumbers() : {};
     const tg = targets(engine);

@@ -35,6 +35,7 @@ export interface RawCache extends RawCacheAccess {
   discardDirty: boolean;
   originTimeoutMs: number;
   originConnections: number;
+  originQueueDepth: number;
   slabSize: string | number;
   maxConnections: number;
   dataCrc: boolean;
@@ -356,6 +357,15 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       format: 'pcached-integer',
       min: 1,
       max: 16,
+    },
+    originQueueDepth: {
+      doc: 'Requests each stripe keeps in flight to a file or block-device origin (reads, writes and syncs through libuv\'s thread pool, which is sized from it at start); more wait in order. Writeback keeps `writeback.jobs` of its own. An NBD origin ignores it.',
+      accepts: 'integer 1-256',
+      default: 32,
+      env: 'PCACHED_ORIGIN_QUEUE_DEPTH',
+      format: 'pcached-integer',
+      min: 1,
+      max: 256,
     },
     slabSize: {
       doc: 'Shared payload slab per stripe (request and reply data between the coordinator and the stripe). READ and WRITE are cut into pieces of at most a quarter of it (and 4 MiB), streamed through it; a smaller slab means more, smaller pieces.',

@@ -26,10 +26,12 @@ const variants: [string, Partial<SimOptions>, number][] = [
   ['stripe threads die and are respawned', { respawn: 0.1 }, 4],
   ['one power cut hits a volatile origin too; origin flushes fail', { volatileOrigin: true, originFlushFail: 0.5 }, 4],
   ['unsynced writes corrupted by power cuts, dataCrc', { corrupt: 0.8, dataCrc: true }, 3],
+  ['asynchronous origin (answers later, as the file origin does)', { asyncOrigin: true }, 3],
+  ['asynchronous origin, modes switched online, volatile origin whose flushes fail, stripe deaths', { asyncOrigin: true, modes: true, volatileOrigin: true, originFlushFail: 0.3, respawn: 0.05 }, 4],
   ['everything at once, modes switched, three stripes', { modes: true, stripes: 3, respawn: 0.05, faults: FAULTS, volatileOrigin: true, originFlushFail: 0.3, corrupt: 0.4 }, 4],
 ];
 
-const ZERO: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0, syncFails: 0, writeFails: 0, readFails: 0, deviceFailures: 0, respawns: 0, originFlushFails: 0, corrupted: 0, evictions: 0, rebuilds: 0 };
+const ZERO: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0, syncFails: 0, writeFails: 0, readFails: 0, deviceFailures: 0, respawns: 0, originFlushFails: 0, corrupted: 0, evictions: 0, rebuilds: 0, lateAnswers: 0 };
 const total: RunResult = { ...ZERO };
 const faultsOf = (r: RunResult): number => r.syncFails + r.writeFails + r.readFails + r.respawns + r.originFlushFails + r.corrupted;
 
@@ -45,13 +47,14 @@ for (const [name, v, seeds] of variants) {
     }
     for (const k of Object.keys(total) as (keyof RunResult)[]) total[k] += sum[k];
     t.log(`${sum.crashes} power cuts; faults: ${sum.syncFails} failed syncs, ${sum.writeFails} failed writes, ${sum.readFails} failed reads, ` +
-      `${sum.deviceFailures} device failures, ${sum.respawns} stripe deaths (${sum.rebuilds} mid-mutation, index rebuilt), ${sum.originFlushFails} failed origin flushes, ${sum.corrupted} corrupted writes, ${sum.evictions} evictions`);
+      `${sum.deviceFailures} device failures, ${sum.respawns} stripe deaths (${sum.rebuilds} mid-mutation, index rebuilt), ${sum.originFlushFails} failed origin flushes, ${sum.corrupted} corrupted writes, ${sum.evictions} evictions${v.asyncOrigin ? `, ${sum.lateAnswers} origin operations answered later` : ''}`);
     t.true(sum.crashes > 100);
     // A faulty variant that injected nothing would test nothing.
     if (v.faults) t.true(sum.syncFails > 0 && sum.writeFails > 0 && sum.readFails > 0 && sum.deviceFailures > 0 && sum.evictions > 0);
     if (v.respawn) t.true(sum.respawns > 20 && sum.rebuilds > 5);
     if (v.originFlushFail) t.true(sum.originFlushFails > 10);
     if (v.corrupt) t.true(sum.corrupted > 50);
+    if (v.asyncOrigin) t.true(sum.lateAnswers > 1000, `${sum.lateAnswers} origin operations answered later`);
   });
 }
 

@@ -55,7 +55,7 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
     mode: 'writeback', unix: join(dir, 'var/pcached.sock'), tcp: '127.0.0.1:10809',
     unixMode: 0o600, unixGroup: '', tls: 'off', tlsCertificates: '', tlsPsk: '', tlsVerifyPeer: false, allowRemotePlaintext: false,
     stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false, discardDirty: false,
-    originTimeoutMs: 30000, originConnections: 1, slabSize: 32 * 2 ** 20, maxConnections: 256,
+    originTimeoutMs: 30000, originConnections: 1, originQueueDepth: 32, slabSize: 32 * 2 ** 20, maxConnections: 256,
     dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
     autocommit: { timeMs: 1000, blocks: 65_536 }, writeback: { rate: 0, jobs: 16 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
     highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, promotion: 'always',
@@ -309,6 +309,15 @@ test('cacheFullWaitMs: integer 0-600000', (t) => {
   t.is(cache0(load({ configFile: file(one({ cacheFullWaitMs: 600000 })) })).cacheFullWaitMs, 600000);
   configError(t, () => load({ env: { PCACHED_CACHE_FULL_WAIT_MS: '600001' } }), 'cacheFullWaitMs: must be an integer between 0 and 600000', 'value was 600001');
   configError(t, () => load({ configFile: file(one({ cacheFullWaitMs: '2s' })) }), 'caches[0].cacheFullWaitMs: must be an integer', 'value was "2s"');
+});
+
+test('originQueueDepth: integer 1-256, default 32', (t) => {
+  t.is(cache0(load()).originQueueDepth, 32);
+  t.is(cache0(load({ env: { PCACHED_ORIGIN_QUEUE_DEPTH: '1' } })).originQueueDepth, 1);
+  t.is(cache0(load({ configFile: file(one({ originQueueDepth: 256 })) })).originQueueDepth, 256);
+  configError(t, () => load({ env: { PCACHED_ORIGIN_QUEUE_DEPTH: '0' } }), 'originQueueDepth: must be an integer between 1 and 256', 'value was 0');
+  configError(t, () => load({ configFile: file(one({ originQueueDepth: 257 })) }), 'caches[0].originQueueDepth: must be an integer between 1 and 256', 'value was 257');
+  configError(t, () => load({ configFile: file(one({ originQueueDepth: 'deep' })) }), 'caches[0].originQueueDepth: must be an integer', 'value was "deep"');
 });
 
 test('autocommit.timeMs: a nested key, from the file and the environment', (t) => {

@@ -17,11 +17,9 @@ import { needTools, run, skipSuffix, TOOL_ENV } from './helpers/tools.js';
 
 const OK = 0, EIO = 5;
 
-function now(call: (cb: Done) => void): number {
-  let result = -1;
-  call((e) => { result = e; });
-  if (result < 0) throw new Error('callback did not run synchronously');
-  return result;
+/** Calls an origin method and resolves with its errno. */
+function now(call: (cb: Done) => void): Promise<number> {
+  return new Promise((resolve) => call(resolve));
 }
 
 /** nbdkit's sh plugin over `disk`: FLUSH fails with ENOSPC while `trigger` exists. */
@@ -74,15 +72,15 @@ const why = needTools('nbdkit', 'nbdfuse', 'fusermount3', 'mountpoint');
   const o: Origin = openFileOrigin({ kind: 'file', path: file, readOnly: false });
   t.teardown(() => o.close());
 
-  t.is(now((cb) => o.write(0, Buffer.alloc(4096, 1), false, cb)), OK);
-  t.is(now((cb) => o.flush(cb)), OK);
+  t.is(await now((cb) => o.write(0, Buffer.alloc(4096, 1), false, cb)), OK);
+  t.is(await now((cb) => o.flush(cb)), OK);
 
   writeFileSync(trigger, '');
-  t.is(now((cb) => o.write(4096, Buffer.alloc(4096, 2), false, cb)), OK, 'a plain write does not sync');
-  t.is(now((cb) => o.flush(cb)), EIO, 'the device said ENOSPC; a failed sync is EIO');
+  t.is(await now((cb) => o.write(4096, Buffer.alloc(4096, 2), false, cb)), OK, 'a plain write does not sync');
+  t.is(await now((cb) => o.flush(cb)), EIO, 'the device said ENOSPC; a failed sync is EIO');
 
-  t.is(now((cb) => o.write(8192, Buffer.alloc(4096, 3), true, cb)), EIO, 'FUA: its sync failed');
+  t.is(await now((cb) => o.write(8192, Buffer.alloc(4096, 3), true, cb)), EIO, 'FUA: its sync failed');
   rmSync(trigger);
-  t.is(now((cb) => o.flush(cb)), EIO, 'the failed sync of the FUA write is reported to the next flush');
-  t.is(now((cb) => o.flush(cb)), OK, 'reported once');
+  t.is(await now((cb) => o.flush(cb)), EIO, 'the failed sync of the FUA write is reported to the next flush');
+  t.is(await now((cb) => o.flush(cb)), OK, 'reported once');
 });

@@ -21,27 +21,25 @@ const MiB = 1024 * KiB;
 const OK = 0, EPERM = 1, EIO = 5, ENOMEM = 12, EINVAL = 22, ENOSPC = 28, ENOTSUP = 95, ESHUTDOWN = 108;
 const DATA = 0, HOLE = 3;
 
-/** Calls an origin method and insists that its callback ran exactly once before it returned. */
-function now(call: (cb: Done) => void): number {
-  let result: number | undefined;
-  call((errno) => {
-    if (result !== undefined) throw new Error('callback called twice');
-    result = errno;
+/** Calls an origin method and resolves with its errno; the callback must run exactly once. */
+function now(call: (cb: Done) => void): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let result: number | undefined;
+    call((errno) => {
+      if (result !== undefined) reject(new Error('callback called twice'));
+      result = errno;
+      resolve(errno);
+    });
   });
-  if (result === undefined) throw new Error('callback did not run synchronously');
-  return result;
 }
 
-function status(o: Origin, off: number, len: number, maxExtents = 64): { err: number; extents: Extent[] } {
-  let out: { err: number; extents: Extent[] } | undefined;
-  o.blockStatus(off, len, maxExtents, (err, extents) => (out = { err, extents }));
-  if (out === undefined) throw new Error('blockStatus callback did not run synchronously');
-  return out;
+function status(o: Origin, off: number, len: number, maxExtents = 64): Promise<{ err: number; extents: Extent[] }> {
+  return new Promise((resolve) => o.blockStatus(off, len, maxExtents, (err, extents) => resolve({ err, extents })));
 }
 
-function readAt(o: Origin, off: number, len: number): Buffer {
+async function readAt(o: Origin, off: number, len: number): Promise<Buffer> {
   const buf = Buffer.alloc(len, 0x5a);
-  const err = now((cb) => o.read(off, buf, cb));
+  const err = await now((cb) => o.read(off, buf, cb));
   if (err !== OK) throw new Error(`read(${off}, ${len}) failed with ${err}`);
   return buf;
 }
@@ -87,94 +85,94 @@ for (const mode of modes) {
   };
   const title = (s: string): string => `${mode.name}: ${s}`;
 
-  mtest(title('describes itself and round-trips unaligned reads and writes'), (t) => {
+  mtest(title('describes itself and round-trips unaligned reads and writes'), async (t) => {
     const file = sparseFile(t, MiB);
     const o = open(t, file);
     t.is(o.size, MiB);
     t.is(o.description, `file:${file}`);
-    t.true(o.synchronous);
+    t.false(o.synchronous);
     t.false(o.readOnly);
     t.is(o.canFastZero, withAddon);
 
     const data = randomBytes(10_000);
-    t.is(now((cb) => o.write(4097, data, false, cb)), OK);
-    t.deepEqual(readAt(o, 4097, data.length), data);
-    t.true(isZero(readAt(o, 512 * KiB, 64 * KiB)), 'untouched sparse region reads as zeros');
+    t.is(await now((cb) => o.write(4097, data, false, cb)), OK);
+    t.deepEqual((await readAt(o, 4097, data.length)), data);
+    t.true(isZero((await readAt(o, 512 * KiB, 64 * KiB))), 'untouched sparse region reads as zeros');
     t.is(fs.statSync(file).size, MiB);
   });
 
-  mtest(title('reads into and writes from SharedArrayBuffer views'), (t) => {
+  mtest(title('reads into and writes from SharedArrayBuffer views'), async (t) => {
     const o = open(t, sparseFile(t, MiB));
     const slab = new Uint8Array(new SharedArrayBuffer(64 * KiB));
     const src = slab.subarray(4 * KiB, 12 * KiB);
     src.set(randomBytes(src.length));
-    t.is(now((cb) => o.write(100 * KiB, src, false, cb)), OK);
+    t.is(await now((cb) => o.write(100 * KiB, src, false, cb)), OK);
     const dst = slab.subarray(32 * KiB, 40 * KiB);
-    t.is(now((cb) => o.read(100 * KiB, dst, cb)), OK);
+    t.is(await now((cb) => o.read(100 * KiB, dst, cb)), OK);
     t.deepEqual(Buffer.from(dst), Buffer.from(src));
   });
 
-  mtest(title('FUA writes and FLUSH succeed and land in the file'), (t) => {
+  mtest(title('FUA writes and FLUSH succeed and land in the file'), async (t) => {
     const file = sparseFile(t, MiB);
     const o = open(t, file);
     const data = randomBytes(8 * KiB);
-    t.is(now((cb) => o.write(8 * KiB, data, true, cb)), OK);
-    t.is(now((cb) => o.flush(cb)), OK);
+    t.is(await now((cb) => o.write(8 * KiB, data, true, cb)), OK);
+    t.is(await now((cb) => o.flush(cb)), OK);
     t.deepEqual(fs.readFileSync(file).subarray(8 * KiB, 16 * KiB), data);
   });
 
-  mtest(title('out-of-range and malformed requests are refused without touching the file'), (t) => {
+  mtest(title('out-of-range and malformed requests are refused without touching the file'), async (t) => {
     const file = sparseFile(t, MiB);
     const o = open(t, file);
-    t.is(now((cb) => o.read(MiB - 10, Buffer.alloc(20), cb)), EINVAL);
-    t.is(now((cb) => o.write(MiB - 10, Buffer.alloc(20), false, cb)), ENOSPC);
-    t.is(now((cb) => o.trim(MiB, 1, false, cb)), ENOSPC);
-    t.is(now((cb) => o.zero(MiB - 1, 2, zeroFlags(), cb)), ENOSPC);
+    t.is(await now((cb) => o.read(MiB - 10, Buffer.alloc(20), cb)), EINVAL);
+    t.is(await now((cb) => o.write(MiB - 10, Buffer.alloc(20), false, cb)), ENOSPC);
+    t.is(await now((cb) => o.trim(MiB, 1, false, cb)), ENOSPC);
+    t.is(await now((cb) => o.zero(MiB - 1, 2, zeroFlags(), cb)), ENOSPC);
     t.is(fs.statSync(file).size, MiB, 'a write past the end must not grow the file');
-    t.is(now((cb) => o.read(-1, Buffer.alloc(1), cb)), EINVAL);
-    t.is(now((cb) => o.read(0.5, Buffer.alloc(1), cb)), EINVAL);
-    t.is(now((cb) => o.cache(MiB, 1, cb)), EINVAL);
-    t.is(now((cb) => o.cache(0, MiB, cb)), OK);
-    t.is(status(o, 0, 0).err, EINVAL);
-    t.is(status(o, 0, 4096, 0).err, EINVAL);
-    t.is(status(o, MiB - 1, 2).err, EINVAL);
-    t.deepEqual(status(o, MiB - 1, 2).extents, []);
+    t.is(await now((cb) => o.read(-1, Buffer.alloc(1), cb)), EINVAL);
+    t.is(await now((cb) => o.read(0.5, Buffer.alloc(1), cb)), EINVAL);
+    t.is(await now((cb) => o.cache(MiB, 1, cb)), EINVAL);
+    t.is(await now((cb) => o.cache(0, MiB, cb)), OK);
+    t.is((await status(o, 0, 0)).err, EINVAL);
+    t.is((await status(o, 0, 4096, 0)).err, EINVAL);
+    t.is((await status(o, MiB - 1, 2)).err, EINVAL);
+    t.deepEqual((await status(o, MiB - 1, 2)).extents, []);
   });
 
-  mtest(title('TRIM punches a hole (or, without the addon, is a successful no-op)'), (t) => {
+  mtest(title('TRIM punches a hole (or, without the addon, is a successful no-op)'), async (t) => {
     const file = sparseFile(t, 192 * KiB, [[0, 192 * KiB]]);
     const o = open(t, file);
     const blocks = blocksOf(file);
-    t.is(now((cb) => o.trim(64 * KiB, 64 * KiB, true, cb)), OK);
+    t.is(await now((cb) => o.trim(64 * KiB, 64 * KiB, true, cb)), OK);
     if (withAddon) {
-      t.deepEqual(status(o, 0, 192 * KiB).extents, [
+      t.deepEqual((await status(o, 0, 192 * KiB)).extents, [
         { length: 64 * KiB, flags: DATA },
         { length: 64 * KiB, flags: HOLE },
         { length: 64 * KiB, flags: DATA },
       ]);
-      t.true(isZero(readAt(o, 64 * KiB, 64 * KiB)));
+      t.true(isZero((await readAt(o, 64 * KiB, 64 * KiB))));
       t.true(blocksOf(file) < blocks);
     } else {
-      t.deepEqual(status(o, 0, 192 * KiB).extents, [{ length: 192 * KiB, flags: DATA }]);
-      t.true(readAt(o, 64 * KiB, 64 * KiB).every((b) => b === 0xab), 'TRIM is only a hint');
+      t.deepEqual((await status(o, 0, 192 * KiB)).extents, [{ length: 192 * KiB, flags: DATA }]);
+      t.true((await readAt(o, 64 * KiB, 64 * KiB)).every((b) => b === 0xab), 'TRIM is only a hint');
     }
-    t.true(readAt(o, 0, 64 * KiB).every((b) => b === 0xab));
-    t.true(readAt(o, 128 * KiB, 64 * KiB).every((b) => b === 0xab));
+    t.true((await readAt(o, 0, 64 * KiB)).every((b) => b === 0xab));
+    t.true((await readAt(o, 128 * KiB, 64 * KiB)).every((b) => b === 0xab));
     t.is(fs.statSync(file).size, 192 * KiB);
   });
 
-  mtest(title('WRITE_ZEROES with NO_HOLE zeroes and keeps the space allocated'), (t) => {
+  mtest(title('WRITE_ZEROES with NO_HOLE zeroes and keeps the space allocated'), async (t) => {
     const file = sparseFile(t, 256 * KiB, [[0, 256 * KiB]]);
     const o = open(t, file);
     const blocks = blocksOf(file);
-    t.is(now((cb) => o.zero(64 * KiB, 128 * KiB, zeroFlags({ noHole: true, fua: true }), cb)), OK);
-    t.true(isZero(readAt(o, 64 * KiB, 128 * KiB)));
-    t.true(readAt(o, 0, 64 * KiB).every((b) => b === 0xab));
-    t.true(readAt(o, 192 * KiB, 64 * KiB).every((b) => b === 0xab));
+    t.is(await now((cb) => o.zero(64 * KiB, 128 * KiB, zeroFlags({ noHole: true, fua: true }), cb)), OK);
+    t.true(isZero((await readAt(o, 64 * KiB, 128 * KiB))));
+    t.true((await readAt(o, 0, 64 * KiB)).every((b) => b === 0xab));
+    t.true((await readAt(o, 192 * KiB, 64 * KiB)).every((b) => b === 0xab));
     t.is(blocksOf(file), blocks, 'nothing deallocated');
     // ext4 reports never-written (unwritten) extents as holes to SEEK_DATA, so the zeroed range
     // may show as HOLE|ZERO; both answers are true, and the ends stay data either way.
-    const { err, extents } = status(o, 0, 256 * KiB);
+    const { err, extents } = (await status(o, 0, 256 * KiB));
     t.is(err, OK);
     t.is(extents[0].flags, DATA);
     t.is(extents.at(-1)!.flags, DATA);
@@ -182,80 +180,80 @@ for (const mode of modes) {
     t.is(extents.reduce((sum, e) => sum + e.length, 0), 256 * KiB);
   });
 
-  mtest(title('WRITE_ZEROES without NO_HOLE punches (or writes zeros)'), (t) => {
+  mtest(title('WRITE_ZEROES without NO_HOLE punches (or writes zeros)'), async (t) => {
     const file = sparseFile(t, 256 * KiB, [[0, 256 * KiB]]);
     const o = open(t, file);
     const blocks = blocksOf(file);
-    t.is(now((cb) => o.zero(64 * KiB, 128 * KiB, zeroFlags(), cb)), OK);
-    t.true(isZero(readAt(o, 64 * KiB, 128 * KiB)));
-    t.true(readAt(o, 192 * KiB, 64 * KiB).every((b) => b === 0xab));
+    t.is(await now((cb) => o.zero(64 * KiB, 128 * KiB, zeroFlags(), cb)), OK);
+    t.true(isZero((await readAt(o, 64 * KiB, 128 * KiB))));
+    t.true((await readAt(o, 192 * KiB, 64 * KiB)).every((b) => b === 0xab));
     if (withAddon) {
       t.true(blocksOf(file) < blocks);
-      t.deepEqual(status(o, 64 * KiB, 128 * KiB).extents, [{ length: 128 * KiB, flags: HOLE }]);
+      t.deepEqual((await status(o, 64 * KiB, 128 * KiB)).extents, [{ length: 128 * KiB, flags: HOLE }]);
     } else {
       t.is(blocksOf(file), blocks);
     }
   });
 
-  mtest(title('FAST_ZERO succeeds only when zeroing is cheap, and a refusal changes nothing'), (t) => {
+  mtest(title('FAST_ZERO succeeds only when zeroing is cheap, and a refusal changes nothing'), async (t) => {
     const file = sparseFile(t, MiB, [[0, MiB]]);
     const o = open(t, file);
-    const r = now((cb) => o.zero(0, 128 * KiB, zeroFlags({ fastZero: true }), cb));
+    const r = await now((cb) => o.zero(0, 128 * KiB, zeroFlags({ fastZero: true }), cb));
     if (withAddon) {
       t.is(r, OK);
-      t.true(isZero(readAt(o, 0, 128 * KiB)));
+      t.true(isZero((await readAt(o, 0, 128 * KiB))));
     } else {
       t.is(r, ENOTSUP);
       t.false(o.canFastZero);
-      t.true(readAt(o, 0, 128 * KiB).every((b) => b === 0xab), 'no side effect');
+      t.true((await readAt(o, 0, 128 * KiB)).every((b) => b === 0xab), 'no side effect');
     }
   });
 
-  mtest(title('zeroing a large unaligned range crosses the 1 MiB chunking correctly'), (t) => {
+  mtest(title('zeroing a large unaligned range crosses the 1 MiB chunking correctly'), async (t) => {
     const size = 4 * MiB;
     const file = sparseFile(t, size, [[0, size]]);
     const o = open(t, file);
     const off = 3 * KiB + 7;
     const len = 3 * MiB + 5;
-    t.is(now((cb) => o.zero(off, len, zeroFlags({ noHole: true }), cb)), OK);
-    const all = readAt(o, 0, size);
+    t.is(await now((cb) => o.zero(off, len, zeroFlags({ noHole: true }), cb)), OK);
+    const all = (await readAt(o, 0, size));
     t.true(all.subarray(0, off).every((b) => b === 0xab));
     t.true(isZero(all.subarray(off, off + len)));
     t.true(all.subarray(off + len).every((b) => b === 0xab));
-    t.is(now((cb) => o.zero(5, 0, zeroFlags({ fastZero: withAddon }), cb)), OK, 'empty range');
+    t.is(await now((cb) => o.zero(5, 0, zeroFlags({ fastZero: withAddon }), cb)), OK, 'empty range');
   });
 
-  mtest(title('BLOCK_STATUS of a fully sparse file'), (t) => {
+  mtest(title('BLOCK_STATUS of a fully sparse file'), async (t) => {
     const o = open(t, sparseFile(t, 4 * MiB));
-    t.deepEqual(status(o, 0, 4 * MiB), { err: OK, extents: [{ length: 4 * MiB, flags: withAddon ? HOLE : DATA }] });
-    t.deepEqual(status(o, 12_345, 100_000).extents, [{ length: 100_000, flags: withAddon ? HOLE : DATA }]);
+    t.deepEqual((await status(o, 0, 4 * MiB)), { err: OK, extents: [{ length: 4 * MiB, flags: withAddon ? HOLE : DATA }] });
+    t.deepEqual((await status(o, 12_345, 100_000)).extents, [{ length: 100_000, flags: withAddon ? HOLE : DATA }]);
   });
 
-  mtest(title('BLOCK_STATUS of a file with data at the end'), (t) => {
+  mtest(title('BLOCK_STATUS of a file with data at the end'), async (t) => {
     const o = open(t, sparseFile(t, MiB, [[MiB - 64 * KiB, 64 * KiB]]));
     const expected = withAddon
       ? [{ length: MiB - 64 * KiB, flags: HOLE }, { length: 64 * KiB, flags: DATA }]
       : [{ length: MiB, flags: DATA }];
-    t.deepEqual(status(o, 0, MiB).extents, expected);
+    t.deepEqual((await status(o, 0, MiB)).extents, expected);
   });
 
-  mtest(title('BLOCK_STATUS of a range starting inside a hole and ending inside data'), (t) => {
+  mtest(title('BLOCK_STATUS of a range starting inside a hole and ending inside data'), async (t) => {
     // data [0, 64K), hole [64K, 192K), data [192K, 256K), hole to 1 MiB
     const o = open(t, sparseFile(t, MiB, [[0, 64 * KiB], [192 * KiB, 64 * KiB]]));
     const expected = withAddon
       ? [{ length: 92 * KiB, flags: HOLE }, { length: 28 * KiB, flags: DATA }]
       : [{ length: 120 * KiB, flags: DATA }];
-    t.deepEqual(status(o, 100 * KiB, 120 * KiB).extents, expected, 'the last extent stops at off+len');
+    t.deepEqual((await status(o, 100 * KiB, 120 * KiB)).extents, expected, 'the last extent stops at off+len');
   });
 
-  mtest(title('BLOCK_STATUS honours maxExtents with a prefix'), (t) => {
+  mtest(title('BLOCK_STATUS honours maxExtents with a prefix'), async (t) => {
     const o = open(t, sparseFile(t, MiB, [[0, 64 * KiB], [192 * KiB, 64 * KiB], [512 * KiB, 64 * KiB]]));
-    const one = status(o, 0, MiB, 1).extents;
+    const one = (await status(o, 0, MiB, 1)).extents;
     t.deepEqual(one, [{ length: withAddon ? 64 * KiB : MiB, flags: DATA }]);
-    const two = status(o, 0, MiB, 2).extents;
+    const two = (await status(o, 0, MiB, 2)).extents;
     if (withAddon) {
       t.deepEqual(two, [{ length: 64 * KiB, flags: DATA }, { length: 128 * KiB, flags: HOLE }]);
-      const all = status(o, 0, MiB).extents;
+      const all = (await status(o, 0, MiB)).extents;
       t.is(all.length, 6);
       t.is(all.reduce((sum, e) => sum + e.length, 0), MiB);
       t.true(all.every((e, i) => i === 0 || e.flags !== all[i - 1].flags), 'adjacent extents differ');
@@ -264,33 +262,33 @@ for (const mode of modes) {
     }
   });
 
-  mtest(title('read-only origins refuse every write with EPERM'), (t) => {
+  mtest(title('read-only origins refuse every write with EPERM'), async (t) => {
     const file = sparseFile(t, MiB, [[0, 64 * KiB]]);
     fs.chmodSync(file, 0o444);
     const o = open(t, file, true);
     t.true(o.readOnly);
     t.false(o.canFastZero);
-    t.is(now((cb) => o.write(0, Buffer.alloc(512), false, cb)), EPERM);
-    t.is(now((cb) => o.trim(0, 4096, false, cb)), EPERM);
-    t.is(now((cb) => o.zero(0, 4096, zeroFlags(), cb)), EPERM);
-    t.is(now((cb) => o.zero(0, 4096, zeroFlags({ fastZero: true }), cb)), EPERM);
-    t.is(now((cb) => o.flush(cb)), OK);
-    t.true(readAt(o, 0, 64 * KiB).every((b) => b === 0xab));
-    t.is(status(o, 0, MiB).err, OK);
+    t.is(await now((cb) => o.write(0, Buffer.alloc(512), false, cb)), EPERM);
+    t.is(await now((cb) => o.trim(0, 4096, false, cb)), EPERM);
+    t.is(await now((cb) => o.zero(0, 4096, zeroFlags(), cb)), EPERM);
+    t.is(await now((cb) => o.zero(0, 4096, zeroFlags({ fastZero: true }), cb)), EPERM);
+    t.is(await now((cb) => o.flush(cb)), OK);
+    t.true((await readAt(o, 0, 64 * KiB)).every((b) => b === 0xab));
+    t.is((await status(o, 0, MiB)).err, OK);
   });
 
   mtest(title('a closed origin answers ESHUTDOWN and closes once'), async (t) => {
     const o = openFileOrigin({ kind: 'file', path: sparseFile(t, MiB), readOnly: false }, { native: mode.native });
     await o.close();
     await o.close();
-    t.is(now((cb) => o.read(0, Buffer.alloc(1), cb)), ESHUTDOWN);
-    t.is(now((cb) => o.write(0, Buffer.alloc(1), false, cb)), ESHUTDOWN);
-    t.is(now((cb) => o.flush(cb)), ESHUTDOWN);
-    t.is(status(o, 0, 1).err, ESHUTDOWN);
+    t.is(await now((cb) => o.read(0, Buffer.alloc(1), cb)), ESHUTDOWN);
+    t.is(await now((cb) => o.write(0, Buffer.alloc(1), false, cb)), ESHUTDOWN);
+    t.is(await now((cb) => o.flush(cb)), ESHUTDOWN);
+    t.is((await status(o, 0, 1)).err, ESHUTDOWN);
   });
 }
 
-test('unusable origins are refused with ERR_ORIGIN', (t) => {
+test('unusable origins are refused with ERR_ORIGIN', async (t) => {
   const dir = tempDir(t);
   const bad: Array<[string, Parameters<typeof openFileOrigin>[0], RegExp]> = [
     ['missing file', { kind: 'file', path: path.join(dir, 'nope'), readOnly: false }, /ENOENT/],
@@ -306,7 +304,7 @@ test('unusable origins are refused with ERR_ORIGIN', (t) => {
   }
 });
 
-test('errno values map to the NBD error set in one place', (t) => {
+test('errno values map to the NBD error set in one place', async (t) => {
   const e = os.constants.errno;
   const table: Array<[number, number]> = [
     [e.EROFS, EPERM], [e.EPERM, EPERM], [e.EACCES, EPERM],
@@ -385,7 +383,7 @@ function attachLoop(t: ExecutionContext, size: number): string | undefined {
   return dev;
 }
 
-test.serial('block device origin (loop device): size, I/O, zeroing, trim, status', (t) => {
+test.serial('block device origin (loop device): size, I/O, zeroing, trim, status', async (t) => {
   const size = 8 * MiB;
   const dev = attachLoop(t, size);
   if (dev === undefined) {
@@ -400,20 +398,20 @@ test.serial('block device origin (loop device): size, I/O, zeroing, trim, status
       t.is(o.size, size, `${mode.name}: size (${mode.native ? 'BLKGETSIZE64' : 'sysfs'})`);
       t.is(o.canFastZero, mode.native !== null);
       const data = randomBytes(MiB);
-      t.is(now((cb) => o.write(0, data, true, cb)), OK);
-      t.deepEqual(readAt(o, 0, MiB), data);
+      t.is(await now((cb) => o.write(0, data, true, cb)), OK);
+      t.deepEqual((await readAt(o, 0, MiB)), data);
       // Unaligned on both ends: the addon zeroes the aligned middle and writes the edges.
-      t.is(now((cb) => o.zero(1000, 100_000, zeroFlags({ noHole: true }), cb)), OK);
-      const after = readAt(o, 0, MiB);
+      t.is(await now((cb) => o.zero(1000, 100_000, zeroFlags({ noHole: true }), cb)), OK);
+      const after = (await readAt(o, 0, MiB));
       t.deepEqual(after.subarray(0, 1000), data.subarray(0, 1000));
       t.true(isZero(after.subarray(1000, 101_000)));
       t.deepEqual(after.subarray(101_000), data.subarray(101_000));
-      t.is(now((cb) => o.zero(200 * KiB, 64 * KiB, zeroFlags(), cb)), OK);
-      t.true(isZero(readAt(o, 200 * KiB, 64 * KiB)));
-      t.is(now((cb) => o.zero(0, 4096, zeroFlags({ fastZero: true }), cb)), mode.native ? OK : ENOTSUP);
-      t.is(now((cb) => o.trim(512 * KiB, 100 * KiB + 3, true, cb)), OK);
-      t.deepEqual(status(o, 4096, MiB, 1).extents, [{ length: MiB, flags: DATA }]);
-      t.is(now((cb) => o.flush(cb)), OK);
+      t.is(await now((cb) => o.zero(200 * KiB, 64 * KiB, zeroFlags(), cb)), OK);
+      t.true(isZero((await readAt(o, 200 * KiB, 64 * KiB))));
+      t.is(await now((cb) => o.zero(0, 4096, zeroFlags({ fastZero: true }), cb)), mode.native ? OK : ENOTSUP);
+      t.is(await now((cb) => o.trim(512 * KiB, 100 * KiB + 3, true, cb)), OK);
+      t.deepEqual((await status(o, 4096, MiB, 1)).extents, [{ length: MiB, flags: DATA }]);
+      t.is(await now((cb) => o.flush(cb)), OK);
     } finally {
       void o.close();
     }

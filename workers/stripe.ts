@@ -284,8 +284,9 @@ async function loop(o: Origin): Promise<void> {
   while (Atomics.load(ring, STOP) === 0) {
     if (engine !== null) engineTick(engine);
     if (runBatch(o) > 0) {
-      // A commit round's fdatasync completes through the event loop: let it in.
-      if (++batches % YIELD_EVERY_BATCHES === 0 || engine?.committing) await yieldMacrotask();
+      // A commit round's fdatasync and origin I/O in libuv's pool complete through the event
+      // loop: let them in, or a miss would wait behind every hit that keeps arriving.
+      if (++batches % YIELD_EVERY_BATCHES === 0 || engine?.committing || (o.inflight ?? 0) > 0) await yieldMacrotask();
       continue;
     }
     const idleSince = process.hrtime.bigint();
@@ -296,10 +297,11 @@ async function loop(o: Origin): Promise<void> {
     Atomics.store(ring, WORKER_SLEEPING, 1);
     let result: string = 'not-equal';
     if (Atomics.load(ring, REQ_HEAD) === reqTail && Atomics.load(ring, STOP) === 0) {
-      // A synchronous origin has nothing pending in the event loop, so block the thread
-      // (cheapest wake-up); an async origin must keep its sockets serviced.
+      // With nothing pending in the event loop (a synchronous origin, or a file origin with no
+      // I/O in flight) block the thread (cheapest wake-up); otherwise keep the loop serviced
+      // (an NBD origin's sockets, libuv pool completions).
       const waitMs = engine === null ? IDLE_WAIT_MS : Math.max(1, Math.min(IDLE_WAIT_MS, engine.nextTickIn()));
-      if (o.synchronous && !engine?.committing) {
+      if ((o.synchronous || o.inflight === 0) && !engine?.committing) {
         result = Atomics.wait(ring, REQ_HEAD, reqTail, waitMs);
       } else {
         const w = Atomics.waitAsync(ring, REQ_HEAD, reqTail, waitMs);

@@ -32,6 +32,8 @@ const sh = new CacheShared(data.shared, WRITEBACK_OWNER);
 const counters = new CounterBlock(CACHE_WORKER_COUNTERS, data.counters);
 const BACKOFF_MS = [100, 250, 500, 1000, 2000, 5000];
 const IDLE_MS = 1000;
+/** The upper bound of `writeback.jobs` (config/schema.ts, `message NAME writeback_jobs`). */
+const MAX_WRITEBACK_JOBS = 1024;
 /** A loop that ran this long before it threw starts its restart back-off afresh. */
 const STABLE_MS = 60_000;
 
@@ -56,10 +58,15 @@ async function pause(ms: number): Promise<void> {
   }
 }
 
-/** Tests only (PCACHED_TEST_HOOKS=1): this worker's own NBD origin URI, to start it while that is unreachable. */
+/**
+ * Writeback's depth is `writeback.jobs` (live, up to 1024: Writeback never has more requests out),
+ * not the stripes' originQueueDepth, so a file origin here admits up to that bound.
+ * Tests only (PCACHED_TEST_HOOKS=1): this worker's own NBD origin URI, to start it while that is unreachable.
+ */
 function originSpec(): OriginSpec {
+  if (data.origin.kind === 'file') return { ...data.origin, queueDepth: MAX_WRITEBACK_JOBS };
   const uri = process.env.PCACHED_TEST_HOOKS === '1' ? process.env.PCACHED_TEST_WRITEBACK_ORIGIN : undefined;
-  return uri && data.origin.kind === 'nbd' ? { ...data.origin, uri } : data.origin;
+  return uri ? { ...data.origin, uri } : data.origin;
 }
 
 /** The origin, retried with back-off while it cannot be opened (export unreachable, file missing); null if stopped first. */

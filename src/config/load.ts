@@ -391,6 +391,7 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     discardDirty: raw.discardDirty,
     originTimeoutMs: raw.originTimeoutMs,
     originConnections: raw.originConnections,
+    originQueueDepth: raw.originQueueDepth,
     slabSize: parseSize(raw.slabSize),
     maxConnections: raw.maxConnections,
     dataCrc: raw.dataCrc,

@@ -45,6 +45,8 @@ export interface CacheConfig {
   originTimeoutMs: number;
   /** Connections each stripe keeps to an NBD origin. */
   originConnections: number;
+  /** Requests each stripe keeps in flight to a file or block-device origin. */
+  originQueueDepth: number;
   /** Per-stripe shared payload slab, bytes. */
   slabSize: number;
   /** Maximum NBD client connections at once (further ones are refused). */

@@ -9,6 +9,7 @@ import { PcachedError } from '../util/errors.js';
 import { toPcachedError } from './control.js';
 import { COORDINATOR_NAME_ARG } from '../util/proc-info.js';
 import { overridesAfterReload } from '../coordinator/tunables.js';
+import { coordinatorEnv } from './threadpool.js';
 
 export type CoordinatorState = 'starting' | 'running' | 'restarting' | 'draining' | 'stopped';
 
@@ -232,6 +233,7 @@ export class CoordinatorHandle {
       // The cache name in argv lets /proc/PID/cmdline say whose coordinator holds a device.
       child = fork(this.#opts.modulePath, [COORDINATOR_NAME_ARG, this.#cache.name], {
         serialization: 'advanced',
+        env: coordinatorEnv(this.#cache),
         // Activated sockets follow the IPC channel: fds 4 and up in the child.
         stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...passed.map((p) => p.fd)],
         // Own process group: a terminal's Ctrl-C reaches only the supervisor, which then drains

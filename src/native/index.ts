@@ -29,6 +29,12 @@ export interface NativeBinding {
    * Optional: an addon built from an older source lacks it and the caller falls back.
    */
   sdNotify?(socket: string, message: string): number;
+  /**
+   * preadv2 with RWF_NOWAIT over the whole array: bytes read, -EAGAIN when it would have to wait
+   * for the device (not all in the page cache), -EOPNOTSUPP where the file system cannot say.
+   * Optional: an addon built from an older source lacks it (the caller then always goes async).
+   */
+  preadNowait?(fd: number, view: Uint8Array, offset: number): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

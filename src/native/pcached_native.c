@@ -1,5 +1,5 @@
 // The few Linux file calls Node 20 does not expose: fallocate, lseek(SEEK_DATA/SEEK_HOLE), the
-// block-device ioctls, flock and posix_fadvise (and sd_notify, in sd_notify.c). Every function is synchronous (the callers are stripe worker threads
+// block-device ioctls, flock, posix_fadvise and RWF_NOWAIT reads (and sd_notify, in sd_notify.c). Every function is synchronous (the callers are stripe worker threads
 // doing positional I/O) and returns a non-negative result or -errno, so JS never sees an
 // exception for an I/O failure. Only malformed arguments (a programming error) throw.
 //
@@ -15,10 +15,12 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -159,6 +161,54 @@ static napi_value js_fadvise(napi_env env, napi_callback_info info) {
   return r != 0 ? fail_errno(env, r) : make_int64(env, 0);
 }
 
+// preadNowait(fd, view, offset) -> bytes | -errno: one preadv2 with RWF_NOWAIT over the whole
+// Uint8Array (or Buffer). -EAGAIN means it would have to wait for the device (not all in the page
+// cache); the caller then issues it asynchronously. A short count is the part that was cached.
+// (Buffered RWF_NOWAIT writes are refused by ext4 on kernel 6.18, so there is no write twin.)
+static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
+  const char *fn = "preadNowait";
+  napi_value argv[3];
+  size_t argc = 3;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 3) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "pcached_native: expected 3 arguments");
+    return NULL;
+  }
+  double fd, off;
+  if (napi_get_value_double(env, argv[0], &fd) != napi_ok || fd < 0 || fd > INT32_MAX || fd != floor(fd)) {
+    throw_arg(env, fn, 0, "a file descriptor");
+    return NULL;
+  }
+  if (napi_get_value_double(env, argv[2], &off) != napi_ok || off < 0 || off > MAX_SAFE_INTEGER || off != floor(off)) {
+    throw_arg(env, fn, 2, "a non-negative safe integer");
+    return NULL;
+  }
+  bool is_ta = false;
+  if (napi_is_typedarray(env, argv[1], &is_ta) != napi_ok || !is_ta) {
+    throw_arg(env, fn, 1, "a typed array");
+    return NULL;
+  }
+  napi_typedarray_type type;
+  size_t length, byte_offset;
+  void *data;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, &ab, &byte_offset) != napi_ok) return NULL;
+  if (type != napi_uint8_array) {
+    throw_arg(env, fn, 1, "a Uint8Array");
+    return NULL;
+  }
+#ifdef RWF_NOWAIT
+  struct iovec iov = {data, length};
+  ssize_t r;
+  do r = preadv2((int)fd, &iov, 1, (off_t)off, RWF_NOWAIT);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? fail_errno(env, errno) : make_int64(env, r);
+#else
+  (void)data; (void)length;
+  return fail_errno(env, EOPNOTSUPP);
+#endif
+}
+
 static napi_status set_int(napi_env env, napi_value obj, const char *name, int32_t value) {
   napi_value v;
   napi_status s = napi_create_int32(env, value, &v);
@@ -177,6 +227,7 @@ NAPI_MODULE_INIT() {
       {"flock", NULL, js_flock, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadvise", NULL, js_fadvise, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sdNotify", NULL, pcached_js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"preadNowait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) != napi_ok) return NULL;

@@ -1,10 +1,18 @@
-// A local file or block device as the origin. It runs inside a stripe worker thread and does
-// synchronous positional I/O: one stripe thread is one outstanding I/O, with no hand-off to the
-// libuv pool (see reference/ecosystem.md §6). Every callback runs before the method returns.
+// A local file or block device as the origin. It runs inside a stripe worker thread (or the
+// writeback worker) and issues its reads, writes and syncs asynchronously through libuv's thread
+// pool, up to `queueDepth` at once: a slow origin read never holds up the cache hits queued
+// behind it in the stripe. OrderedIoQueue (io-queue.ts) keeps what ordering can be observed
+// (overlapping writes land in issue order; a FLUSH waits for the writes issued before it), and
+// SyncGroup (sync-group.ts) runs one fdatasync at a time with group commit. A read the page
+// cache holds whole is answered at once (preadv2 RWF_NOWAIT through the addon) when nothing
+// admitted overlaps it: it cannot block, and the hand-off to the pool and back costs more. The pool is
+// per process and sized for the stripes by the supervisor (UV_THREADPOOL_SIZE, see
+// src/daemon/threadpool.ts).
 //
 // Hole punching, range zeroing, SEEK_DATA/SEEK_HOLE and the block-device ioctls come from the
-// optional addon (src/native). Without it TRIM is ignored, zeroing writes zeros and
-// BLOCK_STATUS reports everything as data: slower and less informative, never wrong.
+// optional addon (src/native). They are synchronous calls in this thread, taken in their place
+// in the queue. Without the addon TRIM is ignored, zeroing writes zeros and BLOCK_STATUS reports
+// everything as data: slower and less informative, never wrong.
 
 import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
@@ -13,6 +21,8 @@ import { native as loadedNative, type NativeBinding } from '../native/index.js';
 import { PcachedError } from '../util/errors.js';
 import { blockDeviceSize } from '../util/block-device.js';
 import { nbdErrFromErrno, nbdErrFromError } from './errno.js';
+import { OrderedIoQueue, type QueuedIo } from './io-queue.js';
+import { SyncGroup } from './sync-group.js';
 import type { Done, Extent, Origin, OriginSpec, ZeroFlags } from './types.js';
 
 export type FileOriginSpec = Extract<OriginSpec, { kind: 'file' }>;
@@ -21,6 +31,9 @@ export interface FileOriginOptions {
   /** The addon to use; defaults to the loaded one. null forces the portable fallback (tests). */
   native?: NativeBinding | null;
 }
+
+/** Operations in flight when the spec does not say (the `originQueueDepth` default). */
+export const DEFAULT_QUEUE_DEPTH = 32;
 
 /** Largest single write of the zero-writing fallback. */
 const ZERO_CHUNK = 1024 * 1024;
@@ -62,6 +75,10 @@ export function openFileOrigin(spec: FileOriginSpec, options: FileOriginOptions 
     // O_DIRECT needs aligned buffers and aligned ranges; callers hand us neither.
     throw new PcachedError('ERR_ORIGIN', `origin ${spec.path}: O_DIRECT is not supported for file origins`);
   }
+  const depth = spec.queueDepth ?? DEFAULT_QUEUE_DEPTH;
+  if (!Number.isSafeInteger(depth) || depth < 1) {
+    throw new PcachedError('ERR_ORIGIN', `file origin: queueDepth must be a positive integer, got ${String(depth)}`);
+  }
   const native = options.native === undefined ? loadedNative : options.native;
   const readOnly = spec.readOnly === true;
   let fd: number;
@@ -73,10 +90,10 @@ export function openFileOrigin(spec: FileOriginSpec, options: FileOriginOptions 
   try {
     const st = fs.fstatSync(fd, { bigint: true });
     if (st.isFile()) {
-      return new FileOrigin(fd, spec.path, 'file', Number(st.size), readOnly, native);
+      return new FileOrigin(fd, spec.path, 'file', Number(st.size), readOnly, native, depth);
     }
     if (st.isBlockDevice()) {
-      return new FileOrigin(fd, spec.path, 'device', deviceSize(fd, st.rdev, spec.path, native), readOnly, native);
+      return new FileOrigin(fd, spec.path, 'device', deviceSize(fd, st.rdev, spec.path, native), readOnly, native, depth);
     }
     throw new PcachedError('ERR_ORIGIN', `origin ${spec.path} is neither a regular file nor a block device`);
   } catch (err) {
@@ -101,24 +118,29 @@ class FileOrigin implements Origin {
   readonly size: number;
   readonly description: string;
   readonly readOnly: boolean;
-  readonly synchronous = true;
+  readonly synchronous = false;
 
-  #fd: number;
+  /** Stays open until every operation started has finished (see close()). */
+  readonly #fd: number;
+  #open = true;
   readonly #kind: 'file' | 'device';
   readonly #native: NativeBinding | null;
+  readonly #queue: OrderedIoQueue;
+  readonly #syncs: SyncGroup;
   // What the file system or device turned out to support; cleared on the first EOPNOTSUPP so
   // an unsupported call is not retried on every request.
   #punch: boolean;
   #zeroRange: boolean;
   #zeroOut: boolean;
   #discard: boolean;
-  /** A sync failed (a FUA write's, or a flush's) and no flush has reported it yet. */
-  #syncFailed = false;
+  #nowaitReads = true;
 
-  constructor(fd: number, path: string, kind: 'file' | 'device', size: number, readOnly: boolean, native: NativeBinding | null) {
+  constructor(fd: number, path: string, kind: 'file' | 'device', size: number, readOnly: boolean, native: NativeBinding | null, depth: number) {
     this.#fd = fd;
     this.#kind = kind;
     this.#native = native;
+    this.#queue = new OrderedIoQueue(depth);
+    this.#syncs = new SyncGroup((cb) => fs.fdatasync(fd, cb));
     this.size = size;
     this.description = `file:${path}`;
     this.readOnly = readOnly;
@@ -133,29 +155,40 @@ class FileOrigin implements Origin {
     return this.#punch || this.#zeroRange || this.#zeroOut;
   }
 
+  /** Operations started and not finished, and those waiting for room or for an earlier overlapping one. */
+  get inflight(): number {
+    return this.#queue.inflight + this.#queue.waiting;
+  }
+
   read(off: number, dst: Uint8Array, cb: Done): void {
-    cb(this.#check(off, dst.length, false) || this.#readFully(off, dst));
+    const err = this.#check(off, dst.length, false);
+    if (err) return cb(err);
+    if (this.#readCached(off, dst)) return cb(NbdErr.OK);
+    this.#submit(off, dst.length, 'read', cb, (done) => this.#readFully(off, dst, done));
   }
 
   write(off: number, src: Uint8Array, fua: boolean, cb: Done): void {
-    cb(this.#check(off, src.length, true) || this.#writeFully(off, src, 0, src.length) || this.#syncIf(fua));
+    const err = this.#check(off, src.length, true);
+    if (err) return cb(err);
+    this.#submit(off, src.length, 'write', cb, (done) => this.#writeFully(off, src, 0, src.length, this.#thenSyncIf(fua, done)));
   }
 
   flush(cb: Done): void {
-    if (this.#fd < 0) return cb(NbdErr.ESHUTDOWN);
+    if (!this.#open) return cb(NbdErr.ESHUTDOWN);
     if (this.readOnly) return cb(NbdErr.OK);
-    const err = this.#sync();
-    const lost = this.#syncFailed;
-    this.#syncFailed = false;
-    cb(err || (lost ? NbdErr.EIO : NbdErr.OK));
+    this.#submit(0, 0, 'barrier', cb, (done) => this.#syncs.request(true, done));
   }
 
   trim(off: number, len: number, fua: boolean, cb: Done): void {
-    cb(this.#check(off, len, true) || this.#trim(off, len) || this.#syncIf(fua));
+    const err = this.#check(off, len, true);
+    if (err) return cb(err);
+    this.#submit(off, len, 'write', cb, (done) => this.#thenSyncIf(fua, done)(this.#trim(off, len)));
   }
 
   zero(off: number, len: number, flags: ZeroFlags, cb: Done): void {
-    cb(this.#check(off, len, true) || this.#zero(off, len, flags.noHole, flags.fastZero) || this.#syncIf(flags.fua));
+    const err = this.#check(off, len, true);
+    if (err) return cb(err);
+    this.#submit(off, len, 'write', cb, (done) => this.#zero(off, len, flags.noHole, flags.fastZero, this.#thenSyncIf(flags.fua, done)));
   }
 
   cache(off: number, len: number, cb: Done): void {
@@ -168,27 +201,61 @@ class FileOrigin implements Origin {
     if (!err && (len === 0 || !Number.isSafeInteger(maxExtents) || maxExtents < 1)) err = NbdErr.EINVAL;
     if (err) return cb(err, []);
     if (this.#kind === 'device' || this.#native === null) return cb(NbdErr.OK, [{ length: len, flags: 0 }]);
-    const result = this.#walkExtents(this.#native, off, off + len, maxExtents);
-    if (typeof result === 'number') cb(result, []);
-    else cb(NbdErr.OK, result);
+    const native = this.#native;
+    let extents: Extent[] = [];
+    // In the queue like a read: a write in flight over the range is in the answer, or not issued yet.
+    this.#submit(off, len, 'read', (errno) => cb(errno, extents), (done) => {
+      const result = this.#walkExtents(native, off, off + len, maxExtents);
+      if (typeof result === 'number') return done(result);
+      extents = result;
+      done(NbdErr.OK);
+    });
   }
 
   async close(): Promise<void> {
-    if (this.#fd < 0) return;
-    const fd = this.#fd;
-    // Marked closed first: the fd number may be reused at once, and a late request must not
-    // write into whatever file gets it.
-    this.#fd = -1;
+    if (!this.#open) return;
+    // Marked closed first (new requests get ESHUTDOWN), but the descriptor stays open until the
+    // operations already started have finished: its number may be reused at once after close,
+    // and a late pwrite must not land in whatever file gets it.
+    this.#open = false;
+    await this.#queue.close();
     try {
-      fs.closeSync(fd);
+      fs.closeSync(this.#fd);
     } catch (err) {
       throw new PcachedError('ERR_ORIGIN', `closing origin ${this.description}: ${message(err)}`, { cause: err });
     }
   }
 
+  #submit(off: number, len: number, kind: QueuedIo['kind'], cb: Done, run: (done: Done) => void): void {
+    this.#queue.submit({
+      off, len, kind,
+      start: (finished) => run((errno) => {
+        // The slot is free before the caller hears back, so what it issues next may start at once.
+        finished();
+        cb(errno);
+      }),
+      cancel: () => cb(NbdErr.ESHUTDOWN),
+    });
+  }
+
+  /**
+   * Serves a read from the page cache synchronously when all of it is there (preadv2 RWF_NOWAIT):
+   * cheaper than a hand-off to the pool and back, and it cannot block. Only when nothing admitted
+   * overlaps it, so it never overtakes a write. False: issue it asynchronously.
+   */
+  #readCached(off: number, dst: Uint8Array): boolean {
+    const native = this.#native;
+    if (!this.#nowaitReads || native?.preadNowait === undefined || dst.length === 0 || this.#queue.blocks(off, dst.length, 'read')) return false;
+    const n = native.preadNowait(this.#fd, dst, off);
+    if (n === dst.length) return true;
+    // The file system cannot tell (FUSE, NFS...): ask no more. A short count or EAGAIN: not all cached.
+    if (n === -EOPNOTSUPP || n === -ENOTSUP || n === -EINVAL) this.#nowaitReads = false;
+    return false;
+  }
+
   /** 0, or the NBD error for a request that must not reach the file. */
   #check(off: number, len: number, writing: boolean): number {
-    if (this.#fd < 0) return NbdErr.ESHUTDOWN;
+    if (!this.#open) return NbdErr.ESHUTDOWN;
     if (writing && this.readOnly) return NbdErr.EPERM;
     if (!Number.isSafeInteger(off) || !Number.isSafeInteger(len) || off < 0 || len < 0) return NbdErr.EINVAL;
     // A write past the end would silently grow a regular file.
@@ -196,58 +263,52 @@ class FileOrigin implements Origin {
     return NbdErr.OK;
   }
 
-  #readFully(off: number, dst: Uint8Array): number {
-    try {
-      for (let done = 0; done < dst.length; ) {
-        const n = fs.readSync(this.#fd, dst, done, dst.length - done, off + done);
-        if (n === 0) return NbdErr.EIO; // the file shrank under us
-        done += n;
-      }
-      return NbdErr.OK;
-    } catch (err) {
-      return nbdErrFromError(err);
-    }
+  #readFully(off: number, dst: Uint8Array, done: Done): void {
+    const step = (got: number): void => {
+      if (got === dst.length) return done(NbdErr.OK);
+      fs.read(this.#fd, dst, got, dst.length - got, off + got, (err, n) => {
+        if (err) return done(nbdErrFromError(err));
+        if (n === 0) return done(NbdErr.EIO); // the file shrank under us
+        step(got + n);
+      });
+    };
+    step(0);
   }
 
-  #writeFully(off: number, src: Uint8Array, start: number, len: number): number {
-    try {
-      for (let done = 0; done < len; ) {
-        const n = fs.writeSync(this.#fd, src, start + done, len - done, off + done);
-        if (n === 0) return NbdErr.EIO; // would loop forever otherwise
-        done += n;
-      }
-      return NbdErr.OK;
-    } catch (err) {
-      return nbdErrFromError(err);
-    }
+  #writeFully(off: number, src: Uint8Array, start: number, len: number, done: Done): void {
+    const step = (put: number): void => {
+      if (put === len) return done(NbdErr.OK);
+      fs.write(this.#fd, src, start + put, len - put, off + put, (err, n) => {
+        if (err) return done(nbdErrFromError(err));
+        if (n === 0) return done(NbdErr.EIO); // would loop forever otherwise
+        step(put + n);
+      });
+    };
+    step(0);
   }
 
-  #writeZeros(off: number, len: number): number {
+  /** Writes zeros over each [off, len) in turn, ZERO_CHUNK at a time. */
+  #writeZeros(ranges: ReadonlyArray<readonly [number, number]>, done: Done): void {
     const chunk = zeros();
-    for (let done = 0; done < len; done += ZERO_CHUNK) {
-      const err = this.#writeFully(off + done, chunk, 0, Math.min(ZERO_CHUNK, len - done));
-      if (err) return err;
+    const pieces: [number, number][] = [];
+    for (const [off, len] of ranges) {
+      for (let d = 0; d < len; d += ZERO_CHUNK) pieces.push([off + d, Math.min(ZERO_CHUNK, len - d)]);
     }
-    return NbdErr.OK;
+    const step = (i: number): void => {
+      if (i === pieces.length) return done(NbdErr.OK);
+      const [off, len] = pieces[i]!;
+      this.#writeFully(off, chunk, 0, len, (err) => (err ? done(err) : step(i + 1)));
+    };
+    step(0);
   }
 
   /**
-   * fdatasync. Any failure is EIO: whatever the errno (ENOSPC on NFS, EIO from the disk), writes
-   * since the last good sync may be gone (the rule on Origin.flush), and the next flush() reports
-   * it even if its own fdatasync succeeds, because the kernel tells only one caller.
+   * fdatasync, through the sync group, after an operation that succeeded and carried FUA. Any
+   * failure is EIO and is also reported to the next flush (the rule on Origin.flush).
    */
-  #sync(): number {
-    try {
-      fs.fdatasyncSync(this.#fd);
-      return NbdErr.OK;
-    } catch {
-      this.#syncFailed = true;
-      return NbdErr.EIO;
-    }
-  }
-
-  #syncIf(fua: boolean): number {
-    return fua ? this.#sync() : NbdErr.OK;
+  #thenSyncIf(fua: boolean, done: Done): Done {
+    if (!fua) return done;
+    return (errno) => (errno ? done(errno) : this.#syncs.request(false, done));
   }
 
   /**
@@ -283,16 +344,27 @@ class FileOrigin implements Origin {
     return NbdErr.OK;
   }
 
-  #zero(off: number, len: number, noHole: boolean, fastZero: boolean): number {
+  #zero(off: number, len: number, noHole: boolean, fastZero: boolean, done: Done): void {
     // Decided before touching anything: a refused fast zero must leave no side effect.
     let r = UNSUPPORTED;
+    let edges: [number, number][] = [];
     if (this.#native !== null && this.canFastZero) {
       if (len === 0) r = NbdErr.OK;
       else if (this.#kind === 'file') r = this.#zeroFileRange(this.#native, off, len, noHole);
-      else r = this.#zeroDeviceRange(this.#native, off, len, noHole);
+      else {
+        const end = off + len;
+        const midStart = alignUp(off);
+        const midEnd = alignDown(end);
+        // Under two blocks writing is as cheap, so it counts as a cheap zero too.
+        if (midStart >= midEnd) return this.#writeZeros([[off, len]], done);
+        r = this.#zeroDeviceMiddle(this.#native, midStart, midEnd, noHole);
+        edges = [[off, midStart - off], [midEnd, end - midEnd]];
+      }
     }
-    if (r !== UNSUPPORTED) return r;
-    return fastZero ? NbdErr.ENOTSUP : this.#writeZeros(off, len);
+    if (r === NbdErr.OK && edges.length > 0) return this.#writeZeros(edges, done);
+    if (r !== UNSUPPORTED) return done(r);
+    if (fastZero) return done(NbdErr.ENOTSUP);
+    this.#writeZeros([[off, len]], done);
   }
 
   #zeroFileRange(native: NativeBinding, off: number, len: number, noHole: boolean): number {
@@ -311,30 +383,24 @@ class FileOrigin implements Origin {
     return UNSUPPORTED;
   }
 
-  /** The aligned middle goes to the device; the partial blocks at either end get written zeros. */
-  #zeroDeviceRange(native: NativeBinding, off: number, len: number, noHole: boolean): number {
-    const end = off + len;
-    const midStart = alignUp(off);
-    const midEnd = alignDown(end);
-    if (midStart >= midEnd) return this.#writeZeros(off, len); // under two blocks: writing is as cheap
-    let done = false;
+  /** The aligned middle of a device range; the caller writes zeros over the partial blocks at either end. */
+  #zeroDeviceMiddle(native: NativeBinding, midStart: number, midEnd: number, noHole: boolean): number {
     if (!noHole && this.#punch) {
       // On a block device this never falls back to writing zeros in the kernel.
       const r = native.fallocate(this.#fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, midStart, midEnd - midStart);
-      if (r >= 0) done = true;
-      else if (isUnsupported(r)) this.#punch = false;
-      else return nbdErrFromErrno(r);
+      if (r >= 0) return NbdErr.OK;
+      if (!isUnsupported(r)) return nbdErrFromErrno(r);
+      this.#punch = false;
     }
-    if (!done && this.#zeroOut) {
+    if (this.#zeroOut) {
       // Without hardware WRITE_ZEROES the kernel writes the zeros itself; that still saves
       // moving them through userspace, so it counts as cheap.
       const r = native.blkZeroOut(this.#fd, midStart, midEnd - midStart);
-      if (r >= 0) done = true;
-      else if (isUnsupported(r)) this.#zeroOut = false;
-      else return nbdErrFromErrno(r);
+      if (r >= 0) return NbdErr.OK;
+      if (!isUnsupported(r)) return nbdErrFromErrno(r);
+      this.#zeroOut = false;
     }
-    if (!done) return UNSUPPORTED;
-    return this.#writeZeros(off, midStart - off) || this.#writeZeros(midEnd, end - midEnd);
+    return UNSUPPORTED;
   }
 
   /** SEEK_DATA/SEEK_HOLE walk of [off, end): holes read as zeros, data is reported as is. */

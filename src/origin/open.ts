@@ -8,11 +8,11 @@ import { openNbdOrigin, probeNbdOrigin } from './nbd.js';
 import { isUri } from '../nbd/uri.js';
 
 
-export function originSpecFor(cache: Pick<CacheConfig, 'origin' | 'readOnly' | 'originTimeoutMs' | 'originConnections'>): OriginSpec {
+export function originSpecFor(cache: Pick<CacheConfig, 'origin' | 'readOnly' | 'originTimeoutMs' | 'originConnections' | 'originQueueDepth'>): OriginSpec {
   if (isUri(cache.origin)) {
     return { kind: 'nbd', uri: cache.origin, readOnly: cache.readOnly, timeoutMs: cache.originTimeoutMs, connections: cache.originConnections };
   }
-  return { kind: 'file', path: cache.origin, readOnly: cache.readOnly };
+  return { kind: 'file', path: cache.origin, readOnly: cache.readOnly, queueDepth: cache.originQueueDepth };
 }
 
 export async function openOrigin(spec: OriginSpec): Promise<Origin> {

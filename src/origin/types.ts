@@ -1,6 +1,7 @@
 // The one interface every origin implements. Origins live inside stripe worker threads
-// (each stripe opens its own), so calls complete through a callback: a local file calls it
-// synchronously before returning, a remote NBD export calls it later from the event loop.
+// (each stripe opens its own), so calls complete through a callback, usually later from the
+// event loop (a local file through libuv's thread pool, a remote NBD export from its socket);
+// a request refused before any I/O may be answered before the call returns.
 
 /** 0 on success, otherwise a positive NBD error value (NbdErr: EIO, ENOSPC, ENOTSUP, EINVAL...). */
 export type Done = (errno: number) => void;
@@ -28,6 +29,12 @@ export interface Origin {
   readonly readOnly: boolean;
   /** True when every operation finishes before the call returns (the stripe can then process synchronously). */
   readonly synchronous: boolean;
+  /**
+   * Requests started and not answered yet, for an origin that completes through the event loop
+   * and counts them (the file origin): the stripe lets the loop in between batches while there
+   * are some, and may block its thread when there are none.
+   */
+  readonly inflight?: number;
   /** Whether zeroing is cheaper than writing zeros (fallocate, or a remote that advertises FAST_ZERO). */
   readonly canFastZero: boolean;
 
@@ -60,5 +67,6 @@ export interface Origin {
 
 /** How a stripe (or the coordinator's probe) is told to open the origin. Plain data: crosses threads. */
 export type OriginSpec =
-  | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean }
+  /** queueDepth: operations in flight at once (default 32). */
+  | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean; queueDepth?: number }
   | { kind: 'nbd'; uri: string; readOnly: boolean; timeoutMs: number; connections: number };

@@ -49,6 +49,8 @@ export interface SimOptions {
   originFlushFail?: number;
   /** Unsynced cache writes that survive a power cut may come out with a flipped bit (in data, ksets and metadata slots alike). */
   corrupt?: number;
+  /** The origin answers on a later microtask, as the file origin (libuv's pool) and an NBD origin do. */
+  asyncOrigin?: boolean;
 }
 
 /** One incarnation of the cache over a device image; a power cut makes a new one from the surviving image. */
@@ -81,9 +83,10 @@ export class SimCache {
     this.gc = new Gc(dev, this.threadShared(GC_OWNER, null), this.opened.geometry, { batchKsets: 4 });
   }
 
-  /** Each thread's own descriptor on the origin (a plain test origin is shared). */
-  private originHandle(): Origin {
-    return this.origin.handle ? this.origin.handle() : this.origin;
+  /** Each thread's own descriptor on the origin (a plain test origin is shared); a dead stripe thread's never answers. */
+  private originHandle(thread: ThreadDevice | null = null): Origin {
+    if (!this.origin.handle) return this.origin;
+    return this.origin.handle({ later: this.opts.asyncOrigin === true, alive: () => !thread?.dead });
   }
 
   static deviceBytes(o: SimOptions): number {
@@ -105,7 +108,7 @@ export class SimCache {
     const index = repaired.index;
     return new StripeEngine({
       rebuild: repaired.emptied,
-      dev: thread, shared: this.threadShared(STRIPE_OWNER + i, thread), index, geometry: this.opened.geometry, origin: this.originHandle(),
+      dev: thread, shared: this.threadShared(STRIPE_OWNER + i, thread), index, geometry: this.opened.geometry, origin: this.originHandle(thread),
       blockCrc: this.opened.blockCrc ? new Int32Array(this.opened.blockCrc) : null, now: () => this.clock, journal: this.journals[i],
     });
   }
@@ -284,6 +287,8 @@ export interface RunResult {
   syncFails: number; writeFails: number; readFails: number; deviceFailures: number; respawns: number; originFlushFails: number; corrupted: number; evictions: number;
   /** Index subtrees a stripe died in the middle of editing, rebuilt from the log by its successor. */
   rebuilds: number;
+  /** Origin operations answered on a later microtask (asyncOrigin). */
+  lateAnswers: number;
 }
 
 /**
@@ -311,7 +316,7 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
   let wentThrough = false;
   let faultWindow = 0;
   let failedFor = 0;
-  const res: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0, syncFails: 0, writeFails: 0, readFails: 0, deviceFailures: 0, respawns: 0, originFlushFails: 0, corrupted: 0, evictions: 0, rebuilds: 0 };
+  const res: RunResult = { crashes: 0, ops: 0, flushes: 0, bypasses: 0, segmentsFreed: 0, syncFails: 0, writeFails: 0, readFails: 0, deviceFailures: 0, respawns: 0, originFlushFails: 0, corrupted: 0, evictions: 0, rebuilds: 0, lateAnswers: 0 };
   const scratch = Buffer.alloc(SECTOR);
   const fail = (msg: string): never => { throw new Error(`seed ${seed}: ${msg}`); };
   // Hot spots make overwrites and partial overlaps common.
@@ -356,6 +361,8 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     // Every device loses power at once: the origin keeps what it had flushed (and some of the rest).
     res.originFlushFails += origin.flushFails;
     origin.flushFails = 0;
+    res.lateAnswers += origin.lateAnswers;
+    origin.lateAnswers = 0;
     if (opts.volatileOrigin) {
       origin = origin.crash(rng);
       checkOrigin(`power cut ${res.crashes}, the origin alone`, origin);
@@ -579,5 +586,6 @@ export async function simRun(seed: number, opts: SimOptions, steps: number, cras
     }
   }
   res.originFlushFails += origin.flushFails;
+  res.lateAnswers += origin.lateAnswers;
   return res;
 }

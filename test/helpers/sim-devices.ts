@@ -100,6 +100,8 @@ export class SimOrigin implements Origin {
   volatile: boolean;
   flushFail = 0;
   writes = 0;
+  /** Operations a `later` handle answered on a later microtask. */
+  lateAnswers = 0;
   flushFails = 0;
   /** Called after every write, trim and zero: the crash property checks the origin mid-writeback here. */
   afterWrite: (() => void) | null = null;
@@ -173,23 +175,30 @@ export class SimOrigin implements Origin {
   /** What a power cut would certainly keep (the final check reads this, not what reads show). */
   get media(): Buffer { return this.durable; }
 
-  /** A descriptor of its own on this origin: flush failures anywhere reach its next flush. */
-  handle(): Origin {
+  /**
+   * A descriptor of its own on this origin: flush failures anywhere reach its next flush.
+   * `later`: asynchronous, as the file origin is: each operation takes effect and answers on a
+   * later microtask, in issue order, so the engine meets completions that arrive after other work
+   * (and a thread that died, `alive` false, never hears back, though its writes may land).
+   */
+  handle(opts: { later?: boolean; alive?: () => boolean } = {}): Origin {
     const o = this as SimOrigin;
     let seen = o.flushFails;
+    const run = (fn: () => void): void => { if (opts.later) { o.lateAnswers++; queueMicrotask(fn); } else fn(); };
+    const answer = <A extends unknown[]>(cb: (...a: A) => void) => (...a: A): void => { if (!opts.alive || opts.alive()) cb(...a); };
     return {
-      size: o.size, description: o.description, readOnly: false, synchronous: true, canFastZero: true,
-      read: (off, dst, cb) => o.read(off, dst, cb),
-      write: (off, src, fua, cb) => o.write(off, src, fua, cb),
-      trim: (off, len, fua, cb) => o.trim(off, len, fua, cb),
-      zero: (off, len, f, cb) => o.zero(off, len, f, cb),
+      size: o.size, description: o.description, readOnly: false, synchronous: !opts.later, canFastZero: true,
+      read: (off, dst, cb) => run(() => o.read(off, dst, answer(cb))),
+      write: (off, src, fua, cb) => run(() => o.write(off, src, fua, answer(cb))),
+      trim: (off, len, fua, cb) => run(() => o.trim(off, len, fua, answer(cb))),
+      zero: (off, len, f, cb) => run(() => o.zero(off, len, f, answer(cb))),
       cache: (off, len, cb) => o.cache(off, len, cb),
-      blockStatus: (off, len, max, cb) => o.blockStatus(off, len, max, cb),
-      flush: (cb) => o.flush((e) => {
+      blockStatus: (off, len, max, cb) => run(() => o.blockStatus(off, len, max, answer(cb))),
+      flush: (cb) => run(() => o.flush((e) => {
         const missed = o.flushFails !== seen;
         seen = o.flushFails;
-        cb(e !== 0 ? e : missed ? 5 : 0);
-      }),
+        answer(cb)(e !== 0 ? e : missed ? 5 : 0);
+      })),
       close: async () => {},
     };
   }
