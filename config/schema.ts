@@ -36,6 +36,7 @@ export interface RawCache extends RawCacheAccess {
   originTimeoutMs: number;
   originConnections: number;
   originQueueDepth: number;
+  cacheDirectIo: string;
   slabSize: string | number;
   maxConnections: number;
   dataCrc: boolean;
@@ -366,6 +367,15 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       format: 'pcached-integer',
       min: 1,
       max: 256,
+    },
+    cacheDirectIo: {
+      doc: 'Direct I/O (O_DIRECT) on the cache device. `on`: every cache read and write bypasses the page cache (through aligned buffers), so cached data is not held in RAM a second time and the cache runs at the device\'s own speed; the start fails if the device or its file system refuses it. `off`: buffered I/O; cache hits the page cache holds are served at memory speed, and the cache uses RAM as well as the device. `auto`: `on` for a block device, `off` for a regular file (see docs/performance.md for both measured on a file), falling back to buffered with a warning where direct I/O is refused. A sync (FLUSH) is still an fdatasync either way: a direct write can sit in the device\'s volatile cache.',
+      accepts: '`auto`, `on`, `off`',
+      default: 'auto',
+      env: 'PCACHED_CACHE_DIRECT_IO',
+      format(x: unknown) {
+        if (typeof x !== 'string' || !['auto', 'on', 'off'].includes(x)) invalid('must be one of auto, on, off', x);
+      },
     },
     slabSize: {
       doc: 'Shared payload slab per stripe (request and reply data between the coordinator and the stripe). READ and WRITE are cut into pieces of at most a quarter of it (and 4 MiB), streamed through it; a smaller slab means more, smaller pieces.',

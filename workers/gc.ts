@@ -23,7 +23,7 @@ let stopping = false;
 let loopDone: Promise<void> | null = null;
 
 async function loop(): Promise<void> {
-  const dev = FileBlockDevice.open(data.path);
+  const dev = FileBlockDevice.open(data.path, { direct: data.direct });
   const gc = new Gc(dev, sh, data.geometry, { batchKsets: data.batchKsets, log });
   const init = new SegmentInitializer(dev, sh, data.geometry);
   const initStarted = Date.now();

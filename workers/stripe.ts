@@ -328,7 +328,7 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       origin = await openOrigin(data.origin);
       if (data.cache && !new CacheShared(data.cache.shared).detached) {
         const c = data.cache;
-        cacheDev = FileBlockDevice.open(c.path);
+        cacheDev = FileBlockDevice.open(c.path, { direct: c.direct });
         const sharedState = new CacheShared(c.shared, STRIPE_OWNER + data.stripe);
         // A predecessor that died mid-mutation left subtrees half edited: emptied here, rebuilt by the engine.
         const repaired = ExtentIndex.attachRepairing(c.index);

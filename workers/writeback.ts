@@ -18,6 +18,7 @@ import { createLogger } from '../src/daemon/logger.js';
 
 export interface CacheWorkerData {
   path: string;
+  direct: boolean;
   shared: SharedArrayBuffer;
   geometry: Geometry;
   origin: OriginSpec;
@@ -89,7 +90,7 @@ async function openOriginPatiently(): Promise<Origin | null> {
 }
 
 async function loop(): Promise<void> {
-  const dev = FileBlockDevice.open(data.path);
+  const dev = FileBlockDevice.open(data.path, { direct: data.direct });
   const origin = await openOriginPatiently().catch((err: unknown) => { dev.close(); throw err; });
   if (origin === null) {
     dev.close();

@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import { PcachedError } from '../util/errors.js';
 import { blockDeviceSize } from '../util/block-device.js';
 import { native } from '../native/index.js';
+import { DirectSync, SECTOR as DIRECT_SECTOR } from '../io/direct-sync.js';
+import { alignedBuffer, canAlign } from '../io/aligned.js';
 
 const ENXIO = 6;
 
@@ -31,7 +33,17 @@ function checkRange(dev: BlockDevice, len: number, off: number, what: string): v
 }
 
 export class FileBlockDevice implements BlockDevice {
-  private constructor(private fd: number, readonly size: number, readonly path: string, readonly readOnly: boolean, readonly isFile = true) {}
+  private readonly direct: DirectSync | null;
+
+  private constructor(private fd: number, readonly size: number, readonly path: string, readonly readOnly: boolean, readonly isFile = true, direct = false) {
+    this.direct = direct ? new DirectSync(fd, path) : null;
+  }
+
+  /** True when opened O_DIRECT: I/O bypasses the page cache, through aligned bounce buffers. */
+  get isDirect(): boolean { return this.direct !== null; }
+
+  /** The descriptor, for asynchronous reads issued beside this object (src/io/async-io.ts). */
+  get descriptor(): number { return this.fd; }
 
   /**
    * Reserves the whole file on its filesystem (a no-op for block devices). A cache must not meet
@@ -89,14 +101,17 @@ export class FileBlockDevice implements BlockDevice {
    * Opens an existing file or block device; with `createSize`, creates (or extends) a sparse
    * file; with `readOnly`, opens O_RDONLY and refuses every write (inspection).
    */
-  static open(path: string, opts: { createSize?: number; readOnly?: boolean } = {}): FileBlockDevice {
+  static open(path: string, opts: { createSize?: number; readOnly?: boolean; direct?: boolean } = {}): FileBlockDevice {
     let fd: number;
+    if (opts.direct && !canAlign()) throw new PcachedError('ERR_CACHE_FILE', `cannot open cache file ${path} with direct I/O: it needs the native addon for aligned buffers: set cacheDirectIo to off or auto`);
     try {
-      const flags = opts.readOnly ? fs.constants.O_RDONLY
-        : opts.createSize === undefined ? fs.constants.O_RDWR : fs.constants.O_RDWR | fs.constants.O_CREAT;
+      const flags = (opts.readOnly ? fs.constants.O_RDONLY
+        : opts.createSize === undefined ? fs.constants.O_RDWR : fs.constants.O_RDWR | fs.constants.O_CREAT) |
+        (opts.direct ? fs.constants.O_DIRECT : 0);
       fd = fs.openSync(path, flags, 0o600);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
+      if (opts.direct && e.code === 'EINVAL') throw new PcachedError('ERR_CACHE_FILE', `cannot open cache file ${path} with direct I/O: its file system does not support O_DIRECT: set cacheDirectIo to off or auto`, { cause: err });
       const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message;
       throw new PcachedError('ERR_CACHE_FILE', `cannot open cache file ${path}: ${why}`, { cause: err });
     }
@@ -110,7 +125,8 @@ export class FileBlockDevice implements BlockDevice {
         fs.ftruncateSync(fd, opts.createSize);
         size = opts.createSize;
       }
-      return new FileBlockDevice(fd, size, path, opts.readOnly === true, st.isFile());
+      if (opts.direct) probeDirect(fd, path, size);
+      return new FileBlockDevice(fd, size, path, opts.readOnly === true, st.isFile(), opts.direct === true);
     } catch (err) {
       fs.closeSync(fd);
       throw err instanceof PcachedError ? err : new PcachedError('ERR_CACHE_FILE', `cannot size cache device ${path}`, { cause: err });
@@ -119,6 +135,7 @@ export class FileBlockDevice implements BlockDevice {
 
   pread(buf: Uint8Array, off: number): void {
     checkRange(this, buf.length, off, 'read');
+    if (this.direct) { this.direct.pread(buf, off); return; }
     let done = 0;
     while (done < buf.length) {
       const n = fs.readSync(this.fd, buf, done, buf.length - done, off + done);
@@ -130,6 +147,7 @@ export class FileBlockDevice implements BlockDevice {
   pwrite(buf: Uint8Array, off: number): void {
     if (this.readOnly) throw new PcachedError('ERR_CACHE_FILE', `${this.path} is open read-only`);
     checkRange(this, buf.length, off, 'write');
+    if (this.direct) { this.direct.pwrite(buf, off); return; }
     let done = 0;
     while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, off + done);
   }
@@ -139,6 +157,7 @@ export class FileBlockDevice implements BlockDevice {
     let total = 0;
     for (const b of bufs) total += b.length;
     checkRange(this, total, off, 'write');
+    if (this.direct) { this.direct.pwritev(bufs, off); return; }
     let done = fs.writevSync(this.fd, bufs as Uint8Array[], off);
     // A short gathered write is finished piece by piece.
     if (done < total) {
@@ -165,6 +184,19 @@ export class FileBlockDevice implements BlockDevice {
   close(): void {
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;
+  }
+}
+
+/**
+ * One sector-sized direct read: a file system or device that refuses 512-byte direct I/O (4 KiB
+ * logical sectors, some FUSE file systems) says so now, with EINVAL, not in the middle of a write.
+ */
+function probeDirect(fd: number, path: string, size: number): void {
+  if (size < DIRECT_SECTOR) return;
+  try {
+    fs.readSync(fd, alignedBuffer(DIRECT_SECTOR), 0, DIRECT_SECTOR, 0);
+  } catch (err) {
+    throw new PcachedError('ERR_CACHE_FILE', `cache file ${path} does not take ${DIRECT_SECTOR}-byte direct I/O (${(err as NodeJS.ErrnoException).code ?? String(err)}): set cacheDirectIo to off`, { cause: err });
   }
 }
 

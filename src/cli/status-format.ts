@@ -72,6 +72,7 @@ export function formatStatus(caches: CacheStatus[]): string {
         ['key_tail', cs.keyTail],
         ['gc_percent', String(cs.gcPercent)],
         ['data crc', cs.dataCrc ? 'on' : 'off'],
+        ['direct i/o', cs.directIo ? 'on' : 'off'],
       ];
       lines.push('  cache engine', ...aligned(rows, '    '));
     }

@@ -392,6 +392,7 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     originTimeoutMs: raw.originTimeoutMs,
     originConnections: raw.originConnections,
     originQueueDepth: raw.originQueueDepth,
+    cacheDirectIo: raw.cacheDirectIo as CacheConfig['cacheDirectIo'],
     slabSize: parseSize(raw.slabSize),
     maxConnections: raw.maxConnections,
     dataCrc: raw.dataCrc,

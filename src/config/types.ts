@@ -47,6 +47,8 @@ export interface CacheConfig {
   originConnections: number;
   /** Requests each stripe keeps in flight to a file or block-device origin. */
   originQueueDepth: number;
+  /** O_DIRECT on the cache device: auto (block devices only), on, off. */
+  cacheDirectIo: 'auto' | 'on' | 'off';
   /** Per-stripe shared payload slab, bytes. */
   slabSize: number;
   /** Maximum NBD client connections at once (further ones are refused). */

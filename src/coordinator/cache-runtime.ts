@@ -2,6 +2,7 @@
 // blank) and replayed into shared state and per-stripe indexes, the writeback and GC worker
 // threads (piscina pools of one thread each), and the cache's part of status and messages.
 
+import fs from 'node:fs';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import type { CacheConfig, CacheMode } from '../config/types.js';
@@ -46,6 +47,8 @@ export interface CacheStatusFields {
   /** FLUSH epochs in the log that writeback has not finished. */
   epochsPending: number;
   dataCrc: boolean;
+  /** The cache device is open O_DIRECT (cacheDirectIo resolved at start). */
+  directIo: boolean;
   errors: string[];
   /** The cache device failed (a sync or write): sticky until restart, as dm-writecache's error state. */
   failed: boolean;
@@ -110,6 +113,25 @@ function tunablesOf(cache: CacheConfig) {
   };
 }
 
+/**
+ * The cache device with the I/O cacheDirectIo asks for. `auto` takes direct I/O for a block device
+ * (its page cache would only hold a second copy) and buffered for a file, and falls back to
+ * buffered, with a warning, where direct I/O is refused; `on` fails instead.
+ */
+function openCacheDevice(cache: CacheConfig, log: Logger): FileBlockDevice {
+  if (cache.cacheDirectIo === 'off') return FileBlockDevice.open(cache.cache);
+  if (cache.cacheDirectIo === 'on') return FileBlockDevice.open(cache.cache, { direct: true });
+  let isBlock = false;
+  try { isBlock = fs.statSync(cache.cache).isBlockDevice(); } catch { /* open reports it */ }
+  if (!isBlock) return FileBlockDevice.open(cache.cache);
+  try {
+    return FileBlockDevice.open(cache.cache, { direct: true });
+  } catch (err) {
+    log.warn({ cacheFile: cache.cache, err: (err as Error).message }, 'direct I/O refused on the cache device; using buffered I/O');
+    return FileBlockDevice.open(cache.cache);
+  }
+}
+
 export class CacheRuntime {
   readonly #dev: FileBlockDevice;
   readonly #opened: OpenedCache;
@@ -129,7 +151,7 @@ export class CacheRuntime {
   static async open(cache: CacheConfig, originSize: number, stripes: number, origin: OriginSpec, log: Logger, logLevel: string): Promise<CacheRuntime> {
     let dev: FileBlockDevice;
     try {
-      dev = FileBlockDevice.open(cache.cache);
+      dev = openCacheDevice(cache, log);
     } catch (err) {
       // The supervisor names the cache in front of this message.
       throw new PcachedError('ERR_CACHE_FILE', (err as Error).message, { cause: err });
@@ -173,7 +195,7 @@ export class CacheRuntime {
 
   async #startWorkers(origin: OriginSpec, logLevel: string): Promise<void> {
     const base: Omit<CacheWorkerData, 'batchKsets'> = {
-      path: this.#path, shared: this.#opened.shared.sab, geometry: this.#opened.geometry, origin, counters: this.counters.sab, logLevel,
+      path: this.#path, direct: this.#dev.isDirect, shared: this.#opened.shared.sab, geometry: this.#opened.geometry, origin, counters: this.counters.sab, logLevel,
     };
     for (const [url, batchKsets, owner, what] of [[WRITEBACK_URL, WRITEBACK_BATCH_KSETS, WRITEBACK_OWNER, 'writeback'], [GC_URL, GC_BATCH_KSETS, GC_OWNER, 'gc']] as const) {
       const pool = new Piscina({
@@ -198,7 +220,7 @@ export class CacheRuntime {
   stripeData(stripe: number): StripeCacheData {
     const o = this.#opened;
     this.#journals[stripe] ??= KeyJournal.create();
-    return { path: this.#path, shared: o.shared.sab, index: o.indexes[stripe]!.sabs, blockCrc: o.blockCrc, geometry: o.geometry, journal: this.#journals[stripe]!.sab };
+    return { path: this.#path, direct: this.#dev.isDirect, shared: o.shared.sab, index: o.indexes[stripe]!.sabs, blockCrc: o.blockCrc, geometry: o.geometry, journal: this.#journals[stripe]!.sab };
   }
 
   /** A stripe thread died: locks it held are freed before its successor (or anyone) waits on them. */
@@ -301,6 +323,7 @@ export class CacheRuntime {
       gcPercent: sh.gcPercent,
       epochsPending: sh.epochsPending,
       dataCrc: g.dataCrc,
+      directIo: this.#dev.isDirect,
       errors,
       failed: sh.failed !== 0,
       workers: this.counters.snapshot(),

@@ -35,6 +35,8 @@ export interface NativeBinding {
    * Optional: an addon built from an older source lacks it (the caller then always goes async).
    */
   preadNowait?(fd: number, view: Uint8Array, offset: number): number;
+  /** (address of the view's first byte) % align, align a power of two: finds O_DIRECT-aligned windows. Optional like preadNowait. */
+  addressMod?(view: Uint8Array, align: number): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

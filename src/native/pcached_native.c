@@ -209,6 +209,31 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
 #endif
 }
 
+// addressMod(view, align) -> (address of the view's first byte) % align. O_DIRECT needs buffers
+// aligned in memory, and JS cannot see addresses: callers find an aligned window inside a larger
+// buffer with it.
+static napi_value js_address_mod(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  size_t argc = 2;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  bool is_ta = false;
+  if (argc < 2 || napi_is_typedarray(env, argv[0], &is_ta) != napi_ok || !is_ta) {
+    throw_arg(env, "addressMod", 0, "a typed array");
+    return NULL;
+  }
+  int64_t align;
+  if (napi_get_value_int64(env, argv[1], &align) != napi_ok || align <= 0 || (align & (align - 1)) != 0) {
+    throw_arg(env, "addressMod", 1, "a power of two");
+    return NULL;
+  }
+  napi_typedarray_type type;
+  size_t length, byte_offset;
+  void *data;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, argv[0], &type, &length, &data, &ab, &byte_offset) != napi_ok) return NULL;
+  return make_int64(env, (int64_t)((uintptr_t)data & (uintptr_t)(align - 1)));
+}
+
 static napi_status set_int(napi_env env, napi_value obj, const char *name, int32_t value) {
   napi_value v;
   napi_status s = napi_create_int32(env, value, &v);
@@ -228,6 +253,7 @@ NAPI_MODULE_INIT() {
       {"fadvise", NULL, js_fadvise, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sdNotify", NULL, pcached_js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
       {"preadNowait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"addressMod", NULL, js_address_mod, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) != napi_ok) return NULL;

@@ -109,6 +109,8 @@ export interface StripeWorkerData {
 
 export interface StripeCacheData {
   path: string;
+  /** Open the cache device O_DIRECT (the coordinator resolved cacheDirectIo). */
+  direct: boolean;
   shared: SharedArrayBuffer;
   index: import('../cache/index/layout.js').IndexSabs;
   blockCrc: SharedArrayBuffer | null;
