@@ -37,6 +37,7 @@ export interface RawCache extends RawCacheAccess {
   originConnections: number;
   originQueueDepth: number;
   cacheDirectIo: string;
+  cacheQueueDepth: number;
   slabSize: string | number;
   maxConnections: number;
   dataCrc: boolean;
@@ -376,6 +377,15 @@ function cacheKeys(form: 'file' | 'single'): SchemaOf<RawCache> {
       format(x: unknown) {
         if (typeof x !== 'string' || !['auto', 'on', 'off'].includes(x)) invalid('must be one of auto, on, off', x);
       },
+    },
+    cacheQueueDepth: {
+      doc: 'Read hits each stripe keeps in flight on the cache device, so the hits, misses and writes queued behind one go on while the device works; more are read synchronously. With direct I/O every hit goes through it; with buffered I/O only hits the page cache does not hold (the rest are answered at once).',
+      accepts: 'integer 1-256',
+      default: 32,
+      env: 'PCACHED_CACHE_QUEUE_DEPTH',
+      format: 'pcached-integer',
+      min: 1,
+      max: 256,
     },
     slabSize: {
       doc: 'Shared payload slab per stripe (request and reply data between the coordinator and the stripe). READ and WRITE are cut into pieces of at most a quarter of it (and 4 MiB), streamed through it; a smaller slab means more, smaller pieces.',

@@ -18,6 +18,8 @@ import { NbdErr } from '../src/nbd/constants.js';
 import { createLogger } from '../src/daemon/logger.js';
 import { StripeEngine, type EngineCounter } from '../src/cache/engine.js';
 import { FileBlockDevice, type BlockDevice } from '../src/cache/blockdev.js';
+import { openAsyncIo } from '../src/io/async-io.js';
+import { native } from '../src/native/index.js';
 import { CacheShared, FAULT_READS, FAULT_WRITES } from '../src/cache/shared.js';
 import { STRIPE_OWNER } from '../src/cache/durability.js';
 import { KeyJournal } from '../src/cache/journal.js';
@@ -271,6 +273,12 @@ function withTestFaults(dev: FileBlockDevice, sh: CacheShared): BlockDevice {
   return {
     get size() { return dev.size; },
     pread(buf, off) { if (sh.testFaults & FAULT_READS) throw eio('read'); dev.pread(buf, off); },
+    ...(dev.readAsync ? {
+      readAsync(buf: Uint8Array, off: number, cb: (err: Error | null) => void) {
+        if (sh.testFaults & FAULT_READS) { const e = eio('read'); setImmediate(() => cb(e)); return; }
+        dev.readAsync!(buf, off, cb);
+      },
+    } : {}),
     pwrite(buf, off) { if (sh.testFaults & FAULT_WRITES) throw eio('write'); dev.pwrite(buf, off); },
     pwritev(bufs, off) { if (sh.testFaults & FAULT_WRITES) throw eio('write'); dev.pwritev(bufs, off); },
     sync() { dev.sync(); },
@@ -286,7 +294,7 @@ async function loop(o: Origin): Promise<void> {
     if (runBatch(o) > 0) {
       // A commit round's fdatasync and origin I/O in libuv's pool complete through the event
       // loop: let them in, or a miss would wait behind every hit that keeps arriving.
-      if (++batches % YIELD_EVERY_BATCHES === 0 || engine?.committing || (o.inflight ?? 0) > 0) await yieldMacrotask();
+      if (++batches % YIELD_EVERY_BATCHES === 0 || engine?.committing || (o.inflight ?? 0) > 0 || (engine?.cacheReadsInFlight ?? 0) > 0) await yieldMacrotask();
       continue;
     }
     const idleSince = process.hrtime.bigint();
@@ -301,7 +309,7 @@ async function loop(o: Origin): Promise<void> {
       // I/O in flight) block the thread (cheapest wake-up); otherwise keep the loop serviced
       // (an NBD origin's sockets, libuv pool completions).
       const waitMs = engine === null ? IDLE_WAIT_MS : Math.max(1, Math.min(IDLE_WAIT_MS, engine.nextTickIn()));
-      if ((o.synchronous || o.inflight === 0) && !engine?.committing) {
+      if ((o.synchronous || o.inflight === 0) && !engine?.committing && (engine?.cacheReadsInFlight ?? 0) === 0) {
         result = Atomics.wait(ring, REQ_HEAD, reqTail, waitMs);
       } else {
         const w = Atomics.waitAsync(ring, REQ_HEAD, reqTail, waitMs);
@@ -329,6 +337,9 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       if (data.cache && !new CacheShared(data.cache.shared).detached) {
         const c = data.cache;
         cacheDev = FileBlockDevice.open(c.path, { direct: c.direct });
+        // Direct I/O always waits for the device; buffered reads go asynchronous only when the
+        // page cache cannot answer at once, which needs the addon's RWF_NOWAIT read.
+        if (c.direct || native?.preadNowait !== undefined) cacheDev.useAsyncIo(openAsyncIo());
         const sharedState = new CacheShared(c.shared, STRIPE_OWNER + data.stripe);
         // A predecessor that died mid-mutation left subtrees half edited: emptied here, rebuilt by the engine.
         const repaired = ExtentIndex.attachRepairing(c.index);
@@ -345,6 +356,7 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
           stats: { add: (name: EngineCounter, n: number) => { if (names.has(name)) counters.addAt(counters.indexOf(name as never), n); } },
           log,
           journal: new KeyJournal(c.journal),
+          queueDepth: c.queueDepth,
         });
       }
       running = true;

@@ -8,7 +8,8 @@ import { PcachedError } from '../util/errors.js';
 import { blockDeviceSize } from '../util/block-device.js';
 import { native } from '../native/index.js';
 import { DirectSync, SECTOR as DIRECT_SECTOR } from '../io/direct-sync.js';
-import { alignedBuffer, canAlign } from '../io/aligned.js';
+import { alignedBuffer, canAlign, isAligned } from '../io/aligned.js';
+import type { AsyncIo } from '../io/async-io.js';
 
 const ENXIO = 6;
 
@@ -19,6 +20,11 @@ export interface BlockDevice {
   pwrite(buf: Uint8Array, off: number): void;
   /** Gathered write of consecutive buffers starting at `off` (optional: callers fall back to pwrite). */
   pwritev?(bufs: readonly Uint8Array[], off: number): void;
+  /**
+   * Fills `buf` from `off` without blocking the calling thread where it can (optional: callers
+   * fall back to pread). The callback may run before this returns (the page cache held it all).
+   */
+  readAsync?(buf: Uint8Array, off: number, cb: (err: Error | null) => void): void;
   /** Barrier: every completed pwrite is durable when this returns. */
   sync(): void;
   /** The same barrier off-thread: every pwrite completed before the call is durable at the callback. */
@@ -42,8 +48,42 @@ export class FileBlockDevice implements BlockDevice {
   /** True when opened O_DIRECT: I/O bypasses the page cache, through aligned bounce buffers. */
   get isDirect(): boolean { return this.direct !== null; }
 
-  /** The descriptor, for asynchronous reads issued beside this object (src/io/async-io.ts). */
-  get descriptor(): number { return this.fd; }
+  private io: AsyncIo | null = null;
+  private readonly windows: Buffer[] = [];
+
+  /**
+   * Turns on readAsync, through `io` (one per thread: it delivers on this thread's loop). Without
+   * it readAsync is absent and reads are synchronous, as in the writeback and GC threads.
+   */
+  useAsyncIo(io: AsyncIo): void {
+    this.io = io;
+    this.readAsync = this.readAsyncImpl;
+  }
+
+  readAsync?: (buf: Uint8Array, off: number, cb: (err: Error | null) => void) => void;
+
+  private readAsyncImpl(buf: Uint8Array, off: number, cb: (err: Error | null) => void): void {
+    checkRange(this, buf.length, off, 'read');
+    const io = this.io!;
+    if (this.direct === null) {
+      // A page-cache hit costs a syscall here; only a read that would wait for the device pays a
+      // thread hand-off (or an io_uring round).
+      if (native?.preadNowait !== undefined && native.preadNowait(this.fd, buf, off) === buf.length) { cb(null); return; }
+      readFully(io, this.fd, buf, off, this.path, cb);
+      return;
+    }
+    const a0 = off - (off % DIRECT_SECTOR);
+    const a1 = Math.ceil((off + buf.length) / DIRECT_SECTOR) * DIRECT_SECTOR;
+    if (a0 === off && a1 === off + buf.length && isAligned(buf)) { readFully(io, this.fd, buf, off, this.path, cb); return; }
+    const len = a1 - a0;
+    const pooled = len <= WINDOW ? this.windows.pop() ?? alignedBuffer(WINDOW) : null;
+    const w = (pooled ?? alignedBuffer(len)).subarray(0, len);
+    readFully(io, this.fd, w, a0, this.path, (err) => {
+      if (!err) buf.set(w.subarray(off - a0, off - a0 + buf.length));
+      if (pooled && this.windows.length < MAX_WINDOWS) this.windows.push(pooled);
+      cb(err);
+    });
+  }
 
   /**
    * Reserves the whole file on its filesystem (a no-op for block devices). A cache must not meet
@@ -185,6 +225,25 @@ export class FileBlockDevice implements BlockDevice {
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+/** Pooled bounce windows for unaligned direct reads (larger ones get their own buffer). */
+const WINDOW = 128 * 1024;
+const MAX_WINDOWS = 64;
+
+/** Reads until `buf` is full; end of file first is an error, as pread's. */
+function readFully(io: AsyncIo, fd: number, buf: Uint8Array, off: number, path: string, cb: (err: Error | null) => void): void {
+  let got = 0;
+  const step = (): void => {
+    io.read(fd, got === 0 ? buf : buf.subarray(got), off + got, (err, n) => {
+      if (err) { cb(err); return; }
+      if (n === 0) { cb(new PcachedError('ERR_CACHE_FILE', `short read at ${off + got} of ${path}`)); return; }
+      got += n;
+      if (got < buf.length) step();
+      else cb(null);
+    });
+  };
+  step();
 }
 
 /**

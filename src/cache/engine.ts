@@ -63,6 +63,8 @@ export interface EngineOptions {
    * its predecessor's and takes over what it had accepted; tests may leave it out.
    */
   journal?: KeyJournal;
+  /** Read hits each stripe keeps in flight on the cache device (cacheQueueDepth; default 32). */
+  queueDepth?: number;
   /** Index slots a dead predecessor left half edited, emptied (ExtentIndex.attachRepairing): rebuilt from the log. */
   rebuild?: readonly number[];
 }
@@ -128,7 +130,7 @@ export class StripeEngine {
       count: (name, n) => this.count(name, n),
       requestError: (err, what) => this.requestError(err, what),
     });
-    this.reads = new StripeReads({ dev: this.dev, sh: this.sh, index: this.index, g: this.g, origin: this.origin, blockCrc: o.blockCrc, journal: this.journal, head: this.head, runs: this.runs, log: this.log }, {
+    this.reads = new StripeReads({ dev: this.dev, sh: this.sh, index: this.index, g: this.g, origin: this.origin, blockCrc: o.blockCrc, journal: this.journal, head: this.head, runs: this.runs, log: this.log, queueDepth: o.queueDepth }, {
       noticeFailure: () => this.noticeFailure(),
       flushData: () => this.flushData(),
       count: (name, n) => this.count(name, n),
@@ -506,9 +508,14 @@ export class StripeEngine {
     this.reads.blockStatus(off, len, maxExtents, cb);
   }
 
+  /** Read hits on the cache device in flight: their completions need the event loop. */
+  get cacheReadsInFlight(): number {
+    return this.reads.hitsInFlight;
+  }
+
   /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
   get busy(): boolean {
-    return this.committing || this.queue.length > 0 || this.through.parkedWrites > 0 || this.reads.missesInFlight > 0 || this.runs.pending;
+    return this.committing || this.queue.length > 0 || this.through.parkedWrites > 0 || this.reads.missesInFlight > 0 || this.reads.hitsInFlight > 0 || this.runs.pending;
   }
 
   /**

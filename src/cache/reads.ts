@@ -45,6 +45,8 @@ export interface ReadDeps {
   head: DataHead;
   runs: DataRuns;
   log: EngineLog;
+  /** Read hits in flight at once through dev.readAsync (cacheQueueDepth); beyond it, reads block. */
+  queueDepth?: number;
 }
 
 export class StripeReads {
@@ -61,6 +63,9 @@ export class StripeReads {
   private readonly misses = new MissTable();
   private readonly blockBuf = Buffer.alloc(BLOCK);
   private readonly scratch: Extent[] = [];
+  private readonly depth: number;
+  /** Read hits on the cache device in flight (dev.readAsync). */
+  hitsInFlight = 0;
 
   constructor(d: ReadDeps, private readonly ctx: ReadContext) {
     this.dev = d.dev;
@@ -73,6 +78,7 @@ export class StripeReads {
     this.head = d.head;
     this.runs = d.runs;
     this.log = d.log;
+    this.depth = d.queueDepth ?? 32;
   }
 
   /** `noFill`: the coordinator saw a long sequential run; serve it without promoting it. */
@@ -83,11 +89,17 @@ export class StripeReads {
     // A failed device takes no new data, and what it holds that is not durable is poisoned.
     if (this.ctx.noticeFailure()) noFill = true;
     const len = buf.length;
-    if (this.blockCrc === null && this.readWholeHit(off, buf)) {
-      this.ctx.count('read_blocks', blocks(len));
-      this.ctx.count('read_hits', blocks(len));
-      done(0);
-      return;
+    if (this.blockCrc === null && this.findWholeHit(off, len)) {
+      if (this.dev.readAsync !== undefined && this.hitsInFlight < this.depth) {
+        this.readHitAsync(off, buf, noFill, done);
+        return;
+      }
+      if (this.readWholeHit(buf)) {
+        this.ctx.count('read_blocks', blocks(len));
+        this.ctx.count('read_hits', blocks(len));
+        done(0);
+        return;
+      }
     }
     const pieces = this.collect(off, len);
     const gen = this.sh.gen;
@@ -153,15 +165,45 @@ export class StripeReads {
     h.off = o; h.len = l; h.seg = e.seg; h.segOff = e.segOff; h.gen = e.gen; h.flags = e.flags;
   };
 
-  /** True when the request was served whole from one live data extent. */
-  private readWholeHit(off: number, buf: Uint8Array): boolean {
+  /** True when one live data extent covers the whole range (then in this.hit). */
+  private findWholeHit(off: number, len: number): boolean {
     this.hitPieces = 0;
     this.hit.flags = 0;
-    this.index.lookup(off, buf.length, this.hitCb);
+    this.index.lookup(off, len, this.hitCb);
     const h = this.hit;
-    if (this.hitPieces !== 1 || (h.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || h.len !== buf.length) return false;
+    if (this.hitPieces !== 1 || (h.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || h.len !== len) return false;
+    return segmentLive(this.sh.gen, h.seg, h.gen);
+  }
+
+  /**
+   * The hit found by findWholeHit, read without blocking the stripe: the hits and misses queued
+   * behind it go on while the device works. A segment GC reused meanwhile is looked up again.
+   */
+  private readHitAsync(off: number, buf: Uint8Array, noFill: boolean, done: Done): void {
+    const h = this.hit;
+    const seg = h.seg;
+    const segGen = h.gen;
     const gen = this.sh.gen;
-    if (!segmentLive(gen, h.seg, h.gen)) return false;
+    this.hitsInFlight++;
+    this.dev.readAsync!(buf, dataOffset(seg, h.segOff, this.g.segmentSize), (err) => {
+      this.hitsInFlight--;
+      if (err) {
+        this.ctx.cacheReadError(err, 'read');
+        this.ctx.count('read_blocks', blocks(buf.length));
+        done(NbdErr.EIO);
+        return;
+      }
+      if (!segmentLive(gen, seg, segGen)) { this.read(off, buf, noFill, done); return; }
+      this.ctx.count('read_blocks', blocks(buf.length));
+      this.ctx.count('read_hits', blocks(buf.length));
+      done(0);
+    });
+  }
+
+  /** Reads the hit found by findWholeHit; true when it was served. */
+  private readWholeHit(buf: Uint8Array): boolean {
+    const h = this.hit;
+    const gen = this.sh.gen;
     try {
       this.dev.pread(buf, dataOffset(h.seg, h.segOff, this.g.segmentSize));
     } catch {

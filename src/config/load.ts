@@ -393,6 +393,7 @@ function resolveCache(raw: RawCache, path: (p: string) => string): CacheConfig {
     originConnections: raw.originConnections,
     originQueueDepth: raw.originQueueDepth,
     cacheDirectIo: raw.cacheDirectIo as CacheConfig['cacheDirectIo'],
+    cacheQueueDepth: raw.cacheQueueDepth,
     slabSize: parseSize(raw.slabSize),
     maxConnections: raw.maxConnections,
     dataCrc: raw.dataCrc,

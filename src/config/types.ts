@@ -49,6 +49,8 @@ export interface CacheConfig {
   originQueueDepth: number;
   /** O_DIRECT on the cache device: auto (block devices only), on, off. */
   cacheDirectIo: 'auto' | 'on' | 'off';
+  /** Read hits each stripe keeps in flight on the cache device. */
+  cacheQueueDepth: number;
   /** Per-stripe shared payload slab, bytes. */
   slabSize: number;
   /** Maximum NBD client connections at once (further ones are refused). */

@@ -139,6 +139,7 @@ export class CacheRuntime {
   readonly counters: CounterBlock<(typeof CACHE_WORKER_COUNTERS)[number]>;
   readonly #path: string;
   readonly #log: Logger;
+  #queueDepth = 32;
 
   private constructor(dev: FileBlockDevice, opened: OpenedCache, path: string, log: Logger) {
     this.#dev = dev;
@@ -179,6 +180,7 @@ export class CacheRuntime {
     }, r.formatted ? 'cache formatted' : 'cache replayed');
     opened.shared.setTunables(tunablesOf(cache));
     const rt = new CacheRuntime(dev, opened, cache.cache, log);
+    rt.#queueDepth = cache.cacheQueueDepth;
     // The configured mode applies at every start (a `message mode` lasts until restart or reload).
     rt.setMode(cache.mode);
     // The stored gc_percent (set at format time or by `message gc_percent`) wins over the default;
@@ -220,7 +222,7 @@ export class CacheRuntime {
   stripeData(stripe: number): StripeCacheData {
     const o = this.#opened;
     this.#journals[stripe] ??= KeyJournal.create();
-    return { path: this.#path, direct: this.#dev.isDirect, shared: o.shared.sab, index: o.indexes[stripe]!.sabs, blockCrc: o.blockCrc, geometry: o.geometry, journal: this.#journals[stripe]!.sab };
+    return { path: this.#path, direct: this.#dev.isDirect, queueDepth: this.#queueDepth, shared: o.shared.sab, index: o.indexes[stripe]!.sabs, blockCrc: o.blockCrc, geometry: o.geometry, journal: this.#journals[stripe]!.sab };
   }
 
   /** A stripe thread died: locks it held are freed before its successor (or anyone) waits on them. */

@@ -13,13 +13,18 @@ export const UV_DEFAULT_THREADS = 4;
 export const UV_MAX_THREADS = 1024;
 
 /** Threads for one coordinator: every origin request the stripes and writeback may have in flight, plus libuv's default for everything else (cache syncs, file system calls). */
-export function threadPoolSize(cache: Pick<CacheConfig, 'origin' | 'stripes' | 'originQueueDepth' | 'writeback'>): number {
-  if (isUri(cache.origin)) return UV_DEFAULT_THREADS;
-  return Math.min(UV_MAX_THREADS, cache.stripes * cache.originQueueDepth + cache.writeback.jobs + UV_DEFAULT_THREADS);
+export function threadPoolSize(cache: ThreadPoolInputs): number {
+  // Cache reads that miss the page cache (or all of them, with direct I/O) block a pool thread
+  // each when io_uring is not there to take them.
+  const cacheReads = cache.cacheQueueDepth === undefined ? 0 : cache.stripes * cache.cacheQueueDepth;
+  if (isUri(cache.origin)) return Math.min(UV_MAX_THREADS, UV_DEFAULT_THREADS + cacheReads);
+  return Math.min(UV_MAX_THREADS, cache.stripes * cache.originQueueDepth + cache.writeback.jobs + UV_DEFAULT_THREADS + cacheReads);
 }
 
+type ThreadPoolInputs = Pick<CacheConfig, 'origin' | 'stripes' | 'originQueueDepth' | 'writeback'> & Partial<Pick<CacheConfig, 'cacheQueueDepth'>>;
+
 /** The coordinator's environment: an operator's own UV_THREADPOOL_SIZE wins. */
-export function coordinatorEnv(cache: Pick<CacheConfig, 'origin' | 'stripes' | 'originQueueDepth' | 'writeback'>, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+export function coordinatorEnv(cache: ThreadPoolInputs, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
   if (env.UV_THREADPOOL_SIZE !== undefined && env.UV_THREADPOOL_SIZE !== '') return env;
   return { ...env, UV_THREADPOOL_SIZE: String(threadPoolSize(cache)) };
 }

@@ -111,6 +111,8 @@ export interface StripeCacheData {
   path: string;
   /** Open the cache device O_DIRECT (the coordinator resolved cacheDirectIo). */
   direct: boolean;
+  /** Read hits kept in flight on the cache device (cacheQueueDepth). */
+  queueDepth: number;
   shared: SharedArrayBuffer;
   index: import('../cache/index/layout.js').IndexSabs;
   blockCrc: SharedArrayBuffer | null;
