@@ -11,6 +11,7 @@
 
 import test from 'ava';
 import { simRun, type RunResult, type SimOptions } from './helpers/sim-cache.js';
+import { simCounters } from './helpers/sim-devices.js';
 
 const BASE: SimOptions = { originSize: 8 << 20, segmentSize: 64 << 10, segments: 24, stripes: 2, dataCrc: false, gcPercent: 50 };
 const FAULTS = { syncFail: 0.4, writeFail: 0.06, readFail: 0.06 };
@@ -28,6 +29,8 @@ const variants: [string, Partial<SimOptions>, number][] = [
   ['unsynced writes corrupted by power cuts, dataCrc', { corrupt: 0.8, dataCrc: true }, 3],
   ['asynchronous origin (answers later, as the file origin does)', { asyncOrigin: true }, 3],
   ['asynchronous origin, modes switched online, volatile origin whose flushes fail, stripe deaths', { asyncOrigin: true, modes: true, volatileOrigin: true, originFlushFail: 0.3, respawn: 0.05 }, 4],
+  ['cache read hits answered later (direct I/O through the async seam), GC at 0', { asyncReads: true, gcPercent: 0 }, 3],
+  ['cache read hits answered later, asynchronous origin, cache device faults, modes switched', { asyncReads: true, asyncOrigin: true, faults: FAULTS, modes: true }, 4],
   ['everything at once, modes switched, three stripes', { modes: true, stripes: 3, respawn: 0.05, faults: FAULTS, volatileOrigin: true, originFlushFail: 0.3, corrupt: 0.4 }, 4],
 ];
 
@@ -40,6 +43,7 @@ for (const [name, v, seeds] of variants) {
   test.serial(`crash property: ${name}`, async (t) => {
     const opts = { ...BASE, ...v };
     const sum: RunResult = { ...ZERO };
+    const lateReads0 = simCounters.lateReads;
     for (let i = 0; i < seeds; i++) {
       const seed = (0x5eed0000 + name.length * 1000 + i) >>> 0;
       const r = await simRun(seed, opts, 300, 8);
@@ -54,6 +58,7 @@ for (const [name, v, seeds] of variants) {
     if (v.respawn) t.true(sum.respawns > 20 && sum.rebuilds > 5);
     if (v.originFlushFail) t.true(sum.originFlushFails > 10);
     if (v.corrupt) t.true(sum.corrupted > 50);
+    if (v.asyncReads) t.true(simCounters.lateReads - lateReads0 > 20, `${simCounters.lateReads - lateReads0} cache reads answered later`);
     if (v.asyncOrigin) t.true(sum.lateAnswers > 1000, `${sum.lateAnswers} origin operations answered later`);
   });
 }

@@ -51,6 +51,8 @@ export interface SimOptions {
   corrupt?: number;
   /** The origin answers on a later microtask, as the file origin (libuv's pool) and an NBD origin do. */
   asyncOrigin?: boolean;
+  /** Cache read hits complete later (as readAsync through libuv or io_uring), after GC and writes may have run. */
+  asyncReads?: boolean;
 }
 
 /** One incarnation of the cache over a device image; a power cut makes a new one from the surviving image. */
@@ -101,7 +103,7 @@ export class SimCache {
   }
 
   private makeEngine(i: number, respawned: boolean): StripeEngine {
-    const thread = new ThreadDevice(this.dev, this.io);
+    const thread = new ThreadDevice(this.dev, this.io, this.opts.asyncReads === true);
     this.threads[i] = thread;
     const repaired = respawned ? ExtentIndex.attachRepairing(this.opened.indexes[i]!.sabs) : { index: this.opened.indexes[i]!, emptied: [] };
     this.rebuilt += repaired.emptied.length;

@@ -60,9 +60,26 @@ export class FaultyDevice implements BlockDevice {
  * Its asynchronous syncs complete when the simulator runs its I/O queue; when the thread dies,
  * what it had in flight never calls back.
  */
+/** Cache reads ThreadDevices answered later (asyncReads), over the whole test process. */
+export const simCounters = { lateReads: 0 };
+
 export class ThreadDevice implements BlockDevice {
   dead = false;
-  constructor(readonly inner: FaultyDevice, private readonly io: (() => void)[]) {}
+  /** Cache reads answered later (asyncReads): the read itself happens then, after whatever ran between. */
+  readAsync?: (buf: Uint8Array, off: number, cb: (err: Error | null) => void) => void;
+  constructor(readonly inner: FaultyDevice, private readonly io: (() => void)[], asyncReads = false) {
+    if (asyncReads) {
+      this.readAsync = (buf, off, cb) => {
+        this.io.push(() => {
+          if (this.dead) return;
+          simCounters.lateReads++;
+          let err: Error | null = null;
+          try { this.inner.pread(buf, off); } catch (e) { err = e as Error; }
+          cb(err);
+        });
+      };
+    }
+  }
   get size(): number { return this.inner.size; }
   pread(buf: Uint8Array, off: number): void { this.inner.pread(buf, off); }
   pwrite(buf: Uint8Array, off: number): void { this.inner.pwrite(buf, off); }
