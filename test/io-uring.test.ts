@@ -212,3 +212,50 @@ test('O_DIRECT reads and writes through an aligned window', async (t) => {
   // Proof that O_DIRECT is really on: a file offset off the logical block size is refused.
   await t.throwsAsync(rw(io, 'read', fd, win.subarray(0, 4096), 8193), { code: 'EINVAL' });
 });
+
+test('a callback that throws does not lose the other completions of its batch', async (t) => {
+  if (!uring(t)) return;
+  const url = new URL('../src/io/async-io.js', import.meta.url).href;
+  const worker = new Worker(
+    `const { parentPort } = require('node:worker_threads');
+    const fs = require('node:fs');
+    let caught = 0, done = 0;
+    process.on('uncaughtException', () => { caught++; });
+    import(${JSON.stringify(url)}).then((m) => {
+      const io = m.openAsyncIo({ backend: 'io_uring' });
+      const fd = fs.openSync('/dev/zero', 'r');
+      for (let i = 0; i < 20; i++) io.read(fd, Buffer.alloc(512), 0, () => {
+        done++;
+        if (i % 5 === 0) throw new Error('boom');
+        if (done === 20) setImmediate(() => { io.close(); parentPort.postMessage({ caught, done }); });
+      });
+    });`,
+    { eval: true },
+  );
+  const msg = await new Promise<{ caught: number; done: number }>((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+  t.is(msg.done, 20);
+  t.true(msg.caught >= 1);
+});
+
+test('close() right before the thread exits does not hang the exit', async (t) => {
+  if (!uring(t)) return;
+  const url = new URL('../src/io/async-io.js', import.meta.url).href;
+  const worker = new Worker(
+    `import(${JSON.stringify(url)}).then((m) => {
+      const fs = require('node:fs');
+      const io = m.openAsyncIo({ backend: 'io_uring' });
+      const fd = fs.openSync('/dev/zero', 'r');
+      for (let i = 0; i < 8; i++) io.read(fd, Buffer.alloc(4096), 0, () => {});
+      queueMicrotask(() => { io.close(); process.exit(0); });
+    });`,
+    { eval: true },
+  );
+  const code = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('worker exit hung')), 10000);
+    worker.once('exit', (c) => { clearTimeout(timer); resolve(c); });
+  });
+  t.is(code, 0);
+});

@@ -113,8 +113,8 @@ export class UringIo implements AsyncIo {
   private submit(): void {
     this.submitScheduled = false;
     if (this.closed) return;
-    this.submits++;
     const r = this.n.uringSubmit(this.handle);
+    if (r !== 0) this.submits++;
     // EAGAIN/EBUSY: the kernel is short of resources; what stays prepared goes with the next submit.
     if (r < 0 && !this.submitScheduled) {
       this.submitScheduled = true;
@@ -123,14 +123,22 @@ export class UringIo implements AsyncIo {
   }
 
   private complete(count: number, ids: Float64Array, res: Int32Array): void {
+    // The CQ is already consumed: a throwing callback must not lose the rest of the batch.
+    let thrown: { err: unknown } | null = null;
     for (let i = 0; i < count; i++) {
       const id = ids[i];
       const req = this.slots[id];
       this.slots[id] = null;
       this.free.push(id);
-      if (req) this.finish(req, res[i]);
+      if (!req) continue;
+      try {
+        this.finish(req, res[i]);
+      } catch (err) {
+        thrown ??= { err };
+      }
     }
     while (this.overflow.length > 0 && !this.closed && this.prep(this.overflow[0])) this.overflow.shift();
+    if (thrown) throw thrown.err;
   }
 
   private finish(req: Req, res: number): void {
