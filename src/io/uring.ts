@@ -1,6 +1,7 @@
 // The io_uring backend of AsyncIo: SQEs are prepared as calls come and submitted once per JS turn
 // (one io_uring_enter for a whole batch), completions arrive in batches on this thread's loop.
 
+import fs from 'node:fs';
 import os from 'node:os';
 import type { AsyncIo, IoCallback } from './async-io.js';
 import type { NativeBinding, UringHandle } from '../native/index.js';
@@ -17,6 +18,12 @@ function ioError(res: number, op: Op): NodeJS.ErrnoException {
   err.errno = res;
   err.syscall = ['read', 'write', 'fdatasync'][op];
   return err;
+}
+
+function viaLibuv(req: Req): void {
+  if (req.op === 2) fs.fdatasync(req.fd, (err) => req.cb(err, 0));
+  else if (req.op === 0) fs.read(req.fd, req.buf!, 0, req.buf!.length, req.off, req.cb);
+  else fs.write(req.fd, req.buf!, 0, req.buf!.length, req.off, req.cb);
 }
 
 type UringFns = Required<Pick<NativeBinding, 'uringOpen' | 'uringPrep' | 'uringSubmit' | 'uringClose'>>;
@@ -67,15 +74,16 @@ export class UringIo implements AsyncIo {
       this.slots[pairs[i]] = null;
       if (req) done.push([req, pairs[i + 1]]);
     }
-    // Prepared but never accepted by the kernel, and queued beyond the ring: never ran.
+    // Prepared but never accepted by the kernel (its submit failed): never ran.
     for (let i = 0; i < this.slots.length; i++) {
       const req = this.slots[i];
       if (req) done.push([req, -os.constants.errno.ECANCELED]);
       this.slots[i] = null;
     }
-    for (const req of this.overflow.splice(0)) done.push([req, -os.constants.errno.ECANCELED]);
     // Callbacks never run inside close(): callers may hold locks or be mid-iteration.
     if (done.length > 0) process.nextTick(() => { for (const [req, res] of done) this.finish(req, res); });
+    // Queued beyond the ring: the interface promises they still complete, so libuv runs them.
+    for (const req of this.overflow.splice(0)) viaLibuv(req);
   }
 
   private issue(req: Req): void {
@@ -115,6 +123,11 @@ export class UringIo implements AsyncIo {
     if (this.closed) return;
     const r = this.n.uringSubmit(this.handle);
     if (r !== 0) this.submits++;
+    if (r < 0 && r !== -os.constants.errno.EAGAIN && r !== -os.constants.errno.EBUSY) {
+      // The ring itself is broken: fail what it holds rather than retry forever.
+      this.close();
+      return;
+    }
     // EAGAIN/EBUSY: the kernel is short of resources; what stays prepared goes with the next submit.
     if (r < 0 && !this.submitScheduled) {
       this.submitScheduled = true;
