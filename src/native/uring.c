@@ -278,6 +278,12 @@ static napi_value js_prep(napi_env env, napi_callback_info info) {
   napi_get_value_double(env, argv[2], &fd);
   napi_get_value_double(env, argv[4], &off);
   napi_get_value_double(env, argv[5], &id);
+  // A NaN or negative offset would become a huge u64 the kernel happily seeks to.
+  if (!(op == 0 || op == 1 || op == 2) || !(fd >= INT32_MIN && fd <= INT32_MAX && fd == (int)fd) ||
+      !(off >= 0 && off <= 9007199254740991.0 && off == (double)(uint64_t)off) || !(id >= 0 && id <= 4294967295.0)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "uringPrep: op 0..2, an int fd, a safe offset >= 0, an id");
+    return NULL;
+  }
   void *data = NULL;
   size_t len = 0;
   if (op != 2) {
