@@ -6,6 +6,8 @@
 // `backend`, which status reports.
 
 import fs from 'node:fs';
+import { native, nativeUnavailableReason } from '../native/index.js';
+import { UringIo } from './uring.js';
 
 /** err is null or an Error with a numeric `errno` (negative, libuv style) and a `code` ('EIO'). */
 export type IoCallback = (err: NodeJS.ErrnoException | null, bytes: number) => void;
@@ -34,7 +36,43 @@ export class LibuvIo implements AsyncIo {
   close(): void {}
 }
 
-/** The backend for this thread. The io_uring backend (issue 10) plugs in here, with this as fallback. */
-export function openAsyncIo(): AsyncIo {
+export type IoBackendChoice = 'auto' | 'io_uring' | 'libuv';
+export interface OpenAsyncIoOptions {
+  /** Default 'auto'; env PCACHED_IO_BACKEND (io_uring | libuv | auto) overrides. */
+  backend?: IoBackendChoice;
+  /** io_uring SQ size, also the most requests this thread has in the kernel at once. */
+  entries?: number;
+}
+
+let lastUnavailable: string | null = null;
+
+/** Why the last openAsyncIo() on this thread runs libuv (null when io_uring runs or was not tried). */
+export function ioBackendUnavailableReason(): string | null {
+  return lastUnavailable;
+}
+
+/** The backend for this thread: io_uring when it works, else libuv's thread pool. */
+export function openAsyncIo(opts: OpenAsyncIoOptions = {}): AsyncIo {
+  const env = process.env.PCACHED_IO_BACKEND;
+  let choice: IoBackendChoice = opts.backend ?? 'auto';
+  if (env === 'io_uring' || env === 'libuv' || env === 'auto') choice = env;
+  lastUnavailable = null;
+  if (choice === 'libuv') {
+    lastUnavailable = env === 'libuv' ? 'PCACHED_IO_BACKEND=libuv' : 'libuv requested';
+    return new LibuvIo();
+  }
+  let why: string;
+  const n = native;
+  if (!n) why = `native addon unavailable: ${nativeUnavailableReason()}`;
+  else if (!n.uringOpen || !n.uringPrep || !n.uringSubmit || !n.uringClose) why = 'addon built without io_uring; rebuild it';
+  else {
+    try {
+      return new UringIo({ uringOpen: n.uringOpen, uringPrep: n.uringPrep, uringSubmit: n.uringSubmit, uringClose: n.uringClose }, opts.entries);
+    } catch (err) {
+      why = err instanceof Error ? err.message : String(err);
+    }
+  }
+  if (choice === 'io_uring') throw new Error(`io_uring backend requested but unavailable: ${why}`);
+  lastUnavailable = why;
   return new LibuvIo();
 }

@@ -35,6 +35,18 @@ export interface NativeBinding {
    * Optional: an addon built from an older source lacks it (the caller then always goes async).
    */
   preadNowait?(fd: number, view: Uint8Array, offset: number): number;
+  /**
+   * io_uring (src/native/uring.c), one ring per JS thread; optional like preadNowait. uringOpen
+   * gives a handle or -errno (-ENOSYS, -EPERM when io_uring is disabled). onComplete gets the
+   * batch size and two arrays reused for every batch: copy out before returning.
+   */
+  uringOpen?(entries: number, onComplete: (count: number, ids: Float64Array, res: Int32Array) => void): UringHandle | number;
+  /** op 0 read, 1 write, 2 fdatasync (view ignored); 0 or -EBUSY when the SQ is full. No syscall. */
+  uringPrep?(handle: UringHandle, op: 0 | 1 | 2, fd: number, view: Uint8Array | null, offset: number, id: number): number;
+  /** One io_uring_enter for everything prepared: submitted count or -errno. */
+  uringSubmit?(handle: UringHandle): number;
+  /** Waits for everything in flight; returns [id, res, id, res, ...] of those, delivers nothing more. */
+  uringClose?(handle: UringHandle): number[];
   /** (address of the view's first byte) % align, align a power of two: finds O_DIRECT-aligned windows. Optional like preadNowait. */
   addressMod?(view: Uint8Array, align: number): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
@@ -47,6 +59,9 @@ export interface NativeBinding {
   /** Drop the range's clean pages from the page cache (dirty ones are written back first only by a sync). */
   readonly POSIX_FADV_DONTNEED: number;
 }
+
+/** An opaque native ring handle. */
+export type UringHandle = { readonly __uring: unique symbol };
 
 // Relative to the compiled file, dist/src/native/index.js; the addon is built in place.
 const ADDON_PATH = '../../../src/native/build/Release/pcached_native.node';

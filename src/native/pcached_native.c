@@ -26,6 +26,7 @@
 #include <node_api.h>
 
 #include "sd_notify.h"
+#include "uring.h"
 
 // Offsets and lengths travel as JS numbers; past 2^53 they have already lost precision.
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -256,6 +257,7 @@ NAPI_MODULE_INIT() {
       {"addressMod", NULL, js_address_mod, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return NULL;
+  if (pcached_uring_register(env, exports) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) != napi_ok) return NULL;
   if (set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) != napi_ok) return NULL;
