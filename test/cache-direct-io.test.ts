@@ -76,6 +76,7 @@ test('cacheDirectIo=on: unaligned writes, no page cache, every flushed write bac
   let d = await serve(t, r, 'on');
   const st = await statusJson(r.control);
   t.true(JSON.stringify(st).includes('"directIo":true'), 'status reports direct I/O');
+  t.true(JSON.stringify(st).includes('"ioBackend":"io_uring"'), 'io_uring runs here (kernel 6.18, the addon built)');
   let c = await NbdTestClient.connect(r.sock, NAME);
   await writeAll(c, 1);
   t.is(await c.flush(), 0);
@@ -109,6 +110,19 @@ test('cacheDirectIo=auto takes buffered I/O for a regular file', async (t) => {
   const r = rig();
   await serve(t, r, 'auto');
   t.true(JSON.stringify(await statusJson(r.control)).includes('"directIo":false'));
+});
+
+test('PCACHED_IO_BACKEND=libuv: the portable backend runs, status says so and why, data still right', async (t) => {
+  const r = rig();
+  await startServing(t, args(r), { cwd: r.dir, sock: r.sock, control: r.control, env: { PCACHED_CACHE_DIRECT_IO: 'on', PCACHED_IO_BACKEND: 'libuv' } });
+  const st = JSON.stringify(await statusJson(r.control));
+  t.true(st.includes('"ioBackend":"libuv"'));
+  t.true(st.includes('PCACHED_IO_BACKEND=libuv'));
+  const c = await NbdTestClient.connect(r.sock, NAME);
+  await writeAll(c, 3);
+  t.is(await c.flush(), 0);
+  t.is(await check(c, 3), null);
+  await c.disconnect();
 });
 
 test('cacheDirectIo rejects a value that is not auto, on or off', async (t) => {

@@ -37,9 +37,10 @@ const why = fuseUnavailable();
   const control = join(dir, 'control.sock');
   const daemon = await startServing(t, ['--origin', mount.file, '--cache', cache, '--segment-size', '1M', '--stripes', '1',
     '--unix', sock, '--tcp', '', '--name', NAME, '--control', control, '--log-level', 'warn'], { cwd: dir, sock, control });
-  // libuv's pool, sized by the supervisor: 1 stripe × originQueueDepth 32 + writeback.jobs 16 + 4.
+  // libuv's pool, sized by the supervisor: 1 stripe × (originQueueDepth 32 + cacheQueueDepth 32) + writeback.jobs 16 + 4
+  // (what the stripes keep in flight when io_uring is not there to take it).
   const env = readFileSync(`/proc/${daemon.coord}/environ`, 'utf8').split('\0');
-  t.true(env.includes('UV_THREADPOOL_SIZE=52'), 'the coordinator runs with a pool for its origin I/O');
+  t.true(env.includes('UV_THREADPOOL_SIZE=84'), 'the coordinator runs with a pool for its origin I/O');
   const client = await NbdTestClient.connect(sock, NAME);
   t.teardown(() => client.destroy());
 

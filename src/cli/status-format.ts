@@ -73,6 +73,7 @@ export function formatStatus(caches: CacheStatus[]): string {
         ['gc_percent', String(cs.gcPercent)],
         ['data crc', cs.dataCrc ? 'on' : 'off'],
         ['direct i/o', cs.directIo ? 'on' : 'off'],
+        ['i/o backend', cs.ioBackendNote ? `${cs.ioBackend} (${cs.ioBackendNote})` : cs.ioBackend],
       ];
       lines.push('  cache engine', ...aligned(rows, '    '));
     }

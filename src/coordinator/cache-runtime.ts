@@ -3,6 +3,7 @@
 // threads (piscina pools of one thread each), and the cache's part of status and messages.
 
 import fs from 'node:fs';
+import { ioBackendUnavailableReason, openAsyncIo } from '../io/async-io.js';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import type { CacheConfig, CacheMode } from '../config/types.js';
@@ -49,6 +50,9 @@ export interface CacheStatusFields {
   dataCrc: boolean;
   /** The cache device is open O_DIRECT (cacheDirectIo resolved at start). */
   directIo: boolean;
+  /** What the stripes' asynchronous I/O runs on (cache reads, a file origin), and why not io_uring. */
+  ioBackend: 'io_uring' | 'libuv';
+  ioBackendNote?: string;
   errors: string[];
   /** The cache device failed (a sync or write): sticky until restart, as dm-writecache's error state. */
   failed: boolean;
@@ -114,6 +118,22 @@ function tunablesOf(cache: CacheConfig) {
 }
 
 /**
+ * Every thread picks its backend the same way (openAsyncIo), so one probe here says what the
+ * stripes run on; PCACHED_IO_BACKEND=io_uring where it cannot run fails the start here too.
+ */
+let IO_BACKEND: { backend: 'io_uring' | 'libuv'; why: string | null } = { backend: 'libuv', why: 'not probed' };
+function probeIoBackend(): void {
+  let io;
+  try {
+    io = openAsyncIo();
+  } catch (err) {
+    throw new PcachedError('ERR_CONFIG', `${(err as Error).message} (PCACHED_IO_BACKEND)`, { cause: err });
+  }
+  IO_BACKEND = { backend: io.backend, why: ioBackendUnavailableReason() };
+  io.close();
+}
+
+/**
  * The cache device with the I/O cacheDirectIo asks for. `auto` takes direct I/O for a block device
  * (its page cache would only hold a second copy) and buffered for a file, and falls back to
  * buffered, with a warning, where direct I/O is refused; `on` fails instead.
@@ -150,6 +170,7 @@ export class CacheRuntime {
   }
 
   static async open(cache: CacheConfig, originSize: number, stripes: number, origin: OriginSpec, log: Logger, logLevel: string): Promise<CacheRuntime> {
+    probeIoBackend();
     let dev: FileBlockDevice;
     try {
       dev = openCacheDevice(cache, log);
@@ -326,6 +347,8 @@ export class CacheRuntime {
       epochsPending: sh.epochsPending,
       dataCrc: g.dataCrc,
       directIo: this.#dev.isDirect,
+      ioBackend: IO_BACKEND.backend,
+      ...(IO_BACKEND.why ? { ioBackendNote: IO_BACKEND.why } : {}),
       errors,
       failed: sh.failed !== 0,
       workers: this.counters.snapshot(),

@@ -23,6 +23,7 @@ import { blockDeviceSize } from '../util/block-device.js';
 import { nbdErrFromErrno, nbdErrFromError } from './errno.js';
 import { OrderedIoQueue, type QueuedIo } from './io-queue.js';
 import { SyncGroup } from './sync-group.js';
+import { openAsyncIo, type AsyncIo } from '../io/async-io.js';
 import type { Done, Extent, Origin, OriginSpec, ZeroFlags } from './types.js';
 
 export type FileOriginSpec = Extract<OriginSpec, { kind: 'file' }>;
@@ -122,6 +123,9 @@ class FileOrigin implements Origin {
 
   /** Stays open until every operation started has finished (see close()). */
   readonly #fd: number;
+  /** Reads, writes and syncs: io_uring where it runs, libuv's pool otherwise (src/io/async-io.ts). */
+  readonly #io: AsyncIo;
+  get ioBackend(): AsyncIo['backend'] { return this.#io.backend; }
   #open = true;
   readonly #kind: 'file' | 'device';
   readonly #native: NativeBinding | null;
@@ -140,7 +144,8 @@ class FileOrigin implements Origin {
     this.#kind = kind;
     this.#native = native;
     this.#queue = new OrderedIoQueue(depth);
-    this.#syncs = new SyncGroup((cb) => fs.fdatasync(fd, cb));
+    this.#io = openAsyncIo();
+    this.#syncs = new SyncGroup((cb) => this.#io.fdatasync(fd, cb));
     this.size = size;
     this.description = `file:${path}`;
     this.readOnly = readOnly;
@@ -219,6 +224,8 @@ class FileOrigin implements Origin {
     // and a late pwrite must not land in whatever file gets it.
     this.#open = false;
     await this.#queue.close();
+    // An io_uring instance waits here for whatever it still has in the kernel.
+    this.#io.close();
     try {
       fs.closeSync(this.#fd);
     } catch (err) {
@@ -266,7 +273,7 @@ class FileOrigin implements Origin {
   #readFully(off: number, dst: Uint8Array, done: Done): void {
     const step = (got: number): void => {
       if (got === dst.length) return done(NbdErr.OK);
-      fs.read(this.#fd, dst, got, dst.length - got, off + got, (err, n) => {
+      this.#io.read(this.#fd, got === 0 ? dst : dst.subarray(got), off + got, (err, n) => {
         if (err) return done(nbdErrFromError(err));
         if (n === 0) return done(NbdErr.EIO); // the file shrank under us
         step(got + n);
@@ -278,7 +285,7 @@ class FileOrigin implements Origin {
   #writeFully(off: number, src: Uint8Array, start: number, len: number, done: Done): void {
     const step = (put: number): void => {
       if (put === len) return done(NbdErr.OK);
-      fs.write(this.#fd, src, start + put, len - put, off + put, (err, n) => {
+      this.#io.write(this.#fd, src.subarray(start + put, start + len), off + put, (err, n) => {
         if (err) return done(nbdErrFromError(err));
         if (n === 0) return done(NbdErr.EIO); // would loop forever otherwise
         step(put + n);
