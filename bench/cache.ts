@@ -15,11 +15,12 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'nod
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { slowDiskScenario, slowDiskTargets } from './slow-disk.js';
+import { directScenario, directTargets } from './direct-io.js';
 import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type FioDir, type Proc, type Sample } from './lib.js';
 
 interface Opts { baseline: string | null; pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
 
-const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slow-runtime S] [--only fast,slow,slowdisk,drain,engine]
+const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slow-runtime S] [--only fast,slow,slowdisk,direct,drain,engine]
                      [--pcached-env KEY=VALUE] [--baseline DIR] [--out DIR] [--keep]
   --quick            shorter cells, one repetition
   --reps N           repetitions per cell (median reported; default 3)
@@ -310,6 +311,8 @@ function targets(engine: Record<string, number>): string[] {
   check('slow zipf vs nbdkit cache filter on the delayed file', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'nbdkit-cache'), 10);
   check('slow zipf vs the delayed origin directly', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'delayed-origin'), 3);
   slowDiskTargets(get, check);
+  const p50 = (scenario: string, w: string, sv: string) => rows.find((r) => r.scenario === scenario && r.workload === w && r.server === sv)?.median.p50us;
+  directTargets(get, p50, check, out);
   const strict = drainRows.find((r) => r.order === 'strict' && r.server === 'pcached');
   const epoch = drainRows.find((r) => r.order === 'epoch' && r.server === 'pcached');
   // What a change costs, next to the baseline build (--baseline): no cell may lose more than 5 %.
@@ -390,6 +393,7 @@ async function main(): Promise<void> {
     if (want('fast')) await fastScenario(o, dir);
     if (want('slow')) await slowScenario(o, dir);
     if (want('slowdisk')) await slowDiskScenario(o, dir, { fioNbd: fioCell, pcachedArgs: (d, tag, origin, size, root) => pcachedArgs(d, tag, origin, size, [], root), pcachedStatus, waitInitialized, record });
+    if (want('direct')) await directScenario(o, dir, { fioNbd: fioCell, pcachedArgs: (d, tag, origin, size, root) => pcachedArgs(d, tag, origin, size, [], root), pcachedStatus, waitInitialized, record });
     if (want('drain')) await drainScenario(o, dir);
     const engine = want('engine') ? engineNumbers() : {};
     const tg = targets(engine);
