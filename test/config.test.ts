@@ -55,7 +55,7 @@ test('embedded default: paths under ./var, documented defaults, stripes = cores 
     mode: 'writeback', unix: join(dir, 'var/pcached.sock'), tcp: '127.0.0.1:10809',
     unixMode: 0o600, unixGroup: '', tls: 'off', tlsCertificates: '', tlsPsk: '', tlsVerifyPeer: false, allowRemotePlaintext: false,
     stripes: Math.max(1, Math.min(availableParallelism() - 1, 64)), readOnly: false, description: '', format: false, discardDirty: false,
-    originTimeoutMs: 30000, originConnections: 1, originQueueDepth: 32, slabSize: 32 * 2 ** 20, maxConnections: 256,
+    originTimeoutMs: 30000, originConnections: 1, originQueueDepth: 32, cacheDirectIo: 'auto', cacheQueueDepth: 32, slabSize: 32 * 2 ** 20, maxConnections: 256,
     dataCrc: false, segmentSize: 16 * 2 ** 20, gcPercent: 70, sequentialCutoff: 4 * 2 ** 20,
     autocommit: { timeMs: 1000, blocks: 65_536 }, writeback: { rate: 0, jobs: 16 }, cacheFullWaitMs: 2000, pauseWritebackMs: 1000,
     highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, promotion: 'always',
