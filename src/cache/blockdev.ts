@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import { PcachedError } from '../util/errors.js';
 import { blockDeviceSize } from '../util/block-device.js';
 import { native } from '../native/index.js';
-import { DirectSync, SECTOR as DIRECT_SECTOR } from '../io/direct-sync.js';
-import { alignedBuffer, canAlign, isAligned } from '../io/aligned.js';
+import { DirectSync, SECTOR as DIRECT_SECTOR, readFullyAsync } from '../io/direct-sync.js';
+import { alignedBuffer, canAlign } from '../io/aligned.js';
 import type { AsyncIo } from '../io/async-io.js';
 
 const ENXIO = 6;
@@ -49,7 +49,6 @@ export class FileBlockDevice implements BlockDevice {
   get isDirect(): boolean { return this.direct !== null; }
 
   private io: AsyncIo | null = null;
-  private readonly windows: Buffer[] = [];
 
   /**
    * Turns on readAsync, through `io` (one per thread: it delivers on this thread's loop). Without
@@ -65,24 +64,11 @@ export class FileBlockDevice implements BlockDevice {
   private readAsyncImpl(buf: Uint8Array, off: number, cb: (err: Error | null) => void): void {
     checkRange(this, buf.length, off, 'read');
     const io = this.io!;
-    if (this.direct === null) {
-      // A page-cache hit costs a syscall here; only a read that would wait for the device pays a
-      // thread hand-off (or an io_uring round).
-      if (native?.preadNowait !== undefined && native.preadNowait(this.fd, buf, off) === buf.length) { cb(null); return; }
-      readFully(io, this.fd, buf, off, this.path, cb);
-      return;
-    }
-    const a0 = off - (off % DIRECT_SECTOR);
-    const a1 = Math.ceil((off + buf.length) / DIRECT_SECTOR) * DIRECT_SECTOR;
-    if (a0 === off && a1 === off + buf.length && isAligned(buf)) { readFully(io, this.fd, buf, off, this.path, cb); return; }
-    const len = a1 - a0;
-    const pooled = len <= WINDOW ? this.windows.pop() ?? alignedBuffer(WINDOW) : null;
-    const w = (pooled ?? alignedBuffer(len)).subarray(0, len);
-    readFully(io, this.fd, w, a0, this.path, (err) => {
-      if (!err) buf.set(w.subarray(off - a0, off - a0 + buf.length));
-      if (pooled && this.windows.length < MAX_WINDOWS) this.windows.push(pooled);
-      cb(err);
-    });
+    if (this.direct !== null) { this.direct.readAsync(io, buf, off, cb); return; }
+    // A page-cache hit costs a syscall here; only a read that would wait for the device pays a
+    // thread hand-off (or an io_uring round).
+    if (native?.preadNowait !== undefined && native.preadNowait(this.fd, buf, off) === buf.length) { cb(null); return; }
+    readFullyAsync(io, this.fd, buf, off, this.path, cb);
   }
 
   /**
@@ -225,25 +211,6 @@ export class FileBlockDevice implements BlockDevice {
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;
   }
-}
-
-/** Pooled bounce windows for unaligned direct reads (larger ones get their own buffer). */
-const WINDOW = 128 * 1024;
-const MAX_WINDOWS = 64;
-
-/** Reads until `buf` is full; end of file first is an error, as pread's. */
-function readFully(io: AsyncIo, fd: number, buf: Uint8Array, off: number, path: string, cb: (err: Error | null) => void): void {
-  let got = 0;
-  const step = (): void => {
-    io.read(fd, got === 0 ? buf : buf.subarray(got), off + got, (err, n) => {
-      if (err) { cb(err); return; }
-      if (n === 0) { cb(new PcachedError('ERR_CACHE_FILE', `short read at ${off + got} of ${path}`)); return; }
-      got += n;
-      if (got < buf.length) step();
-      else cb(null);
-    });
-  };
-  step();
 }
 
 /**

@@ -1,5 +1,5 @@
-// Synchronous positional I/O on a descriptor opened O_DIRECT, for callers whose buffers, offsets
-// and lengths are not aligned (the on-media format writes 32-byte kset headers, 128-byte records
+// Positional I/O on a descriptor opened O_DIRECT (synchronous, plus asynchronous reads through an
+// AsyncIo), for callers whose buffers, offsets and lengths are not aligned (the on-media format writes 32-byte kset headers, 128-byte records
 // and 512-byte-aligned ksets). Every request is widened to whole sectors and goes through one
 // aligned bounce buffer; a write that covers a sector only in part reads that sector first. Only
 // sectors the request touches are rewritten, and each with its own old bytes, so a torn write can
@@ -8,11 +8,37 @@
 
 import fs from 'node:fs';
 import { alignedBuffer, isAligned } from './aligned.js';
+import type { AsyncIo } from './async-io.js';
 
 export const SECTOR = 512;
 
+/** [start, end) of the whole sectors that [off, off+len) touches. */
+function sectorSpan(off: number, len: number): [number, number] {
+  return [off - (off % SECTOR), Math.ceil((off + len) / SECTOR) * SECTOR];
+}
+
+/** Pooled bounce windows for unaligned asynchronous reads (larger ones get their own buffer). */
+const WINDOW = 128 * 1024;
+const MAX_WINDOWS = 64;
+
+/** Reads until `buf` is full; end of file first is an error, as pread's. */
+export function readFullyAsync(io: AsyncIo, fd: number, buf: Uint8Array, off: number, what: string, cb: (err: Error | null) => void): void {
+  let got = 0;
+  const step = (): void => {
+    io.read(fd, got === 0 ? buf : buf.subarray(got), off + got, (err, n) => {
+      if (err) { cb(err); return; }
+      if (n === 0) { cb(Object.assign(new Error(`short read at ${off + got} of ${what}`), { code: 'ESHORT' })); return; }
+      got += n;
+      if (got < buf.length) step();
+      else cb(null);
+    });
+  };
+  step();
+}
+
 export class DirectSync {
   private bounce: Buffer = alignedBuffer(1 << 20);
+  private readonly windows: Buffer[] = [];
 
   constructor(private readonly fd: number, private readonly what: string) {}
 
@@ -36,17 +62,29 @@ export class DirectSync {
   }
 
   pread(buf: Uint8Array, off: number): void {
-    const a0 = off - (off % SECTOR);
-    const a1 = Math.ceil((off + buf.length) / SECTOR) * SECTOR;
+    const [a0, a1] = sectorSpan(off, buf.length);
     if (a0 === off && a1 === off + buf.length && isAligned(buf)) { this.readFull(buf, off); return; }
     const w = this.window(a1 - a0);
     this.readFull(w, a0);
     buf.set(w.subarray(off - a0, off - a0 + buf.length));
   }
 
+  /** pread without blocking the thread, through `io`: straight into `buf` when it is aligned, else through a pooled window. */
+  readAsync(io: AsyncIo, buf: Uint8Array, off: number, cb: (err: Error | null) => void): void {
+    const [a0, a1] = sectorSpan(off, buf.length);
+    if (a0 === off && a1 === off + buf.length && isAligned(buf)) { readFullyAsync(io, this.fd, buf, off, this.what, cb); return; }
+    const len = a1 - a0;
+    const pooled = len <= WINDOW ? this.windows.pop() ?? alignedBuffer(WINDOW) : null;
+    const w = (pooled ?? alignedBuffer(len)).subarray(0, len);
+    readFullyAsync(io, this.fd, w, a0, this.what, (err) => {
+      if (!err) buf.set(w.subarray(off - a0, off - a0 + buf.length));
+      if (pooled && this.windows.length < MAX_WINDOWS) this.windows.push(pooled);
+      cb(err);
+    });
+  }
+
   pwrite(buf: Uint8Array, off: number): void {
-    const a0 = off - (off % SECTOR);
-    const a1 = Math.ceil((off + buf.length) / SECTOR) * SECTOR;
+    const [a0, a1] = sectorSpan(off, buf.length);
     if (a0 === off && a1 === off + buf.length && isAligned(buf)) { this.writeFull(buf, off); return; }
     const w = this.window(a1 - a0);
     if (a0 !== off) this.readFull(w.subarray(0, SECTOR), a0);
