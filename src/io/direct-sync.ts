@@ -1,10 +1,10 @@
 // Positional I/O on a descriptor opened O_DIRECT (synchronous, plus asynchronous reads through an
 // AsyncIo), for callers whose buffers, offsets and lengths are not aligned (the on-media format
-// writes 32-byte kset headers, 128-byte records and 512-byte-aligned ksets). Every request is widened to whole sectors and goes through one
-// aligned bounce buffer; a write that covers a sector only in part reads that sector first. Only
-// sectors the request touches are rewritten, and each with its own old bytes, so a torn write can
-// damage nothing outside them: the format already places what must survive apart in its own
-// sectors (KSET_ALIGN = SECTOR).
+// writes 32-byte kset headers, 128-byte records and 512-byte-aligned ksets). Every request is
+// widened to whole sectors and goes through an aligned bounce buffer; a write that covers a sector
+// only in part reads that sector first. Only sectors the request touches are rewritten, and each
+// with its own old bytes, so a torn write can damage nothing outside them: the format already
+// places what must survive apart in its own sectors (KSET_ALIGN = SECTOR).
 
 import fs from 'node:fs';
 import { alignedBuffer, isAligned } from './aligned.js';
