@@ -29,8 +29,8 @@ export function applyKey(index: ExtentIndex, sh: CacheShared, k: CacheKey): bool
 /**
  * Re-inserts into the emptied slots of `index` every logged key of theirs from key_tail to the log
  * head, then `pending` (the journal's keys). Returns the keys applied, or why the log could not be
- * read (the slots then stay empty: those reads go to the origin, older data; the caller makes the
- * cache fail rather than serve that).
+ * read: a kset that does not parse or a cache read that failed (the slots then stay empty: those
+ * reads would go to the origin, older data; the caller makes the cache fail rather than serve that).
  */
 export function rebuildSubtrees(dev: BlockDevice, sh: CacheShared, g: Geometry, index: ExtentIndex, slots: readonly number[], pending: readonly CacheKey[]): number | string {
   if (slots.length === 0) return 0;
@@ -49,7 +49,14 @@ export function rebuildSubtrees(dev: BlockDevice, sh: CacheShared, g: Geometry, 
   sh.unlockLog();
   let pos = sh.keyTail();
   while (pos.lsn < head) {
-    const r = readKsetAt(dev, g, pos, lim);
+    let r: ReturnType<typeof readKsetAt>;
+    // A cache read error here is one more reason the log cannot be read, not a crash of the
+    // stripe's start (which piscina would only respawn into the same read, forever).
+    try {
+      r = readKsetAt(dev, g, pos, lim);
+    } catch (err) {
+      return `kset at sequence ${pos.lsn}: ${(err as Error).message}`;
+    }
     if ('error' in r) return `kset at sequence ${pos.lsn}: ${r.error}`;
     for (const k of r.kset.keys) if (mine(k) && applyKey(index, sh, k)) applied++;
     pos = r.next;
