@@ -263,6 +263,11 @@ t_('`pcached status NAME`: the dm-writecache fields in order, then pcached\'s; w
   const j = (await state(d)).cacheState.writecache!;
   t.is(j.writeHitsUncommitted, 1);
   t.is(j.hitRatio, 1);
+  // The index holds the written block and the trimmed range at least; the labelled status says the same.
+  const ix = (await state(d)).cacheState.index;
+  t.true(ix.extents >= 2 && ix.bytes > 0, JSON.stringify(ix));
+  const labelled = await pcachedCli(['status', NAME, '--control', d.control]);
+  t.regex(labelled.stdout, new RegExp(`\\n\\s*index\\s+${ix.extents} extents in \\S+ \\S+ \\([\\d.]+ B per extent\\)`), labelled.stdout);
   await message(d, 'clear_stats');
   const after = (await pcachedCli(['status', NAME, '--raw', '--control', d.control])).stdout.trim().split(' ').map((x) => Number(x));
   t.deepEqual([after[4], after[5], after[6], after[7], after[8], after[12], after[13]], [0, 0, 0, 0, 0, 0, 0]);

@@ -3,6 +3,7 @@
 import type { CacheStatus } from '../daemon/ipc.js';
 import { WRITECACHE_FIELDS, type WritecacheStatus } from '../coordinator/cache-runtime.js';
 import { formatBytes, formatSize } from '../util/size.js';
+import { formatIndex } from './status-summary.js';
 
 function duration(sec: number): string {
   const d = Math.floor(sec / 86400);
@@ -74,6 +75,7 @@ export function formatStatus(caches: CacheStatus[]): string {
         ['data crc', cs.dataCrc ? 'on' : 'off'],
         ['direct i/o', cs.directIo ? 'on' : 'off'],
         ['i/o backend', cs.ioBackendNote ? `${cs.ioBackend} (${cs.ioBackendNote})` : cs.ioBackend],
+        ...(cs.index ? [['index', formatIndex(cs.index)] as [string, string]] : []),
       ];
       lines.push('  cache engine', ...aligned(rows, '    '));
     }

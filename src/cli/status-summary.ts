@@ -84,6 +84,7 @@ export function summaryRows(c: CacheStatus): [string, string][] {
       ['dirty_tail', cs.dirtyTail],
       ['key_tail', cs.keyTail],
       ['epochs pending', String(cs.epochsPending)],
+      ...(cs.index ? [['index', formatIndex(cs.index)] as [string, string]] : []),
       ['errors', cs.errors.length ? cs.errors.join('; ') : 'none'],
     );
   }
@@ -98,4 +99,9 @@ export function formatSummary(c: CacheStatus): string {
   const rows = summaryRows(c);
   const width = Math.max(...rows.map(([k]) => k.length));
   return [`cache ${c.name}`, ...rows.map(([k, v]) => `  ${k.padEnd(width)}  ${v}`)].join('\n') + '\n';
+}
+
+/** The extent index's memory, and per extent once there are extents (the fixed tables dominate before). */
+export function formatIndex(ix: { extents: number; bytes: number }): string {
+  return `${ix.extents} extents in ${formatBytes(ix.bytes)}${ix.extents > 0 ? ` (${(ix.bytes / ix.extents).toFixed(1)} B per extent)` : ''}`;
 }

@@ -53,6 +53,8 @@ export interface CacheStatusFields {
   /** What the stripes' asynchronous I/O runs on (cache reads, a file origin), and why not io_uring. */
   ioBackend: 'io_uring' | 'libuv';
   ioBackendNote?: string;
+  /** The extent index of every stripe (shared memory the coordinator holds): extents and bytes in use. */
+  index: { extents: number; bytes: number };
   errors: string[];
   /** The cache device failed (a sync or write): sticky until restart, as dm-writecache's error state. */
   failed: boolean;
@@ -349,6 +351,7 @@ export class CacheRuntime {
       directIo: this.#dev.isDirect,
       ioBackend: IO_BACKEND.backend,
       ...(IO_BACKEND.why ? { ioBackendNote: IO_BACKEND.why } : {}),
+      index: this.#opened.indexes.reduce((a, ix) => ({ extents: a.extents + ix.count, bytes: a.bytes + ix.bytesUsed }), { extents: 0, bytes: 0 }),
       errors,
       failed: sh.failed !== 0,
       workers: this.counters.snapshot(),
