@@ -16,17 +16,23 @@ import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { slowDiskScenario, slowDiskTargets } from './slow-disk.js';
 import { directScenario, directTargets } from './direct-io.js';
+import { passthroughScenario, steadyScenario, steadyTargets } from './steady.js';
+import { growthScenario, growthTargets } from './growth.js';
 import { REPO, TOOL_ENV, fio, killAllProcs, median, prefillFile, startProc, stopProc, toolVersion, type FioDir, type Proc, type Sample } from './lib.js';
 
-interface Opts { baseline: string | null; pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[] }
+interface Opts { baseline: string | null; pcachedEnv: Record<string, string>; runtime: number; ramp: number; slowRuntime: number; slowRamp: number; reps: number; size: number; slowSize: number; out: string; keep: boolean; only: string[]; growthSizes: number[]; growthStripes: number[] }
 
-const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slow-runtime S] [--only fast,slow,slowdisk,direct,drain,engine]
+const SCENARIOS = ['fast', 'steady', 'passthrough', 'slow', 'slowdisk', 'direct', 'growth', 'drain', 'engine'];
+
+const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slow-runtime S] [--only LIST]
                      [--pcached-env KEY=VALUE] [--baseline DIR] [--out DIR] [--keep]
   --quick            shorter cells, one repetition
   --reps N           repetitions per cell (median reported; default 3)
   --runtime S        seconds per cell on the fast origin (default 10)
   --slow-runtime S   seconds per cell on the slow origin (default 30)
-  --only LIST        run only these scenarios
+  --only LIST        run only these scenarios: fast,steady,passthrough,slow,slowdisk,direct,growth,drain,engine
+  --growth-sizes L   cache sizes of the growth cells in MiB (default 256,1024,4096)
+  --growth-stripes L stripe counts of the growth cells (default 1,2,4)
   --pcached-env K=V  environment for the pcached under test (repeatable)
   --baseline DIR     also run the pcached built in DIR, side by side (pcached-base)
   --out DIR          where results go (default bench/results)
@@ -37,7 +43,7 @@ const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--runtime S] [--slo
 class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Opts {
-  const o: Opts = { baseline: null, pcachedEnv: {}, runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [] };
+  const o: Opts = { baseline: null, pcachedEnv: {}, runtime: 10, ramp: 2, slowRuntime: 30, slowRamp: 10, reps: 3, size: 512 << 20, slowSize: 1 << 30, out: join(REPO, 'bench', 'results'), keep: false, only: [], growthSizes: [256, 1024, 4096], growthStripes: [1, 2, 4] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const next = (): string => argv[++i] ?? (() => { throw new UsageError(`${a} needs a value`); })();
@@ -48,7 +54,16 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--reps') o.reps = Number(next());
     else if (a === '--runtime') o.runtime = Number(next());
     else if (a === '--slow-runtime') o.slowRuntime = Number(next());
-    else if (a === '--only') o.only = next().split(',');
+    else if (a === '--only') {
+      o.only = next().split(',');
+      const bad = o.only.filter((x) => !SCENARIOS.includes(x));
+      if (bad.length) throw new UsageError(`unknown scenario ${bad.join(', ')} (scenarios: ${SCENARIOS.join(', ')})`);
+    } else if (a === '--growth-sizes' || a === '--growth-stripes') {
+      const xs = next().split(',').map(Number);
+      if (xs.length === 0 || xs.some((x) => !Number.isInteger(x) || x < 1)) throw new UsageError(`${a} takes positive integers separated by commas`);
+      if (a === '--growth-sizes') o.growthSizes = xs;
+      else o.growthStripes = xs;
+    }
     else if (a === '--out') o.out = next();
     else if (a === '--keep') o.keep = true;
     else if (a === '--baseline') o.baseline = next();
@@ -226,6 +241,11 @@ async function drainScenario(o: Opts, dir: string): Promise<void> {
   }
 }
 
+/** Read-hit ratio of each pcached cell of the slow scenario, per repetition. */
+const slowHits = new Map<string, number[]>();
+/** The fraction of the slow job's requests that are reads (rwmixread). */
+const SLOW_READ_FRACTION = 0.7;
+
 async function slowScenario(o: Opts, dir: string): Promise<void> {
   process.stdout.write(`\n== slow origin: ${o.slowSize >> 20} MiB file behind nbdkit delay 1 ms; zipf:1.1, 70 % reads, QD32; cache 25 %\n`);
   const files = ['slow-direct.img', 'slow-pcached.img', 'slow-nbdkit.img', 'slow-pcached-nhit2.img', ...(o.baseline ? ['slow-pcached-base.img'] : [])].map((f) => join(dir, f));
@@ -236,6 +256,13 @@ async function slowScenario(o: Opts, dir: string): Promise<void> {
   const cacheBytes = Math.floor(o.slowSize / 4);
   const job = ['--rw=randrw', '--rwmixread=70', '--random_distribution=zipf:1.1', '--bs=4k', '--iodepth=32', '--norandommap'];
   const cells: { name: string; start: () => Promise<{ uri: string; procs: Proc[]; control?: string }> }[] = [
+    {
+      // The transport's own limit for this job: the ideal cache's bound when nothing reaches the origin.
+      name: 'nbdkit-memory', start: async () => {
+        const s = join(dir, 'slow-memory.sock');
+        return { uri: uriOf(s), procs: [await startProc('slow-memory', 'nbdkit', ['-f', '-U', s, 'memory', String(o.slowSize)], s, dir)] };
+      },
+    },
     {
       name: 'delayed-origin', start: async () => {
         const s = join(dir, 'slow-direct.sock');
@@ -277,6 +304,7 @@ async function slowScenario(o: Opts, dir: string): Promise<void> {
         samples.set(c.name, [...(samples.get(c.name) ?? []), x]);
         if (control) {
           const st = pcachedStatus(control).cacheState!;
+          slowHits.set(c.name, [...(slowHits.get(c.name) ?? []), st.readHits / Math.max(1, st.readBlocks)]);
           notes.set(c.name, `read hits ${(100 * st.readHits / Math.max(1, st.readBlocks)).toFixed(1)} %, dirty ${st.dirtyBlocks} blocks, bypass ${st.writeBypass}, blocked ${st.writeBlocked}`);
         }
       } finally {
@@ -297,7 +325,7 @@ function engineNumbers(): Record<string, number> {
   return { indexBytesPerExtent: m ? Number(m[1]) : NaN, replaySecondsPerMillionKeys: r ? Number(r[1]) : NaN };
 }
 
-function targets(engine: Record<string, number>): string[] {
+function targets(engine: Record<string, number>, o: Opts): string[] {
   const get = (scenario: string, w: string, s: string) => rows.find((r) => r.scenario === scenario && r.workload === w && r.server === s)?.median.iops;
   const out: string[] = [];
   const check = (label: string, a: number | undefined, b: number | undefined, min: number) => {
@@ -305,14 +333,28 @@ function targets(engine: Record<string, number>): string[] {
     out.push(`${a / b >= min ? 'PASS' : 'MISS'}  ${label}: ${(a / b).toFixed(2)}× (target ≥ ${min}×)`);
   };
   check('fast randwrite QD32 vs nbdkit cache filter', get('fast', 'randwrite-4k-qd32', 'pcached'), get('fast', 'randwrite-4k-qd32', 'nbdkit-cache'), 2.0);
-  check('fast randwrite QD32 vs nbdkit memory', get('fast', 'randwrite-4k-qd32', 'pcached'), get('fast', 'randwrite-4k-qd32', 'nbdkit-memory'), 0.8);
+  check('fast randwrite QD32 (before GC starts) vs nbdkit memory', get('fast', 'randwrite-4k-qd32', 'pcached'), get('fast', 'randwrite-4k-qd32', 'nbdkit-memory'), 0.8);
   check('fast randread QD32 (cached) vs nbdkit cache filter', get('fast', 'randread-4k-qd32', 'pcached'), get('fast', 'randread-4k-qd32', 'nbdkit-cache'), 1.3);
   check('fast randread QD32 (cached) vs nbdkit memory', get('fast', 'randread-4k-qd32', 'pcached'), get('fast', 'randread-4k-qd32', 'nbdkit-memory'), 0.8);
   check('slow zipf vs nbdkit cache filter on the delayed file', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'nbdkit-cache'), 10);
   check('slow zipf vs the delayed origin directly', get('slow', 'zipf-70r-4k-qd32', 'pcached'), get('slow', 'zipf-70r-4k-qd32', 'delayed-origin'), 3);
+  // The ideal cache: the transport's limit, or the origin's IOPS spread over the requests that
+  // must reach it (the read misses at pcached's own hit ratio; writes complete in the cache).
+  const transport = get('slow', 'zipf-70r-4k-qd32', 'nbdkit-memory');
+  const originIops = get('slow', 'zipf-70r-4k-qd32', 'delayed-origin');
+  const hits = slowHits.get('pcached');
+  if (transport !== undefined && originIops !== undefined && hits) {
+    const h = median(hits);
+    const missFraction = SLOW_READ_FRACTION * (1 - h);
+    const ideal = Math.min(transport, missFraction > 0 ? originIops / missFraction : Infinity);
+    const p = get('slow', 'zipf-70r-4k-qd32', 'pcached')!;
+    out.push(`${p / ideal >= 0.8 ? 'PASS' : 'MISS'}  slow zipf vs the ideal cache bound: ${(p / ideal).toFixed(2)}× (ideal ${Math.round(ideal).toLocaleString('en-US')} = min(transport ${Math.round(transport).toLocaleString('en-US')}, origin ${Math.round(originIops).toLocaleString('en-US')} ÷ ${missFraction.toFixed(3)} misses per request at ${(100 * h).toFixed(1)} % read hits); target ≥ 0.8×)`);
+  }
   slowDiskTargets(get, check);
   const p50 = (scenario: string, w: string, sv: string) => rows.find((r) => r.scenario === scenario && r.workload === w && r.server === sv)?.median.p50us;
   directTargets(get, p50, check, out);
+  steadyTargets(get, check);
+  growthTargets(get, check, out, o);
   const strict = drainRows.find((r) => r.order === 'strict' && r.server === 'pcached');
   const epoch = drainRows.find((r) => r.order === 'epoch' && r.server === 'pcached');
   // What a change costs, next to the baseline build (--baseline): no cell may lose more than 5 %.
@@ -392,11 +434,15 @@ async function main(): Promise<void> {
   try {
     if (want('fast')) await fastScenario(o, dir);
     if (want('slow')) await slowScenario(o, dir);
-    if (want('slowdisk')) await slowDiskScenario(o, dir, { fioNbd: fioCell, pcachedArgs: (d, tag, origin, size, root) => pcachedArgs(d, tag, origin, size, [], root), pcachedStatus, waitInitialized, record });
-    if (want('direct')) await directScenario(o, dir, { fioNbd: fioCell, pcachedArgs: (d, tag, origin, size, root) => pcachedArgs(d, tag, origin, size, [], root), pcachedStatus, waitInitialized, record });
+    const kit = { fioNbd: fioCell, pcachedArgs: (d: string, tag: string, origin: string, size: string, root?: string, extra: string[] = []) => pcachedArgs(d, tag, origin, size, extra, root), pcachedStatus, waitInitialized, record };
+    if (want('steady')) await steadyScenario(o, dir, kit);
+    if (want('passthrough')) await passthroughScenario(o, dir, kit);
+    if (want('slowdisk')) await slowDiskScenario(o, dir, kit);
+    if (want('direct')) await directScenario(o, dir, kit);
+    if (want('growth')) await growthScenario(o, dir, kit);
     if (want('drain')) await drainScenario(o, dir);
     const engine = want('engine') ? engineNumbers() : {};
-    const tg = targets(engine);
+    const tg = targets(engine, o);
     const md = markdown(o, engine, tg);
     process.stdout.write(`\n${md}`);
     mkdirSync(o.out, { recursive: true });

@@ -24,8 +24,8 @@ import { TOOL_ENV, fio, prefillFile, sleep, startProc, stopProc, type FioDir, ty
 /** What cache.ts lends this cell (its fio driver, pcached launcher and result table). */
 export interface CellKit {
   fioNbd(uri: string, name: string, extra: string[], runtime: number, ramp: number, outFile: string): Promise<Sample>;
-  /** `root`: another built checkout (--baseline); default this one. */
-  pcachedArgs(dir: string, tag: string, origin: string, cacheSize: string, root?: string): { args: string[]; sock: string; control: string };
+  /** `root`: another built checkout (--baseline), default this one; `extra`: more `pcached start` arguments. */
+  pcachedArgs(dir: string, tag: string, origin: string, cacheSize: string, root?: string, extra?: string[]): { args: string[]; sock: string; control: string };
   pcachedStatus(control: string): { cacheState?: Record<string, number> };
   waitInitialized(control: string): Promise<void>;
   record(scenario: string, workload: string, server: string, samples: Sample[], note?: string): void;
