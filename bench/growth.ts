@@ -7,10 +7,11 @@
 // processes, per GiB of cache and as the slope from the smallest size, and the index's bytes per
 // extent from `status` (all stripes).
 
-import { readFileSync, readdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fio, prefillFile, startProc, stopProc, type Sample } from './lib.js';
 import type { CellKit } from './slow-disk.js';
+import { treePssKiB } from '../test/helpers/mem.js';
 
 export interface GrowthOpts { reps: number; runtime: number; ramp: number; pcachedEnv: Record<string, string>; growthSizes: number[]; growthStripes: number[] }
 
@@ -23,29 +24,6 @@ const READ = ['--rw=randread', '--bs=4k', '--iodepth=32', '--norandommap'];
 const WRITE = ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--norandommap'];
 
 export const serverName = (cacheMiB: number, stripes: number): string => `pcached-${cacheMiB >= 1024 ? `${cacheMiB / 1024}G` : `${cacheMiB}M`}-s${stripes}`;
-
-/** PSS in bytes of `pid` and every descendant (smaps_rollup; a process that left meanwhile counts 0). */
-export function pssTree(pid: number): number {
-  const children = new Map<number, number[]>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(d)]);
-    } catch { /* gone */ }
-  }
-  let total = 0;
-  const walk = (p: number): void => {
-    try {
-      const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${p}/smaps_rollup`, 'utf8'));
-      if (m) total += Number(m[1]) * 1024;
-    } catch { /* gone */ }
-    for (const c of children.get(p) ?? []) walk(c);
-  };
-  walk(pid);
-  return total;
-}
 
 export async function growthScenario(o: GrowthOpts, dir: string, kit: CellKit): Promise<void> {
   process.stdout.write(`\n== growth: caches of ${o.growthSizes.map((m) => `${m} MiB`).join(', ')} with ${o.growthStripes.join(', ')} stripes; origin half the cache, filled with 4 KiB random writes\n`);
@@ -70,7 +48,7 @@ export async function growthScenario(o: GrowthOpts, dir: string, kit: CellKit): 
         const st = kit.pcachedStatus(pc.control).cacheState!;
         for (let rep = 0; rep < o.reps; rep++) write.push(await kit.fioNbd(uri, GROWTH.write, [...WRITE, `--size=${originBytes}`], o.runtime, o.ramp, join(dir, `${name}-w-${rep}.json`)));
         if (!proc.alive()) throw new Error(`${name} died:\n${proc.log()}`);
-        const pss = pssTree(proc.pid);
+        const pss = treePssKiB(proc.pid) * 1024;
         const row: GrowthRow = { cacheMiB, stripes, extents: filled.index.extents, indexBytes: filled.index.bytes, pssMiB: pss / 2 ** 20 };
         growthRows.push(row);
         const note = `after the fill: ${row.extents} extents, index ${(row.indexBytes / 2 ** 20).toFixed(1)} MiB (${(row.indexBytes / Math.max(1, row.extents)).toFixed(1)} B/extent); PSS ${row.pssMiB.toFixed(0)} MiB; hits ${st.readHits}/${st.readBlocks}`;

@@ -28,16 +28,22 @@ const READ = ['--rw=randread', '--bs=4k', '--iodepth=32', '--norandommap'];
 
 interface Server { name: string; uri: string; proc: Proc; control?: string }
 
+/** Two identical pre-filled origin files, pcached's and nbdkit's. */
+function twinOrigins(dir: string, tag: string): [string, string] {
+  const p = join(dir, `${tag}-pcached.img`);
+  const n = join(dir, `${tag}-nbdkit.img`);
+  prefillFile(p, VOLUME);
+  copyFileSync(p, n);
+  return [p, n];
+}
+
 async function stopAll(servers: Server[]): Promise<void> {
   for (const s of servers) await stopProc(s.proc);
 }
 
 export async function steadyScenario(o: SteadyOpts, dir: string, kit: CellKit): Promise<void> {
   process.stdout.write(`\n== steady-state random writes: ${VOLUME >> 20} MiB volume, ${CACHE} caches, 1 GiB of random writes first (GC and writeback running)\n`);
-  const originP = join(dir, 'steady-pcached.img');
-  const originN = join(dir, 'steady-nbdkit.img');
-  prefillFile(originP, VOLUME);
-  copyFileSync(originP, originN);
+  const [originP, originN] = twinOrigins(dir, 'steady');
   const servers: Server[] = [];
   try {
     const pc = kit.pcachedArgs(dir, 'steady-pcached', originP, CACHE);
@@ -71,10 +77,7 @@ export async function steadyScenario(o: SteadyOpts, dir: string, kit: CellKit): 
 
 export async function passthroughScenario(o: SteadyOpts, dir: string, kit: CellKit): Promise<void> {
   process.stdout.write(`\n== pass-through reads: ${VOLUME >> 20} MiB file origin in the page cache, pcached --mode passthrough vs nbdkit-file\n`);
-  const originP = join(dir, 'pass-pcached.img');
-  const originN = join(dir, 'pass-nbdkit.img');
-  prefillFile(originP, VOLUME);
-  copyFileSync(originP, originN);
+  const [originP, originN] = twinOrigins(dir, 'pass');
   const servers: Server[] = [];
   try {
     const pc = kit.pcachedArgs(dir, 'pass-pcached', originP, '256M', undefined, ['--mode', 'passthrough']);

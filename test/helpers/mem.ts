@@ -5,6 +5,16 @@ import { readdirSync, readFileSync } from 'node:fs';
 
 /** VmRSS of `pid` and all its descendants, in KiB (pcached = supervisor + coordinator processes). */
 export function treeRssKiB(pid: number): number {
+  return treeSumKiB(pid, 'status', /VmRSS:\s+(\d+)/);
+}
+
+/** PSS (shared pages split between the processes that map them) of `pid` and its descendants, in KiB. */
+export function treePssKiB(pid: number): number {
+  return treeSumKiB(pid, 'smaps_rollup', /^Pss:\s+(\d+) kB/m);
+}
+
+/** A kB field of /proc/PID/`file`, summed over `pid` and every descendant (a process gone meanwhile counts 0). */
+function treeSumKiB(pid: number, file: string, field: RegExp): number {
   const children = new Map<number, number[]>();
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
@@ -21,7 +31,7 @@ export function treeRssKiB(pid: number): number {
   while (stack.length) {
     const p = stack.pop()!;
     try {
-      const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
+      const m = field.exec(readFileSync(`/proc/${p}/${file}`, 'utf8'));
       total += Number(m?.[1] ?? 0);
     } catch { /* gone */ }
     stack.push(...(children.get(p) ?? []));
