@@ -31,6 +31,10 @@ const variants: [string, Partial<SimOptions>, number][] = [
   ['asynchronous origin, modes switched online, volatile origin whose flushes fail, stripe deaths', { asyncOrigin: true, modes: true, volatileOrigin: true, originFlushFail: 0.3, respawn: 0.05 }, 4],
   ['cache read hits answered later (direct I/O through the async seam), GC at 0', { asyncReads: true, gcPercent: 0 }, 3],
   ['cache read hits answered later, asynchronous origin, cache device faults, modes switched, stripe deaths', { asyncReads: true, asyncOrigin: true, faults: FAULTS, modes: true, respawn: 0.05 }, 4],
+  ['data runs written asynchronously (direct I/O), completions out of order', { asyncWrites: true }, 3],
+  ['data runs written asynchronously, cache device faults, gc 0', { asyncWrites: true, faults: FAULTS, gcPercent: 0 }, 4],
+  ['asynchronous data runs and read hits, asynchronous origin, modes switched, stripe deaths', { asyncWrites: true, asyncReads: true, asyncOrigin: true, modes: true, respawn: 0.05 }, 4],
+  ['asynchronous data runs and read hits, faults, volatile origin, three stripes', { asyncWrites: true, asyncReads: true, faults: FAULTS, volatileOrigin: true, originFlushFail: 0.3, stripes: 3 }, 4],
   ['everything at once, modes switched, three stripes', { modes: true, stripes: 3, respawn: 0.05, faults: FAULTS, volatileOrigin: true, originFlushFail: 0.3, corrupt: 0.4 }, 4],
 ];
 
@@ -44,6 +48,8 @@ for (const [name, v, seeds] of variants) {
     const opts = { ...BASE, ...v };
     const sum: RunResult = { ...ZERO };
     const lateReads0 = simCounters.lateReads;
+    const lateWrites0 = simCounters.lateWrites;
+    const reordered0 = simCounters.reorderedWrites;
     for (let i = 0; i < seeds; i++) {
       const seed = (0x5eed0000 + name.length * 1000 + i) >>> 0;
       const r = await simRun(seed, opts, 300, 8);
@@ -59,6 +65,10 @@ for (const [name, v, seeds] of variants) {
     if (v.originFlushFail) t.true(sum.originFlushFails > 10);
     if (v.corrupt) t.true(sum.corrupted > 50);
     if (v.asyncReads) t.true(simCounters.lateReads - lateReads0 > 20, `${simCounters.lateReads - lateReads0} cache reads answered later`);
+    if (v.asyncWrites) {
+      t.true(simCounters.lateWrites - lateWrites0 > 20, `${simCounters.lateWrites - lateWrites0} data runs written later`);
+      t.true(simCounters.reorderedWrites - reordered0 > 5, `${simCounters.reorderedWrites - reordered0} data runs completed out of order`);
+    }
     if (v.asyncOrigin) t.true(sum.lateAnswers > 1000, `${sum.lateAnswers} origin operations answered later`);
   });
 }

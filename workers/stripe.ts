@@ -279,6 +279,12 @@ function withTestFaults(dev: FileBlockDevice, sh: CacheShared): BlockDevice {
         dev.readAsync!(buf, off, cb);
       },
     } : {}),
+    ...(dev.writevAsync ? {
+      writevAsync(bufs: readonly Uint8Array[], off: number, cb: (err: Error | null) => void) {
+        if (sh.testFaults & FAULT_WRITES) { const e = eio('write'); setImmediate(() => cb(e)); return; }
+        dev.writevAsync!(bufs, off, cb);
+      },
+    } : {}),
     pwrite(buf, off) { if (sh.testFaults & FAULT_WRITES) throw eio('write'); dev.pwrite(buf, off); },
     pwritev(bufs, off) { if (sh.testFaults & FAULT_WRITES) throw eio('write'); dev.pwritev(bufs, off); },
     sync() { dev.sync(); },
@@ -294,7 +300,7 @@ async function loop(o: Origin): Promise<void> {
     if (runBatch(o) > 0) {
       // A commit round's fdatasync and origin I/O in libuv's pool complete through the event
       // loop: let them in, or a miss would wait behind every hit that keeps arriving.
-      if (++batches % YIELD_EVERY_BATCHES === 0 || engine?.committing || (o.inflight ?? 0) > 0 || (engine?.cacheReadsInFlight ?? 0) > 0) await yieldMacrotask();
+      if (++batches % YIELD_EVERY_BATCHES === 0 || engine?.committing || (o.inflight ?? 0) > 0 || (engine?.cacheReadsInFlight ?? 0) > 0 || (engine?.cacheWritesInFlight ?? 0) > 0) await yieldMacrotask();
       continue;
     }
     const idleSince = process.hrtime.bigint();
@@ -309,7 +315,7 @@ async function loop(o: Origin): Promise<void> {
       // I/O in flight) block the thread (cheapest wake-up); otherwise keep the loop serviced
       // (an NBD origin's sockets, libuv pool completions).
       const waitMs = engine === null ? IDLE_WAIT_MS : Math.max(1, Math.min(IDLE_WAIT_MS, engine.nextTickIn()));
-      if ((o.synchronous || o.inflight === 0) && !engine?.committing && (engine?.cacheReadsInFlight ?? 0) === 0) {
+      if ((o.synchronous || o.inflight === 0) && !engine?.committing && (engine?.cacheReadsInFlight ?? 0) === 0 && (engine?.cacheWritesInFlight ?? 0) === 0) {
         result = Atomics.wait(ring, REQ_HEAD, reqTail, waitMs);
       } else {
         const w = Atomics.waitAsync(ring, REQ_HEAD, reqTail, waitMs);
@@ -403,8 +409,9 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
       Atomics.notify(ring, REQ_HEAD);
       if (stopped) await stopped;
       if (engine) {
-        // A round in flight appends its ksets when its sync returns; the last keys go after them.
-        for (let i = 0; engine.committing && i < 2000; i++) await new Promise((r) => setTimeout(r, 5));
+        // A round in flight appends its ksets when its sync returns, and data runs in flight give
+        // their keys when they complete; the last keys go after them.
+        for (let i = 0; (engine.committing || engine.cacheWritesInFlight > 0) && i < 2000; i++) await new Promise((r) => setTimeout(r, 5));
         try {
           engine.drain();
         } catch (err) {

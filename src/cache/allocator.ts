@@ -105,4 +105,10 @@ export class DataHead {
   committed(): void {
     this.#uncommitted.clear();
   }
+
+  /** An allocation whose key a round did not take (its data still being written) counts as uncommitted again. */
+  noteUncommitted(seg: number, segOff: number): void {
+    const from = this.#uncommitted.get(seg);
+    if (from === undefined || segOff < from) this.#uncommitted.set(seg, segOff);
+  }
 }

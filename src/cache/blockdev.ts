@@ -25,6 +25,13 @@ export interface BlockDevice {
    * fall back to pread). The callback may run before this returns (the page cache held it all).
    */
   readAsync?(buf: Uint8Array, off: number, cb: (err: Error | null) => void): void;
+  /**
+   * Gathered write of consecutive buffers from `off` without blocking the calling thread
+   * (optional: callers fall back to pwritev). The buffers must stay untouched until the callback,
+   * which always runs later, never before this returns. A completed write counts for `sync` as a
+   * completed pwrite does.
+   */
+  writevAsync?(bufs: readonly Uint8Array[], off: number, cb: (err: Error | null) => void): void;
   /** Barrier: every completed pwrite is durable when this returns. */
   sync(): void;
   /** The same barrier off-thread: every pwrite completed before the call is durable at the callback. */
@@ -57,9 +64,20 @@ export class FileBlockDevice implements BlockDevice {
   useAsyncIo(io: AsyncIo): void {
     this.io = io;
     this.readAsync = this.readAsyncImpl;
+    // A buffered write only copies into the page cache: a thread hand-off would cost more than it
+    // saves. With O_DIRECT every write waits for the device, so it goes asynchronous.
+    if (this.direct !== null && !this.readOnly) this.writevAsync = this.writevAsyncImpl;
   }
 
   readAsync?: (buf: Uint8Array, off: number, cb: (err: Error | null) => void) => void;
+  writevAsync?: (bufs: readonly Uint8Array[], off: number, cb: (err: Error | null) => void) => void;
+
+  private writevAsyncImpl(bufs: readonly Uint8Array[], off: number, cb: (err: Error | null) => void): void {
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    checkRange(this, total, off, 'write');
+    this.direct!.writevAsync(this.io!, bufs, off, cb);
+  }
 
   private readAsyncImpl(buf: Uint8Array, off: number, cb: (err: Error | null) => void): void {
     checkRange(this, buf.length, off, 'read');

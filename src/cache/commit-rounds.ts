@@ -24,6 +24,10 @@ import type { EngineCounter } from './engine-counters.js';
 export interface RoundHooks {
   /** Writes out the gathered data (the round's first sync must cover it); true when the cache device has failed. */
   beforeRound(): boolean;
+  /** Keys still to come from data runs not yet written (the journal keeps room for them). */
+  reservedKeys(): number;
+  /** Every allocation whose data run has not taken effect yet: its key comes after this round. */
+  unwritten(note: (seg: number, segOff: number) => void): void;
   /** A sync or log append of the round failed: the device has failed (the engine reacts). */
   failed(): void;
   count(name: EngineCounter, n: number): void;
@@ -108,7 +112,7 @@ export class CommitRounds {
 
   /** Room in the journal for `n` more keys (it bounds what a stripe holds uncommitted). */
   room(n: number): boolean {
-    if (this.journal.room(n + KSET_MAX_KEYS)) return true;
+    if (this.journal.room(n + KSET_MAX_KEYS + this.hooks.reservedKeys())) return true;
     this.wantRound = true;
     return false;
   }
@@ -134,6 +138,8 @@ export class CommitRounds {
     if (this.roundRunning) return;
     // The round's first sync must cover the data its keys point at.
     if (this.hooks.beforeRound()) return;
+    // Acknowledgements sent by beforeRound may have started a round already (a FUA write's).
+    if (this.roundRunning) return;
     if (this.open.length > 0) {
       this.ready.push(this.open);
       this.open = [];
@@ -144,8 +150,9 @@ export class CommitRounds {
     this.durableWaiters = [];
     this.wantRound = false;
     this.roundRunning = true;
-    // Everything allocated so far has its key in this round.
+    // Everything allocated so far has its key in this round, except what is still being written.
     this.head.committed();
+    this.hooks.unwritten((seg, segOff) => this.head.noteUncommitted(seg, segOff));
     this.pendingBlocks = 0;
     const batch = this.ready;
     this.ready = [];

@@ -1,6 +1,7 @@
 // The write-back cache engine of one stripe: it owns the stripe's subtrees of the index, its data
-// head and its open kset, and does the cache I/O (synchronous pread/pwrite: one outstanding I/O
-// per stripe thread, no thread hand-offs) and the origin reads of misses.
+// head and its open kset, and does the cache I/O (synchronous pread/pwrite where the device offers
+// nothing else; read hits and data runs asynchronous, up to the queue depth, where it does) and
+// the origin reads of misses.
 //
 // This file takes the requests in and ties the paths together; each path lives in its own file
 // (docs/cache-engine.md "Threads and what they share" lists them): allocator.ts, data-runs.ts,
@@ -63,7 +64,7 @@ export interface EngineOptions {
    * its predecessor's and takes over what it had accepted; tests may leave it out.
    */
   journal?: KeyJournal;
-  /** Read hits each stripe keeps in flight on the cache device (cacheQueueDepth; default 32). */
+  /** Read hits, and data-run writes, each stripe keeps in flight on the cache device (cacheQueueDepth; default 32). */
   queueDepth?: number;
   /** Index slots a dead predecessor left half edited, emptied (ExtentIndex.attachRepairing): rebuilt from the log. */
   rebuild?: readonly number[];
@@ -112,11 +113,15 @@ export class StripeEngine {
       commit: (p, i) => this.effects.commit(p, i),
       abort: (p, i) => this.effects.abort(p, i),
       afterRun: () => this.effects.afterRun(),
+      // A FUA write whose run completed waits for a round now (see finishWrite).
+      afterAcks: () => { if (this.rounds.waiting) this.rounds.kick(true); },
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
-    });
+    }, o.queueDepth);
     this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
     this.rounds = new CommitRounds(this.dev, this.sh, this.g, this.journal, this.head, this.writerId, this.now, {
       beforeRound: () => { this.flushData(); return this.noticeFailure(); },
+      reservedKeys: () => this.runs.outstandingKeys,
+      unwritten: (note) => this.runs.forEachUnsettled(note),
       failed: () => { this.noticeFailure(); },
       count: (name, n) => this.count(name, n),
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
@@ -415,7 +420,12 @@ export class StripeEngine {
       this.runs.ackAfterWrite(q.done);
       return;
     }
-    this.rounds.waitDurable(q.done);
+    // The round must carry the write's own key, which exists only once its run took effect
+    // (at once when the run is written synchronously: the round's beforeRound writes it).
+    this.runs.ackAfterWrite((errno) => {
+      if (errno !== 0) q.done(errno);
+      else this.rounds.waitDurable(q.done);
+    });
     this.rounds.kick(true);
   }
 
@@ -428,9 +438,13 @@ export class StripeEngine {
       // A key without data still needs log space; keep a segment's worth of headroom.
       if (this.sh.freeSegments === 0 && this.rounds.hasClosed) return 'full';
       if (!this.journalRoom(1)) return 'full';
-      this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
-      this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
-      this.addDirty(q.len);
+      // Behind runs still in flight: the key takes effect after theirs (their acks wait for it).
+      this.runs.inOrder((ok) => {
+        if (!ok) return;
+        this.insertIndex({ off: q.off, len: q.len, seg: 0, segOff: 0, gen: 0, flags: q.kind === 'trim' ? ExtentFlag.TRIM : ExtentFlag.ZERO });
+        this.pushKey({ originOffset: q.off, length: q.len, flags, segment: 0, offset: 0, generation: 0, dataCrc: 0 });
+        this.addDirty(q.len);
+      }, 1);
       if (q.kind === 'trim') this.count('discards', blocks(q.len));
       return 'ok';
     }
@@ -478,6 +492,9 @@ export class StripeEngine {
       }
       const waited = this.now() - q.since;
       if (waited < this.sh.cacheFullWaitMs) return;
+      // A bypass checks the index for dirty data over its range: writes still in flight are not
+      // in it yet (and their keys would then be written back over the bypassed data).
+      if (this.runs.unsettled > 0) return;
       if (this.bypass.allowed(q.off, q.len)) {
         if (!this.bypass.drained()) {
           if (waited < this.sh.cacheFullMaxWaitMs) return;
@@ -513,19 +530,24 @@ export class StripeEngine {
     return this.reads.hitsInFlight;
   }
 
+  /** Data-run writes on the cache device in flight: their completions need the event loop. */
+  get cacheWritesInFlight(): number {
+    return this.runs.inFlight;
+  }
+
   /** Anything still in motion: commit rounds, queued or parked writes, writes on the origin, misses. */
   get busy(): boolean {
-    return this.committing || this.queue.length > 0 || this.through.parkedWrites > 0 || this.reads.missesInFlight > 0 || this.reads.hitsInFlight > 0 || this.runs.pending;
+    return this.committing || this.queue.length > 0 || this.through.parkedWrites > 0 || this.reads.missesInFlight > 0 || this.reads.hitsInFlight > 0 || this.runs.pending || this.runs.unsettled > 0;
   }
 
   /**
-   * Stop: commit everything synchronously (the thread is about to end). True when every key is in
-   * the log and durable.
+   * Stop: commit everything synchronously (the thread is about to end; the caller waited for the
+   * data-run writes in flight). True when every key is in the log and durable.
    */
   drain(): boolean {
     this.flushData();
     if (this.noticeFailure()) return false;
-    return this.rounds.drain();
+    return this.rounds.drain() && this.runs.unsettled === 0;
   }
 
 }

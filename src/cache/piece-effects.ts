@@ -16,7 +16,7 @@ import { insertSweeping, segmentLive } from './liveness.js';
 import type { StripeReads } from './reads.js';
 import type { OriginFirst } from './write-through.js';
 
-export class PieceEffects implements Omit<RunSink, 'writeFailed'> {
+export class PieceEffects implements Omit<RunSink, 'writeFailed' | 'afterAcks'> {
   constructor(
     private readonly sh: CacheShared,
     private readonly index: ExtentIndex,

@@ -308,7 +308,7 @@ export class StripeReads {
     copy.set(data);
     let pos = 0;
     // Fills never wait, and never take the last free segments from writes (nor journal room).
-    const room = this.sh.failed === 0 && this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS);
+    const room = this.sh.failed === 0 && this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS + this.runs.outstandingKeys);
     while (room && pos < data.length) {
       const a = this.head.alloc(data.length - pos, true);
       if (a === null) break;

@@ -155,9 +155,20 @@ export class OriginFirst {
   }
 
   /** Starts a write on this path now (also from the queue of writes that waited for space). */
-  start(q: Queued): void {
+  start(q: Queued, behindRuns = false): void {
     // Writes still in the gathered run take effect first: the index must show them.
     this.runs.flush();
+    if (!behindRuns && this.runs.unsettled > 0) {
+      // Runs still in flight may hold dirty data over the range: decide once they took effect.
+      // Held as in flight meanwhile, so later writes overlapping it wait behind it.
+      this.throughInflight.push(q);
+      this.runs.inOrder((ok) => {
+        if (!ok) { this.endThrough(q, NbdErr.EIO, false); return; }
+        this.throughInflight.splice(this.throughInflight.indexOf(q), 1);
+        this.start(q, true);
+      }, 0);
+      return;
+    }
     if (this.hasDirty(q.off, q.len)) {
       this.hooks.submit({ ...q, through: false });
       return;
@@ -266,7 +277,7 @@ export class OriginFirst {
 
   /** Caches data the origin already holds as clean extents; false (nothing cached) when there is no room now. */
   private cacheClean(off: number, data: Uint8Array): boolean {
-    if (this.sh.failed !== 0 || !this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS)) return false;
+    if (this.sh.failed !== 0 || !this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS + this.runs.outstandingKeys)) return false;
     // Copies wait in memory for the origin flush: bounded, beyond which writes are not cached.
     if (this.unloggedClean.length >= MAX_UNLOGGED_CLEAN * RUN_STRIDE) return false;
     const allocs = this.head.allocAll(data.length, true);

@@ -1,5 +1,5 @@
-// Positional I/O on a descriptor opened O_DIRECT (synchronous, plus asynchronous reads through an
-// AsyncIo), for callers whose buffers, offsets and lengths are not aligned (the on-media format
+// Positional I/O on a descriptor opened O_DIRECT (synchronous, plus asynchronous reads and
+// gathered sector-aligned writes through an AsyncIo), for callers whose buffers, offsets and lengths are not aligned (the on-media format
 // writes 32-byte kset headers, 128-byte records and 512-byte-aligned ksets). Every request is
 // widened to whole sectors and goes through an aligned bounce buffer; a write that covers a sector
 // only in part reads that sector first. Only sectors the request touches are rewritten, and each
@@ -17,7 +17,7 @@ function sectorSpan(off: number, len: number): [number, number] {
   return [off - (off % SECTOR), Math.ceil((off + len) / SECTOR) * SECTOR];
 }
 
-/** Pooled bounce windows for unaligned asynchronous reads (larger ones get their own buffer). */
+/** Pooled bounce windows for unaligned asynchronous reads and gathered writes (larger ones get their own buffer). */
 const WINDOW = 128 * 1024;
 const MAX_WINDOWS = 64;
 
@@ -30,6 +30,20 @@ export function readFullyAsync(io: AsyncIo, fd: number, buf: Uint8Array, off: nu
       if (n === 0) { cb(Object.assign(new Error(`short read at ${off + got} of ${what}`), { code: 'ESHORT' })); return; }
       got += n;
       if (got < buf.length) step();
+      else cb(null);
+    });
+  };
+  step();
+}
+
+/** Writes all of `buf` at `off`, continuing short writes. */
+function writeFullyAsync(io: AsyncIo, fd: number, buf: Uint8Array, off: number, cb: (err: Error | null) => void): void {
+  let put = 0;
+  const step = (): void => {
+    io.write(fd, put === 0 ? buf : buf.subarray(put), off + put, (err, n) => {
+      if (err) { cb(err); return; }
+      put += n;
+      if (put < buf.length) step();
       else cb(null);
     });
   };
@@ -78,6 +92,30 @@ export class DirectSync {
     const w = (pooled ?? alignedBuffer(len)).subarray(0, len);
     readFullyAsync(io, this.fd, w, a0, this.what, (err) => {
       if (!err) buf.set(w.subarray(off - a0, off - a0 + buf.length));
+      if (pooled && this.windows.length < MAX_WINDOWS) this.windows.push(pooled);
+      cb(err);
+    });
+  }
+
+  /**
+   * A gathered write without blocking the thread, for whole sectors only (data runs are 4 KiB
+   * aligned and padded): one aligned buffer goes straight, anything else is copied into one
+   * aligned window (pooled when small), as pwritev does. A partial sector would need a
+   * read-modify-write, which the callers that need it do synchronously.
+   */
+  writevAsync(io: AsyncIo, bufs: readonly Uint8Array[], off: number, cb: (err: Error | null) => void): void {
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    if (off % SECTOR !== 0 || total % SECTOR !== 0) {
+      process.nextTick(cb, Object.assign(new Error(`unaligned asynchronous direct write of ${total} bytes at ${off} of ${this.what}`), { code: 'EINVAL' }));
+      return;
+    }
+    if (bufs.length === 1 && isAligned(bufs[0]!)) { writeFullyAsync(io, this.fd, bufs[0]!, off, cb); return; }
+    const pooled = total <= WINDOW ? this.windows.pop() ?? alignedBuffer(WINDOW) : null;
+    const w = (pooled ?? alignedBuffer(total)).subarray(0, total);
+    let at = 0;
+    for (const b of bufs) { w.set(b, at); at += b.length; }
+    writeFullyAsync(io, this.fd, w, off, (err) => {
       if (pooled && this.windows.length < MAX_WINDOWS) this.windows.push(pooled);
       cb(err);
     });

@@ -53,6 +53,8 @@ export interface SimOptions {
   asyncOrigin?: boolean;
   /** Cache read hits complete later (as readAsync through libuv or io_uring), after GC and writes may have run. */
   asyncReads?: boolean;
+  /** Data runs are written asynchronously (writevAsync, as with direct I/O), completed later and sometimes out of order. */
+  asyncWrites?: boolean;
 }
 
 /** One incarnation of the cache over a device image; a power cut makes a new one from the surviving image. */
@@ -103,7 +105,7 @@ export class SimCache {
   }
 
   private makeEngine(i: number, respawned: boolean): StripeEngine {
-    const thread = new ThreadDevice(this.dev, this.io, this.opts.asyncReads === true);
+    const thread = new ThreadDevice(this.dev, this.io, this.opts.asyncReads === true, this.opts.asyncWrites ? new Rng(0x77a1 + i * 131 + this.respawns) : null);
     this.threads[i] = thread;
     const repaired = respawned ? ExtentIndex.attachRepairing(this.opened.indexes[i]!.sabs) : { index: this.opened.indexes[i]!, emptied: [] };
     this.rebuilt += repaired.emptied.length;

@@ -60,14 +60,44 @@ export class FaultyDevice implements BlockDevice {
  * Its asynchronous syncs complete when the simulator runs its I/O queue; when the thread dies,
  * what it had in flight never calls back.
  */
-/** Cache reads ThreadDevices answered later (asyncReads), over the whole test process. */
-export const simCounters = { lateReads: 0 };
+/** Cache reads and data-run writes ThreadDevices answered later (asyncReads, asyncWrites), over the whole test process. */
+export const simCounters = { lateReads: 0, lateWrites: 0, reorderedWrites: 0 };
 
 export class ThreadDevice implements BlockDevice {
   dead = false;
   /** Cache reads answered later (asyncReads): the read itself happens then, after whatever ran between. */
   readAsync?: (buf: Uint8Array, off: number, cb: (err: Error | null) => void) => void;
-  constructor(readonly inner: FaultyDevice, private readonly io: (() => void)[], asyncReads = false) {
+  /**
+   * Data-run writes answered later (asyncWrites): the write itself happens then, and a write
+   * queued behind another may overtake it (as the kernel completes them in any order).
+   */
+  writevAsync?: (bufs: readonly Uint8Array[], off: number, cb: (err: Error | null) => void) => void;
+  constructor(readonly inner: FaultyDevice, private readonly io: (() => void)[], asyncReads = false, asyncWrites: Rng | null = null) {
+    if (asyncWrites) {
+      const rng = asyncWrites;
+      const queued = new Set<() => void>();
+      this.writevAsync = (bufs, off, cb) => {
+        const job = (): void => {
+          queued.delete(job);
+          if (this.dead) return;
+          simCounters.lateWrites++;
+          let err: Error | null = null;
+          try {
+            let at = off;
+            for (const b of bufs) { this.inner.pwrite(b, at); at += b.length; }
+          } catch (e) { err = e as Error; }
+          cb(err);
+        };
+        // Now and then ahead of this thread's writes still queued: completions out of issue order.
+        let at = this.io.length;
+        if (queued.size > 0 && rng.chance(0.3)) {
+          const first = this.io.findIndex((j) => queued.has(j));
+          if (first >= 0) { at = first; simCounters.reorderedWrites++; }
+        }
+        this.io.splice(at, 0, job);
+        queued.add(job);
+      };
+    }
     if (asyncReads) {
       this.readAsync = (buf, off, cb) => {
         this.io.push(() => {
