@@ -3,16 +3,22 @@
 // (the on-media format's small records go through aligned bounce buffers, read-modify-write of
 // partial sectors), keeps none of them in the page cache (fincore counts the file's resident
 // pages), and survives kill -9 of the whole daemon with every flushed write; `auto` takes
-// buffered I/O for a regular file, and a value other than auto, on or off is refused. (A device
+// buffered I/O for a regular file, and a value other than auto, on or off is refused. Stamped
+// 4 KiB writes at queue depth 32 (data runs written asynchronously, many in flight) are cut by
+// kill -9 mid-epoch under both I/O backends: every write a FLUSH covered must read back. (A device
 // that refuses direct I/O could not be built here: tmpfs takes O_DIRECT since Linux 6.6.)
 
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { makeSparseFile } from './helpers/daemon.js';
-import { killHard, spawnPcached, startServing, statusJson, within, type RunningDaemon } from './helpers/lifecycle.js';
+import { killHard, spawnPcached, startServing, statusJson, waitFor, within, type RunningDaemon } from './helpers/lifecycle.js';
 import { NbdTestClient } from './helpers/nbd-test-client.js';
 import { removeScratchDirs, scratchDir } from './helpers/scratch.js';
+import { SeededRandom } from './helpers/faulty-disk-store.js';
+import { readVolume, runEpochs } from './helpers/stamp-driver.js';
+import { checkDurable, StampModel } from './helpers/stamp-model.js';
+import { STAMP_BLOCK } from './helpers/stamps.js';
 
 const MiB = 1 << 20;
 const ORIGIN = 64 * MiB;
@@ -132,3 +138,30 @@ test('cacheDirectIo rejects a value that is not auto, on or off', async (t) => {
   t.not(await within(p.exited, 60_000, -999), 0);
   t.regex(p.output(), /cacheDirectIo.*auto, on, off|must be one of auto, on, off/);
 });
+
+for (const backend of ['io_uring', 'libuv'] as const) {
+  test(`cacheDirectIo=on, ${backend}: stamped writes at QD32, kill -9 with runs in flight, every flushed write back`, async (t) => {
+    const r = rig();
+    const env = { PCACHED_CACHE_DIRECT_IO: 'on', PCACHED_IO_BACKEND: backend };
+    let d = await startServing(t, args(r), { cwd: r.dir, sock: r.sock, control: r.control, env });
+    t.true(JSON.stringify(await statusJson(r.control)).includes(`"ioBackend":"${backend}"`));
+    const model = new StampModel(ORIGIN / STAMP_BLOCK / 2);
+    const random = new SeededRandom(backend.length * 31);
+    let c = await NbdTestClient.connect(r.sock, NAME);
+    let flushes = 0;
+    // The cut lands while an epoch's writes are in flight (the run never stops on its own).
+    const run = runEpochs(c, model, random, { perEpoch: 256, queueDepth: 32, afterFlush: (e) => { if (e === 0) flushes++; } });
+    await waitFor('10 flushed epochs', () => flushes >= 10, 60_000, 5);
+    await killHard(d);
+    const ran = await run;
+    t.true(ran.lost, 'the cut ended the run');
+    t.true(model.counts.writesLost > 0, `${model.counts.writesLost} writes were in flight at the cut`);
+    d = await startServing(t, args(r), { cwd: r.dir, sock: r.sock, control: r.control, env });
+    c = await NbdTestClient.connect(r.sock, NAME);
+    const report = checkDurable(model, await readVolume(c, model));
+    t.true(report.ok, report.summary);
+    t.log(report.summary);
+    await c.disconnect();
+    void d;
+  });
+}
