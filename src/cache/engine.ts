@@ -178,8 +178,10 @@ export class StripeEngine {
       let r: number | string = 'not tried';
       // GC may retire ksets under the walk: try again from the new key tail.
       for (let attempt = 0; attempt < 3 && typeof r !== 'number'; attempt++) r = rebuildSubtrees(this.dev, this.sh, this.g, this.index, slots, keys);
-      if (typeof r === 'number') this.log.warn({ slots: slots.length, keys: r }, 'stripe restarted: rebuilt the index subtrees its predecessor left half edited');
-      else {
+      if (typeof r === 'number') {
+        this.index.repaired();
+        this.log.warn({ slots: slots.length, keys: r }, 'stripe restarted: rebuilt the index subtrees its predecessor left half edited');
+      } else {
         // Those subtrees would serve older data than the cache holds: refuse instead.
         this.log.error({ why: r }, 'stripe restarted: could not rebuild its index from the key log; the cache fails');
         this.sh.fail(NbdErr.EIO, FAIL_REPLAY);

@@ -19,6 +19,8 @@ import { FAIL_WHY, GC_OWNER, STRIPE_OWNER, WRITEBACK_OWNER } from '../cache/dura
 import { KeyJournal } from '../cache/journal.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
 import { PcachedError } from '../util/errors.js';
+import { native } from '../native/index.js';
+import { HitReader } from './hit-reader.js';
 import type { CacheWorkerData } from '../../workers/writeback.js';
 import { promotionHits } from '../../config/schema.js';
 
@@ -367,8 +369,29 @@ export class CacheRuntime {
     this.#pools.length = 0;
   }
 
+  /**
+   * The coordinator's own path for read hits the page cache holds (hit-reader.ts), or null where
+   * it cannot be used: direct I/O, dataCrc, no RWF_NOWAIT read in the addon, or
+   * PCACHED_COORDINATOR_HITS=off (to compare, and for tests of the stripes' own hit path).
+   */
+  hitReader(count: (stripe: number, blocks: number) => void): HitReader | null {
+    const nowait = native?.preadNowait;
+    if (this.#dev.isDirect || this.#opened.blockCrc !== null || nowait === undefined || process.env.PCACHED_COORDINATOR_HITS === 'off') return null;
+    const fd = fs.openSync(this.#path, 'r');
+    this.#hits = { fd, reader: new HitReader({ fd, preadNowait: (f, v, o) => nowait.call(native, f, v, o), sh: this.#opened.shared, geometry: this.#opened.geometry, indexes: this.#opened.indexes, count }) };
+    return this.#hits.reader;
+  }
+
+  #hits: { fd: number; reader: HitReader } | null = null;
+
   async close(): Promise<void> {
     await this.stopWorkers();
+    if (this.#hits) {
+      // Off before the descriptor goes: its number may be reused by the next open.
+      this.#hits.reader.disable();
+      fs.closeSync(this.#hits.fd);
+      this.#hits = null;
+    }
     this.#dev.close();
   }
 }

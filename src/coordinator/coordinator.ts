@@ -27,6 +27,7 @@ import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
 import { promotionHits } from '../../config/schema.js';
 import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
+import type { HitReader } from './hit-reader.js';
 import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
 import { CACHE_ONLY_MESSAGES, RuntimeTunables, TUNABLE_MESSAGES, type TableRow } from './tunables.js';
@@ -76,6 +77,10 @@ export class Coordinator {
   #cacheRt: CacheRuntime | null;
   #detached = false;
   readonly #sequential: SequentialDetector | null;
+  /** Read hits served on this thread (hit-reader.ts); their counts go to the owning stripe's counters once per turn. */
+  readonly #hits: HitReader | null;
+  readonly #hitBlocks: number[];
+  #hitsPublish = false;
   readonly counters: CounterBlock<CoordinatorCounter>;
   readonly #servers: Server[] = [];
   readonly #listeners: string[] = [];
@@ -102,6 +107,8 @@ export class Coordinator {
     this.#stripes = stripes;
     this.#cacheRt = cacheRt;
     this.#sequential = cacheRt ? new SequentialDetector(cache.sequentialCutoff) : null;
+    this.#hitBlocks = stripes.rings.map(() => 0);
+    this.#hits = cacheRt ? cacheRt.hitReader((stripe, blocks) => this.#countHit(stripe, blocks)) : null;
     this.#log = log;
     this.counters = new CounterBlock(COORDINATOR_COUNTERS);
     this.#exp = { name: cache.name, description: describe(cache), size: facts.size, readOnly: cache.readOnly || facts.readOnly };
@@ -113,6 +120,22 @@ export class Coordinator {
     }
     this.#rates = new StatusRates(() => rateTotals(this.counters.snapshot() as Record<string, number>,
       this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>), this.#cacheRt?.counters.get('wb_bytes') ?? 0));
+  }
+
+  #countHit(stripe: number, blocks: number): void {
+    this.#hitBlocks[stripe]! += blocks;
+    if (this.#hitsPublish) return;
+    this.#hitsPublish = true;
+    setImmediate(() => {
+      this.#hitsPublish = false;
+      for (const [s, n] of this.#hitBlocks.entries()) {
+        if (n === 0) continue;
+        this.#hitBlocks[s] = 0;
+        const c = this.#stripes.rings[s]!.counters;
+        c.add('read_blocks', n);
+        c.add('read_hits', n);
+      }
+    });
   }
 
   /** The running config: the configured one with what messages changed (./tunables.ts). */
@@ -215,7 +238,7 @@ export class Coordinator {
     c.add('connections_total', 1);
     c.add('connections_open', 1);
     const ctx: SessionContext = {
-      exp: this.#exp, tls: this.#cache.tls, tlsCredentials: this.#tls, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures, sequential: this.#sequential,
+      exp: this.#exp, tls: this.#cache.tls, tlsCredentials: this.#tls, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures, sequential: this.#sequential, hits: this.#hits,
       closed: (s) => {
         if (this.#sessions.delete(s)) c.add('connections_open', -1);
       },
@@ -468,6 +491,8 @@ export class Coordinator {
     if (dirty > 0) {
       throw new PcachedError('ERR_BAD_ARGUMENT', `${dirty} blocks are still dirty; the cleaner is on now: write them back first (pcached clean ${this.#cache.name}; pcached detach ${this.#cache.name} does both)`);
     }
+    // From here on writes may reach the origin without the index: no hit is served from it.
+    this.#hits?.disable();
     rt.shared.markDetached();
     await this.#stripes.detachCache();
     await rt.stopWorkers();

@@ -156,12 +156,11 @@ export class Io {
   }
 
   #headerSize(): number {
-    return this.structured ? READ_CHUNK_HEADER : SIMPLE_REPLY_SIZE;
+    return readReplyHeaderSize(this.structured);
   }
 
   #writeReadHeader(buf: Buffer): void {
-    if (this.structured) writeReadChunkHeader(buf, 0, this.cookieHi, this.cookieLo, this.offset, this.length, true);
-    else writeSimpleReply(buf, 0, 0, this.cookieHi, this.cookieLo);
+    writeReadReplyHeader(buf, this.structured, this.cookieHi, this.cookieLo, this.offset, this.length);
   }
 
   #clampExtents(): Extent[] {
@@ -204,4 +203,15 @@ export function errorReply(
     return encodeErrorChunk(req.cookieHi, req.cookieLo, errno, `${what}: ${errnoName(errno)}`);
   }
   return encodeSimpleReply(errno, req.cookieHi, req.cookieLo);
+}
+
+/** Bytes before the data of a whole successful READ reply. */
+export function readReplyHeaderSize(structured: boolean): number {
+  return structured ? READ_CHUNK_HEADER : SIMPLE_REPLY_SIZE;
+}
+
+/** The header of a whole successful READ reply: simple, or one OFFSET_DATA chunk with DONE. */
+export function writeReadReplyHeader(buf: Uint8Array, structured: boolean, cookieHi: number, cookieLo: number, offset: number, length: number): void {
+  if (structured) writeReadChunkHeader(buf, 0, cookieHi, cookieLo, offset, length, true);
+  else writeSimpleReply(buf, 0, 0, cookieHi, cookieLo);
 }

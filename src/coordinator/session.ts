@@ -18,8 +18,9 @@ import type { TlsCredentials } from '../tls/credentials.js';
 import { tlsSummary, upgradeToTls } from '../tls/upgrade.js';
 import { validateRequest, type ExportState } from './validate.js';
 import { splitRequest, firstSubtreeLength, stripeOf } from './router.js';
-import { Io, errorReply, errnoName, type IoWork, type ReplySink } from './io.js';
+import { Io, errorReply, errnoName, readReplyHeaderSize, writeReadReplyHeader, type IoWork, type ReplySink } from './io.js';
 import type { SequentialDetector } from './sequential.js';
+import type { HitReader } from './hit-reader.js';
 import type { StripeSet } from './stripes.js';
 import type { CounterBlock, CoordinatorCounter } from '../stats/counters.js';
 import type { FlowBudget } from './flow.js';
@@ -61,6 +62,8 @@ export interface SessionContext {
   failures: { lastLogged: number; suppressed: number };
   /** Write-back mode: long sequential reads are marked so the stripes do not promote them. */
   sequential: SequentialDetector | null;
+  /** Read hits the page cache holds, served without a stripe (null: off, see hit-reader.ts). */
+  hits: HitReader | null;
   closed(session: Session): void;
 }
 
@@ -291,6 +294,11 @@ export class Session implements ReplySink {
       this.#replyNow(req, errno);
       return true;
     }
+    if (type === Cmd.READ && this.#ctx.hits !== null && this.#serveHit(req)) {
+      // The detector sees every read, the ones served here too, or it would lose track of streams.
+      this.#ctx.sequential?.read(req.offset, length);
+      return true;
+    }
     // A WRITE was charged when its header arrived; a READ is charged here, before any of its buffers exist.
     if (type === Cmd.READ && !this.#admit(length, false)) return false;
     c.add(REQ_COUNTER[type] ?? 'reqs_unknown', 1);
@@ -336,6 +344,21 @@ export class Session implements ReplySink {
       }
     }
     if (this.#inflight >= MAX_SESSION_REQUESTS) this.#pause(Pause.INFLIGHT);
+    return true;
+  }
+
+  /** A read hit the page cache holds, answered at once (hit-reader.ts); false when a stripe must serve it. */
+  #serveHit(req: NbdRequest): boolean {
+    const structured = this.#state.structuredReplies;
+    const header = readReplyHeaderSize(structured);
+    const buf = this.#ctx.hits!.reply(req.offset, req.length, header);
+    if (buf === null) return false;
+    writeReadReplyHeader(buf, structured, req.cookieHi, req.cookieLo, req.offset, req.length);
+    const c = this.#ctx.counters;
+    c.add('reqs_read', 1);
+    c.add('read_hits_inline', 1);
+    c.add('bytes_read', req.length);
+    this.writeReply([buf]);
     return true;
   }
 

@@ -9,7 +9,7 @@ export const COORDINATOR_COUNTERS = [
   'errors', 'err_eperm', 'err_eio', 'err_enomem', 'err_einval', 'err_enospc', 'err_eoverflow',
   'err_enotsup', 'err_eshutdown',
   'connections_total', 'connections_open', 'connections_refused', 'protocol_errors',
-  'inflight', 'split_pieces', 'queued_pieces', 'replies_copied',
+  'inflight', 'split_pieces', 'queued_pieces', 'replies_copied', 'read_hits_inline',
   'tls_handshakes', 'tls_failures',
 ] as const;
 

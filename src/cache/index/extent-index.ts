@@ -12,7 +12,7 @@
 import { PageArena } from './arena.js';
 import {
   ExtentFlag, FLAGS_MAX, IndexStateError, M_CAP_PAGES, M_COUNT, M_F64_CACHED, M_FREE, M_MAGIC, M_NSUB,
-  M_PAGES_USED, M_PAGE_RECS, M_STRIPE, M_STRIPES, M_TOKEN, M_VERSION, MAGIC, META_HDR_WORDS, PAGE_BYTES,
+  M_PAGES_USED, M_PAGE_RECS, M_REPAIRING, M_STRIPE, M_STRIPES, M_TOKEN, M_VERSION, MAGIC, META_HDR_WORDS, PAGE_BYTES,
   PAGE_RECS, SUB_WORDS, S_HEAD, S_SEQ, VERSION,
 } from './layout.js';
 import type { Extent, IndexSabs } from './layout.js';
@@ -103,12 +103,39 @@ export class ExtentIndex {
     for (let s = 0; s < m[M_NSUB]; s++) {
       const seq = META_HDR_WORDS + s * SUB_WORDS + S_SEQ;
       if ((Atomics.load(m, seq) & 1) === 0) continue;
+      Atomics.store(m, M_REPAIRING, 1);
       // Readers retry while it is odd; once it is even again the subtree is (consistently) empty.
       Atomics.store(m, META_HDR_WORDS + s * SUB_WORDS + S_HEAD, -1);
       Atomics.add(m, seq, 1);
       emptied.push(s);
     }
     return { index: new ExtentIndex(sabs, true), emptied };
+  }
+
+  /** The owner rebuilt every subtree attachRepairing emptied: other readers may trust the index again. */
+  repaired(): void {
+    this.assertWriter();
+    Atomics.store(this.meta, M_REPAIRING, 0);
+  }
+
+  /**
+   * A foreign reader's lookup that never waits: the pieces of [off, off+len) (gaps with flags -1),
+   * or null when the subtree is being edited right now (after `tries` attempts) or being rebuilt.
+   * For a thread that serves other work and has a slower path to fall back on.
+   */
+  tryLookup(off: number, len: number, tries = 2): Extent[] | null {
+    const slot = this.slotOf(off, len);
+    const i = META_HDR_WORDS + slot * SUB_WORDS + S_SEQ;
+    const b = this.base(slot);
+    const so = off - b;
+    this.arena.refresh();
+    for (let t = 0; t < tries; t++) {
+      const s1 = Atomics.load(this.meta, i);
+      if ((s1 & 1) !== 0 || Atomics.load(this.meta, M_REPAIRING) !== 0) continue;
+      const r = this.cur.snapshotRange(slot, so, so + len, b);
+      if (r !== null && Atomics.load(this.meta, i) === s1 && Atomics.load(this.meta, M_REPAIRING) === 0) return r;
+    }
+    return null;
   }
 
   /** Global subtree number of a stripe-local slot. */

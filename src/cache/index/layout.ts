@@ -44,6 +44,12 @@ export const M_FREE = 8; // head of the free page list, -1 when empty
 export const M_PAGES_USED = 9;
 export const M_COUNT = 10; // records, placeholders included
 export const M_TOKEN = 11; // last placeholder token handed out
+/**
+ * Non-zero from the moment a respawned owner empties the subtrees its predecessor left half edited
+ * until it has rebuilt them from the log: meanwhile a subtree may show an older extent whose newer
+ * overwrite is not back yet, so readers other than the owner must not trust what they find.
+ */
+export const M_REPAIRING = 12;
 /** Float64 index (not word index) of the sum of lengths of non-EMPTY records. */
 export const M_F64_CACHED = 8; // bytes 64..71 = words 16..17
 export const META_HDR_WORDS = 32;
