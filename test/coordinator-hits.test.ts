@@ -131,3 +131,26 @@ test('after detach, a write to a range the cache held is read back from the orig
   t.deepEqual(await readVersions(c, 0, 256), Array.from({ length: 256 }, () => 2));
   await c.disconnect();
 });
+
+test('passthrough mode: reads of ranges the cache holds nothing of come from the origin file inline, and see every acknowledged write', async (t) => {
+  t.timeout(180_000);
+  const r = rig('64M', 64 * MiB);
+  await startServing(t, [...r.args, '--mode', 'passthrough'], { cwd: r.dir, sock: r.sock, control: r.control });
+  const c = await NbdTestClient.connect(r.sock, NAME);
+  const before = await counts(r.control);
+  const problems: string[] = [];
+  for (let v = 1; v <= 20; v++) {
+    await writeBlocks(c, v * 64, 64, v);
+    const got = await readVersions(c, 0, 21 * 64);
+    for (let b = 0; b < got.length; b++) {
+      const want = Math.floor(b / 64) >= 1 && Math.floor(b / 64) <= v ? Math.floor(b / 64) : 0;
+      // Never-written blocks read as zeros (readStamp: version 0).
+      if (got[b] !== want) problems.push(`after v${v}: block ${b} read v${got[b]}, want v${want}`);
+    }
+  }
+  t.deepEqual(problems.slice(0, 5), []);
+  const after = await waitFor('counters published', async () => { const a = await counts(r.control); return a.inline - before.inline >= 20 * 21 * 64 * 0.9 ? a : undefined; }, 10_000);
+  t.is(after.hits - before.hits, 0, 'nothing is promoted or served from the cache in passthrough mode');
+  t.true(after.blocks - before.blocks >= 20 * 21 * 64);
+  await c.disconnect();
+});

@@ -20,7 +20,7 @@ import { KeyJournal } from '../cache/journal.js';
 import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
 import { PcachedError } from '../util/errors.js';
 import { native } from '../native/index.js';
-import { HitReader } from './hit-reader.js';
+import { HitReader, type HitReaderDeps } from './hit-reader.js';
 import type { CacheWorkerData } from '../../workers/writeback.js';
 import { promotionHits } from '../../config/schema.js';
 
@@ -374,22 +374,33 @@ export class CacheRuntime {
    * it cannot be used: direct I/O, dataCrc, no RWF_NOWAIT read in the addon, or
    * PCACHED_COORDINATOR_HITS=off (to compare, and for tests of the stripes' own hit path).
    */
-  hitReader(count: (stripe: number, blocks: number) => void): HitReader | null {
+  hitReader(origin: OriginSpec, count: HitReaderDeps['count']): HitReader | null {
     const nowait = native?.preadNowait;
     if (this.#dev.isDirect || this.#opened.blockCrc !== null || nowait === undefined || process.env.PCACHED_COORDINATOR_HITS === 'off') return null;
     const fd = fs.openSync(this.#path, 'r');
-    this.#hits = { fd, reader: new HitReader({ fd, preadNowait: (f, v, o) => nowait.call(native, f, v, o), sh: this.#opened.shared, geometry: this.#opened.geometry, indexes: this.#opened.indexes, count }) };
-    return this.#hits.reader;
+    let originFd: number | null = null;
+    if (origin.kind === 'file' && !origin.direct) {
+      try {
+        originFd = fs.openSync(origin.path, 'r');
+      } catch {
+        // The stripes have it open; their path serves these reads.
+      }
+    }
+    const reader = new HitReader({
+      fd, originFd, preadNowait: (f, v, o) => nowait.call(native, f, v, o), sh: this.#opened.shared, geometry: this.#opened.geometry, indexes: this.#opened.indexes, count,
+    });
+    this.#hits = { fds: originFd === null ? [fd] : [fd, originFd], reader };
+    return reader;
   }
 
-  #hits: { fd: number; reader: HitReader } | null = null;
+  #hits: { fds: number[]; reader: HitReader } | null = null;
 
   async close(): Promise<void> {
     await this.stopWorkers();
     if (this.#hits) {
       // Off before the descriptor goes: its number may be reused by the next open.
       this.#hits.reader.disable();
-      fs.closeSync(this.#hits.fd);
+      for (const fd of this.#hits.fds) fs.closeSync(fd);
       this.#hits = null;
     }
     this.#dev.close();

@@ -79,7 +79,7 @@ export class Coordinator {
   readonly #sequential: SequentialDetector | null;
   /** Read hits served on this thread (hit-reader.ts); their counts go to the owning stripe's counters once per turn. */
   readonly #hits: HitReader | null;
-  readonly #hitBlocks: number[];
+  readonly #hitCounts: { hits: number; origin: number; originBytes: number; reads: number }[];
   #hitsPublish = false;
   readonly counters: CounterBlock<CoordinatorCounter>;
   readonly #servers: Server[] = [];
@@ -107,8 +107,8 @@ export class Coordinator {
     this.#stripes = stripes;
     this.#cacheRt = cacheRt;
     this.#sequential = cacheRt ? new SequentialDetector(cache.sequentialCutoff) : null;
-    this.#hitBlocks = stripes.rings.map(() => 0);
-    this.#hits = cacheRt ? cacheRt.hitReader((stripe, blocks) => this.#countHit(stripe, blocks)) : null;
+    this.#hitCounts = stripes.rings.map(() => ({ hits: 0, origin: 0, originBytes: 0, reads: 0 }));
+    this.#hits = cacheRt ? cacheRt.hitReader(originSpecFor(cache), (stripe, blocks, hit, bytes) => this.#countHit(stripe, blocks, hit, bytes)) : null;
     this.#log = log;
     this.counters = new CounterBlock(COORDINATOR_COUNTERS);
     this.#exp = { name: cache.name, description: describe(cache), size: facts.size, readOnly: cache.readOnly || facts.readOnly };
@@ -122,18 +122,22 @@ export class Coordinator {
       this.#stripes.rings.map((r) => r.counters.snapshot() as Record<string, number>), this.#cacheRt?.counters.get('wb_bytes') ?? 0));
   }
 
-  #countHit(stripe: number, blocks: number): void {
-    this.#hitBlocks[stripe]! += blocks;
+  #countHit(stripe: number, blocks: number, hit: boolean, bytes: number): void {
+    const k = this.#hitCounts[stripe]!;
+    k.reads += blocks;
+    if (hit) k.hits += blocks;
+    else { k.origin++; k.originBytes += bytes; }
     if (this.#hitsPublish) return;
     this.#hitsPublish = true;
     setImmediate(() => {
       this.#hitsPublish = false;
-      for (const [s, n] of this.#hitBlocks.entries()) {
-        if (n === 0) continue;
-        this.#hitBlocks[s] = 0;
+      for (const [s, k] of this.#hitCounts.entries()) {
+        if (k.reads === 0) continue;
         const c = this.#stripes.rings[s]!.counters;
-        c.add('read_blocks', n);
-        c.add('read_hits', n);
+        c.add('read_blocks', k.reads);
+        if (k.hits) c.add('read_hits', k.hits);
+        if (k.origin) { c.add('origin_reads', k.origin); c.add('origin_read_bytes', k.originBytes); }
+        k.reads = k.hits = k.origin = k.originBytes = 0;
       }
     });
   }

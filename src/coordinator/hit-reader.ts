@@ -12,12 +12,13 @@
 // after the read, so bytes of a segment GC freed and reused meanwhile are never served. It is off
 // where that is not enough: direct I/O (nothing is in the page cache, and a synchronous device
 // read would stall every connection), dataCrc (blocks are verified by the stripe), a failed cache
-// device (poisoned extents), and while a respawned stripe rebuilds its index.
+// device (poisoned extents), and while a respawned stripe rebuilds its index. In passthrough mode
+// a range the index holds nothing of is read from a buffered file origin the same way.
 
 import { blocks } from '../cache/data-runs.js';
 import { dataOffset } from '../cache/layout.js';
 import type { Geometry } from '../cache/log.js';
-import type { CacheShared } from '../cache/shared.js';
+import { MODE_PASSTHROUGH, type CacheShared } from '../cache/shared.js';
 import { ExtentFlag, ExtentIndex } from '../cache/index/extent-index.js';
 import { segmentLive } from '../cache/liveness.js';
 import { SUBTREE_SIZE } from '../ring/layout.js';
@@ -34,8 +35,13 @@ export interface HitReaderDeps {
   geometry: Geometry;
   /** Every stripe's index (the coordinator's own copies of the shared memory). */
   indexes: readonly ExtentIndex[];
-  /** Counts a served hit on the stripe that owns the range (read_blocks and read_hits, in blocks). */
-  count: (stripe: number, blocks: number) => void;
+  /**
+   * A buffered file origin's read-only descriptor, for reads in passthrough mode of ranges the
+   * cache holds nothing of (null: an NBD or direct-I/O origin, whose reads stay with the stripes).
+   */
+  originFd: number | null;
+  /** Counts a served read on the stripe that owns the range: its blocks, as hits or as origin reads. */
+  count: (stripe: number, blocks: number, hit: boolean, bytes: number) => void;
 }
 
 export class HitReader {
@@ -87,13 +93,28 @@ export class HitReader {
     const pieces = this.#indexes[stripe]!.tryLookup(off, len);
     if (pieces === null || pieces.length !== 1) return this.#decline();
     const e = pieces[0]!;
+    if (e.flags === -1 && e.len === len && d.originFd !== null && d.sh.mode === MODE_PASSTHROUGH) return this.#readOrigin(stripe, off, len, dst);
     if ((e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || (e.flags & (ExtentFlag.POISON | ExtentFlag.EMPTY)) !== 0 || e.len !== len) return this.#decline();
     const gens = d.sh.gen;
     if (!segmentLive(gens, e.seg, e.gen)) return this.#decline();
     const n = d.preadNowait(d.fd, dst, dataOffset(e.seg, e.segOff, d.geometry.segmentSize));
     // GC may have freed and reused the segment while we read; a device failure poisons what it held.
     if (n !== len || !segmentLive(gens, e.seg, e.gen) || d.sh.failed !== 0) return this.#decline();
-    d.count(stripe, blocks(len));
+    d.count(stripe, blocks(len), true, len);
+    this.served++;
+    return true;
+  }
+
+  /**
+   * Passthrough mode, nothing of the range cached: the origin file's page cache answers, as the
+   * stripe's miss would (it promotes nothing in this mode). A write acknowledged before this read
+   * was written to the origin first, so its data is there; a mode switch during the read declines.
+   */
+  #readOrigin(stripe: number, off: number, len: number, dst: Uint8Array): boolean {
+    const d = this.#d;
+    const n = d.preadNowait(d.originFd!, dst, off);
+    if (n !== len || d.sh.mode !== MODE_PASSTHROUGH || d.sh.failed !== 0) return this.#decline();
+    d.count(stripe, blocks(len), false, len);
     this.served++;
     return true;
   }
