@@ -1,5 +1,6 @@
 // Read hits served on the coordinator's thread (src/coordinator/hit-reader.ts), through the real
-// daemon: they are counted as hits and their data is right; with PCACHED_COORDINATOR_HITS=off
+// daemon (page-cache hits read at once, direct-I/O hits through the coordinator's own ring):
+// they are counted as hits and their data is right; with PCACHED_COORDINATOR_HITS=off
 // the stripes serve the same reads; a read that follows an acknowledged write never returns an
 // older version, while GC frees and reuses segments under the reads; after `detach` nothing is
 // served from the released cache (a write to the origin is read back, not the cached copy).
@@ -55,14 +56,17 @@ async function readVersions(c: NbdTestClient, from: number, n: number): Promise<
   });
 }
 
-for (const mode of ['on', 'off'] as const) {
-  test(`read hits with coordinator hits ${mode}: data right, counted as hits${mode === 'on' ? ', answered without a stripe' : ', all by the stripes'}`, async (t) => {
+for (const [mode, direct] of [['on', 'off'], ['off', 'off'], ['on', 'on'], ['off', 'on']] as const) {
+  test(`read hits with coordinator hits ${mode}, cacheDirectIo=${direct}: data right, counted as hits${mode === 'on' ? ', answered without a stripe' : ', all by the stripes'}`, async (t) => {
     const r = rig('64M', 64 * MiB);
-    await startServing(t, r.args, { cwd: r.dir, sock: r.sock, control: r.control, env: mode === 'off' ? { PCACHED_COORDINATOR_HITS: 'off' } : {} });
+    const env: Record<string, string> = { PCACHED_CACHE_DIRECT_IO: direct, ...(mode === 'off' ? { PCACHED_COORDINATOR_HITS: 'off' } : {}) };
+    await startServing(t, r.args, { cwd: r.dir, sock: r.sock, control: r.control, env });
     const c = await NbdTestClient.connect(r.sock, NAME);
     await writeBlocks(c, 0, 512, 7);
     const before = await counts(r.control);
-    const versions = await readVersions(c, 0, 512);
+    // 32 at a time, as a client at QD32 (the direct path keeps at most 64 in flight).
+    const versions: number[] = [];
+    for (let b = 0; b < 512; b += 32) versions.push(...await readVersions(c, b, 32));
     t.deepEqual(versions, Array.from({ length: 512 }, () => 7));
     // Counters are published once per turn: wait for them.
     const after = await waitFor('the hits counted', async () => { const a = await counts(r.control); return a.hits - before.hits >= 512 ? a : undefined; }, 10_000);
@@ -73,11 +77,11 @@ for (const mode of ['on', 'off'] as const) {
   });
 }
 
-test('a read after an acknowledged write never sees an older version, while GC reuses segments under the inline hits', async (t) => {
+for (const direct of ['off', 'on'] as const) test(`cacheDirectIo=${direct}: a read after an acknowledged write never sees an older version, while GC reuses segments under the inline hits`, async (t) => {
   t.timeout(240_000);
   // 16 MiB of cache under 40 MiB of overwritten blocks: writeback and GC free segments all along.
   const r = rig('16M', 64 * MiB);
-  await startServing(t, r.args, { cwd: r.dir, sock: r.sock, control: r.control });
+  await startServing(t, r.args, { cwd: r.dir, sock: r.sock, control: r.control, env: { PCACHED_CACHE_DIRECT_IO: direct } });
   const c = await NbdTestClient.connect(r.sock, NAME);
   const BLOCKS = (40 * MiB) / STAMP_BLOCK;
   const LANES = 16;

@@ -3,7 +3,7 @@
 // threads (piscina pools of one thread each), and the cache's part of status and messages.
 
 import fs from 'node:fs';
-import { ioBackendUnavailableReason, openAsyncIo } from '../io/async-io.js';
+import { ioBackendUnavailableReason, openAsyncIo, type AsyncIo } from '../io/async-io.js';
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import type { CacheConfig, CacheMode } from '../config/types.js';
@@ -21,6 +21,8 @@ import { CounterBlock, CACHE_WORKER_COUNTERS } from '../stats/counters.js';
 import { PcachedError } from '../util/errors.js';
 import { native } from '../native/index.js';
 import { HitReader, type HitReaderDeps } from './hit-reader.js';
+import { DirectHits, type DirectHitsDeps } from './direct-hits.js';
+import { canAlign } from '../io/aligned.js';
 import type { CacheWorkerData } from '../../workers/writeback.js';
 import { promotionHits } from '../../config/schema.js';
 
@@ -395,6 +397,22 @@ export class CacheRuntime {
 
   #hits: { fds: number[]; reader: HitReader } | null = null;
 
+  /**
+   * The coordinator's own asynchronous read of hits on a direct-I/O cache device (direct-hits.ts),
+   * or null: buffered I/O (hitReader serves those), dataCrc, no aligned buffers, or
+   * PCACHED_COORDINATOR_HITS=off.
+   */
+  directHits(count: DirectHitsDeps['count']): DirectHits | null {
+    if (!this.#dev.isDirect || this.#opened.blockCrc !== null || !canAlign() || process.env.PCACHED_COORDINATOR_HITS === 'off') return null;
+    const fd = fs.openSync(this.#path, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+    const io = openAsyncIo();
+    const reader = new DirectHits({ io, fd, sh: this.#opened.shared, geometry: this.#opened.geometry, indexes: this.#opened.indexes, count });
+    this.#direct = { fd, io, reader };
+    return reader;
+  }
+
+  #direct: { fd: number; io: AsyncIo; reader: DirectHits } | null = null;
+
   async close(): Promise<void> {
     await this.stopWorkers();
     if (this.#hits) {
@@ -402,6 +420,13 @@ export class CacheRuntime {
       this.#hits.reader.disable();
       for (const fd of this.#hits.fds) fs.closeSync(fd);
       this.#hits = null;
+    }
+    if (this.#direct) {
+      this.#direct.reader.disable();
+      // Completes every read in flight (they answer null: their requests go to the stripes, or die with them).
+      this.#direct.io.close();
+      fs.closeSync(this.#direct.fd);
+      this.#direct = null;
     }
     this.#dev.close();
   }

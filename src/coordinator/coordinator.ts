@@ -28,6 +28,7 @@ import { promotionHits } from '../../config/schema.js';
 import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
 import type { HitReader } from './hit-reader.js';
+import type { DirectHits } from './direct-hits.js';
 import { releaseDevice } from './ownership.js';
 import { basename } from 'node:path';
 import { CACHE_ONLY_MESSAGES, RuntimeTunables, TUNABLE_MESSAGES, type TableRow } from './tunables.js';
@@ -79,6 +80,7 @@ export class Coordinator {
   readonly #sequential: SequentialDetector | null;
   /** Read hits served on this thread (hit-reader.ts); their counts go to the owning stripe's counters once per turn. */
   readonly #hits: HitReader | null;
+  readonly #directHits: DirectHits | null;
   readonly #hitCounts: { hits: number; origin: number; originBytes: number; reads: number }[];
   #hitsPublish = false;
   readonly counters: CounterBlock<CoordinatorCounter>;
@@ -109,6 +111,7 @@ export class Coordinator {
     this.#sequential = cacheRt ? new SequentialDetector(cache.sequentialCutoff) : null;
     this.#hitCounts = stripes.rings.map(() => ({ hits: 0, origin: 0, originBytes: 0, reads: 0 }));
     this.#hits = cacheRt ? cacheRt.hitReader(originSpecFor(cache), (stripe, blocks, hit, bytes) => this.#countHit(stripe, blocks, hit, bytes)) : null;
+    this.#directHits = cacheRt ? cacheRt.directHits((stripe, blocks) => this.#countHit(stripe, blocks, true, 0)) : null;
     this.#log = log;
     this.counters = new CounterBlock(COORDINATOR_COUNTERS);
     this.#exp = { name: cache.name, description: describe(cache), size: facts.size, readOnly: cache.readOnly || facts.readOnly };
@@ -242,7 +245,7 @@ export class Coordinator {
     c.add('connections_total', 1);
     c.add('connections_open', 1);
     const ctx: SessionContext = {
-      exp: this.#exp, tls: this.#cache.tls, tlsCredentials: this.#tls, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures, sequential: this.#sequential, hits: this.#hits,
+      exp: this.#exp, tls: this.#cache.tls, tlsCredentials: this.#tls, stripes: this.#stripes, counters: c, flow: this.#flow, log: this.#log, failures: this.#failures, sequential: this.#sequential, hits: this.#hits, directHits: this.#directHits,
       closed: (s) => {
         if (this.#sessions.delete(s)) c.add('connections_open', -1);
       },
@@ -497,6 +500,7 @@ export class Coordinator {
     }
     // From here on writes may reach the origin without the index: no hit is served from it.
     this.#hits?.disable();
+    this.#directHits?.disable();
     rt.shared.markDetached();
     await this.#stripes.detachCache();
     await rt.stopWorkers();

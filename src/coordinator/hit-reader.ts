@@ -19,7 +19,7 @@ import { blocks } from '../cache/data-runs.js';
 import { dataOffset } from '../cache/layout.js';
 import type { Geometry } from '../cache/log.js';
 import { MODE_PASSTHROUGH, type CacheShared } from '../cache/shared.js';
-import { ExtentFlag, ExtentIndex } from '../cache/index/extent-index.js';
+import { ExtentFlag, ExtentIndex, type Extent } from '../cache/index/extent-index.js';
 import { segmentLive } from '../cache/liveness.js';
 import { SUBTREE_SIZE } from '../ring/layout.js';
 import { stripeOf } from './router.js';
@@ -90,13 +90,11 @@ export class HitReader {
     const d = this.#d;
     if (this.#off || len > MAX_HIT_BYTES || d.sh.failed !== 0 || Math.floor(off / SUBTREE_SIZE) !== Math.floor((off + len - 1) / SUBTREE_SIZE)) return this.#decline();
     const stripe = stripeOf(off, this.#indexes.length);
-    const pieces = this.#indexes[stripe]!.tryLookup(off, len);
-    if (pieces === null || pieces.length !== 1) return this.#decline();
-    const e = pieces[0]!;
+    const e = onePiece(this.#indexes[stripe]!, off, len);
+    if (e === null) return this.#decline();
     if (e.flags === -1 && e.len === len && d.originFd !== null && d.sh.mode === MODE_PASSTHROUGH) return this.#readOrigin(stripe, off, len, dst);
-    if ((e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) === 0 || (e.flags & (ExtentFlag.POISON | ExtentFlag.EMPTY)) !== 0 || e.len !== len) return this.#decline();
+    if (!servable(e, len, d.sh)) return this.#decline();
     const gens = d.sh.gen;
-    if (!segmentLive(gens, e.seg, e.gen)) return this.#decline();
     const n = d.preadNowait(d.fd, dst, dataOffset(e.seg, e.segOff, d.geometry.segmentSize));
     // GC may have freed and reused the segment while we read; a device failure poisons what it held.
     if (n !== len || !segmentLive(gens, e.seg, e.gen) || d.sh.failed !== 0) return this.#decline();
@@ -130,4 +128,15 @@ export class HitReader {
     this.declined++;
     return false;
   }
+}
+
+/** The one piece (extent or gap, flags -1) [off, off+len) is, or null: several, or the subtree busy. */
+export function onePiece(index: ExtentIndex, off: number, len: number): Extent | null {
+  const pieces = index.tryLookup(off, len);
+  return pieces !== null && pieces.length === 1 ? pieces[0]! : null;
+}
+
+/** A live DIRTY or CLEAN extent covering all `len` bytes, whose cached data may be served. */
+export function servable(e: Extent, len: number, sh: CacheShared): boolean {
+  return (e.flags & (ExtentFlag.DIRTY | ExtentFlag.CLEAN)) !== 0 && (e.flags & (ExtentFlag.POISON | ExtentFlag.EMPTY)) === 0 && e.len === len && segmentLive(sh.gen, e.seg, e.gen);
 }

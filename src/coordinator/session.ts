@@ -21,6 +21,7 @@ import { splitRequest, firstSubtreeLength, stripeOf } from './router.js';
 import { Io, errorReply, errnoName, readReplyHeaderSize, writeReadReplyHeader, type IoWork, type ReplySink } from './io.js';
 import type { SequentialDetector } from './sequential.js';
 import type { HitReader } from './hit-reader.js';
+import type { DirectHits } from './direct-hits.js';
 import type { StripeSet } from './stripes.js';
 import type { CounterBlock, CoordinatorCounter } from '../stats/counters.js';
 import type { FlowBudget } from './flow.js';
@@ -64,6 +65,8 @@ export interface SessionContext {
   sequential: SequentialDetector | null;
   /** Read hits the page cache holds, served without a stripe (null: off, see hit-reader.ts). */
   hits: HitReader | null;
+  /** Read hits on a direct-I/O cache device, read by the coordinator itself (null: off, see direct-hits.ts). */
+  directHits: DirectHits | null;
   closed(session: Session): void;
 }
 
@@ -332,19 +335,38 @@ export class Session implements ReplySink {
           if ((req.flags & CmdFlag.NO_HOLE) !== 0) flags |= StripeFlag.NO_HOLE;
           if ((req.flags & CmdFlag.FAST_ZERO) !== 0) flags |= StripeFlag.FAST_ZERO;
         }
-        const withSlab = type === Cmd.READ || type === Cmd.WRITE;
-        const pieces = splitRequest(req.offset, length, stripes.count, withSlab ? stripes.maxPiece : undefined);
-        io.remaining = io.pieces = pieces.length;
-        if (pieces.length > 1) this.#ctx.counters.add('split_pieces', pieces.length);
-        const payload = type === Cmd.WRITE ? req.payload : null;
-        for (const p of pieces) {
-          this.#submit(io, op, flags, p.offset, p.length, p.delta, withSlab ? p.length : 0,
-            payload ? payload.subarray(p.delta, p.delta + p.length) : null, p.stripe);
+        if (type === Cmd.READ && this.#ctx.directHits !== null) {
+          const structured = st.structuredReplies;
+          const started = this.#ctx.directHits.read(req.offset, length, (data) => {
+            if (data === null) { this.#submitPieces(io, req, op, flags); return; }
+            const hdr = Buffer.allocUnsafe(readReplyHeaderSize(structured));
+            writeReadReplyHeader(hdr, structured, req.cookieHi, req.cookieLo, req.offset, length);
+            this.#ctx.counters.add('read_hits_inline', 1);
+            this.writeReply([hdr, data]);
+            this.completed(io);
+          });
+          if (started) break;
         }
+        this.#submitPieces(io, req, op, flags);
       }
     }
     if (this.#inflight >= MAX_SESSION_REQUESTS) this.#pause(Pause.INFLIGHT);
     return true;
+  }
+
+  /** Sends a READ, WRITE, TRIM, CACHE or WRITE_ZEROES to the stripes owning its pieces. */
+  #submitPieces(io: Io, req: NbdRequest, op: StripeOp, flags: number): void {
+    const stripes = this.#ctx.stripes;
+    const type = req.type, length = req.length;
+    const withSlab = type === Cmd.READ || type === Cmd.WRITE;
+    const pieces = splitRequest(req.offset, length, stripes.count, withSlab ? stripes.maxPiece : undefined);
+    io.remaining = io.pieces = pieces.length;
+    if (pieces.length > 1) this.#ctx.counters.add('split_pieces', pieces.length);
+    const payload = type === Cmd.WRITE ? req.payload : null;
+    for (const p of pieces) {
+      this.#submit(io, op, flags, p.offset, p.length, p.delta, withSlab ? p.length : 0,
+        payload ? payload.subarray(p.delta, p.delta + p.length) : null, p.stripe);
+    }
   }
 
   /** A read hit the page cache holds, answered at once (hit-reader.ts); false when a stripe must serve it. */
