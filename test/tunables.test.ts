@@ -44,6 +44,7 @@ test('every descriptor names a reloadable schema key; an integer message takes e
       t.deepEqual(TUNABLE_MESSAGES[verb], [d.shared!.field as keyof Tunables, info.min!, info.max!, d.key], verb);
     }
   }
+  for (const d of TABLE_TUNABLES) t.is(typeof d.show, 'function', `${d.key}: pcached table can show it`);
   t.throws(() => keyInfo('cache', 'flushOnSuspend'), { message: /no cache key/ }, 'a message-only tunable is not in the config file');
   // Every message of a tunable acts on the cache: after `detach` it gets the detached answer.
   for (const d of TUNABLE_DESCRIPTORS as readonly TunableDescriptor[]) {
