@@ -603,7 +603,7 @@ export function cacheSchema(form: 'file' | 'single', bindEnv: boolean): convict.
   return (bindEnv ? schema : withoutEnv(schema)) as unknown as convict.Schema<RawCache>;
 }
 
-// Where the stripe threads read it too (they must not load convict).
+// It lives with the tunable descriptors, which the cache threads load without convict.
 export { promotionHits } from '../src/config/tunable-descriptors.js';
 
 /** True for 127.0.0.0/8, ::1 and localhost: where metrics may listen without `metrics.allowRemote`. */
