@@ -153,7 +153,8 @@ export const MAX_GENERATION = 0x7ffffffe;
 /** Dual-slot sequence state before a record write, to undo it when the write may not have reached the media. */
 export interface RecordUndo { seq: number; newest: number }
 
-export class CacheShared implements GateHost {
+// Readonly<Tunables>: a tunable's descriptor without its getter here does not compile.
+export class CacheShared implements GateHost, Readonly<Tunables> {
   readonly sab: SharedArrayBuffer;
   readonly w: Int32Array;
   readonly b: BigInt64Array;

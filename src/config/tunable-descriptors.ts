@@ -9,7 +9,7 @@
 //
 // A new tunable: its schema entry, CacheConfig field and resolution (config/schema.ts,
 // src/config/types.ts, src/config/load.ts), as for any key; then one descriptor here, and for a
-// shared word a CacheShared getter of the field's name. Its code reads the getter.
+// shared word a CacheShared getter of the field's name (the compiler asks for it). Its code reads the getter.
 //
 // No heavy imports: the stripe, writeback and GC threads load this through src/cache/shared.ts,
 // so it must not pull in the schema (convict).
