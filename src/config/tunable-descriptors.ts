@@ -3,13 +3,15 @@
 // range and default; everything else about a tunable comes from its descriptor here: the shared
 // word the threads read it from and how the config value becomes that word (src/cache/shared.ts
 // lays the words out and stores them in one loop), the message that sets it, whose range is the
-// schema's (src/coordinator/tunables.ts), which keys a reload applies (src/coordinator/cache-runtime.ts,
-// RELOADABLE_CACHE_KEYS) and how `pcached table` shows it. test/tunables.test.ts checks the
-// descriptors against the schema.
+// schema's (src/coordinator/tunables.ts), which keys a reload applies (cache-runtime.ts,
+// RELOADABLE_CACHE_KEYS) and how `pcached table` shows it. A word's `initial` value repeats the
+// schema default (the threads cannot load the schema): test/tunables.test.ts checks the two
+// agree, and every descriptor against its schema key.
 //
 // A new tunable: its schema entry, CacheConfig field and resolution (config/schema.ts,
 // src/config/types.ts, src/config/load.ts), as for any key; then one descriptor here, and for a
-// shared word a CacheShared getter of the field's name (the compiler asks for it). Its code reads the getter.
+// shared word a CacheShared getter of the field's name (the compiler asks for it), which its code
+// reads.
 //
 // No heavy imports: the stripe, writeback and GC threads load this through src/cache/shared.ts,
 // so it must not pull in the schema (convict).
