@@ -11,6 +11,7 @@ import { CACHE_MODES, RELOADABLE_CACHE_KEYS, RELOADABLE_DAEMON_KEYS } from '../s
 import type { CacheConfig, DaemonConfig } from '../src/config/types.js';
 import { formatSize, parseSize } from '../src/util/size.js';
 import { isUri as isNbdUri } from '../src/nbd/uri.js';
+import { promotionHits } from '../src/config/tunable-descriptors.js';
 import { cacheAccessKeys, daemonAccessKeys, type RawCacheAccess, type RawDaemonAccess } from './access-schema.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -602,13 +603,8 @@ export function cacheSchema(form: 'file' | 'single', bindEnv: boolean): convict.
   return (bindEnv ? schema : withoutEnv(schema)) as unknown as convict.Schema<RawCache>;
 }
 
-/** Misses before a block is promoted: 1 for `always`, N for `nhit:N` (2-16); null when malformed. */
-export function promotionHits(x: string): number | null {
-  if (x === 'always') return 1;
-  const m = /^nhit:(\d{1,2})$/.exec(x);
-  const n = m ? Number(m[1]) : NaN;
-  return n >= 2 && n <= 16 ? n : null;
-}
+// It lives with the tunable descriptors, which the cache threads load without convict.
+export { promotionHits } from '../src/config/tunable-descriptors.js';
 
 /** True for 127.0.0.0/8, ::1 and localhost: where metrics may listen without `metrics.allowRemote`. */
 export function isLoopbackHost(host: string): boolean {

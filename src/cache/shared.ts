@@ -13,6 +13,7 @@ import {
   COORDINATOR_OWNER, EIO, W_FAILED, W_FAILED_WHY, W_LOG_LOCK, W_SYNC_LOCK, lockWord, releaseWordOf, syncCache, syncCacheAsync, syncMark, unlockWord,
 } from './durability.js';
 import type { GateHost } from './durability.js';
+import { DEFAULT_TUNABLES, SHARED_TUNABLES, type Tunables } from '../config/tunable-descriptors.js';
 
 /** Segment states (the on-media segment info says the same, best effort; replay is the truth). */
 export const SEG_FREE = 0;
@@ -59,23 +60,12 @@ const W_WRITER_SEQ = 19;
 const W_SEGMENTS = 20;
 const W_LOG_RESERVE = 21;
 const W_BYTES_PER_BLOCK = 22;
-const W_AUTOCOMMIT_MS = 23;
-const W_FULL_WAIT_MS = 24;
-const W_FULL_MAX_WAIT_MS = 25;
 /** Bumped by the stripes once per batch that wrote: the writeback worker's sign of foreground I/O. */
 export const W_FOREGROUND = 26;
-const W_WB_PAUSE_MS = 27;
 /** The cache mode (MODE_*), read by the stripes per request: switching is one store. */
 const W_MODE = 28;
-const W_WB_JOBS = 29;
-// dm-writecache's controls (Int32 words 54-63 are free: 32-47 hold the BigInt words, 48-53 the records).
-const W_HIGH_WM = 54;
-const W_LOW_WM = 55;
-const W_MAX_AGE_MS = 56;
-const W_CLEANER = 57;
-const W_AUTOCOMMIT_BLOCKS = 58;
-/** Read misses a block needs before it is promoted (1: always). */
-const W_PROMOTE_HITS = 59;
+// Words 23-25, 27, 29 and 54-59 are free (the tunables' words were there); 32-47 hold the BigInt
+// words, 48-53 the records, 68-127 the tunables (below).
 /** Last time (ms, modulo 2^31) a write waited for cache space: writeback then ignores pause and rate. */
 const W_BLOCKED_AT = 60;
 /** Set by `pcached detach`: a stripe (re)starting after it serves without the cache. */
@@ -101,7 +91,7 @@ const B_KEY_TAIL_LSN = B_BASE + 1;
 const B_DIRTY_TAIL_LSN = B_BASE + 2;
 const B_DURABLE_LSN = B_BASE + 3;
 const B_DIRTY_BYTES = B_BASE + 4;
-const B_WB_RATE = B_BASE + 5;
+// B_BASE + 5 is free (the writeback rate was there).
 /** Sequence number of the last kset appended that ends an epoch (0: none since start). */
 const B_EPOCH_LSN = B_BASE + 6;
 
@@ -111,6 +101,27 @@ export const REC_KEY_TAIL = 50;
 export const REC_DIRTY_TAIL = 52;
 
 const HEADER_WORDS = 128;
+
+/**
+ * The tunables' words, laid out from their descriptors (src/config/tunable-descriptors.ts) in
+ * table order from word 68 on: an Int32 word each, a BigInt64 one on the next even word (its index
+ * in the BigInt64 view is half of it). Nothing outside one process sees this layout, so adding a
+ * tunable may move the words after it.
+ */
+export const TUNABLE_WORDS_FIRST = 68;
+export const TUNABLE_WORDS_END = HEADER_WORDS;
+export const TUNABLE_WORDS: Readonly<Record<keyof Tunables, number>> = (() => {
+  const out: Record<string, number> = {};
+  let next = TUNABLE_WORDS_FIRST;
+  for (const { shared } of SHARED_TUNABLES) {
+    if (shared.kind === 'int64') next += next % 2;
+    out[shared.field] = next;
+    next += shared.kind === 'int64' ? 2 : 1;
+  }
+  if (next > TUNABLE_WORDS_END) throw new Error(`the tunables need words ${TUNABLE_WORDS_FIRST}-${next - 1}; the header ends at ${TUNABLE_WORDS_END - 1}`);
+  return Object.freeze(out) as Record<keyof Tunables, number>;
+})();
+const TW = TUNABLE_WORDS;
 /** Per-segment words, one array each: state, references, generation, info seq/newest, gen seq/newest. */
 const SEG_ARRAYS = 7;
 
@@ -133,39 +144,8 @@ export interface SharedInit {
   tunables?: Partial<Tunables>;
 }
 
-/** Settings every thread reads live from the shared words, so a reload needs no messages. */
-export interface Tunables {
-  autocommitMs: number;
-  /** How long a write waits for GC to free space before it may bypass to the origin. */
-  cacheFullWaitMs: number;
-  /** A write over dirty data cannot bypass (writeback would reorder it); it fails with EIO after this long. */
-  cacheFullMaxWaitMs: number;
-  /** Writeback origin bytes per second, 0 = unlimited. */
-  writebackRate: number;
-  /**
-   * Writeback waits while the stripes saw writes within this many milliseconds and segment use is
-   * below gc_percent (dm-writecache's pause_writeback): background origin I/O then does not take
-   * CPU and device time from the foreground until space is needed. 0 = never pause.
-   */
-  writebackPauseMs: number;
-  /** Origin requests writeback keeps in flight (`writeback.jobs`). */
-  writebackJobs: number;
-  /** Percent of cache blocks dirty at which writeback runs at full speed (no pause, no rate) ... */
-  highWatermark: number;
-  /** ... until it is down to this. */
-  lowWatermark: number;
-  /** No dirty data older than this many ms: writeback runs at full speed past it (0: no limit). */
-  maxAgeMs: number;
-  /** dm-writecache's cleaner: writes are not cached (they go to the origin), everything is written back. */
-  cleaner: boolean;
-  /** A commit round starts once this many 4 KiB blocks wait uncommitted (dm-writecache's autocommit_blocks). */
-  autocommitBlocks: number;
-  /** Admission: a read miss promotes its block on the block's N-th miss (1: every miss). */
-  promoteHits: number;
-}
-
-export const DEFAULT_TUNABLES: Tunables = { autocommitMs: 1000, cacheFullWaitMs: 2000, cacheFullMaxWaitMs: 60_000, writebackRate: 0, writebackPauseMs: 1000, writebackJobs: 16,
-  highWatermark: 50, lowWatermark: 45, maxAgeMs: 0, cleaner: false, autocommitBlocks: 65_536, promoteHits: 1 };
+// The tunables (their words, the Tunables fields and defaults) come from their descriptors.
+export { DEFAULT_TUNABLES, type Tunables };
 
 /** Generations live in an Int32Array: the on-media u64 is bounded to this (docs/format.md §4). */
 export const MAX_GENERATION = 0x7ffffffe;
@@ -173,7 +153,8 @@ export const MAX_GENERATION = 0x7ffffffe;
 /** Dual-slot sequence state before a record write, to undo it when the write may not have reached the media. */
 export interface RecordUndo { seq: number; newest: number }
 
-export class CacheShared implements GateHost {
+// Readonly<Tunables>: a tunable's descriptor without its getter here does not compile.
+export class CacheShared implements GateHost, Readonly<Tunables> {
   readonly sab: SharedArrayBuffer;
   readonly w: Int32Array;
   readonly b: BigInt64Array;
@@ -282,18 +263,19 @@ export class CacheShared implements GateHost {
 
   get gcPercent(): number { return Atomics.load(this.w, W_GC_PERCENT); }
   set gcPercent(v: number) { Atomics.store(this.w, W_GC_PERCENT, v); this.kick(W_KICK_GC); }
-  get autocommitMs(): number { return Atomics.load(this.w, W_AUTOCOMMIT_MS); }
-  get cacheFullWaitMs(): number { return Atomics.load(this.w, W_FULL_WAIT_MS); }
-  get cacheFullMaxWaitMs(): number { return Atomics.load(this.w, W_FULL_MAX_WAIT_MS); }
-  get writebackRate(): number { return Number(Atomics.load(this.b, B_WB_RATE)); }
-  get writebackPauseMs(): number { return Atomics.load(this.w, W_WB_PAUSE_MS); }
-  get writebackJobs(): number { return Atomics.load(this.w, W_WB_JOBS); }
-  get highWatermark(): number { return Atomics.load(this.w, W_HIGH_WM); }
-  get lowWatermark(): number { return Atomics.load(this.w, W_LOW_WM); }
-  get maxAgeMs(): number { return Atomics.load(this.w, W_MAX_AGE_MS); }
-  get cleaner(): boolean { return Atomics.load(this.w, W_CLEANER) !== 0; }
-  get autocommitBlocks(): number { return Atomics.load(this.w, W_AUTOCOMMIT_BLOCKS); }
-  get promoteHits(): number { return Atomics.load(this.w, W_PROMOTE_HITS); }
+  // The tunables (descriptors: src/config/tunable-descriptors.ts).
+  get autocommitMs(): number { return Atomics.load(this.w, TW.autocommitMs); }
+  get cacheFullWaitMs(): number { return Atomics.load(this.w, TW.cacheFullWaitMs); }
+  get cacheFullMaxWaitMs(): number { return Atomics.load(this.w, TW.cacheFullMaxWaitMs); }
+  get writebackRate(): number { return Number(Atomics.load(this.b, TW.writebackRate / 2)); }
+  get writebackPauseMs(): number { return Atomics.load(this.w, TW.writebackPauseMs); }
+  get writebackJobs(): number { return Atomics.load(this.w, TW.writebackJobs); }
+  get highWatermark(): number { return Atomics.load(this.w, TW.highWatermark); }
+  get lowWatermark(): number { return Atomics.load(this.w, TW.lowWatermark); }
+  get maxAgeMs(): number { return Atomics.load(this.w, TW.maxAgeMs); }
+  get cleaner(): boolean { return Atomics.load(this.w, TW.cleaner) !== 0; }
+  get autocommitBlocks(): number { return Atomics.load(this.w, TW.autocommitBlocks); }
+  get promoteHits(): number { return Atomics.load(this.w, TW.promoteHits); }
   get epochsPending(): number { return Atomics.load(this.w, W_EPOCHS_PENDING); }
   addEpochsPending(n: number): void { Atomics.add(this.w, W_EPOCHS_PENDING, n); }
   get originFlushFails(): number { return Atomics.load(this.w, W_ORIGIN_FLUSH_FAILS); }
@@ -311,20 +293,13 @@ export class CacheShared implements GateHost {
     return age < ms;
   }
   setTunables(t: Partial<Tunables>): void {
-    if (t.autocommitMs !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_MS, t.autocommitMs);
-    if (t.cacheFullWaitMs !== undefined) Atomics.store(this.w, W_FULL_WAIT_MS, t.cacheFullWaitMs);
-    if (t.cacheFullMaxWaitMs !== undefined) Atomics.store(this.w, W_FULL_MAX_WAIT_MS, t.cacheFullMaxWaitMs);
-    if (t.writebackRate !== undefined) Atomics.store(this.b, B_WB_RATE, BigInt(t.writebackRate));
-    if (t.writebackPauseMs !== undefined) Atomics.store(this.w, W_WB_PAUSE_MS, t.writebackPauseMs);
-    if (t.writebackJobs !== undefined) Atomics.store(this.w, W_WB_JOBS, t.writebackJobs);
-    if (t.highWatermark !== undefined) Atomics.store(this.w, W_HIGH_WM, t.highWatermark);
-    if (t.lowWatermark !== undefined) Atomics.store(this.w, W_LOW_WM, t.lowWatermark);
-    if (t.maxAgeMs !== undefined) Atomics.store(this.w, W_MAX_AGE_MS, t.maxAgeMs);
-    if (t.autocommitBlocks !== undefined) Atomics.store(this.w, W_AUTOCOMMIT_BLOCKS, t.autocommitBlocks);
-    if (t.promoteHits !== undefined) Atomics.store(this.w, W_PROMOTE_HITS, t.promoteHits);
-    if (t.cleaner !== undefined) {
-      Atomics.store(this.w, W_CLEANER, t.cleaner ? 1 : 0);
-      this.kick(W_KICK_WB);
+    for (const { shared } of SHARED_TUNABLES) {
+      const v = t[shared.field];
+      if (v === undefined) continue;
+      const word = TW[shared.field];
+      if (shared.kind === 'int64') Atomics.store(this.b, word / 2, BigInt(v));
+      else Atomics.store(this.w, word, typeof v === 'boolean' ? Number(v) : v);
+      if (shared.kickWriteback) this.kick(W_KICK_WB);
     }
   }
 

@@ -1,6 +1,8 @@
 // The validated, resolved shape of the configuration. config/schema.ts (convict) produces it;
 // everything else consumes only these types.
 
+import { TUNABLE_TOP_KEYS } from './tunable-descriptors.js';
+
 export const CACHE_MODES = ['writeback', 'writethrough', 'writearound', 'passthrough', 'writeonly'] as const;
 export type CacheMode = (typeof CACHE_MODES)[number];
 
@@ -107,9 +109,7 @@ export interface DaemonConfig {
   caches: CacheConfig[];
 }
 
-/** Keys of a cache that SIGHUP may change on a running coordinator. */
-export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = [
-  'description', 'originTimeoutMs', 'maxConnections', 'gcPercent', 'sequentialCutoff', 'autocommit', 'writeback', 'cacheFullWaitMs', 'mode', 'pauseWritebackMs', 'highWatermark', 'lowWatermark', 'maxAgeMs', 'cleaner', 'promotion',
-];
+/** Keys of a cache that SIGHUP may change on a running coordinator: the description and every tunable. */
+export const RELOADABLE_CACHE_KEYS: ReadonlyArray<keyof CacheConfig> = ['description', ...TUNABLE_TOP_KEYS] as (keyof CacheConfig)[];
 /** Daemon-wide keys SIGHUP may change. */
 export const RELOADABLE_DAEMON_KEYS: ReadonlyArray<keyof DaemonConfig> = ['logLevel'];

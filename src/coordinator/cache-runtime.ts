@@ -24,7 +24,7 @@ import { HitReader, type HitReaderDeps } from './hit-reader.js';
 import { DirectHits, type DirectHitsDeps } from './direct-hits.js';
 import { canAlign } from '../io/aligned.js';
 import type { CacheWorkerData } from '../../workers/writeback.js';
-import { promotionHits } from '../../config/schema.js';
+import { changedSharedKeys, tunablesOf } from '../config/tunable-descriptors.js';
 
 const WRITEBACK_URL = new URL('../../workers/writeback.js', import.meta.url);
 const GC_URL = new URL('../../workers/gc.js', import.meta.url);
@@ -113,15 +113,6 @@ export const WRITECACHE_FIELDS: readonly (keyof WritecacheStatus)[] = [
   'writeHitsCommitted', 'writeBypass', 'writeAllocations', 'writesBlockedOnFreelist', 'flushes', 'discards',
   'mode', 'dirtyBlocks', 'keyHead', 'dirtyTail', 'keyTail', 'segmentsUsed', 'gcPercent', 'epochsPending', 'writebackBytesPerSec', 'hitRatio',
 ];
-
-function tunablesOf(cache: CacheConfig) {
-  return {
-    autocommitMs: cache.autocommit.timeMs, autocommitBlocks: cache.autocommit.blocks, cacheFullWaitMs: cache.cacheFullWaitMs,
-    writebackRate: cache.writeback.rate, writebackPauseMs: cache.pauseWritebackMs, writebackJobs: cache.writeback.jobs,
-    highWatermark: cache.highWatermark, lowWatermark: cache.lowWatermark, maxAgeMs: cache.maxAgeMs, cleaner: cache.cleaner,
-    promoteHits: promotionHits(cache.promotion) ?? 1,
-  };
-}
 
 /**
  * Every thread picks its backend the same way (openAsyncIo), so one probe here says what the
@@ -310,16 +301,8 @@ export class CacheRuntime {
       this.setGcPercent(next.gcPercent);
       changed.push('gcPercent');
     }
-    const a = tunablesOf(prev), b = tunablesOf(next);
-    if (a.autocommitMs !== b.autocommitMs) changed.push('autocommit.timeMs');
-    if (a.cacheFullWaitMs !== b.cacheFullWaitMs) changed.push('cacheFullWaitMs');
-    if (a.writebackRate !== b.writebackRate) changed.push('writeback.rate');
-    if (a.writebackPauseMs !== b.writebackPauseMs) changed.push('pauseWritebackMs');
-    if (a.writebackJobs !== b.writebackJobs) changed.push('writeback.jobs');
-    if (a.autocommitBlocks !== b.autocommitBlocks) changed.push('autocommit.blocks');
-    for (const k of ['highWatermark', 'lowWatermark', 'maxAgeMs', 'cleaner'] as const) if (a[k] !== b[k]) changed.push(k);
-    if (a.promoteHits !== b.promoteHits) changed.push('promotion');
-    this.#opened.shared.setTunables(b);
+    changed.push(...changedSharedKeys(prev, next));
+    this.#opened.shared.setTunables(tunablesOf(next));
     return changed;
   }
 

@@ -24,7 +24,7 @@ import { errnoName } from './io.js';
 import { NbdErr } from '../nbd/constants.js';
 import { unlinkSync } from 'node:fs';
 import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
-import { promotionHits } from '../../config/schema.js';
+import { promotionHits } from '../config/tunable-descriptors.js';
 import { FAULT_READS, FAULT_WRITES } from '../cache/shared.js';
 import { SequentialDetector } from './sequential.js';
 import type { HitReader } from './hit-reader.js';

@@ -7,47 +7,13 @@
 
 import type { CacheConfig } from '../config/types.js';
 import { keyInfo, valueAt } from '../../config/schema.js';
-import { formatBytes } from '../util/size.js';
+import { SHARED_TUNABLES, TABLE_TUNABLES, type Tunables } from '../config/tunable-descriptors.js';
 
 /** Where a running value came from, as the coordinator knows it (the supervisor refines `config`). */
 export type TunableSource = 'config' | 'message' | 'detach' | 'default' | 'cache file';
 
-export interface TunableInfo {
-  /** Config key, dotted for a group (`writeback.jobs`); null for a message-only setting. */
-  key: string;
-  /** The message that sets it, if any (dm-writecache's name). */
-  message?: string;
-  /** How `pcached table` prints the value. */
-  show: (v: unknown) => string;
-  /** Not in the config file: the coordinator's own state (flush_on_suspend). */
-  messageOnly?: boolean;
-}
-
-const ms = (v: unknown): string => `${String(v)} ms`;
-const plain = (v: unknown): string => String(v);
-const onOff = (v: unknown): string => (v ? 'on' : 'off');
-const pct = (v: unknown): string => `${String(v)} %`;
-
-/** Every tunable a running cache has, in the order `pcached table` prints them. */
-export const TUNABLES: readonly TunableInfo[] = [
-  { key: 'mode', message: 'mode', show: plain },
-  { key: 'cleaner', message: 'cleaner', show: onOff },
-  { key: 'gcPercent', message: 'gc_percent', show: pct },
-  { key: 'highWatermark', message: 'high_watermark', show: pct },
-  { key: 'lowWatermark', message: 'low_watermark', show: pct },
-  { key: 'writeback.jobs', message: 'writeback_jobs', show: plain },
-  { key: 'writeback.rate', show: (v) => (v === 0 ? 'unlimited' : `${formatBytes(Number(v))}/s`) },
-  { key: 'pauseWritebackMs', message: 'pause_writeback', show: ms },
-  { key: 'maxAgeMs', message: 'max_age', show: (v) => (v === 0 ? 'off' : ms(v)) },
-  { key: 'autocommit.blocks', message: 'autocommit_blocks', show: plain },
-  { key: 'autocommit.timeMs', message: 'autocommit_time', show: ms },
-  { key: 'promotion', message: 'promotion', show: plain },
-  { key: 'sequentialCutoff', show: (v) => (v === 0 ? 'off' : formatBytes(Number(v))) },
-  { key: 'cacheFullWaitMs', show: ms },
-  { key: 'maxConnections', show: plain },
-  { key: 'originTimeoutMs', show: ms },
-  { key: 'flushOnSuspend', message: 'flush_on_suspend', show: onOff, messageOnly: true },
-];
+/** Every tunable a running cache has, in the order `pcached table` prints them (src/config/tunable-descriptors.ts). */
+export const TUNABLES = TABLE_TUNABLES;
 
 const FLUSH_ON_SUSPEND = 'flushOnSuspend';
 
@@ -56,32 +22,20 @@ export function overridesAfterReload(overrides: Record<string, unknown>, before:
   return Object.fromEntries(Object.entries(overrides).filter(([k]) => k === FLUSH_ON_SUSPEND || valueAt(before, k) === valueAt(after, k)));
 }
 
-/** [the shared word the answer names, the config key the message sets]. */
-const NUMERIC_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, string]> = {
-  high_watermark: ['highWatermark', 'highWatermark'],
-  low_watermark: ['lowWatermark', 'lowWatermark'],
-  writeback_jobs: ['writebackJobs', 'writeback.jobs'],
-  autocommit_blocks: ['autocommitBlocks', 'autocommit.blocks'],
-  autocommit_time: ['autocommitMs', 'autocommit.timeMs'],
-  max_age: ['maxAgeMs', 'maxAgeMs'],
-  pause_writeback: ['writebackPauseMs', 'pauseWritebackMs'],
-  pause_writeback_ms: ['writebackPauseMs', 'pauseWritebackMs'],
-};
-
 /**
- * dm-writecache's numeric controls as messages (their table-argument names): [the shared word the
- * answer names, min, max, the config key it sets], the range the schema's own (a message accepts
- * what the config file does). The value holds as the rule above says.
+ * dm-writecache's numeric controls as messages (their table-argument names, and aliases): [the
+ * shared word the answer names, min, max, the config key it sets], the range the schema's own (a
+ * message accepts what the config file does). The value holds as the rule above says.
  */
-export const TUNABLE_MESSAGES: Record<string, [keyof import('../cache/shared.js').Tunables, number, number, string]> = Object.fromEntries(
-  Object.entries(NUMERIC_MESSAGES).map(([verb, [word, key]]) => {
-    const info = keyInfo('cache', key);
-    return [verb, [word, info.min!, info.max!, key]];
+export const TUNABLE_MESSAGES: Record<string, [keyof Tunables, number, number, string]> = Object.fromEntries(
+  SHARED_TUNABLES.filter((d) => d.messageArg === 'integer' && d.key !== null).flatMap((d) => {
+    const info = keyInfo('cache', d.key!);
+    return [d.message!, ...(d.aliases ?? [])].map((verb) => [verb, [d.shared.field, info.min!, info.max!, d.key!]]);
   }),
 );
 
 /** Messages that act on the cache: after `detach` they get a clear answer, not "unknown message". */
-export const CACHE_ONLY_MESSAGES = new Set(['mode', 'cleaner', 'promotion', 'flush_on_suspend', 'gc_percent', 'debug_cache_faults', ...Object.keys(TUNABLE_MESSAGES)]);
+export const CACHE_ONLY_MESSAGES = new Set(['debug_cache_faults', ...TUNABLES.flatMap((t) => (t.message ? [t.message, ...(t.aliases ?? [])] : []))]);
 
 export interface TableRow {
   key: string;
