@@ -11,7 +11,7 @@ import type { Geometry } from './log.js';
 import type { CacheShared } from './shared.js';
 import type { Alloc, WriteFailed } from './allocator.js';
 import { FAIL_DATA_WRITE } from './durability.js';
-import { NbdErr } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 
 export type Done = (errno: number) => void;
 
@@ -152,7 +152,7 @@ export class DataRuns {
       this.#failed = false;
       return;
     }
-    const errno = this.#failed ? NbdErr.EIO : 0;
+    const errno = this.#failed ? Errno.EIO : 0;
     this.#failed = false;
     const acks = this.#acks;
     this.#acks = [];
