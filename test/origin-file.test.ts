@@ -1,6 +1,6 @@
 // The file origin on sparse temp files, once with the addon and once with the portable
-// fallback (native: null), plus errno mapping, the PCACHED_NO_NATIVE switch end to end, and
-// a loop block device when this machine allows one.
+// fallback (native: null), plus the PCACHED_NO_NATIVE switch end to end, and a loop block
+// device when this machine allows one. Errno conversion and mapping: errno.test.ts.
 
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
@@ -10,15 +10,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { native as loadedNative, type NativeBinding } from '../src/native/index.js';
-import { nbdErrFromErrno, nbdErrFromErrnoName, nbdErrFromError } from '../src/origin/errno.js';
 import { openFileOrigin } from '../src/origin/file.js';
 import type { Done, Extent, Origin, ZeroFlags } from '../src/origin/types.js';
 import { isPcachedError } from '../src/util/errors.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-// NBD wire values, spelled out so the test does not share the code's constants.
-const OK = 0, EPERM = 1, EIO = 5, ENOMEM = 12, EINVAL = 22, ENOSPC = 28, ENOTSUP = 95, ESHUTDOWN = 108;
+// Linux errnos, spelled out so the test does not share the code's constants.
+const OK = 0, EPERM = 1, EINVAL = 22, ENOSPC = 28, ENOTSUP = 95, ESHUTDOWN = 108;
 const DATA = 0, HOLE = 3;
 
 /** Calls an origin method and resolves with its errno; the callback must run exactly once. */
@@ -302,39 +301,6 @@ test('unusable origins are refused with ERR_ORIGIN', async (t) => {
     t.true(isPcachedError(err, 'ERR_ORIGIN'), what);
     t.regex(err?.message ?? '', msg, what);
   }
-});
-
-test('errno values map to the NBD error set in one place', async (t) => {
-  const e = os.constants.errno;
-  const table: Array<[number, number]> = [
-    [e.EROFS, EPERM], [e.EPERM, EPERM], [e.EACCES, EPERM],
-    [e.ENOSPC, ENOSPC], [e.EDQUOT, ENOSPC], [e.EFBIG, ENOSPC],
-    [e.EOPNOTSUPP, ENOTSUP], [e.ENOTSUP, ENOTSUP],
-    [e.EINVAL, EINVAL], [e.ENOMEM, ENOMEM],
-    [e.EIO, EIO], [e.ENOENT, EIO], [e.EBADF, EIO], [e.ENXIO, EIO], [e.EAGAIN, EIO], [9999, EIO],
-  ];
-  for (const [errno, nbd] of table) {
-    t.is(nbdErrFromErrno(errno), nbd, `errno ${errno}`);
-    t.is(nbdErrFromErrno(-errno), nbd, `-errno ${errno} (the addon's form)`);
-  }
-  t.is(nbdErrFromErrnoName('EDQUOT'), ENOSPC);
-  t.is(nbdErrFromErrnoName('constructor'), EIO, 'no prototype lookups');
-
-  const thrown = (fn: () => unknown): unknown => {
-    try {
-      fn();
-    } catch (err) {
-      return err;
-    }
-    throw new Error('did not throw');
-  };
-  t.is(nbdErrFromError(thrown(() => fs.openSync('/nonexistent/pcached', 'r'))), EIO);
-  t.is(nbdErrFromError(thrown(() => fs.readSync(-5, Buffer.alloc(1)))), EINVAL, 'ERR_OUT_OF_RANGE');
-  t.is(nbdErrFromError(Object.assign(new Error('x'), { code: 'ENOSPC', errno: -28 })), ENOSPC);
-  t.is(nbdErrFromError(Object.assign(new Error('x'), { errno: -e.EROFS })), EPERM);
-  t.is(nbdErrFromError(new Error('plain')), EIO);
-  t.is(nbdErrFromError('a string'), EIO);
-  t.is(nbdErrFromError(null), EIO);
 });
 
 test('PCACHED_NO_NATIVE=1 selects the fallback end to end, inside a worker thread', async (t) => {

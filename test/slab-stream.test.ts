@@ -6,15 +6,17 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { StripeRing } from '../src/coordinator/stripe-ring.js';
-import { Io, type IoWork, type ReplySink } from '../src/coordinator/io.js';
+import { Io, statusReply, type IoWork, type ReplySink, type StatusRequest } from '../src/coordinator/io.js';
+import { nbdError } from '../src/nbd/errors.js';
 import { splitRequest, maxPieceFor } from '../src/coordinator/router.js';
-import { Cmd, CmdFlag, ChunkType, ReplyFlag, NbdErr } from '../src/nbd/constants.js';
+import { Cmd, CmdFlag, ChunkType, ReplyFlag } from '../src/nbd/constants.js';
 import { StripeOp, SLAB_PAGE } from '../src/ring/layout.js';
 import { FakeStripe } from './helpers/fake-stripe.js';
 
 const MiB = 1024 * 1024;
 const SIMPLE_MAGIC = 0x67446698;
 const CHUNK_MAGIC = 0x668e33ef;
+const EIO = 5;
 
 interface Reply { simple: { error: number; data: Buffer } | null; chunks: { flags: number; type: number; offset: number; data: Buffer }[] }
 
@@ -58,6 +60,10 @@ class Sink implements ReplySink {
 
   writeReply(bufs: Buffer[]): void {
     this.#record(Buffer.concat(bufs));
+  }
+
+  writeStatus(req: StatusRequest, errno: number, what: string): void {
+    this.#record(statusReply(req, nbdError(errno, { ...req, shuttingDown: false }), errno, what));
   }
 
   writeSlabReply(header: Buffer, work: IoWork): void {
@@ -224,7 +230,7 @@ test('a structured READ goes out piece by piece, DONE on the chunk of the last p
   const failing = submit(ring, sink, Cmd.READ, 0, 12 * MiB, { structured: true });
   stripe.take();
   stripe.complete(0);
-  stripe.complete(0, NbdErr.EIO);
+  stripe.complete(0, EIO);
   stripe.complete(0);
   sink.flush();
   const f = sink.replies.get(failing.cookieLo)!;

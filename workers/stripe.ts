@@ -14,7 +14,7 @@ import {
 import { CounterBlock, STRIPE_COUNTERS } from '../src/stats/counters.js';
 import { openOrigin } from '../src/origin/open.js';
 import type { Origin, Extent } from '../src/origin/types.js';
-import { NbdErr } from '../src/nbd/constants.js';
+import { Errno } from '../src/util/errno.js';
 import { createLogger } from '../src/daemon/logger.js';
 import { StripeEngine, type EngineCounter } from '../src/cache/engine.js';
 import { FileBlockDevice, type BlockDevice } from '../src/cache/blockdev.js';
@@ -144,7 +144,7 @@ function dispatch(o: Origin, base: number): void {
       return;
     }
     default:
-      complete(id, NbdErr.EINVAL, 0, inBatch);
+      complete(id, Errno.EINVAL, 0, inBatch);
   }
 }
 
@@ -204,7 +204,7 @@ function runBatch(o: Origin): number {
         // An origin must report errors through its callback; a throw is a bug, but it must
         // cost this request only, not the stripe.
         log.error({ err }, 'origin threw');
-        complete(ring[base + R_ID]!, NbdErr.EIO, 0, true);
+        complete(ring[base + R_ID]!, Errno.EIO, 0, true);
       }
     }
     // FLUSHes of this batch share one commit, and their completions this batch's doorbell.

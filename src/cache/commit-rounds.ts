@@ -17,7 +17,7 @@ import type { KeyJournal } from './journal.js';
 import type { DataHead, WriteFailed } from './allocator.js';
 import { BLOCK } from './data-runs.js';
 import type { Done } from './data-runs.js';
-import { NbdErr } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 import type { EngineCounter } from './engine-counters.js';
 
 /** What a round needs of the rest of the engine. */
@@ -167,7 +167,7 @@ export class CommitRounds {
     const fail = (): void => {
       this.hooks.failed();
       this.round = null;
-      this.endRound(waiters, NbdErr.EIO);
+      this.endRound(waiters, Errno.EIO);
     };
     const done = (): void => {
       this.round = null;
@@ -235,7 +235,7 @@ export class CommitRounds {
     const waiters = this.durableWaiters;
     this.durableWaiters = [];
     this.wantRound = false;
-    for (const d of waiters) d(NbdErr.EIO);
+    for (const d of waiters) d(Errno.EIO);
   }
 
   /**

@@ -19,7 +19,7 @@ import type { CacheShared } from './shared.js';
 import type { Alloc, WriteFailed } from './allocator.js';
 import { FAIL_DATA_WRITE } from './durability.js';
 import { segmentLive } from './liveness.js';
-import { NbdErr } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 
 export type Done = (errno: number) => void;
 
@@ -257,7 +257,7 @@ export class DataRuns {
     }
     const runs = this.#settled;
     this.#settled = [];
-    const errno = this.#failed ? NbdErr.EIO : 0;
+    const errno = this.#failed ? Errno.EIO : 0;
     if (this.#fifo.length === 0 && this.#bufs.length === 0) this.#failed = false;
     for (const r of runs) {
       for (const d of r.throughAcks) d(0);

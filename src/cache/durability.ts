@@ -14,6 +14,7 @@
 //     (a waiter would otherwise spin for ever).
 
 import type { BlockDevice } from './blockdev.js';
+import { Errno } from '../util/errno.js';
 
 // Int32 word indices in the cache's shared header (src/cache/shared.ts owns the rest).
 export const W_LOG_LOCK = 0;
@@ -35,8 +36,6 @@ export const FAIL_LOG_WRITE = 3;
 export const FAIL_META_WRITE = 4;
 export const FAIL_REPLAY = 5;
 export const FAIL_WHY = ['', 'a sync (fdatasync) failed', 'a data write failed', 'a key log write failed', 'a metadata write failed', 'the sync after replay failed'] as const;
-
-export const EIO = 5;
 
 /** Owner ids of the threads of one cache: stripe i is STRIPE_OWNER + i. */
 export const STRIPE_OWNER = 1;
@@ -107,7 +106,7 @@ function endSync(h: GateHost, n: number, head: number, err: unknown): void {
   const w = h.w;
   if (err) {
     Atomics.store(w, W_SYNC_LAST_FAILED, n);
-    h.fail(EIO, FAIL_SYNC);
+    h.fail(Errno.EIO, FAIL_SYNC);
   } else if (Atomics.load(w, W_FAILED) === 0) {
     // The log prefix is only ever extended while the device is healthy: after a failure the ksets
     // appended before it may be the very pages that were dropped.

@@ -42,7 +42,7 @@ import type { EngineCounter, EngineLog, EngineStats } from './engine-counters.js
 import { ExtentFlag } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
 import type { Origin, Extent as StatusExtent } from '../origin/types.js';
-import { NbdErr } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 
 export type { Done };
 export { BLOCK };
@@ -184,7 +184,7 @@ export class StripeEngine {
       } else {
         // Those subtrees would serve older data than the cache holds: refuse instead.
         this.log.error({ why: r }, 'stripe restarted: could not rebuild its index from the key log; the cache fails');
-        this.sh.fail(NbdErr.EIO, FAIL_REPLAY);
+        this.sh.fail(Errno.EIO, FAIL_REPLAY);
       }
     }
     // Writes the predecessor sent to the origin first and did not flush there yet, or an origin
@@ -253,14 +253,14 @@ export class StripeEngine {
     this.rounds.failWaiters();
     const queued = this.queue.concat(this.through.takeParked());
     this.queue = [];
-    for (const q of queued) q.done(NbdErr.EIO);
+    for (const q of queued) q.done(Errno.EIO);
   }
 
   /** A write to the cache device failed: the device has failed (as in dm-writecache, any write error). */
   private deviceWriteFailed(err: unknown, what: string, why: number): void {
     this.count('cache_errors', 1);
     this.log.error({ err, what }, 'cache device write failed: the cache refuses writes and flushes until restart');
-    this.sh.fail(NbdErr.EIO, why);
+    this.sh.fail(Errno.EIO, why);
   }
 
   /** Housekeeping between batches: autocommit, queued writes, the stale-entry sweep. */
@@ -321,7 +321,7 @@ export class StripeEngine {
   /** Group commit: every FLUSH (and FUA) of one batch shares one round (see endBatch). */
   flush(done: Done): void {
     if (this.noticeFailure() || this.through.flushFailed) {
-      done(NbdErr.EIO);
+      done(Errno.EIO);
       return;
     }
     if (!this.through.unflushed) {
@@ -366,7 +366,7 @@ export class StripeEngine {
   private enter(q: Queued): void {
     this.wroteInBatch = true;
     if (this.noticeFailure()) {
-      q.done(NbdErr.EIO);
+      q.done(Errno.EIO);
       return;
     }
     if (this.through.mustWait(q)) {
@@ -405,7 +405,7 @@ export class StripeEngine {
       r = this.apply(q);
     } catch (err) {
       this.requestError(err, q.kind);
-      q.done(NbdErr.EIO);
+      q.done(Errno.EIO);
       return;
     }
     if (r === 'full') {
@@ -484,7 +484,7 @@ export class StripeEngine {
       } catch (err) {
         this.queue.shift();
         this.requestError(err, q.kind);
-        q.done(NbdErr.EIO);
+        q.done(Errno.EIO);
         continue;
       }
       if (r === 'ok') {
@@ -510,7 +510,7 @@ export class StripeEngine {
       this.queue.shift();
       this.bypass.forget();
       this.log.error({ off: q.off, len: q.len, waitedMs: waited }, 'cache full and writeback not freeing space: write failed');
-      q.done(NbdErr.EIO);
+      q.done(Errno.EIO);
     }
   }
 

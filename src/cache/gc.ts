@@ -12,12 +12,13 @@ import { keyTailCodec } from './meta-slots.js';
 import type { LogPosition } from './meta-slots.js';
 import { ERR_GC, REC_KEY_TAIL } from './shared.js';
 import type { CacheShared, RecordUndo } from './shared.js';
-import { EIO, FAIL_META_WRITE } from './durability.js';
+import { FAIL_META_WRITE } from './durability.js';
 import { SEGMENT_GEN_SLOTS } from './layout.js';
 import { forSegment, segmentGenCodec } from './meta-slots.js';
 import { segmentSlots } from './log.js';
 import { MAX_GENERATION, SEG_DATA } from './shared.js';
 import type { EngineLog } from './engine.js';
+import { Errno } from '../util/errno.js';
 
 export interface GcStats { ksets: number; segmentsFreed: number; runs: number }
 
@@ -109,7 +110,7 @@ export class Gc {
       for (const s of freeLog) writeSegmentInfo(dev, sh, g, s, { type: 'free', next: 0xffffffff });
     } catch (err) {
       this.opts.log?.error({ err }, 'gc: cache device write failed');
-      sh.fail(EIO, FAIL_META_WRITE);
+      sh.fail(Errno.EIO, FAIL_META_WRITE);
     }
     if (undo === null || !sh.syncCache(dev, mark)) {
       // Not durable: nothing is retired, and the next key tail write goes to the same slot.
@@ -157,7 +158,7 @@ export function freeDataSegment(dev: BlockDevice, sh: CacheShared, g: Geometry, 
     }
   } catch (err) {
     log?.error({ err }, 'cache device write failed while freeing segments');
-    sh.fail(EIO, FAIL_META_WRITE);
+    sh.fail(Errno.EIO, FAIL_META_WRITE);
     return;
   }
   if (!sh.syncCache(dev)) return;

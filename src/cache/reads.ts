@@ -12,7 +12,8 @@ import type { KeyJournal } from './journal.js';
 import { ExtentFlag, IndexFullError } from './index/extent-index.js';
 import type { Extent, ExtentIndex } from './index/extent-index.js';
 import type { Origin, Extent as StatusExtent } from '../origin/types.js';
-import { BlockState, NbdErr } from '../nbd/constants.js';
+import { BlockState } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 import { MissTable } from './admission.js';
 import type { DataHead } from './allocator.js';
 import { BLOCK, PIECE_FILL, blockNo, blocks } from './data-runs.js';
@@ -113,7 +114,7 @@ export class StripeReads {
         continue;
       }
       if (p.flags & ExtentFlag.POISON) {
-        errno = NbdErr.EIO;
+        errno = Errno.EIO;
         continue;
       }
       if (p.flags & (ExtentFlag.TRIM | ExtentFlag.ZERO)) {
@@ -128,12 +129,12 @@ export class StripeReads {
       }
       try {
         if (!this.readCached(p, into)) {
-          errno = NbdErr.EIO;
+          errno = Errno.EIO;
           continue;
         }
       } catch (err) {
         this.ctx.cacheReadError(err, 'read');
-        errno = NbdErr.EIO;
+        errno = Errno.EIO;
         continue;
       }
       // GC may have freed and reused the segment while we read: then the bytes are not ours.
@@ -190,7 +191,7 @@ export class StripeReads {
       if (err) {
         this.ctx.cacheReadError(err, 'read');
         this.ctx.count('read_blocks', blocks(buf.length));
-        done(NbdErr.EIO);
+        done(Errno.EIO);
         return;
       }
       if (!segmentLive(gen, seg, segGen)) { this.read(off, buf, noFill, done); return; }

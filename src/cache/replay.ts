@@ -10,7 +10,7 @@ import { walkLog } from './key-log.js';
 import { judgeReformat } from './dirty-survey.js';
 import type { ScanStop } from './key-log.js';
 import { appendKsets, geometryOf } from './log.js';
-import { EIO, FAIL_REPLAY } from './durability.js';
+import { FAIL_REPLAY } from './durability.js';
 import type { Geometry } from './log.js';
 import { CACHE_DETACHED } from './meta-slots.js';
 import { CacheShared, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, SEG_DATA, SEG_LOG } from './shared.js';
@@ -18,6 +18,7 @@ import { ExtentFlag, ExtentIndex } from './index/extent-index.js';
 import { SUBTREE_SIZE } from '../ring/layout.js';
 import type { CacheMode } from '../config/types.js';
 import { BLOCK } from './engine.js';
+import { Errno } from '../util/errno.js';
 
 export interface OpenCacheParams {
   originSize: number;
@@ -218,7 +219,7 @@ function closeOpenEpoch(dev: BlockDevice, shared: CacheShared, g: Geometry, stop
     const r = appendKsets(dev, shared, g, [[]], shared.nextWriterId(), 0);
     if (r.appended === 0) { warnings.push('no log space to close the epoch of the writes that survived without a FLUSH'); return; }
   } catch (err) {
-    shared.fail(EIO, FAIL_REPLAY);
+    shared.fail(Errno.EIO, FAIL_REPLAY);
     warnings.push(`closing the epoch of the surviving writes failed: ${(err as Error).message}`);
     return;
   }

@@ -10,10 +10,11 @@ import type { BlockDevice } from './blockdev.js';
 import { encodeRecord, nextSlot } from './meta-slots.js';
 import type { DualSlot, LogPosition, RecordCodec } from './meta-slots.js';
 import {
-  COORDINATOR_OWNER, EIO, W_FAILED, W_FAILED_WHY, W_LOG_LOCK, W_SYNC_LOCK, lockWord, releaseWordOf, syncCache, syncCacheAsync, syncMark, unlockWord,
+  COORDINATOR_OWNER, W_FAILED, W_FAILED_WHY, W_LOG_LOCK, W_SYNC_LOCK, lockWord, releaseWordOf, syncCache, syncCacheAsync, syncMark, unlockWord,
 } from './durability.js';
 import type { GateHost } from './durability.js';
 import { DEFAULT_TUNABLES, SHARED_TUNABLES, type Tunables } from '../config/tunable-descriptors.js';
+import { Errno } from '../util/errno.js';
 
 /** Segment states (the on-media segment info says the same, best effort; replay is the truth). */
 export const SEG_FREE = 0;
@@ -346,7 +347,7 @@ export class CacheShared implements GateHost, Readonly<Tunables> {
   get failed(): number { return Atomics.load(this.w, W_FAILED); }
   get failedWhy(): number { return Atomics.load(this.w, W_FAILED_WHY); }
   /** The first failure wins; every thread that waits on a shared word is woken to notice it. */
-  fail(errno = EIO, why = 0): void {
+  fail(errno: number = Errno.EIO, why = 0): void {
     if (Atomics.compareExchange(this.w, W_FAILED, 0, errno) === 0) Atomics.store(this.w, W_FAILED_WHY, why);
     this.setError(ERR_CACHE_IO);
     for (const k of [W_KICK_WB, W_KICK_GC, W_FREED]) this.kick(k);

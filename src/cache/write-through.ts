@@ -23,7 +23,7 @@ import type { KeyJournal } from './journal.js';
 import { ExtentFlag } from './index/extent-index.js';
 import type { ExtentIndex } from './index/extent-index.js';
 import type { Origin } from '../origin/types.js';
-import { NbdErr } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 import type { DataHead } from './allocator.js';
 import type { CommitRounds } from './commit-rounds.js';
 import { PIECE_CLEAN, RUN_STRIDE, blocks } from './data-runs.js';
@@ -163,7 +163,7 @@ export class OriginFirst {
       // Held as in flight meanwhile, so later writes overlapping it wait behind it.
       this.throughInflight.push(q);
       this.runs.inOrder((ok) => {
-        if (!ok) { this.endThrough(q, NbdErr.EIO, false); return; }
+        if (!ok) { this.endThrough(q, Errno.EIO, false); return; }
         this.throughInflight.splice(this.throughInflight.indexOf(q), 1);
         this.start(q, true);
       }, 0);
@@ -184,7 +184,7 @@ export class OriginFirst {
       logged = this.invalidate(q.off, q.len);
     } catch (err) {
       this.hooks.requestError(err, 'invalidate');
-      this.endThrough(q, NbdErr.EIO, false);
+      this.endThrough(q, Errno.EIO, false);
       return;
     }
     if (!logged) {
@@ -309,7 +309,7 @@ export class OriginFirst {
     this.origin.flush((status) => {
       if (status !== 0) this.sh.noteOriginFlushFailed();
       // A flush anywhere that failed since these writes began may have dropped them: not covered.
-      const errno = status !== 0 ? status : this.sh.originFlushFails !== mark ? NbdErr.EIO : 0;
+      const errno = status !== 0 ? status : this.sh.originFlushFails !== mark ? Errno.EIO : 0;
       // Those writes may be gone (a flush that failed may have dropped them, and a later one
       // would succeed without them) and nothing holds a copy to write again: every later FLUSH
       // of this stripe fails too, until a restart.

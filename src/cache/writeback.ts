@@ -24,7 +24,7 @@ import { ERR_ORIGIN_IO, ERR_WRITEBACK, REC_DIRTY_TAIL } from './shared.js';
 import type { CacheShared, RecordUndo } from './shared.js';
 import type { Origin } from '../origin/types.js';
 import type { EngineLog } from './engine.js';
-import { errnoName } from '../coordinator/io.js';
+import { errnoName } from '../util/errno.js';
 
 /** Keys per batch (strict order): bounds the memory of one batch and the work a failed batch repeats. */
 const MAX_BATCH_KEYS = 8192;

@@ -20,8 +20,7 @@ import { FLOW_LIMIT } from './limits.js';
 import type { ExportInfo } from './negotiate.js';
 import { StripeOp } from '../ring/layout.js';
 import type { StripeWork } from './stripe-ring.js';
-import { errnoName } from './io.js';
-import { NbdErr } from '../nbd/constants.js';
+import { Errno, errnoName } from '../util/errno.js';
 import { unlinkSync } from 'node:fs';
 import { CacheRuntime, type WritecacheStatus } from './cache-runtime.js';
 import { promotionHits } from '../config/tunable-descriptors.js';
@@ -325,7 +324,7 @@ export class Coordinator {
     const readBlocks = sum('read_blocks');
     const readHits = sum('read_hits');
     const writecache: WritecacheStatus = {
-      error: st.errors.length > 0 ? -NbdErr.EIO : 0,
+      error: st.errors.length > 0 ? -Errno.EIO : 0,
       blocks: st.blocks,
       freeBlocks: st.freeBlocks,
       blocksUnderWriteback: st.workers.wb_inflight_blocks ?? 0,

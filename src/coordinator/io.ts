@@ -9,13 +9,14 @@
 //   the socket keeps up and copies it out otherwise (ReplySink.writeSlabReply);
 // - otherwise (simple replies, DF) the piece is copied into the reply buffer, sent when whole.
 
-import { Cmd, CmdFlag, NbdErr, BASE_ALLOCATION_ID, SIMPLE_REPLY_SIZE } from '../nbd/constants.js';
+import { Cmd, CmdFlag, BASE_ALLOCATION_ID, SIMPLE_REPLY_SIZE, type NbdErr } from '../nbd/constants.js';
 import {
   writeSimpleReply, writeReadChunkHeader, encodeErrorChunk, encodeBlockStatusChunk, encodeSimpleReply, encodeNoneChunk,
   type NbdRequest,
 } from '../nbd/transmission.js';
 import type { StripeWork } from './stripe-ring.js';
 import type { Extent } from '../origin/types.js';
+import { errnoName } from '../util/errno.js';
 
 const READ_CHUNK_HEADER = 28;
 
@@ -25,9 +26,23 @@ export interface IoWork extends StripeWork {
   delta: number;
 }
 
+/** What a reply without data needs to know of its request. */
+export interface StatusRequest {
+  type: number;
+  flags: number;
+  cookieHi: number;
+  cookieLo: number;
+  structured: boolean;
+}
+
 export interface ReplySink {
   /** Write one whole reply, or one whole structured chunk (buffers contiguous on the wire). */
   writeReply(bufs: Buffer<ArrayBufferLike>[]): void;
+  /**
+   * Write the reply that carries no data, for an internal errno (0: success): the one place
+   * the errno becomes an NBD error value (nbdError), as a simple reply or an ERROR chunk.
+   */
+  writeStatus(req: StatusRequest, errno: number, what: string): void;
   /**
    * Write `header` followed by the bytes of a completed piece in its slab, and release the
    * piece's slab: at once if the bytes are copied, once the socket took them if sent from it.
@@ -129,7 +144,7 @@ export class Io {
     else if (this.type === Cmd.BLOCK_STATUS && this.errno === 0) {
       sink.writeReply([encodeBlockStatusChunk(this.cookieHi, this.cookieLo, BASE_ALLOCATION_ID, this.#clampExtents())]);
     } else {
-      sink.writeReply([errorReply(this, this.errno, 'request failed')]);
+      sink.writeStatus(this, this.errno, 'request failed');
     }
     sink.completed(this);
   }
@@ -141,7 +156,7 @@ export class Io {
       if (only) only.ring!.releaseSlab(only);
       this.#assembled = null;
       // After chunks already sent this ERROR chunk (with DONE) makes the whole read failed.
-      sink.writeReply([errorReply(this, this.errno, 'read failed')]);
+      sink.writeStatus(this, this.errno, 'read failed');
     } else if (only) {
       const hdr = Buffer.allocUnsafe(this.#headerSize());
       this.#writeReadHeader(hdr);
@@ -183,26 +198,17 @@ function readExtents(w: IoWork, count: number): Extent[] {
   return out;
 }
 
-const ERRNO_NAMES: Record<number, string> = {
-  [NbdErr.EPERM]: 'EPERM', [NbdErr.EIO]: 'EIO', [NbdErr.ENOMEM]: 'ENOMEM', [NbdErr.EINVAL]: 'EINVAL',
-  [NbdErr.ENOSPC]: 'ENOSPC', [NbdErr.EOVERFLOW]: 'EOVERFLOW', [NbdErr.ENOTSUP]: 'ENOTSUP', [NbdErr.ESHUTDOWN]: 'ESHUTDOWN',
-};
-
-export function errnoName(errno: number): string {
-  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
-}
-
-/** The reply for a request that carries no data: simple, except READ with structured replies. */
-export function errorReply(
-  req: { type: number; cookieHi: number; cookieLo: number; structured: boolean; length: number },
-  errno: number,
-  what: string,
-): Buffer {
+/**
+ * The bytes of a reply without data: simple, except READ and BLOCK_STATUS with structured
+ * replies. `error` is the wire value already mapped; `errno` only names the cause in the
+ * ERROR chunk's message.
+ */
+export function statusReply(req: StatusRequest, error: NbdErr, errno: number, what: string): Buffer {
   if (req.structured && (req.type === Cmd.READ || req.type === Cmd.BLOCK_STATUS)) {
-    if (errno === 0) return encodeNoneChunk(req.cookieHi, req.cookieLo);
-    return encodeErrorChunk(req.cookieHi, req.cookieLo, errno, `${what}: ${errnoName(errno)}`);
+    if (error === 0) return encodeNoneChunk(req.cookieHi, req.cookieLo);
+    return encodeErrorChunk(req.cookieHi, req.cookieLo, error, `${what}: ${errnoName(errno)}`);
   }
-  return encodeSimpleReply(errno, req.cookieHi, req.cookieLo);
+  return encodeSimpleReply(error, req.cookieHi, req.cookieLo);
 }
 
 /** Bytes before the data of a whole successful READ reply. */

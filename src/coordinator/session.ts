@@ -18,7 +18,9 @@ import type { TlsCredentials } from '../tls/credentials.js';
 import { tlsSummary, upgradeToTls } from '../tls/upgrade.js';
 import { validateRequest, type ExportState } from './validate.js';
 import { splitRequest, firstSubtreeLength, stripeOf } from './router.js';
-import { Io, errorReply, errnoName, readReplyHeaderSize, writeReadReplyHeader, type IoWork, type ReplySink } from './io.js';
+import { Io, statusReply, readReplyHeaderSize, writeReadReplyHeader, type IoWork, type ReplySink, type StatusRequest } from './io.js';
+import { nbdError } from '../nbd/errors.js';
+import { Errno, errnoName } from '../util/errno.js';
 import type { SequentialDetector } from './sequential.js';
 import type { HitReader } from './hit-reader.js';
 import type { DirectHits } from './direct-hits.js';
@@ -99,6 +101,8 @@ export class Session implements ReplySink {
   /** A READ parsed but not admitted yet (over a budget): served first once reading resumes. */
   #held: NbdRequest | null = null;
   #closed = false;
+  /** drain() was called: the daemon is stopping (the one time the spec lets a reply say ESHUTDOWN). */
+  #shuttingDown = false;
   #handshakeTimer: NodeJS.Timeout | null;
   #draining: (() => void) | null = null;
   #corked = false;
@@ -395,14 +399,20 @@ export class Session implements ReplySink {
 
   /** Reply without touching a stripe (validation errors, zero-length requests). */
   #replyNow(req: NbdRequest, errno: number): void {
-    if (errno !== 0) this.#countError(errno);
-    this.writeReply([errorReply({ ...req, structured: this.#state.structuredReplies }, errno, errno === 0 ? '' : 'request rejected')]);
+    this.writeStatus({ ...req, structured: this.#state.structuredReplies }, errno, errno === 0 ? '' : 'request rejected');
   }
 
-  #countError(errno: number): void {
+  writeStatus(req: StatusRequest, errno: number, what: string): void {
+    const error = nbdError(errno, { type: req.type, flags: req.flags, structured: req.structured, shuttingDown: this.#shuttingDown });
+    // Counted by what the client was told, even if it is gone and the reply is dropped.
+    if (error !== 0) this.#countError(error);
+    this.writeReply([statusReply(req, error, errno, what)]);
+  }
+
+  #countError(error: NbdErr): void {
     const c = this.#ctx.counters;
     c.add('errors', 1);
-    const name = ERR_COUNTER[errno];
+    const name = ERR_COUNTER[error];
     if (name) c.add(name, 1);
   }
 
@@ -456,12 +466,13 @@ export class Session implements ReplySink {
 
   completed(io: Io): void {
     const c = this.#ctx.counters;
-    if (io.errno !== 0) this.#countError(io.errno);
-    else if (io.type === Cmd.READ) c.add('bytes_read', io.length);
+    // A failure was counted when its reply was written (writeStatus); a refused fast zero is no failure to log.
+    if (io.errno !== 0) {
+      if (io.errno !== Errno.ENOTSUP) this.#logFailure(io);
+    } else if (io.type === Cmd.READ) c.add('bytes_read', io.length);
     else if (io.type === Cmd.WRITE) c.add('bytes_written', io.length);
     else if (io.type === Cmd.TRIM) c.add('bytes_trimmed', io.length);
     else if (io.type === Cmd.WRITE_ZEROES) c.add('bytes_zeroed', io.length);
-    if (io.errno !== 0 && io.errno !== NbdErr.ENOTSUP) this.#logFailure(io);
     this.#inflight--;
     this.#inflightBytes -= io.charge;
     this.#ctx.flow.release(io.charge);
@@ -520,6 +531,7 @@ export class Session implements ReplySink {
 
   /** Stop taking requests, wait for the ones in flight, then end the connection. */
   drain(): Promise<void> {
+    this.#shuttingDown = true;
     this.#pause(Pause.DISC);
     return new Promise((resolve) => {
       if (this.#inflight === 0) {

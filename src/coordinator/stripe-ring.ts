@@ -29,8 +29,9 @@ export interface StripeWork {
   /** WRITE payload, copied into the slab when the work is issued. */
   payload: Uint8Array | null;
   /**
-   * errno 0 on success. The slab region [slabOff, slabOff+slabBytes) stays allocated until
-   * the owner calls ring.releaseSlab(work), so a READ's data can be sent from it.
+   * errno: 0 on success, else a positive errno (src/util/errno.ts), never an NBD value. The
+   * slab region [slabOff, slabOff+slabBytes) stays allocated until the owner calls
+   * ring.releaseSlab(work), so a READ's data can be sent from it.
    */
   onDone(work: StripeWork, errno: number, result: number): void;
   /** Set by the ring when issued. */

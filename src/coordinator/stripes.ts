@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { DOORBELL_WORDS, BELL_COUNT, BELL_POLLING, type StripeWorkerData, type StripeCacheData } from '../ring/layout.js';
 import { StripeRing, type StripeWork } from './stripe-ring.js';
 import type { OriginSpec } from '../origin/types.js';
-import { NbdErr } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 import { maxPieceFor } from './router.js';
 
 export interface StripeSetOptions {
@@ -112,7 +112,7 @@ export class StripeSet {
     this.#log.error({ err, stripe: ring.id }, 'stripe worker died; failing its in-flight requests and restarting it');
     ring.setDown(true);
     this.#opts.onStripeDied?.(ring.id);
-    ring.failAll(NbdErr.EIO);
+    ring.failAll(Errno.EIO);
     const attempt = async (n: number): Promise<void> => {
       if (this.#closed) return;
       try {

@@ -16,11 +16,11 @@
 
 import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { BlockState, NbdErr } from '../nbd/constants.js';
+import { BlockState } from '../nbd/constants.js';
+import { Errno, errnoFromError, errnoFromResult } from '../util/errno.js';
 import { native as loadedNative, type NativeBinding } from '../native/index.js';
 import { PcachedError } from '../util/errors.js';
 import { blockDeviceSize } from '../util/block-device.js';
-import { nbdErrFromErrno, nbdErrFromError } from './errno.js';
 import { OrderedIoQueue, type QueuedIo } from './io-queue.js';
 import { SyncGroup } from './sync-group.js';
 import { openAsyncIo, type AsyncIo } from '../io/async-io.js';
@@ -168,7 +168,7 @@ class FileOrigin implements Origin {
   read(off: number, dst: Uint8Array, cb: Done): void {
     const err = this.#check(off, dst.length, false);
     if (err) return cb(err);
-    if (this.#readCached(off, dst)) return cb(NbdErr.OK);
+    if (this.#readCached(off, dst)) return cb(Errno.OK);
     this.#submit(off, dst.length, 'read', cb, (done) => this.#readFully(off, dst, done));
   }
 
@@ -179,8 +179,8 @@ class FileOrigin implements Origin {
   }
 
   flush(cb: Done): void {
-    if (!this.#open) return cb(NbdErr.ESHUTDOWN);
-    if (this.readOnly) return cb(NbdErr.OK);
+    if (!this.#open) return cb(Errno.ESHUTDOWN);
+    if (this.readOnly) return cb(Errno.OK);
     this.#submit(0, 0, 'barrier', cb, (done) => this.#syncs.request(true, done));
   }
 
@@ -203,9 +203,9 @@ class FileOrigin implements Origin {
 
   blockStatus(off: number, len: number, maxExtents: number, cb: (errno: number, extents: Extent[]) => void): void {
     let err = this.#check(off, len, false);
-    if (!err && (len === 0 || !Number.isSafeInteger(maxExtents) || maxExtents < 1)) err = NbdErr.EINVAL;
+    if (!err && (len === 0 || !Number.isSafeInteger(maxExtents) || maxExtents < 1)) err = Errno.EINVAL;
     if (err) return cb(err, []);
-    if (this.#kind === 'device' || this.#native === null) return cb(NbdErr.OK, [{ length: len, flags: 0 }]);
+    if (this.#kind === 'device' || this.#native === null) return cb(Errno.OK, [{ length: len, flags: 0 }]);
     const native = this.#native;
     let extents: Extent[] = [];
     // In the queue like a read: a write in flight over the range is in the answer, or not issued yet.
@@ -213,7 +213,7 @@ class FileOrigin implements Origin {
       const result = this.#walkExtents(native, off, off + len, maxExtents);
       if (typeof result === 'number') return done(result);
       extents = result;
-      done(NbdErr.OK);
+      done(Errno.OK);
     });
   }
 
@@ -241,7 +241,7 @@ class FileOrigin implements Origin {
         finished();
         cb(errno);
       }),
-      cancel: () => cb(NbdErr.ESHUTDOWN),
+      cancel: () => cb(Errno.ESHUTDOWN),
     });
   }
 
@@ -260,22 +260,22 @@ class FileOrigin implements Origin {
     return false;
   }
 
-  /** 0, or the NBD error for a request that must not reach the file. */
+  /** 0, or the errno for a request that must not reach the file. */
   #check(off: number, len: number, writing: boolean): number {
-    if (!this.#open) return NbdErr.ESHUTDOWN;
-    if (writing && this.readOnly) return NbdErr.EPERM;
-    if (!Number.isSafeInteger(off) || !Number.isSafeInteger(len) || off < 0 || len < 0) return NbdErr.EINVAL;
+    if (!this.#open) return Errno.ESHUTDOWN;
+    if (writing && this.readOnly) return Errno.EPERM;
+    if (!Number.isSafeInteger(off) || !Number.isSafeInteger(len) || off < 0 || len < 0) return Errno.EINVAL;
     // A write past the end would silently grow a regular file.
-    if (off + len > this.size) return writing ? NbdErr.ENOSPC : NbdErr.EINVAL;
-    return NbdErr.OK;
+    if (off + len > this.size) return writing ? Errno.ENOSPC : Errno.EINVAL;
+    return Errno.OK;
   }
 
   #readFully(off: number, dst: Uint8Array, done: Done): void {
     const step = (got: number): void => {
-      if (got === dst.length) return done(NbdErr.OK);
+      if (got === dst.length) return done(Errno.OK);
       this.#io.read(this.#fd, got === 0 ? dst : dst.subarray(got), off + got, (err, n) => {
-        if (err) return done(nbdErrFromError(err));
-        if (n === 0) return done(NbdErr.EIO); // the file shrank under us
+        if (err) return done(errnoFromError(err));
+        if (n === 0) return done(Errno.EIO); // the file shrank under us
         step(got + n);
       });
     };
@@ -284,10 +284,10 @@ class FileOrigin implements Origin {
 
   #writeFully(off: number, src: Uint8Array, start: number, len: number, done: Done): void {
     const step = (put: number): void => {
-      if (put === len) return done(NbdErr.OK);
+      if (put === len) return done(Errno.OK);
       this.#io.write(this.#fd, src.subarray(start + put, start + len), off + put, (err, n) => {
-        if (err) return done(nbdErrFromError(err));
-        if (n === 0) return done(NbdErr.EIO); // would loop forever otherwise
+        if (err) return done(errnoFromError(err));
+        if (n === 0) return done(Errno.EIO); // would loop forever otherwise
         step(put + n);
       });
     };
@@ -302,7 +302,7 @@ class FileOrigin implements Origin {
       for (let d = 0; d < len; d += ZERO_CHUNK) pieces.push([off + d, Math.min(ZERO_CHUNK, len - d)]);
     }
     const step = (i: number): void => {
-      if (i === pieces.length) return done(NbdErr.OK);
+      if (i === pieces.length) return done(Errno.OK);
       const [off, len] = pieces[i]!;
       this.#writeFully(off, chunk, 0, len, (err) => (err ? done(err) : step(i + 1)));
     };
@@ -330,25 +330,25 @@ class FileOrigin implements Origin {
   // TRIM is a hint: whatever cannot be discarded is left as it is and the request succeeds.
   #trim(off: number, len: number): number {
     const native = this.#native;
-    if (native === null || len === 0) return NbdErr.OK;
+    if (native === null || len === 0) return Errno.OK;
     if (this.#kind === 'file') {
-      if (!this.#punch) return NbdErr.OK;
+      if (!this.#punch) return Errno.OK;
       const r = native.fallocate(this.#fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, off, len);
-      if (r >= 0) return NbdErr.OK;
-      if (!isUnsupported(r)) return nbdErrFromErrno(r);
+      if (r >= 0) return Errno.OK;
+      if (!isUnsupported(r)) return errnoFromResult(r);
       this.#punch = false;
-      return NbdErr.OK;
+      return Errno.OK;
     }
     // Discarding less than asked is always allowed, so shrink to whole blocks.
     const start = alignUp(off);
     const end = alignDown(off + len);
-    if (!this.#discard || start >= end) return NbdErr.OK;
+    if (!this.#discard || start >= end) return Errno.OK;
     const r = native.blkDiscard(this.#fd, start, end - start);
-    if (r >= 0) return NbdErr.OK;
-    if (!isUnsupported(r) && r !== -EINVAL) return nbdErrFromErrno(r);
+    if (r >= 0) return Errno.OK;
+    if (!isUnsupported(r) && r !== -EINVAL) return errnoFromResult(r);
     // EINVAL: a logical block larger than DEVICE_ALIGN, or a device with odd discard limits.
     if (isUnsupported(r)) this.#discard = false;
-    return NbdErr.OK;
+    return Errno.OK;
   }
 
   #zero(off: number, len: number, noHole: boolean, fastZero: boolean, done: Done): void {
@@ -356,7 +356,7 @@ class FileOrigin implements Origin {
     let r = UNSUPPORTED;
     let edges: [number, number][] = [];
     if (this.#native !== null && this.canFastZero) {
-      if (len === 0) r = NbdErr.OK;
+      if (len === 0) r = Errno.OK;
       else if (this.#kind === 'file') r = this.#zeroFileRange(this.#native, off, len, noHole);
       else {
         const end = off + len;
@@ -368,23 +368,23 @@ class FileOrigin implements Origin {
         edges = [[off, midStart - off], [midEnd, end - midEnd]];
       }
     }
-    if (r === NbdErr.OK && edges.length > 0) return this.#writeZeros(edges, done);
+    if (r === Errno.OK && edges.length > 0) return this.#writeZeros(edges, done);
     if (r !== UNSUPPORTED) return done(r);
-    if (fastZero) return done(NbdErr.ENOTSUP);
+    if (fastZero) return done(Errno.ENOTSUP);
     this.#writeZeros([[off, len]], done);
   }
 
   #zeroFileRange(native: NativeBinding, off: number, len: number, noHole: boolean): number {
     if (!noHole && this.#punch) {
       const r = native.fallocate(this.#fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, off, len);
-      if (r >= 0) return NbdErr.OK;
-      if (!isUnsupported(r)) return nbdErrFromErrno(r);
+      if (r >= 0) return Errno.OK;
+      if (!isUnsupported(r)) return errnoFromResult(r);
       this.#punch = false;
     }
     if (this.#zeroRange) {
       const r = native.fallocate(this.#fd, native.FALLOC_FL_ZERO_RANGE | native.FALLOC_FL_KEEP_SIZE, off, len);
-      if (r >= 0) return NbdErr.OK;
-      if (!isUnsupported(r)) return nbdErrFromErrno(r);
+      if (r >= 0) return Errno.OK;
+      if (!isUnsupported(r)) return errnoFromResult(r);
       this.#zeroRange = false;
     }
     return UNSUPPORTED;
@@ -395,16 +395,16 @@ class FileOrigin implements Origin {
     if (!noHole && this.#punch) {
       // On a block device this never falls back to writing zeros in the kernel.
       const r = native.fallocate(this.#fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, midStart, midEnd - midStart);
-      if (r >= 0) return NbdErr.OK;
-      if (!isUnsupported(r)) return nbdErrFromErrno(r);
+      if (r >= 0) return Errno.OK;
+      if (!isUnsupported(r)) return errnoFromResult(r);
       this.#punch = false;
     }
     if (this.#zeroOut) {
       // Without hardware WRITE_ZEROES the kernel writes the zeros itself; that still saves
       // moving them through userspace, so it counts as cheap.
       const r = native.blkZeroOut(this.#fd, midStart, midEnd - midStart);
-      if (r >= 0) return NbdErr.OK;
-      if (!isUnsupported(r)) return nbdErrFromErrno(r);
+      if (r >= 0) return Errno.OK;
+      if (!isUnsupported(r)) return errnoFromResult(r);
       this.#zeroOut = false;
     }
     return UNSUPPORTED;
@@ -422,13 +422,13 @@ class FileOrigin implements Origin {
         next = end;
         flags = BlockState.HOLE | BlockState.ZERO;
       } else if (data < 0) {
-        return nbdErrFromErrno(data);
+        return errnoFromResult(data);
       } else if (data > pos) {
         next = Math.min(data, end);
         flags = BlockState.HOLE | BlockState.ZERO;
       } else {
         const hole = native.seekHole(this.#fd, pos);
-        if (hole < 0 && hole !== -ENXIO) return nbdErrFromErrno(hole);
+        if (hole < 0 && hole !== -ENXIO) return errnoFromResult(hole);
         // A hole at or before pos (or ENXIO) means the file changed between the two seeks;
         // calling the rest data is always a correct answer.
         next = hole > pos ? Math.min(hole, end) : end;

@@ -5,24 +5,14 @@
 
 import { connect, type Socket } from 'node:net';
 import { ClientHandshake, ReplyParser, writeRequestHeader, type NegotiatedExport } from '../nbd/client.js';
-import { Cmd, CmdFlag, NbdErr, REQUEST_HEADER_SIZE } from '../nbd/constants.js';
+import { Cmd, CmdFlag, REQUEST_HEADER_SIZE } from '../nbd/constants.js';
+import { errnoFromNbd } from '../nbd/errors.js';
 import { PcachedError } from '../util/errors.js';
 import { formatNbdUri as describe, type NbdTarget } from '../nbd/uri.js';
 import type { Done } from './types.js';
 
 export const BACKOFF_MIN_MS = 50;
 export const BACKOFF_MAX_MS = 2000;
-
-/** Errors on the wire are a closed set; anything else counts as EINVAL ([proto] "Error values"). */
-function wireErrno(e: number): number {
-  switch (e) {
-    case NbdErr.EPERM: case NbdErr.EIO: case NbdErr.ENOMEM: case NbdErr.EINVAL:
-    case NbdErr.ENOSPC: case NbdErr.EOVERFLOW: case NbdErr.ENOTSUP: case NbdErr.ESHUTDOWN:
-      return e;
-    default:
-      return NbdErr.EINVAL;
-  }
-}
 
 /** One connected lifetime of a Connection: the writes it acknowledged, and how many a FLUSH on it covered. */
 export class Incarnation {
@@ -236,7 +226,7 @@ export class Connection {
         inc.acked++;
         inc.ackedBytes += op.length;
       }
-      this.#owner.complete(op, ev.error === 0 ? 0 : wireErrno(ev.error), inc);
+      this.#owner.complete(op, errnoFromNbd(ev.error), inc);
     }
   };
 

@@ -18,7 +18,8 @@
 // again (the rule in types.ts).
 
 import type { NegotiatedExport } from '../nbd/client.js';
-import { Cmd, CmdFlag, NbdErr, TxFlag } from '../nbd/constants.js';
+import { Cmd, CmdFlag, TxFlag } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 import { PcachedError } from '../util/errors.js';
 import { parseNbdUri, formatNbdUri as describe, type NbdTarget } from '../nbd/uri.js';
 import type { Done, Extent, Origin, OriginSpec, ZeroFlags } from './types.js';
@@ -86,18 +87,18 @@ class NbdOrigin implements Origin, ConnectionOwner {
   }
 
   write(off: number, src: Uint8Array, fua: boolean, cb: Done): void {
-    if (this.readOnly) return this.#later(cb, NbdErr.EPERM);
+    if (this.readOnly) return this.#later(cb, Errno.EPERM);
     this.#submitSplit(Cmd.WRITE, 0, off, src.length, src, this.#maxPayload, cb, fua);
   }
 
   flush(cb: Done): void {
     // Without FLUSH the remote has no volatile cache to lose: a completed write is durable.
     if (!this.#has(TxFlag.SEND_FLUSH)) return this.#later(cb, 0);
-    if (this.#closing !== null) return this.#later(cb, NbdErr.ESHUTDOWN);
+    if (this.#closing !== null) return this.#later(cb, Errno.ESHUTDOWN);
     if (this.#broken !== 0) return this.#later(cb, this.#broken);
     if (this.#atRisk.writes > 0) {
       this.#reportAtRisk();
-      return this.#later(cb, NbdErr.EIO);
+      return this.#later(cb, Errno.EIO);
     }
     const g = new Group(cb);
     g.originFlush = true;
@@ -112,15 +113,15 @@ class NbdOrigin implements Origin, ConnectionOwner {
   }
 
   trim(off: number, len: number, fua: boolean, cb: Done): void {
-    if (this.readOnly) return this.#later(cb, NbdErr.EPERM);
+    if (this.readOnly) return this.#later(cb, Errno.EPERM);
     // TRIM is a hint: a remote without it loses nothing by our skipping it.
     if (!this.#has(TxFlag.SEND_TRIM)) return this.#later(cb, 0);
     this.#submitSplit(Cmd.TRIM, 0, off, len, null, EFFECT_CHUNK, cb, fua);
   }
 
   zero(off: number, len: number, flags: ZeroFlags, cb: Done): void {
-    if (this.readOnly) return this.#later(cb, NbdErr.EPERM);
-    if (flags.fastZero && !this.canFastZero) return this.#later(cb, NbdErr.ENOTSUP);
+    if (this.readOnly) return this.#later(cb, Errno.EPERM);
+    if (flags.fastZero && !this.canFastZero) return this.#later(cb, Errno.ENOTSUP);
     if (this.#has(TxFlag.SEND_WRITE_ZEROES)) {
       const wf = (flags.noHole ? CmdFlag.NO_HOLE : 0) | (flags.fastZero ? CmdFlag.FAST_ZERO : 0);
       this.#submitSplit(Cmd.WRITE_ZEROES, wf, off, len, null, EFFECT_CHUNK, cb, flags.fua);
@@ -137,7 +138,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
 
   blockStatus(off: number, len: number, _maxExtents: number, cb: (errno: number, extents: Extent[]) => void): void {
     // Without structured replies the remote cannot tell; "allocated, contents unknown" is always true.
-    const errno = this.#closing !== null ? NbdErr.ESHUTDOWN : this.#broken !== 0 ? this.#broken : len <= 0 || off < 0 ? NbdErr.EINVAL : 0;
+    const errno = this.#closing !== null ? Errno.ESHUTDOWN : this.#broken !== 0 ? this.#broken : len <= 0 || off < 0 ? Errno.EINVAL : 0;
     process.nextTick(cb, errno, errno === 0 ? [{ length: len, flags: 0 }] : []);
   }
 
@@ -186,7 +187,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
       this.#queueHead = 0;
     }
     this.#scheduleReconnect(conn);
-    for (const op of live) if (op.pin !== null) this.complete(op, NbdErr.EIO, null);
+    for (const op of live) if (op.pin !== null) this.complete(op, Errno.EIO, null);
   }
 
   pump(): void {
@@ -225,7 +226,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
     if (this.#deadlineTimer === null) this.#armDeadline(op.deadline);
     const conn = inc.conn;
     if (!inc.alive || !conn.ready || conn.incarnation !== inc) {
-      process.nextTick(() => this.complete(op, NbdErr.EIO, null));
+      process.nextTick(() => this.complete(op, Errno.EIO, null));
       return;
     }
     conn.send(op, this.#takeCookie());
@@ -256,7 +257,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
 
   /** Split [off, off+len) into wire requests of at most `max` bytes, completing cb once. */
   #submitSplit(type: Cmd, flags: number, off: number, len: number, data: Uint8Array | null, max: number, cb: Done, fua: boolean): void {
-    if (this.#closing !== null) return this.#later(cb, NbdErr.ESHUTDOWN);
+    if (this.#closing !== null) return this.#later(cb, Errno.ESHUTDOWN);
     if (this.#broken !== 0) return this.#later(cb, this.#broken);
     if (len === 0 && type !== Cmd.FLUSH) return this.#later(cb, 0);
     const g = new Group(cb);
@@ -309,7 +310,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
     const stuck = new Set<Connection>();
     for (const op of expired) {
       if (op.conn !== null) stuck.add(op.conn);
-      this.complete(op, NbdErr.EIO, null);
+      this.complete(op, Errno.EIO, null);
     }
     // A remote that sits on a request this long is treated as dead. Closing the socket also
     // drops any queued write whose caller has just been told it failed and may reuse its buffer.
@@ -346,8 +347,8 @@ class NbdOrigin implements Origin, ConnectionOwner {
     }
     if (exp.size !== this.size) {
       this.#log().error({ origin: this.description, size: this.size, newSize: exp.size }, 'NBD origin changed size across a reconnect; failing all requests');
-      this.#broken = NbdErr.EIO;
-      this.#failAll(NbdErr.EIO);
+      this.#broken = Errno.EIO;
+      this.#failAll(Errno.EIO);
       for (const c of this.#conns) void c.disconnect(1000);
       return;
     }
@@ -372,7 +373,7 @@ class NbdOrigin implements Origin, ConnectionOwner {
       if (c.reconnectTimer !== null) clearTimeout(c.reconnectTimer);
       c.reconnectTimer = null;
     }
-    this.#failAll(NbdErr.ESHUTDOWN);
+    this.#failAll(Errno.ESHUTDOWN);
     await Promise.all(this.#conns.map((c) => c.disconnect(1000)));
   }
 }

@@ -7,7 +7,7 @@
 //  * a failure no FLUSH heard of (a FUA write's sync failed) is reported to the next FLUSH too,
 //    even when that FLUSH's own sync succeeds, and then forgotten.
 
-import { NbdErr } from '../nbd/constants.js';
+import { Errno } from '../util/errno.js';
 import type { Done } from './types.js';
 
 interface Waiter {
@@ -44,7 +44,7 @@ export class SyncGroup {
       this.#unreported = hasFlush ? false : lost;
       this.#running = false;
       if (this.#next.length > 0) this.#run();
-      for (const w of group) w.done(w.flush ? (lost ? NbdErr.EIO : NbdErr.OK) : (failed ? NbdErr.EIO : NbdErr.OK));
+      for (const w of group) w.done(w.flush ? (lost ? Errno.EIO : Errno.OK) : (failed ? Errno.EIO : Errno.OK));
     });
   }
 }

@@ -3,7 +3,7 @@
 // event loop (a local file through libuv's thread pool, a remote NBD export from its socket);
 // a request refused before any I/O may be answered before the call returns.
 
-/** 0 on success, otherwise a positive NBD error value (NbdErr: EIO, ENOSPC, ENOTSUP, EINVAL...). */
+/** 0 on success, otherwise a positive errno (src/util/errno.ts: EIO, ENOSPC, EROFS, ENOTSUP...). */
 export type Done = (errno: number) => void;
 
 export interface Extent {

@@ -34,6 +34,7 @@ export const R_SLAB_LEN = 7;
 
 /** Completion slot fields. */
 export const C_ID = 0;
+/** 0 or a positive errno (src/util/errno.ts): the stripe never sees NBD values either. */
 export const C_ERRNO = 1;
 /** BLOCK_STATUS: number of (length, flags) u32 pairs written at the request's slab offset. */
 export const C_RESULT = 2;
