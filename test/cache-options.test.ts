@@ -279,6 +279,10 @@ async function corruptWhileStopped(t: ExecutionContext, e: Env): Promise<{ data:
   const d = await startCache(t, e, opts);
   await nbdWrite(e, d.uri, 40 * MiB, randomBytes(4 * MiB), 'filler');
   await waitFor('writeback of the filler', async () => ((await cacheState(d)).workers.wb_bytes ?? 0) >= 4 * MiB, 60_000, 50);
+  // The write below must still be dirty at the stop however slow the machine: after foreground
+  // I/O writeback now waits far longer than the test takes (the 1 s default did not, under load).
+  const paused = await pcachedCli(['message', NAME, 'pause_writeback', '600000', '--control', d.control]);
+  t.is(paused.code, 0, paused.stderr);
   const data = randomBytes(LEN);
   await nbdWrite(e, d.uri, OFF, data, 'a');
   const cs = await cacheState(d);
