@@ -10,8 +10,15 @@ import {
 import type { Extent } from './layout.js';
 
 const EMPTY = ExtentFlag.EMPTY;
-/** Position after a page split: half stays, half moves (random inserts leave ~70 % fill). */
-const SPLIT_AT = PAGE_RECS >> 1;
+/**
+ * Pages on each side of a full page that an insert spreads records over before it adds a page
+ * (B*-style: a window of up to 2·SPREAD+1 full pages becomes one page more). Wider windows fill
+ * pages better under random inserts, at the price of copying the window; layout.ts has the figures.
+ */
+const SPREAD = 2;
+const WINDOW = 2 * SPREAD + 1;
+/** A delete merges a page with the next one when both fit in this many records: hysteresis below a full page. */
+const MERGE_AT = PAGE_RECS - (PAGE_RECS >> 2);
 
 const rec = (p: number, i: number): number => p * PAGE_WORDS + PAGE_HDR + i * REC_WORDS;
 
@@ -25,6 +32,9 @@ export class Cursor {
   prev = -1;
   private tail = false;
   private readonly t = { off: 0, len: 0, flags: 0, seg: 0, segOff: 0, gen: 0 };
+  /** Owner-local copies for makeRoom: the subtree's chain and the records of its window. */
+  private readonly chain: number[] = [];
+  private readonly spill = new Int32Array(WINDOW * PAGE_RECS * REC_WORDS);
 
   constructor(private readonly meta: Int32Array, private readonly arena: PageArena, private readonly f64: Float64Array) {}
 
@@ -151,8 +161,17 @@ export class Cursor {
       if (nx !== -1) { this.page = nx; this.idx = 0; }
       else if (this.prev === -1) { this.page = -1; this.idx = 0; }
       else { this.page = this.prev; this.idx = this.count(this.prev); this.prev = -2; }
-    } else if (this.idx >= n - 1 && nx !== -1) {
-      this.prev = p; this.page = nx; this.idx = 0;
+    } else {
+      // Deletes (GC sweeps, overwrites by longer extents) would otherwise leave sparse pages behind.
+      if (nx !== -1 && n - 1 + this.count(nx) <= MERGE_AT) {
+        const m = this.count(nx);
+        w.copyWithin(rec(p, n - 1), rec(nx, 0), rec(nx, m));
+        w[p * PAGE_WORDS + P_COUNT] = n - 1 + m;
+        w[p * PAGE_WORDS + P_NEXT] = this.next(nx);
+        this.arena.free(nx);
+      }
+      const n2 = this.count(p), nx2 = this.next(p);
+      if (this.idx >= n2 && nx2 !== -1) { this.prev = p; this.page = nx2; this.idx = 0; }
     }
   }
 
@@ -169,31 +188,54 @@ export class Cursor {
     return q;
   }
 
+  /**
+   * The cursor's page is full: spread the records of the pages around it (up to SPREAD on each
+   * side) evenly over those pages, plus a new one if they are all full, leaving a free slot at the
+   * cursor's position; the cursor moves to that slot. Readers never look mid-way: the caller holds
+   * the subtree's seqlock, and a reader that raced the copy retries.
+   */
+  private makeRoom(slot: number): void {
+    const w = this.w, ch = this.chain, sp = this.spill;
+    ch.length = 0;
+    let k = -1;
+    for (let q = this.meta[this.headWord(slot)]; q !== -1 && (k === -1 || ch.length <= k + SPREAD); q = this.next(q)) {
+      if (q === this.page) k = ch.length;
+      ch.push(q);
+    }
+    const lo = Math.max(0, k - SPREAD), hi = Math.min(ch.length - 1, k + SPREAD);
+    let total = 0, hole = 0;
+    for (let i = lo; i <= hi; i++) {
+      if (i === k) hole = total + this.idx;
+      const n = this.count(ch[i]!);
+      sp.set(w.subarray(rec(ch[i]!, 0), rec(ch[i]!, n)), total * REC_WORDS);
+      total += n;
+    }
+    let pages = hi - lo + 1;
+    if (total === pages * PAGE_RECS) { ch.splice(hi + 1, 0, this.newPageAfter(slot, ch[hi]!)); pages++; }
+    // total + 1 slots (the records and the hole) over `pages` pages, as evenly as integers allow.
+    const slots = total + 1;
+    let from = 0;
+    for (let i = 0; i < pages; i++) {
+      const q = ch[lo + i]!, a = Math.floor((slots * i) / pages), z = Math.floor((slots * (i + 1)) / pages);
+      const holeHere = hole >= a && hole < z, n = holeHere ? z - a - 1 : z - a;
+      w.set(sp.subarray(from * REC_WORDS, (from + n) * REC_WORDS), rec(q, 0));
+      w[q * PAGE_WORDS + P_COUNT] = n;
+      from += n;
+      if (holeHere) { this.page = q; this.idx = hole - a; this.prev = lo + i > 0 ? ch[lo + i - 1]! : -1; }
+    }
+  }
+
   /** Insert before the cursor; afterwards the cursor points at the new record. Callers ensure() pages first. */
   insert(slot: number, off: number, len: number, flags: number, seg: number, segOff: number, gen: number): void {
     const w = this.w;
     if (this.page === -1) { this.page = this.newPageAfter(slot, -1); this.idx = 0; this.prev = -1; }
     if (this.count(this.page) === PAGE_RECS) {
       const p = this.page, nx = this.next(p);
-      const nxRoom = nx !== -1 && this.count(nx) < PAGE_RECS;
-      if (this.idx === PAGE_RECS) {
-        // Appending past a full page: start the next one instead of splitting, so sequential
-        // fills leave full pages behind.
-        this.prev = p; this.page = nxRoom ? nx : this.newPageAfter(slot, p); this.idx = 0;
-      } else if (nxRoom) {
-        // Spill the last record into the next page rather than split: keeps fill high.
-        const nb = rec(nx, 0), nn = this.count(nx);
-        w.copyWithin(nb + REC_WORDS, nb, rec(nx, nn));
-        w.copyWithin(nb, rec(p, PAGE_RECS - 1), rec(p, PAGE_RECS));
-        w[nx * PAGE_WORDS + P_COUNT] = nn + 1;
-        w[p * PAGE_WORDS + P_COUNT] = PAGE_RECS - 1;
-      } else {
-        const q = this.newPageAfter(slot, p);
-        w.copyWithin(rec(q, 0), rec(p, SPLIT_AT), rec(p, PAGE_RECS));
-        w[q * PAGE_WORDS + P_COUNT] = PAGE_RECS - SPLIT_AT;
-        w[p * PAGE_WORDS + P_COUNT] = SPLIT_AT;
-        if (this.idx > SPLIT_AT) { this.prev = p; this.page = q; this.idx -= SPLIT_AT; }
-      }
+      if (this.idx === PAGE_RECS && nx === -1) {
+        // Appending past the last page: start a new one instead of spreading, so sequential fills
+        // leave full pages behind.
+        this.prev = p; this.page = this.newPageAfter(slot, p); this.idx = 0;
+      } else this.makeRoom(slot);
     }
     const p = this.page, n = this.count(p), b = rec(p, this.idx);
     w.copyWithin(b + REC_WORDS, b, rec(p, n));
