@@ -17,8 +17,11 @@ const EMPTY = ExtentFlag.EMPTY;
  */
 const SPREAD = 2;
 const WINDOW = 2 * SPREAD + 1;
-/** A delete merges a page with the next one when both fit in this many records: hysteresis below a full page. */
-const MERGE_AT = PAGE_RECS - (PAGE_RECS >> 2);
+/**
+ * A delete packs its window into one page fewer when the records fit at this fill. Below a full
+ * page so that the next insert there does not split right away.
+ */
+const MERGE_FILL = PAGE_RECS - 4;
 
 const rec = (p: number, i: number): number => p * PAGE_WORDS + PAGE_HDR + i * REC_WORDS;
 
@@ -32,8 +35,12 @@ export class Cursor {
   prev = -1;
   private tail = false;
   private readonly t = { off: 0, len: 0, flags: 0, seg: 0, segOff: 0, gen: 0 };
-  /** Owner-local copies for makeRoom: the subtree's chain and the records of its window. */
+  /** Owner-local state of window() and respread(): the subtree's chain, the window, its records. */
   private readonly chain: number[] = [];
+  private winLo = 0;
+  private winHi = 0;
+  private winTotal = 0;
+  private winAt = 0;
   private readonly spill = new Int32Array(WINDOW * PAGE_RECS * REC_WORDS);
 
   constructor(private readonly meta: Int32Array, private readonly arena: PageArena, private readonly f64: Float64Array) {}
@@ -161,17 +168,15 @@ export class Cursor {
       if (nx !== -1) { this.page = nx; this.idx = 0; }
       else if (this.prev === -1) { this.page = -1; this.idx = 0; }
       else { this.page = this.prev; this.idx = this.count(this.prev); this.prev = -2; }
-    } else {
-      // Deletes (GC sweeps, overwrites by longer extents) would otherwise leave sparse pages behind.
-      if (nx !== -1 && n - 1 + this.count(nx) <= MERGE_AT) {
-        const m = this.count(nx);
-        w.copyWithin(rec(p, n - 1), rec(nx, 0), rec(nx, m));
-        w[p * PAGE_WORDS + P_COUNT] = n - 1 + m;
-        w[p * PAGE_WORDS + P_NEXT] = this.next(nx);
-        this.arena.free(nx);
-      }
-      const n2 = this.count(p), nx2 = this.next(p);
-      if (this.idx >= n2 && nx2 !== -1) { this.prev = p; this.page = nx2; this.idx = 0; }
+      return;
+    }
+    // Deletes (GC sweeps, trims, overwrites by longer extents) would otherwise leave sparse pages
+    // behind: a window that fits in one page fewer at MERGE_FILL is packed into it.
+    let pages = 0;
+    if (n - 1 < MERGE_FILL && (pages = this.window(slot)) > 1 && this.winTotal <= (pages - 1) * MERGE_FILL) {
+      this.respread(slot, pages - 1, false);
+    } else if (this.idx >= n - 1 && nx !== -1) {
+      this.prev = p; this.page = nx; this.idx = 0;
     }
   }
 
@@ -189,39 +194,69 @@ export class Cursor {
   }
 
   /**
-   * The cursor's page is full: spread the records of the pages around it (up to SPREAD on each
-   * side) evenly over those pages, plus a new one if they are all full, leaving a free slot at the
-   * cursor's position; the cursor moves to that slot. Readers never look mid-way: the caller holds
-   * the subtree's seqlock, and a reader that raced the copy retries.
+   * The window around the cursor's page: up to SPREAD pages on each side (winLo..winHi in
+   * `chain`), their record count, and the cursor's position counted from the window's first
+   * record. Returns the number of pages in the window.
    */
-  private makeRoom(slot: number): void {
-    const w = this.w, ch = this.chain, sp = this.spill;
+  private window(slot: number): number {
+    const ch = this.chain;
     ch.length = 0;
     let k = -1;
     for (let q = this.meta[this.headWord(slot)]; q !== -1 && (k === -1 || ch.length <= k + SPREAD); q = this.next(q)) {
       if (q === this.page) k = ch.length;
       ch.push(q);
     }
-    const lo = Math.max(0, k - SPREAD), hi = Math.min(ch.length - 1, k + SPREAD);
-    let total = 0, hole = 0;
+    this.winLo = Math.max(0, k - SPREAD);
+    this.winHi = Math.min(ch.length - 1, k + SPREAD);
+    this.winTotal = 0;
+    for (let i = this.winLo; i <= this.winHi; i++) {
+      if (i === k) this.winAt = this.winTotal + this.idx;
+      this.winTotal += this.count(ch[i]!);
+    }
+    return this.winHi - this.winLo + 1;
+  }
+
+  /**
+   * Re-lay the window's records evenly over `pages` pages (at most one more or one fewer than it
+   * has: the new page goes after its last, the freed one is its last), leaving a free slot at the
+   * cursor's position when `hole` (an insert follows) and keeping the cursor on its record
+   * otherwise. Readers never look mid-way: the caller holds the subtree's seqlock, and a reader
+   * that raced the copy retries.
+   */
+  private respread(slot: number, pages: number, hole: boolean): void {
+    const w = this.w, ch = this.chain, sp = this.spill, lo = this.winLo, at = this.winAt;
+    let hi = this.winHi, total = 0;
     for (let i = lo; i <= hi; i++) {
-      if (i === k) hole = total + this.idx;
-      const n = this.count(ch[i]!);
-      sp.set(w.subarray(rec(ch[i]!, 0), rec(ch[i]!, n)), total * REC_WORDS);
+      const q = ch[i]!, n = this.count(q);
+      sp.set(w.subarray(rec(q, 0), rec(q, n)), total * REC_WORDS);
       total += n;
     }
-    let pages = hi - lo + 1;
-    if (total === pages * PAGE_RECS) { ch.splice(hi + 1, 0, this.newPageAfter(slot, ch[hi]!)); pages++; }
-    // total + 1 slots (the records and the hole) over `pages` pages, as evenly as integers allow.
-    const slots = total + 1;
+    if (pages > hi - lo + 1) {
+      ch.splice(hi + 1, 0, this.newPageAfter(slot, ch[hi]!));
+      hi++;
+    } else if (pages < hi - lo + 1) {
+      const q = ch[hi]!;
+      w[ch[hi - 1]! * PAGE_WORDS + P_NEXT] = this.next(q);
+      this.arena.free(q);
+      ch.splice(hi, 1);
+      hi--;
+    }
+    // The records (and the hole) over the pages, as evenly as integers allow.
+    const slots = hole ? total + 1 : total;
     let from = 0;
     for (let i = 0; i < pages; i++) {
       const q = ch[lo + i]!, a = Math.floor((slots * i) / pages), z = Math.floor((slots * (i + 1)) / pages);
-      const holeHere = hole >= a && hole < z, n = holeHere ? z - a - 1 : z - a;
+      const holeHere = hole && at >= a && at < z, n = holeHere ? z - a - 1 : z - a;
       w.set(sp.subarray(from * REC_WORDS, (from + n) * REC_WORDS), rec(q, 0));
       w[q * PAGE_WORDS + P_COUNT] = n;
       from += n;
-      if (holeHere) { this.page = q; this.idx = hole - a; this.prev = lo + i > 0 ? ch[lo + i - 1]! : -1; }
+      if (at >= a && at < z) { this.page = q; this.idx = at - a; this.prev = lo + i > 0 ? ch[lo + i - 1]! : -1; }
+    }
+    if (at === slots) {
+      // The record that followed the deleted one lies beyond the window (or there is none).
+      const last = ch[hi]!, nx = this.next(last);
+      if (nx !== -1) { this.page = nx; this.idx = 0; this.prev = last; }
+      else { this.page = last; this.idx = this.count(last); this.prev = hi > 0 ? ch[hi - 1]! : -1; }
     }
   }
 
@@ -235,7 +270,11 @@ export class Cursor {
         // Appending past the last page: start a new one instead of spreading, so sequential fills
         // leave full pages behind.
         this.prev = p; this.page = this.newPageAfter(slot, p); this.idx = 0;
-      } else this.makeRoom(slot);
+      } else {
+        // Spread the window's records, over one page more when all its pages are full.
+        const pages = this.window(slot);
+        this.respread(slot, this.winTotal === pages * PAGE_RECS ? pages + 1 : pages, true);
+      }
     }
     const p = this.page, n = this.count(p), b = rec(p, this.idx);
     w.copyWithin(b + REC_WORDS, b, rec(p, n));
