@@ -41,6 +41,7 @@ export class Cursor {
   private winHi = 0;
   private winTotal = 0;
   private winAt = 0;
+  private winK = 0;
   private readonly spill = new Int32Array(WINDOW * PAGE_RECS * REC_WORDS);
 
   constructor(private readonly meta: Int32Array, private readonly arena: PageArena, private readonly f64: Float64Array) {}
@@ -206,6 +207,7 @@ export class Cursor {
       if (q === this.page) k = ch.length;
       ch.push(q);
     }
+    this.winK = k;
     this.winLo = Math.max(0, k - SPREAD);
     this.winHi = Math.min(ch.length - 1, k + SPREAD);
     this.winTotal = 0;
@@ -271,9 +273,14 @@ export class Cursor {
         // leave full pages behind.
         this.prev = p; this.page = this.newPageAfter(slot, p); this.idx = 0;
       } else {
-        // Spread the window's records, over one page more when all its pages are full.
         const pages = this.window(slot);
-        this.respread(slot, this.winTotal === pages * PAGE_RECS ? pages + 1 : pages, true);
+        if (this.winTotal < pages * PAGE_RECS) this.respread(slot, pages, true);
+        else if (this.idx === 0) {
+          // All full, and the insert goes before a page's first record (descending runs do this
+          // every time): a page of its own keeps the full ones full.
+          const before = this.winK > 0 ? this.chain[this.winK - 1]! : -1;
+          this.page = this.newPageAfter(slot, before); this.prev = before;
+        } else this.respread(slot, pages + 1, true);
       }
     }
     const p = this.page, n = this.count(p), b = rec(p, this.idx);
