@@ -10,8 +10,18 @@ import {
 import type { Extent } from './layout.js';
 
 const EMPTY = ExtentFlag.EMPTY;
-/** Position after a page split: half stays, half moves (random inserts leave ~70 % fill). */
-const SPLIT_AT = PAGE_RECS >> 1;
+/**
+ * Pages on each side of a full page that an insert spreads records over before it adds a page
+ * (B*-style: a window of up to 2·SPREAD+1 full pages becomes one page more). Wider windows fill
+ * pages better under random inserts, at the price of copying the window; layout.ts has the figures.
+ */
+const SPREAD = 2;
+const WINDOW = 2 * SPREAD + 1;
+/**
+ * A delete packs its window into one page fewer when the records fit at this fill. Below a full
+ * page so that the next insert there does not split right away.
+ */
+const MERGE_FILL = PAGE_RECS - 4;
 
 const rec = (p: number, i: number): number => p * PAGE_WORDS + PAGE_HDR + i * REC_WORDS;
 
@@ -25,6 +35,14 @@ export class Cursor {
   prev = -1;
   private tail = false;
   private readonly t = { off: 0, len: 0, flags: 0, seg: 0, segOff: 0, gen: 0 };
+  /** Owner-local state of window() and respread(): the subtree's chain, the window, its records. */
+  private readonly chain: number[] = [];
+  private winLo = 0;
+  private winHi = 0;
+  private winTotal = 0;
+  private winAt = 0;
+  private winK = 0;
+  private readonly spill = new Int32Array(WINDOW * PAGE_RECS * REC_WORDS);
 
   constructor(private readonly meta: Int32Array, private readonly arena: PageArena, private readonly f64: Float64Array) {}
 
@@ -151,6 +169,13 @@ export class Cursor {
       if (nx !== -1) { this.page = nx; this.idx = 0; }
       else if (this.prev === -1) { this.page = -1; this.idx = 0; }
       else { this.page = this.prev; this.idx = this.count(this.prev); this.prev = -2; }
+      return;
+    }
+    // Deletes (GC sweeps, trims, overwrites by longer extents) would otherwise leave sparse pages
+    // behind: a window that fits in one page fewer at MERGE_FILL is packed into it.
+    let pages = 0;
+    if (n - 1 < MERGE_FILL && (pages = this.window(slot)) > 1 && this.winTotal <= (pages - 1) * MERGE_FILL) {
+      this.respread(slot, pages - 1, false);
     } else if (this.idx >= n - 1 && nx !== -1) {
       this.prev = p; this.page = nx; this.idx = 0;
     }
@@ -169,30 +194,93 @@ export class Cursor {
     return q;
   }
 
+  /**
+   * The window around the cursor's page: up to SPREAD pages on each side (winLo..winHi in
+   * `chain`), their record count, and the cursor's position counted from the window's first
+   * record. Returns the number of pages in the window.
+   */
+  private window(slot: number): number {
+    const ch = this.chain;
+    ch.length = 0;
+    let k = -1;
+    for (let q = this.meta[this.headWord(slot)]; q !== -1 && (k === -1 || ch.length <= k + SPREAD); q = this.next(q)) {
+      if (q === this.page) k = ch.length;
+      ch.push(q);
+    }
+    this.winK = k;
+    this.winLo = Math.max(0, k - SPREAD);
+    this.winHi = Math.min(ch.length - 1, k + SPREAD);
+    this.winTotal = 0;
+    for (let i = this.winLo; i <= this.winHi; i++) {
+      if (i === k) this.winAt = this.winTotal + this.idx;
+      this.winTotal += this.count(ch[i]!);
+    }
+    return this.winHi - this.winLo + 1;
+  }
+
+  /**
+   * Re-lay the window's records evenly over `pages` pages (at most one more or one fewer than it
+   * has: the new page goes after its last, the freed one is its last), leaving a free slot at the
+   * cursor's position when `hole` (an insert follows) and keeping the cursor on its record
+   * otherwise. Readers never look mid-way: the caller holds the subtree's seqlock, and a reader
+   * that raced the copy retries.
+   */
+  private respread(slot: number, pages: number, hole: boolean): void {
+    const w = this.w, ch = this.chain, sp = this.spill, lo = this.winLo, at = this.winAt;
+    let hi = this.winHi, total = 0;
+    for (let i = lo; i <= hi; i++) {
+      const q = ch[i]!, n = this.count(q);
+      sp.set(w.subarray(rec(q, 0), rec(q, n)), total * REC_WORDS);
+      total += n;
+    }
+    if (pages > hi - lo + 1) {
+      ch.splice(hi + 1, 0, this.newPageAfter(slot, ch[hi]!));
+      hi++;
+    } else if (pages < hi - lo + 1) {
+      const q = ch[hi]!;
+      w[ch[hi - 1]! * PAGE_WORDS + P_NEXT] = this.next(q);
+      this.arena.free(q);
+      ch.splice(hi, 1);
+      hi--;
+    }
+    // The records (and the hole) over the pages, as evenly as integers allow.
+    const slots = hole ? total + 1 : total;
+    let from = 0;
+    for (let i = 0; i < pages; i++) {
+      const q = ch[lo + i]!, a = Math.floor((slots * i) / pages), z = Math.floor((slots * (i + 1)) / pages);
+      const holeHere = hole && at >= a && at < z, n = holeHere ? z - a - 1 : z - a;
+      w.set(sp.subarray(from * REC_WORDS, (from + n) * REC_WORDS), rec(q, 0));
+      w[q * PAGE_WORDS + P_COUNT] = n;
+      from += n;
+      if (at >= a && at < z) { this.page = q; this.idx = at - a; this.prev = lo + i > 0 ? ch[lo + i - 1]! : -1; }
+    }
+    if (at === slots) {
+      // The record that followed the deleted one lies beyond the window (or there is none).
+      const last = ch[hi]!, nx = this.next(last);
+      if (nx !== -1) { this.page = nx; this.idx = 0; this.prev = last; }
+      else { this.page = last; this.idx = this.count(last); this.prev = hi > 0 ? ch[hi - 1]! : -1; }
+    }
+  }
+
   /** Insert before the cursor; afterwards the cursor points at the new record. Callers ensure() pages first. */
   insert(slot: number, off: number, len: number, flags: number, seg: number, segOff: number, gen: number): void {
     const w = this.w;
     if (this.page === -1) { this.page = this.newPageAfter(slot, -1); this.idx = 0; this.prev = -1; }
     if (this.count(this.page) === PAGE_RECS) {
       const p = this.page, nx = this.next(p);
-      const nxRoom = nx !== -1 && this.count(nx) < PAGE_RECS;
-      if (this.idx === PAGE_RECS) {
-        // Appending past a full page: start the next one instead of splitting, so sequential
-        // fills leave full pages behind.
-        this.prev = p; this.page = nxRoom ? nx : this.newPageAfter(slot, p); this.idx = 0;
-      } else if (nxRoom) {
-        // Spill the last record into the next page rather than split: keeps fill high.
-        const nb = rec(nx, 0), nn = this.count(nx);
-        w.copyWithin(nb + REC_WORDS, nb, rec(nx, nn));
-        w.copyWithin(nb, rec(p, PAGE_RECS - 1), rec(p, PAGE_RECS));
-        w[nx * PAGE_WORDS + P_COUNT] = nn + 1;
-        w[p * PAGE_WORDS + P_COUNT] = PAGE_RECS - 1;
+      if (this.idx === PAGE_RECS && nx === -1) {
+        // Appending past the last page: start a new one instead of spreading, so sequential fills
+        // leave full pages behind.
+        this.prev = p; this.page = this.newPageAfter(slot, p); this.idx = 0;
       } else {
-        const q = this.newPageAfter(slot, p);
-        w.copyWithin(rec(q, 0), rec(p, SPLIT_AT), rec(p, PAGE_RECS));
-        w[q * PAGE_WORDS + P_COUNT] = PAGE_RECS - SPLIT_AT;
-        w[p * PAGE_WORDS + P_COUNT] = SPLIT_AT;
-        if (this.idx > SPLIT_AT) { this.prev = p; this.page = q; this.idx -= SPLIT_AT; }
+        const pages = this.window(slot);
+        if (this.winTotal < pages * PAGE_RECS) this.respread(slot, pages, true);
+        else if (this.idx === 0) {
+          // All full, and the insert goes before a page's first record (descending runs do this
+          // every time): a page of its own keeps the full ones full.
+          const before = this.winK > 0 ? this.chain[this.winK - 1]! : -1;
+          this.page = this.newPageAfter(slot, before); this.prev = before;
+        } else this.respread(slot, pages + 1, true);
       }
     }
     const p = this.page, n = this.count(p), b = rec(p, this.idx);

@@ -5,10 +5,25 @@
 // records plus a per-subtree sorted array of record indices: the indirection costs 4 bytes per
 // extent plus a variable-size array allocator in shared memory, and a lookup touches two places.
 // Inline records in fixed pages need one fixed-size allocator (a free list of pages), keep a
-// subtree's extents contiguous for the stitching walk, and a 20-byte record at ~70–90 % page fill
-// stays under the 32-byte target. A subtree holds at most a few hundred extents in practice (4 MiB
-// of 4 KiB blocks is 1024), so a short chain of pages searched by their last key is enough; no
-// interior nodes are needed.
+// subtree's extents contiguous for the stitching walk, and a subtree holds at most a few hundred
+// extents in practice (4 MiB of 4 KiB blocks is 1024), so a short chain of pages searched by their
+// last key is enough; no interior nodes are needed.
+//
+// Size (issue 10: ≤ 24 bytes per extent, counted as pages in use × PAGE_BYTES plus the subtree
+// table, over records). A page is 648 bytes for 32 records: 20.25 bytes per extent when full, so
+// the target is a fill of 84 % or more. Halving a full page (after one record moved to the next
+// page if it had room) left random inserts at 74 % (27.4 B/extent for 4 KiB random writes, each
+// block once: the growth bench's fill; the bench measured 26.3–26.7). So the cursor spreads
+// B*-style (cursor.ts): a full page shares its records with up to two pages on each side, and only
+// a window of five full pages becomes six. Measured on a shuffled fill of 512 MiB and 1 GiB of
+// origin: one page each side 22.8 B/extent, two 21.7, three 21.3; two was chosen, the copy per
+// spread staying at five pages (the growth bench then reports 22.1–22.2). Runs keep pages full
+// (20.3 B/extent ascending or descending: an insert at the end of the chain or before a page's
+// first record in a full window starts a page of its own), and deletes pack a window that fits in
+// one page fewer at 28 records a page. That leaves the 20-byte record as is: packing it into 16
+// bytes (offset and length in 22 bits each, flags, a narrower segment offset) would gain 4 more
+// bytes per extent but bound the segment size and the segment count, and it is not needed for the
+// target.
 
 /** Record: 5 Int32 words, 20 bytes. */
 export const REC_WORDS = 5;
