@@ -1,6 +1,7 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { ExtentFlag, ExtentIndex, IndexFullError, IndexStateError } from '../src/cache/index/extent-index.js';
+import { META_HDR_WORDS, SUB_WORDS, S_SEQ } from '../src/cache/index/layout.js';
 import type { Extent } from '../src/cache/index/extent-index.js';
 
 const MiB = 1 << 20;
@@ -250,4 +251,26 @@ test('model: random insert/remove/placeholder/fill/removeIf match a byte map', (
     return true;
   }), { seed: 0x5eed, numRuns: 500 });
   t.pass();
+});
+
+test('tryLookup (a foreign reader that never waits): null while the subtree is mid-edit or a respawned owner rebuilds, the pieces otherwise', (t) => {
+  const owner = mk(64 * MiB);
+  owner.insert({ off: 4096, len: 8192, seg: 3, segOff: 0, gen: 1, flags: ExtentFlag.DIRTY });
+  const reader = ExtentIndex.attach(owner.sabs, 'reader');
+  const got = reader.tryLookup(0, 16384)!;
+  t.deepEqual(got.map((p) => [p.off, p.len, p.flags]), [[0, 4096, -1], [4096, 8192, ExtentFlag.DIRTY], [12288, 4096, -1]]);
+  // An owner that died mid-edit left subtree 0's seqlock odd.
+  const meta = new Int32Array(owner.sabs.meta);
+  const seq = META_HDR_WORDS + 0 * SUB_WORDS + S_SEQ;
+  Atomics.add(meta, seq, 1);
+  t.is(reader.tryLookup(0, 16384), null, 'mid-edit: gives up at once');
+  t.not(reader.tryLookup(SUB, 4096), null, 'other subtrees still answer');
+  // Its successor empties that subtree and rebuilds it: until it says so, no reader trusts any subtree.
+  const { index: successor, emptied } = ExtentIndex.attachRepairing(owner.sabs);
+  t.deepEqual(emptied, [0]);
+  t.is(reader.tryLookup(0, 16384), null, 'being rebuilt');
+  t.is(reader.tryLookup(SUB, 4096), null, 'being rebuilt: another subtree may hold older data than the log says');
+  successor.insert({ off: 4096, len: 8192, seg: 3, segOff: 0, gen: 1, flags: ExtentFlag.DIRTY });
+  successor.repaired();
+  t.deepEqual(reader.tryLookup(0, 16384)!.map((p) => [p.off, p.len, p.flags]), [[0, 4096, -1], [4096, 8192, ExtentFlag.DIRTY], [12288, 4096, -1]]);
 });
