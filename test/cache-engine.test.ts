@@ -31,6 +31,7 @@ const variants: [string, Partial<SimOptions>, number][] = [
   ['asynchronous origin, modes switched online, volatile origin whose flushes fail, stripe deaths', { asyncOrigin: true, modes: true, volatileOrigin: true, originFlushFail: 0.3, respawn: 0.05 }, 4],
   ['cache read hits answered later (direct I/O through the async seam), GC at 0', { asyncReads: true, gcPercent: 0 }, 3],
   ['cache read hits answered later, asynchronous origin, cache device faults, modes switched, stripe deaths', { asyncReads: true, asyncOrigin: true, faults: FAULTS, modes: true, respawn: 0.05 }, 4],
+  ['strict writeback order (an epoch every 2 ksets too), volatile origin whose flushes fail', { order: 'strict', volatileOrigin: true, originFlushFail: 0.3 }, 3],
   ['everything at once, modes switched, three stripes', { modes: true, stripes: 3, respawn: 0.05, faults: FAULTS, volatileOrigin: true, originFlushFail: 0.3, corrupt: 0.4 }, 4],
 ];
 

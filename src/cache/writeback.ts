@@ -10,10 +10,10 @@
 // the next one, and nothing later.
 //
 // Strict order (dm-pcache's, PCACHED_WRITEBACK_ORDER=strict, kept to compare): one kset at a
-// time, in log order, each followed by an origin sync. It is the same walk with another epoch
-// boundary: every `batchKsets` ksets (1: every kset) end an epoch, whatever their marks, and a
-// window holds one such epoch. Merging newest-first inside it writes what applying its keys in log
-// order would leave, so sorting and coalescing there keep dm-pcache's result and sync points.
+// time, in log order, each followed by an origin sync. It is the same walk with more epoch
+// boundaries: every `batchKsets` ksets (1: every kset) end an epoch as well as the marks do, and a
+// window is `batchKsets` ksets. Merging newest-first inside an epoch writes what applying its keys
+// in log order would leave, so sorting and coalescing there keep dm-pcache's result and syncs.
 //
 // When to step, and how fast, is the policy's (writeback-policy.ts); this file only does it.
 
@@ -205,8 +205,9 @@ export class Writeback {
     const strict = this.opts.order === 'strict';
     const maxKsets = strict ? Math.max(1, this.opts.batchKsets) : WINDOW_KSETS;
     const maxKeys = strict ? STRICT_WINDOW_KEYS : WINDOW_KEYS;
-    // Epoch order: a kset marked EPOCH ends the epoch. Strict: the window is the one epoch.
-    const endsEpoch = (epochMark: boolean): boolean => !strict && epochMark;
+    // The one difference between the orders: where an epoch ends. A mark always ends one (so the
+    // origin stays an epoch prefix in both); strict order also ends one every `batchKsets` ksets.
+    const endsEpoch = (epochMark: boolean, g: Group): boolean => epochMark || (strict && g.ksets >= maxKsets);
     interface Group { keys: CacheKey[]; end: LogPosition; ksets: number; keyCount: number; dirty: number; marks: number }
     const groups: Group[] = [];
     let cur: Group = { keys: [], end: start, ksets: 0, keyCount: 0, dirty: 0, marks: 0 };
@@ -234,7 +235,7 @@ export class Writeback {
       pos = r.next;
       cur.end = pos;
       if (r.kset.epoch) cur.marks++;
-      if (endsEpoch(r.kset.epoch)) {
+      if (endsEpoch(r.kset.epoch, cur)) {
         groups.push(cur);
         cur = { keys: [], end: pos, ksets: 0, keyCount: 0, dirty: 0, marks: 0 };
       }
