@@ -22,14 +22,25 @@ function setup(over: Partial<WritebackState> = {}) {
 const write = (urgent: Urgency | null): Decision => ({ act: 'write', urgent });
 const pausing: Decision = { act: 'sleep', ms: 100, why: 'pause', wake: false };
 
-test('nothing urgent and no foreground I/O: write back at the normal pace', (t) => {
-  const { policy, s } = setup({ pauseMs: 1000 });
-  t.deepEqual(policy.next(s), write(null));
+/** A policy past the pause its start counts as (the start is foreground I/O: see the first test). */
+function started(over: Partial<WritebackState> = {}) {
+  const x = setup(over);
+  x.clock.t += x.s.pauseMs;
+  return x;
+}
+
+test('the start counts as foreground I/O: pauseMs of waiting first; the counter\'s first value is only a baseline', (t) => {
+  const { clock, policy, s } = setup({ pauseMs: 1000, foreground: 7 });
+  t.deepEqual(policy.next(s), pausing);
+  clock.t += 999;
+  t.deepEqual(policy.next(s), pausing);
+  clock.t += 1;
+  t.deepEqual(policy.next(s), write(null), 'nothing urgent, no foreground I/O: write back at the normal pace');
 });
 
 test('pause_writeback: foreground I/O within pauseMs waits (in 100 ms slices) while there is room; then writes', (t) => {
-  const { clock, policy, s } = setup({ pauseMs: 1000 });
-  t.deepEqual(policy.next(s), write(null), 'the first sample is a baseline, not foreground I/O');
+  const { clock, policy, s } = started({ pauseMs: 1000 });
+  t.deepEqual(policy.next(s), write(null));
   s.foreground = 1;
   t.deepEqual(policy.next(s), pausing);
   clock.t += 999;
@@ -44,7 +55,7 @@ test('pause_writeback: foreground I/O within pauseMs waits (in 100 ms slices) wh
 });
 
 test('pause_writeback: no pause when it is off, segment use is past gc_percent, or nothing is pending', (t) => {
-  const { policy, s } = setup({ pauseMs: 1000 });
+  const { policy, s } = started({ pauseMs: 1000 });
   policy.next(s);
   s.foreground = 1;
   t.deepEqual(policy.next({ ...s, pauseMs: 0 }), write(null));
@@ -54,7 +65,7 @@ test('pause_writeback: no pause when it is off, segment use is past gc_percent, 
 });
 
 test('watermarks: urgent from high until back to low (hysteresis), and urgency overrides the pause', (t) => {
-  const { policy, s } = setup({ pauseMs: 1000 });
+  const { policy, s } = started({ pauseMs: 1000 });
   policy.next(s);
   s.foreground = 1;
   const at = (pct: number): Decision => policy.next({ ...s, dirtyBytes: (pct * CACHE) / 100 });
@@ -68,7 +79,7 @@ test('watermarks: urgent from high until back to low (hysteresis), and urgency o
 });
 
 test('writes waiting for space, and the cleaner, are urgent; high watermark is named first', (t) => {
-  const { policy, s } = setup({ pauseMs: 1000 });
+  const { policy, s } = started({ pauseMs: 1000 });
   policy.next(s);
   s.foreground = 1;
   t.deepEqual(policy.next({ ...s, writesWaiting: true }), write('writes waiting for space'));
@@ -80,14 +91,14 @@ test('writes waiting for space, and the cleaner, are urgent; high watermark is n
 });
 
 test('max_age: dirty data older than max_age is urgent below the low watermark; its age is when the head passed it', (t) => {
-  const { clock, policy, s } = setup({ pauseMs: 1_000_000, maxAgeMs: 2000, dirtyBytes: MiB, headLsn: 10, tailLsn: 10 });
+  const { clock, policy, s } = started({ pauseMs: 1_000_000, maxAgeMs: 2000, dirtyBytes: MiB, headLsn: 10, tailLsn: 10 });
   policy.next(s);
   s.foreground = 1;
   t.deepEqual(policy.next(s), write(null), 'nothing pending: no pause, no age');
-  s.headLsn = 20; // ksets 10..19 logged now (t = 10 000)
+  s.headLsn = 20; // ksets 10..19 logged now
   t.deepEqual(policy.next(s), pausing);
   clock.t += 1000;
-  s.headLsn = 30; // 20..29 logged by t = 11 000, sampled then
+  s.headLsn = 30; // 20..29 logged 1000 ms later, sampled then
   t.deepEqual(policy.next(s), pausing);
   t.is(policy.oldestDirtyAge(s), 1000);
   clock.t += 999;

@@ -3,8 +3,8 @@
 // and the worker (workers/writeback.ts) is left with reading the state, acting and sleeping.
 //
 // Writeback always follows the log while anything is pending; the controls only decide whether it
-// may wait. It waits (dm-writecache's pause_writeback) while the volume saw foreground I/O within
-// `pauseMs` and segment use is below gc_percent, and it is paced to `writeback.rate` after each
+// may wait. It waits (dm-writecache's pause_writeback) while the volume saw foreground I/O (or the
+// worker started) within `pauseMs` and segment use is below gc_percent, and it is paced to `writeback.rate` after each
 // epoch, unless a reason makes it urgent: dirty blocks past the high watermark (until back to the
 // low one), writes that waited for cache space, the cleaner, or dirty data older than max_age.
 // Idle, it sleeps until the log head moves or a second passes; after an origin error it backs
@@ -62,14 +62,17 @@ const MAX_PACE_MS = 5000;
 export class WritebackPolicy {
   #aboveHigh = false;
   #fgSeen: number | null = null;
-  #fgAt = -Infinity;
+  /** The start counts as foreground I/O: a volume just (re)started is about to get its client's. */
+  #fgAt: number;
   /** When the log head was first seen past each sequence number, oldest first: the ages for max_age. */
   readonly #headSeen: { lsn: number; at: number }[] = [];
   /** The sleep a step's outcome asks for, taken by the next decision. */
   #rest: Decision | null = null;
   #failures = 0;
 
-  constructor(private readonly clock: Clock) {}
+  constructor(private readonly clock: Clock) {
+    this.#fgAt = clock.now();
+  }
 
   /** What to do next: write back now, or sleep. */
   next(s: WritebackState): Decision {
@@ -137,7 +140,7 @@ export class WritebackPolicy {
   /** Foreground I/O and the log head, sampled: every decision and every pace sees the state. */
   #observe(s: WritebackState): void {
     const now = this.clock.now();
-    // The first sample is the baseline: I/O before the worker started is not "recent".
+    // The first sample is the baseline: what the counter says about I/O before the start is unknown.
     if (this.#fgSeen !== null && s.foreground !== this.#fgSeen) this.#fgAt = now;
     this.#fgSeen = s.foreground;
     const seen = this.#headSeen;
