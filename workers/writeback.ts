@@ -1,7 +1,7 @@
 // Writeback worker: one thread per cache (a piscina pool of one), following the key log from
 // dirty_tail to the origin. A thin loop: it reads the shared state, asks the policy
 // (src/cache/writeback-policy.ts: pause, rate, urgency, idle and back-off) what to do, steps
-// writeback (src/cache/writeback.ts) or sleeps, and stops after its current batch. An origin
+// writeback (src/cache/writeback.ts) or sleeps, and stops after the epoch in progress. An origin
 // that cannot be opened at start is retried with back-off, and a loop that throws is restarted:
 // the thread never stops writing back for good while the daemon runs.
 

@@ -11,9 +11,9 @@
 //
 // Strict order (dm-pcache's, PCACHED_WRITEBACK_ORDER=strict, kept to compare): one kset at a
 // time, in log order, each followed by an origin sync. It is the same walk with more epoch
-// boundaries: every `batchKsets` ksets (1: every kset) end an epoch as well as the marks do, and a
-// window is `batchKsets` ksets. Merging newest-first inside an epoch writes what applying its keys
-// in log order would leave, so sorting and coalescing there keep dm-pcache's result and syncs.
+// boundaries: every `batchKsets` ksets (1: every kset) end an epoch as well as the marks do.
+// Merging newest-first inside an epoch writes what applying its keys in log order would leave, so
+// sorting and coalescing there keep dm-pcache's result and its syncs.
 //
 // When to step, and how fast, is the policy's (writeback-policy.ts); this file only does it.
 
@@ -32,11 +32,9 @@ import type { EngineLog } from './engine.js';
 import { errnoName } from '../coordinator/io.js';
 import type { Clock } from './writeback-policy.js';
 
-/** Keys and ksets one epoch-order window reads at most: bounds its memory (keys, not data). */
+/** Keys and ksets one window reads at most: bounds its memory (keys, not data). */
 const WINDOW_KEYS = 65_536;
 const WINDOW_KSETS = 4096;
-/** Keys of one strict-order window (one batch): bounds the work a failed batch repeats. */
-const STRICT_WINDOW_KEYS = 8192;
 /** Back-off (ms) between in-place retries of one failed origin request. */
 const REQUEST_RETRIES = [20, 50, 100, 250, 500];
 /** A coalesced origin write is at most this long. */
@@ -203,17 +201,16 @@ export class Writeback {
   private async stepEpochs(start: LogPosition, limit: number): Promise<number> {
     const lim = limitsOf(this.g);
     const strict = this.opts.order === 'strict';
-    const maxKsets = strict ? Math.max(1, this.opts.batchKsets) : WINDOW_KSETS;
-    const maxKeys = strict ? STRICT_WINDOW_KEYS : WINDOW_KEYS;
+    const batch = Math.max(1, this.opts.batchKsets);
     // The one difference between the orders: where an epoch ends. A mark always ends one (so the
     // origin stays an epoch prefix in both); strict order also ends one every `batchKsets` ksets.
-    const endsEpoch = (epochMark: boolean, g: Group): boolean => epochMark || (strict && g.ksets >= maxKsets);
-    interface Group { keys: CacheKey[]; end: LogPosition; ksets: number; keyCount: number; dirty: number; marks: number }
+    const endsEpoch = (epochMark: boolean, g: Group): boolean => epochMark || (strict && g.ksets >= batch);
+    interface Group { keys: CacheKey[]; end: LogPosition; ksets: number; keyCount: number; dirty: number; marked: boolean }
     const groups: Group[] = [];
-    let cur: Group = { keys: [], end: start, ksets: 0, keyCount: 0, dirty: 0, marks: 0 };
+    let cur: Group = { keys: [], end: start, ksets: 0, keyCount: 0, dirty: 0, marked: false };
     let pos = start;
     let keys = 0, ksets = 0;
-    while (pos.lsn < limit && keys < maxKeys && ksets < maxKsets) {
+    while (pos.lsn < limit && keys < WINDOW_KEYS && ksets < WINDOW_KSETS) {
       const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
       if ('error' in r) {
         if (ksets > 0) break; // write what verified; the next step halts here
@@ -234,16 +231,18 @@ export class Writeback {
       }
       pos = r.next;
       cur.end = pos;
-      if (r.kset.epoch) cur.marks++;
+      cur.marked = r.kset.epoch;
       if (endsEpoch(r.kset.epoch, cur)) {
         groups.push(cur);
-        cur = { keys: [], end: pos, ksets: 0, keyCount: 0, dirty: 0, marks: 0 };
+        cur = { keys: [], end: pos, ksets: 0, keyCount: 0, dirty: 0, marked: false };
       }
     }
     if (cur.ksets > 0) groups.push(cur);
     const now = (): number => (this.opts.clock ? this.opts.clock.now() : performance.now());
     let bytes = 0;
     for (const g of groups) {
+      // A stop waits for the epoch in progress, not for the window (thousands of them, strict).
+      if (this.sh.stopping) break;
       const t0 = now();
       const before = bytes;
       let blocks = 0;
@@ -265,7 +264,7 @@ export class Writeback {
       this.sh.clearError(ERR_ORIGIN_IO);
       this.persistDirtyTail(g.end);
       this.sh.addDirty(-g.dirty);
-      if (g.marks > 0) this.sh.addEpochsPending(-g.marks);
+      if (g.marked) this.sh.addEpochsPending(-1);
       this.stats.ksets += g.ksets;
       this.stats.keys += g.keyCount;
       this.stats.epochs++;
