@@ -115,7 +115,7 @@ async function loop(): Promise<void> {
     onInflight: (n) => counters.set('wb_inflight_blocks', n),
     pace: async (bytes, ms) => {
       const due = policy.paceMs(bytes, ms, state());
-      if (due > 0) await sleep(due);
+      if (due > 0) await pause(due); // cut short by a stop: the step then ends after this epoch
     },
   });
   try {
