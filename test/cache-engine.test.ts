@@ -35,6 +35,7 @@ const variants: [string, Partial<SimOptions>, number][] = [
   ['data runs written asynchronously, cache device faults, gc 0', { asyncWrites: true, faults: FAULTS, gcPercent: 0 }, 4],
   ['asynchronous data runs and read hits, asynchronous origin, modes switched, stripe deaths', { asyncWrites: true, asyncReads: true, asyncOrigin: true, modes: true, respawn: 0.05 }, 4],
   ['asynchronous data runs and read hits, faults, volatile origin, three stripes', { asyncWrites: true, asyncReads: true, faults: FAULTS, volatileOrigin: true, originFlushFail: 0.3, stripes: 3 }, 4],
+  ['strict writeback order (an epoch every 2 ksets too), volatile origin whose flushes fail', { order: 'strict', volatileOrigin: true, originFlushFail: 0.3 }, 3],
   ['everything at once, modes switched, three stripes', { modes: true, stripes: 3, respawn: 0.05, faults: FAULTS, volatileOrigin: true, originFlushFail: 0.3, corrupt: 0.4 }, 4],
 ];
 

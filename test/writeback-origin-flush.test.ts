@@ -7,7 +7,7 @@
 
 import test from 'ava';
 import { SimBlockDevice } from '../src/cache/blockdev.js';
-import { Writeback, OriginIoError, type WritebackOrder } from '../src/cache/writeback.js';
+import { Writeback, OriginIoError, type WritebackOptions, type WritebackOrder } from '../src/cache/writeback.js';
 import { NbdErr } from '../src/nbd/constants.js';
 import type { Done, ZeroFlags } from '../src/origin/types.js';
 import { FaultyDevice, MemOrigin, SimCache, type SimOptions } from './helpers/sim-cache.js';
@@ -69,12 +69,12 @@ function stamp(epoch: number, block: number): Buffer {
   return b;
 }
 
-async function scenario(order: WritebackOrder, failOn: number[]) {
+async function scenario(order: WritebackOrder, failOn: number[], extra: (sh: SimCache['opened']['shared']) => Partial<WritebackOptions> = () => ({})) {
   const origin = new ForgetfulOrigin(OPTS.originSize);
   for (const n of failOn) origin.failOn.add(n);
   const cache = new SimCache(new FaultyDevice(new SimBlockDevice(SimCache.deviceBytes(OPTS)), Infinity), origin, OPTS);
   const sh = cache.opened.shared;
-  const wb = new Writeback(cache.dev, sh, cache.opened.geometry, origin, { batchKsets: order === 'strict' ? 1 : 64, order, concurrency: 4 });
+  const wb = new Writeback(cache.dev, sh, cache.opened.geometry, origin, { batchKsets: order === 'strict' ? 1 : 64, order, concurrency: 4, ...extra(sh) });
   const settle = async (fn: (done: Done) => void): Promise<number> => {
     let result = -1;
     fn((e) => { result = e; });
@@ -143,4 +143,28 @@ test('without failures the same scenario needs no rewrite (the check itself hold
   t.is(r.failures, 0);
   t.deepEqual(r.violations, []);
   t.true(r.origin.durable.equals(r.expected));
+});
+
+test('one walk, two boundaries: epoch order syncs the origin once per FLUSH epoch, strict order once per kset', async (t) => {
+  // A commit every 4 blocks: several ksets per epoch.
+  const small = (sh: SimCache['opened']['shared']): Partial<WritebackOptions> => { sh.setTunables({ autocommitBlocks: 4 }); return {}; };
+  const epoch = await scenario('epoch', [], small);
+  const strict = await scenario('strict', [], small);
+  t.true(epoch.origin.durable.equals(epoch.expected) && strict.origin.durable.equals(strict.expected));
+  t.deepEqual(strict.violations, []);
+  t.is(epoch.stats.originSyncs, 6, 'six FLUSHes, six epochs');
+  t.true(strict.stats.ksets > 6, `${strict.stats.ksets} ksets`);
+  t.is(strict.stats.epochs, strict.stats.ksets, 'strict: every kset its own epoch');
+  t.is(strict.origin.flushes, strict.stats.originSyncs);
+  t.true(strict.stats.originSyncs > epoch.stats.originSyncs);
+});
+
+test('a stop ends the step after the epoch in progress, not after the window', async (t) => {
+  let paced = 0;
+  // pace runs after each epoch: the stop comes while the first window has more to do.
+  const r = await scenario('epoch', [], (sh) => ({ pace: async () => { if (++paced === 2) sh.stop(); } }));
+  t.is(paced, 2);
+  t.is(r.stats.epochs, 2, 'the step ended after the second epoch');
+  t.true(r.pending, 'the rest stays dirty for the next start');
+  t.deepEqual(r.violations, []);
 });

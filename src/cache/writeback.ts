@@ -10,7 +10,12 @@
 // the next one, and nothing later.
 //
 // Strict order (dm-pcache's, PCACHED_WRITEBACK_ORDER=strict, kept to compare): one kset at a
-// time, in log order, each followed by an origin sync.
+// time, in log order, each followed by an origin sync. It is the same walk with more epoch
+// boundaries: every `batchKsets` ksets (1: every kset) end an epoch as well as the marks do.
+// Merging newest-first inside an epoch writes what applying its keys in log order would leave, so
+// sorting and coalescing there keep dm-pcache's result and its syncs.
+//
+// When to step, and how fast, is the policy's (writeback-policy.ts); this file only does it.
 
 import type { BlockDevice } from './blockdev.js';
 import { DIRTY_TAIL_OFFSETS, KSET_MAX_SIZE, crc32cOf, dataOffset } from './layout.js';
@@ -25,10 +30,9 @@ import type { CacheShared, RecordUndo } from './shared.js';
 import type { Origin } from '../origin/types.js';
 import type { EngineLog } from './engine.js';
 import { errnoName } from '../util/errno.js';
+import type { Clock } from './writeback-policy.js';
 
-/** Keys per batch (strict order): bounds the memory of one batch and the work a failed batch repeats. */
-const MAX_BATCH_KEYS = 8192;
-/** Keys and ksets one epoch-order window reads at most: bounds its memory (keys, not data). */
+/** Keys and ksets one window reads at most: bounds its memory (keys, not data). */
 const WINDOW_KEYS = 65_536;
 const WINDOW_KSETS = 4096;
 /** Back-off (ms) between in-place retries of one failed origin request. */
@@ -94,9 +98,11 @@ export interface WritebackOptions {
   concurrency?: number;
   /** Default 'epoch'. */
   order?: WritebackOrder;
-  /** Ksets per origin sync (dm-pcache: 1). */
+  /** Ksets per origin sync in strict order (dm-pcache: 1). */
   batchKsets: number;
   log?: EngineLog;
+  /** Times the epochs for `pace` (default performance.now()). */
+  clock?: Clock;
   /**
    * Called after each epoch (or strict batch) with the bytes it wrote and the milliseconds it took:
    * `writeback.rate` sleeps here, so a window of many epochs is paced epoch by epoch.
@@ -114,7 +120,7 @@ export interface WritebackStats {
   errors: number;
   /** Extents whose data failed its CRC: skipped, never written to the origin. */
   crcSkipped: number;
-  /** Epochs (or windows of one) written back and synced (epoch order). */
+  /** Epochs (or windows of one; strict order: batches) written back and synced. */
   epochs: number;
   /** Origin requests that failed and were retried in place. */
   retries: number;
@@ -164,7 +170,7 @@ export class Writeback {
     // The origin must never hold data a crash could take back from the cache: only durable ksets go.
     if (this.sh.durableLsn < head) this.sh.syncCache(this.dev);
     const limit = Math.min(head, this.sh.durableLsn);
-    return this.opts.order === 'strict' ? this.stepStrict(pos, limit) : this.stepEpochs(pos, limit);
+    return this.stepEpochs(pos, limit);
   }
 
   /**
@@ -194,6 +200,11 @@ export class Writeback {
   /** One window: the epochs (or the part of one) it holds, each written, synced and then passed by dirty_tail. */
   private async stepEpochs(start: LogPosition, limit: number): Promise<number> {
     const lim = limitsOf(this.g);
+    const strict = this.opts.order === 'strict';
+    const batch = Math.max(1, this.opts.batchKsets);
+    // The one difference between the orders: where an epoch ends. A mark always ends one (so the
+    // origin stays an epoch prefix in both); strict order also ends one every `batchKsets` ksets.
+    const endsEpoch = (epochMark: boolean, g: Group): boolean => epochMark || (strict && g.ksets >= batch);
     interface Group { keys: CacheKey[]; end: LogPosition; ksets: number; keyCount: number; dirty: number; marked: boolean }
     const groups: Group[] = [];
     let cur: Group = { keys: [], end: start, ksets: 0, keyCount: 0, dirty: 0, marked: false };
@@ -220,16 +231,19 @@ export class Writeback {
       }
       pos = r.next;
       cur.end = pos;
-      if (r.kset.epoch) {
-        cur.marked = true;
+      cur.marked = r.kset.epoch;
+      if (endsEpoch(r.kset.epoch, cur)) {
         groups.push(cur);
         cur = { keys: [], end: pos, ksets: 0, keyCount: 0, dirty: 0, marked: false };
       }
     }
     if (cur.ksets > 0) groups.push(cur);
+    const now = (): number => (this.opts.clock ? this.opts.clock.now() : performance.now());
     let bytes = 0;
     for (const g of groups) {
-      const t0 = performance.now();
+      // A stop waits for the epoch in progress, not for the window (thousands of them, strict).
+      if (this.sh.stopping) break;
+      const t0 = now();
       const before = bytes;
       let blocks = 0;
       for (const k of g.keys) if (k.flags === KEY_DIRTY) blocks += Math.ceil(k.length / 4096);
@@ -254,7 +268,7 @@ export class Writeback {
       this.stats.ksets += g.ksets;
       this.stats.keys += g.keyCount;
       this.stats.epochs++;
-      if (bytes > before) await this.opts.pace?.(bytes - before, performance.now() - t0);
+      if (bytes > before) await this.opts.pace?.(bytes - before, now() - t0);
     }
     this.stats.bytes += bytes;
     return Math.max(bytes, 1);
@@ -353,102 +367,6 @@ export class Writeback {
     if (data === null) return false;
     data.copy(into, 0, from, from + p.len);
     return true;
-  }
-
-  /** dm-pcache's order: `batchKsets` ksets (1 for strict parity) in log order, then an origin sync. */
-  private async stepStrict(start: LogPosition, limit: number): Promise<number> {
-    let pos = start;
-    const lim = limitsOf(this.g);
-    let ksets = 0, keys = 0, dirtyDone = 0, marks = 0;
-    const batch: CacheKey[] = [];
-    while (pos.lsn < limit && ksets < this.opts.batchKsets && batch.length < MAX_BATCH_KEYS) {
-      const r = readKsetAt(this.dev, this.g, pos, lim, this.kbuf);
-      if ('error' in r) return this.halt(`kset at sequence ${pos.lsn} (segment ${pos.segment} offset ${pos.offset}) does not verify: ${r.error}`);
-      ksets++;
-      if (r.kset.epoch) marks++;
-      if (!r.kset.last) {
-        for (const k of r.kset.keys) {
-          if (!needsWriteback(k.flags)) continue;
-          keys++;
-          dirtyDone += k.length;
-          if (k.flags === KEY_DIRTY && k.generation !== this.sh.genOf(k.segment)) {
-            this.opts.log?.warn({ segment: k.segment, origin: k.originOffset }, 'writeback: key names a reclaimed segment; skipped');
-            continue;
-          }
-          batch.push(k);
-        }
-      }
-      pos = r.next;
-    }
-    const t0 = performance.now();
-    let inflight = 0;
-    for (const k of batch) if (k.flags === KEY_DIRTY) inflight += Math.ceil(k.length / 4096);
-    this.opts.onInflight?.(inflight);
-    let bytes: number;
-    const mark = this.sh.originFlushFails;
-    try {
-      bytes = await this.writeBatch(batch);
-    } finally {
-      this.opts.onInflight?.(0);
-    }
-    await this.flushOrigin(mark); // never retried in place: see stepEpochs
-    this.stats.originSyncs++;
-    this.sh.clearError(ERR_ORIGIN_IO);
-    this.persistDirtyTail(pos);
-    this.sh.addDirty(-dirtyDone);
-    if (marks > 0) this.sh.addEpochsPending(-marks);
-    this.stats.ksets += ksets;
-    this.stats.keys += keys;
-    this.stats.bytes += bytes;
-    if (bytes > 0) await this.opts.pace?.(bytes, performance.now() - t0);
-    return Math.max(bytes, 1);
-  }
-
-  /**
-   * Writes one batch to the origin: overlaps resolved newest-first (as dm-pcache's per-kset
-   * writeback tree does, so superseded bytes inside the batch are not written twice), then up to
-   * `concurrency` origin requests in flight. The batch is all-or-nothing for dirty_tail.
-   */
-  private async writeBatch(batch: readonly CacheKey[]): Promise<number> {
-    const pieces = resolveNewestFirst(batch);
-    let next = 0;
-    let bytes = 0;
-    const cache = new Map<CacheKey, Buffer>();
-    const run = async (): Promise<void> => {
-      while (next < pieces.length) {
-        const p = pieces[next++]!;
-        const k = p.key;
-        if (k.flags === KEY_DIRTY) {
-          let data = cache.get(k);
-          if (!data) {
-            data = Buffer.allocUnsafe(k.length);
-            this.dev.pread(data, dataOffset(k.segment, k.offset, this.g.segmentSize));
-            if (this.g.dataCrc && crc32cOf(data) !== k.dataCrc) {
-              // Never write corrupt data back, and never stop all writeback for one extent (replay
-              // already dropped such a key from the index, so the volume serves the origin there).
-              // Counted (wb_crc_skipped), not flagged: replay already reported a key it dropped.
-              this.stats.crcSkipped++;
-              this.opts.log?.error({ origin: k.originOffset, length: k.length, segment: k.segment, offset: k.offset }, 'writeback: data CRC mismatch; extent not written back');
-              continue;
-            }
-            if (p.shared) cache.set(k, data);
-          }
-          const from = p.off - k.originOffset;
-          const src = data.subarray(from, from + p.len);
-          await this.retry((cb) => this.origin.write(p.off, src, false, cb), 'write');
-          bytes += p.len;
-        } else if (k.flags === KEY_TRIM) {
-          await this.retry((cb) => this.origin.trim(p.off, p.len, false, cb), 'trim');
-        } else {
-          await this.retry((cb) => this.origin.zero(p.off, p.len, { noHole: false, fastZero: false, fua: false }, cb), 'zero');
-        }
-      }
-    };
-    const workers: Promise<void>[] = [];
-    for (let i = 0; i < Math.min(this.jobs, pieces.length); i++) workers.push(run());
-    const results = await Promise.allSettled(workers);
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-    return bytes;
   }
 
   /**

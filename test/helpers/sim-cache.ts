@@ -9,6 +9,7 @@ import { openCache } from '../../src/cache/replay.js';
 import type { OpenedCache } from '../../src/cache/replay.js';
 import { StripeEngine } from '../../src/cache/engine.js';
 import { Writeback } from '../../src/cache/writeback.js';
+import type { WritebackOrder } from '../../src/cache/writeback.js';
 import { Gc } from '../../src/cache/gc.js';
 import { META_AREA_SIZE } from '../../src/cache/layout.js';
 import { CacheShared, ERR_ORIGIN_FLUSH } from '../../src/cache/shared.js';
@@ -55,6 +56,8 @@ export interface SimOptions {
   asyncReads?: boolean;
   /** Data runs are written asynchronously (writevAsync, as with direct I/O), completed later and sometimes out of order. */
   asyncWrites?: boolean;
+  /** Writeback's order (default epoch); strict ends an epoch every 2 ksets as well as at each mark. */
+  order?: WritebackOrder;
 }
 
 /** One incarnation of the cache over a device image; a power cut makes a new one from the surviving image. */
@@ -83,7 +86,7 @@ export class SimCache {
     this.journals = this.opened.indexes.map(() => KeyJournal.create(1 << 11));
     this.inflight = this.opened.indexes.map(() => new Set());
     this.engines = this.opened.indexes.map((_, i) => this.makeEngine(i, false));
-    this.wb = new Writeback(dev, this.threadShared(WRITEBACK_OWNER, null), this.opened.geometry, this.originHandle(), { batchKsets: 2 });
+    this.wb = new Writeback(dev, this.threadShared(WRITEBACK_OWNER, null), this.opened.geometry, this.originHandle(), { batchKsets: 2, order: opts.order });
     this.gc = new Gc(dev, this.threadShared(GC_OWNER, null), this.opened.geometry, { batchKsets: 4 });
   }
 
