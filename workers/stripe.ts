@@ -235,6 +235,11 @@ function noteGap(ns: number): void {
   avgGapNs = avgGapNs === Number.MAX_SAFE_INTEGER ? ns : (avgGapNs * 7 + ns) / 8;
 }
 
+/** Completions this thread's event loop must deliver before the work in flight can finish. */
+function completionsPending(o: Origin): boolean {
+  return (o.inflight ?? 0) > 0 || (engine !== null && (engine.committing || engine.cacheReadsInFlight > 0 || engine.cacheWritesInFlight > 0));
+}
+
 function spinForWork(capNs: number, idleSince: bigint): boolean {
   if (capNs <= 0 || avgGapNs >= capNs || Atomics.load(ring, SPIN_HINT) === 0) return false;
   if (Atomics.add(doorbell, BELL_SPINNERS, 1) >= data.maxSpinners) {
@@ -304,7 +309,10 @@ async function loop(o: Origin): Promise<void> {
       continue;
     }
     const idleSince = process.hrtime.bigint();
-    if (spinForWork(data.spinNs, idleSince)) {
+    // A spin holds the event loop: I/O in flight (a cache read or data run through the ring, a
+    // file origin's request, a round's sync) would complete only after it, so at queue depth 1
+    // every request paid the whole spin on top of its device wait.
+    if (!completionsPending(o) && spinForWork(data.spinNs, idleSince)) {
       noteGap(Number(process.hrtime.bigint() - idleSince));
       continue;
     }
