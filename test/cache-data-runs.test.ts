@@ -52,7 +52,7 @@ interface Rig {
   events: string[];
 }
 
-function rig(depth = 32, failDevice = true): Rig {
+function rig(depth = 32, failDevice = true, idle: () => boolean = () => false): Rig {
   const sh = CacheShared.create({
     segmentCount: 8, head: { segment: 0, offset: 0, lsn: 1 }, prevCrc: 0, keyTail: { segment: 0, offset: 0, lsn: 1 },
     dirtyTail: { segment: 0, offset: 0, lsn: 1 }, gcPercent: 70, logReserve: 1,
@@ -68,7 +68,7 @@ function rig(depth = 32, failDevice = true): Rig {
     // As the engine does: a data write that failed fails the cache device.
     writeFailed: () => { events.push('failed'); if (failDevice) sh.fail(5, 1); },
   };
-  return { dev, sh, runs: new DataRuns(dev, sh, g, null, sink, depth), events };
+  return { dev, sh, runs: new DataRuns(dev, sh, g, null, sink, depth, idle), events };
 }
 
 /** One 4 KiB piece at cache segment `seg`, offset `segOff`, for origin offset `off`; one run. */
@@ -185,4 +185,23 @@ test('forEachUnsettled names the allocations of runs in flight and of the gather
   r.runs.forEachUnsettled((seg, segOff) => seen.push(seg, segOff));
   t.deepEqual(seen, [1, 0, 2, 4096]);
   t.is(RUN_STRIDE, 8);
+});
+
+test('with nothing else waiting for the thread (idle) a run is written synchronously; behind a run in flight it still goes asynchronous', (t) => {
+  let idle = false;
+  const r = rig(32, true, () => idle);
+  put(r, 1, 0, 0x1000);
+  t.is(r.runs.inFlight, 1);
+  idle = true;
+  // Behind the run in flight: asynchronous, so the two stay in order without blocking.
+  put(r, 1, 4096, 0x2000);
+  t.is(r.runs.inFlight, 2);
+  t.is(r.dev.syncWrites, 0);
+  r.dev.complete(0);
+  r.dev.complete(1);
+  // Nothing in flight and idle: written at once, in effect before flush returns.
+  put(r, 1, 8192, 0x3000);
+  t.is(r.runs.inFlight, 0);
+  t.is(r.dev.syncWrites, 1);
+  t.deepEqual(r.events.filter((e) => e.startsWith('commit')), ['commit:4096', 'commit:8192', 'commit:12288']);
 });

@@ -371,6 +371,8 @@ export default async function handle(task: StripeTask): Promise<{ ok: true; size
           log,
           journal: new KeyJournal(c.journal),
           queueDepth: c.queueDepth,
+          // The coordinator's low-depth hint, and no request published behind this one.
+          idle: () => Atomics.load(ring, SPIN_HINT) !== 0 && Atomics.load(ring, REQ_HEAD) === reqTail,
         });
       }
       running = true;

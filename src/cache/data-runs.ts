@@ -102,6 +102,12 @@ export class DataRuns {
     private readonly blockCrc: Int32Array | null,
     private readonly sink: RunSink,
     private readonly depth = 32,
+    /**
+     * True when nothing else waits for this thread (the client keeps one or two requests out and
+     * none is queued): a run then goes out synchronously, since an asynchronous one would add a
+     * thread wake-up to the device's wait with nothing to overlap it with.
+     */
+    private readonly idle: () => boolean = () => false,
   ) {}
 
   /** Data gathered and not yet sent to the file. */
@@ -189,7 +195,7 @@ export class DataRuns {
     this.#throughAcks = [];
     this.#fifo.push(run);
     if (this.sh.failed === 0) {
-      if (this.dev.writevAsync !== undefined && this.#writing < this.depth) {
+      if (this.dev.writevAsync !== undefined && this.#writing < this.depth && (this.#writing > 0 || !this.idle())) {
         run.state = WRITING;
         this.#writing++;
         this.dev.writevAsync(bufs, this.#at, (err) => {

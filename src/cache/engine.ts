@@ -66,6 +66,8 @@ export interface EngineOptions {
   journal?: KeyJournal;
   /** Read hits, and data-run writes, each stripe keeps in flight on the cache device (cacheQueueDepth; default 32). */
   queueDepth?: number;
+  /** Nothing else waits for the stripe thread (low queue depth, no request queued): see DataRuns. */
+  idle?: () => boolean;
   /** Index slots a dead predecessor left half edited, emptied (ExtentIndex.attachRepairing): rebuilt from the log. */
   rebuild?: readonly number[];
 }
@@ -116,7 +118,7 @@ export class StripeEngine {
       // A FUA write whose run completed waits for a round now (see finishWrite).
       afterAcks: () => { if (this.rounds.waiting) this.rounds.kick(true); },
       writeFailed: (err, what, why) => this.deviceWriteFailed(err, what, why),
-    }, o.queueDepth);
+    }, o.queueDepth, o.idle);
     this.head = new DataHead(this.dev, this.sh, this.g, this.journal, (err, what, why) => this.deviceWriteFailed(err, what, why));
     this.rounds = new CommitRounds(this.dev, this.sh, this.g, this.journal, this.head, this.writerId, this.now, {
       beforeRound: () => { this.flushData(); return this.noticeFailure(); },
