@@ -8,7 +8,7 @@
 
 import { dataOffset } from '../cache/layout.js';
 import type { Geometry } from '../cache/log.js';
-import type { CacheShared } from '../cache/shared.js';
+import { FAULT_READS, type CacheShared } from '../cache/shared.js';
 import { ExtentIndex } from '../cache/index/extent-index.js';
 import { segmentLive } from '../cache/liveness.js';
 import { blocks } from '../cache/data-runs.js';
@@ -56,7 +56,7 @@ export class DirectHits {
    */
   read(off: number, len: number, done: (data: Buffer | null) => void): boolean {
     const d = this.#d;
-    if (this.#off || this.#inFlight >= MAX_IN_FLIGHT || len > MAX_HIT_BYTES || len % SECTOR !== 0 || d.sh.failed !== 0) return false;
+    if (this.#off || this.#inFlight >= MAX_IN_FLIGHT || len > MAX_HIT_BYTES || len % SECTOR !== 0 || d.sh.failed !== 0 || (d.sh.testFaults & FAULT_READS) !== 0) return false;
     if (Math.floor(off / SUBTREE_SIZE) !== Math.floor((off + len - 1) / SUBTREE_SIZE)) return false;
     const stripe = stripeOf(off, this.#indexes.length);
     const e = onePiece(this.#indexes[stripe]!, off, len);

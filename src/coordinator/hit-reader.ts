@@ -18,7 +18,7 @@
 import { blocks } from '../cache/data-runs.js';
 import { dataOffset } from '../cache/layout.js';
 import type { Geometry } from '../cache/log.js';
-import { MODE_PASSTHROUGH, type CacheShared } from '../cache/shared.js';
+import { FAULT_READS, MODE_PASSTHROUGH, type CacheShared } from '../cache/shared.js';
 import { ExtentFlag, ExtentIndex, type Extent } from '../cache/index/extent-index.js';
 import { segmentLive } from '../cache/liveness.js';
 import { SUBTREE_SIZE } from '../ring/layout.js';
@@ -88,7 +88,8 @@ export class HitReader {
    */
   read(off: number, len: number, dst: Uint8Array): boolean {
     const d = this.#d;
-    if (this.#off || len > MAX_HIT_BYTES || d.sh.failed !== 0 || Math.floor(off / SUBTREE_SIZE) !== Math.floor((off + len - 1) / SUBTREE_SIZE)) return this.#decline();
+    // Injected cache read errors (PCACHED_TEST_HOOKS) live in the stripes' device: theirs to answer.
+    if (this.#off || len > MAX_HIT_BYTES || d.sh.failed !== 0 || (d.sh.testFaults & FAULT_READS) !== 0 || Math.floor(off / SUBTREE_SIZE) !== Math.floor((off + len - 1) / SUBTREE_SIZE)) return this.#decline();
     const stripe = stripeOf(off, this.#indexes.length);
     const e = onePiece(this.#indexes[stripe]!, off, len);
     if (e === null) return this.#decline();
