@@ -6,6 +6,7 @@ import type { PageArena } from './arena.js';
 import {
   ExtentFlag, M_CAP_PAGES, M_COUNT, M_F64_CACHED, META_HDR_WORDS, OFF_BITS, OFF_MASK, PAGE_HDR, PAGE_RECS,
   PAGE_WORDS, P_COUNT, P_NEXT, REC_WORDS, R_GEN, R_LEN, R_OFF_FLAGS, R_SEG, R_SEGOFF, SUB_WORDS, S_HEAD,
+  HINTS, HINT_SHIFT, S_HINTS,
 } from './layout.js';
 import type { Extent } from './layout.js';
 
@@ -24,6 +25,8 @@ const WINDOW = 2 * SPREAD + 1;
 const MERGE_FILL = PAGE_RECS - 4;
 
 const rec = (p: number, i: number): number => p * PAGE_WORDS + PAGE_HDR + i * REC_WORDS;
+/** `prev` after a walk that started at a hinted page: the page before it is found when needed. */
+const PREV_UNKNOWN = -3;
 
 /** Sees a part of an extent that an insert replaces: length, flags, segment, segment offset, generation. */
 export type Replaced = (len: number, flags: number, seg: number, segOff: number, gen: number) => void;
@@ -31,7 +34,10 @@ export type Replaced = (len: number, flags: number, seg: number, segOff: number,
 export class Cursor {
   page = -1;
   idx = 0;
-  /** Page before `page`, -1 when `page` is the head; unknown (-2) only at the end of the chain. */
+  /**
+   * Page before `page`, -1 when `page` is the head; unknown at the end of the chain (-2) and when
+   * a walk started at a hinted page (PREV_UNKNOWN).
+   */
   prev = -1;
   private tail = false;
   private readonly t = { off: 0, len: 0, flags: 0, seg: 0, segOff: 0, gen: 0 };
@@ -52,6 +58,44 @@ export class Cursor {
   private headWord(slot: number): number { return META_HDR_WORDS + slot * SUB_WORDS + S_HEAD; }
   private count(p: number): number { return this.w[p * PAGE_WORDS + P_COUNT]; }
   private next(p: number): number { return this.w[p * PAGE_WORDS + P_NEXT]; }
+
+  private hintBase(slot: number): number { return META_HDR_WORDS + slot * SUB_WORDS + S_HINTS; }
+
+  /** A page leaves the chain: hints may name it no more (layout.ts, S_HINTS). */
+  private clearHints(slot: number): void {
+    const b = this.hintBase(slot);
+    this.meta.fill(0, b, b + HINTS);
+  }
+
+  /** Hint every bucket boundary in [lo, hi) at page p: p is the last page starting at or before it. */
+  private noteHints(slot: number, lo: number, hi: number, p: number): void {
+    let j = ((lo + (1 << HINT_SHIFT) - 1) >>> HINT_SHIFT) || 1;
+    if (j >= HINTS || j << HINT_SHIFT >= hi) return;
+    const b = this.hintBase(slot), m = this.meta;
+    for (; j < HINTS && j << HINT_SHIFT < hi; j++) if (m[b + j] !== p + 1) m[b + j] = p + 1;
+  }
+
+  /**
+   * Where a walk for `so` may start: a page named by the hint of so's bucket whose first record
+   * still starts at or before so, or -1 for the head. The caller checks the page as far as it
+   * must: the owner's hints name pages of the chain; a foreign reader validates under the seqlock.
+   */
+  private hinted(slot: number, so: number): number {
+    const j = so >>> HINT_SHIFT;
+    if (j === 0 || j >= HINTS) return -1;
+    const h = this.meta[this.hintBase(slot) + j]! - 1;
+    if (h < 0 || h >= this.meta[M_CAP_PAGES]!) return -1;
+    const w = this.w, n = w[h * PAGE_WORDS + P_COUNT]! | 0;
+    if (n < 1 || n > PAGE_RECS || (w[rec(h, 0) + R_OFF_FLAGS]! & OFF_MASK) > so) return -1;
+    return h;
+  }
+
+  /** The page before p in the slot's chain (-1 when p is the head). */
+  private predecessor(slot: number, p: number): number {
+    let prev = -1;
+    for (let q = this.meta[this.headWord(slot)]!; q !== p; q = this.next(q)) prev = q;
+    return prev;
+  }
 
   first(slot: number): void { this.page = this.meta[this.headWord(slot)]; this.idx = 0; this.prev = -1; }
 
@@ -77,12 +121,15 @@ export class Cursor {
 
   /** Cursor to the first record ending after `so` (records are disjoint, so ends are sorted too). */
   locate(slot: number, so: number): void {
-    const w = this.w;
-    let prev = -1, p = this.meta[this.headWord(slot)];
+    const w = this.w, h = this.hinted(slot, so);
+    let prev = h === -1 ? -1 : PREV_UNKNOWN, p = h === -1 ? this.meta[this.headWord(slot)] : h;
+    let pp = -1, pe = 0;
     while (p !== -1) {
       const n = this.count(p);
-      const lb = rec(p, n - 1);
-      if ((w[lb + R_OFF_FLAGS] & OFF_MASK) + w[lb + R_LEN] > so) {
+      const lb = rec(p, n - 1), f = w[rec(p, 0) + R_OFF_FLAGS] & OFF_MASK, e = (w[lb + R_OFF_FLAGS] & OFF_MASK) + w[lb + R_LEN];
+      if (pp !== -1) this.noteHints(slot, pe, f, pp);
+      this.noteHints(slot, f, e, p);
+      if (e > so) {
         let lo = 0, hi = n - 1;
         while (lo < hi) {
           const mid = (lo + hi) >> 1, b = rec(p, mid);
@@ -93,7 +140,7 @@ export class Cursor {
       }
       const nx = this.next(p);
       if (nx === -1) { this.page = p; this.idx = n; this.prev = prev; return; }
-      prev = p; p = nx;
+      prev = p; pp = p; pe = e; p = nx;
     }
     this.page = -1; this.idx = 0; this.prev = -1;
   }
@@ -163,6 +210,8 @@ export class Cursor {
     const nx = this.next(p);
     if (n - 1 === 0) {
       // Pages are never left empty in the chain: readers and locate rely on every page having a last record.
+      if (this.prev === PREV_UNKNOWN) this.prev = this.predecessor(slot, p);
+      this.clearHints(slot);
       if (this.prev === -1) this.meta[this.headWord(slot)] = nx;
       else w[this.prev * PAGE_WORDS + P_NEXT] = nx;
       this.arena.free(p);
@@ -239,6 +288,7 @@ export class Cursor {
     } else if (pages < hi - lo + 1) {
       const q = ch[hi]!;
       w[ch[hi - 1]! * PAGE_WORDS + P_NEXT] = this.next(q);
+      this.clearHints(slot);
       this.arena.free(q);
       ch.splice(hi, 1);
       hi--;
@@ -363,8 +413,8 @@ export class Cursor {
    * thread: returns null instead of looping or emitting garbage when what it reads is inconsistent.
    */
   snapshotRange(slot: number, so: number, se: number, base: number): Extent[] | null {
-    const w = this.w, cap = this.meta[M_CAP_PAGES], out: Extent[] = [];
-    let p = this.meta[this.headWord(slot)], pos = so, lastEnd = 0, steps = 0;
+    const w = this.w, cap = this.meta[M_CAP_PAGES], out: Extent[] = [], h = this.hinted(slot, so);
+    let p = h === -1 ? this.meta[this.headWord(slot)] : h, pos = so, lastEnd = 0, steps = 0;
     const gap = (a: number, z: number): void => { out.push({ off: base + a, len: z - a, seg: 0, segOff: 0, gen: 0, flags: -1 }); };
     outer: while (p !== -1) {
       if (!(p >= 0 && p < cap) || ++steps > cap) return null;

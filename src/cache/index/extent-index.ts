@@ -13,7 +13,7 @@ import { PageArena } from './arena.js';
 import {
   ExtentFlag, FLAGS_MAX, IndexStateError, M_CAP_PAGES, M_COUNT, M_F64_CACHED, M_FREE, M_MAGIC, M_NSUB,
   M_PAGES_USED, M_PAGE_RECS, M_REPAIRING, M_STRIPE, M_STRIPES, M_TOKEN, M_VERSION, MAGIC, META_HDR_WORDS, PAGE_BYTES,
-  PAGE_RECS, SUB_WORDS, S_HEAD, S_SEQ, VERSION,
+  PAGE_RECS, SUB_WORDS, S_HEAD, S_SEQ, VERSION, S_HINTS, HINTS,
 } from './layout.js';
 import type { Extent, IndexSabs } from './layout.js';
 import { SUBTREE_SHIFT, SUBTREE_SIZE } from '../../ring/layout.js';
@@ -106,6 +106,7 @@ export class ExtentIndex {
       Atomics.store(m, M_REPAIRING, 1);
       // Readers retry while it is odd; once it is even again the subtree is (consistently) empty.
       Atomics.store(m, META_HDR_WORDS + s * SUB_WORDS + S_HEAD, -1);
+      m.fill(0, META_HDR_WORDS + s * SUB_WORDS + S_HINTS, META_HDR_WORDS + s * SUB_WORDS + S_HINTS + HINTS);
       Atomics.add(m, seq, 1);
       emptied.push(s);
     }
