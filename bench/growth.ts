@@ -41,6 +41,11 @@ export async function growthScenario(o: GrowthOpts, dir: string, kit: CellKit): 
         // Every block once (fio's random map): one 4 KiB extent per block.
         await fio([`--name=fill-${name}`, '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', `--size=${originBytes}`], join(dir, `${name}-fill.json`), 1_800_000);
         const filled = kit.pcachedStatus(pc.control).cacheState as unknown as { index: { extents: number; bytes: number } };
+        // Every size is measured in the same state: with the fill written back. Otherwise the
+        // larger caches' reads would share the two cores with a writeback the smaller ones have
+        // already finished (2 GiB of dirty data at 4 GiB of cache), and the cells would compare
+        // that, not how the cache scales.
+        const cleanS = await waitClean(kit, pc.control);
         const read: Sample[] = [];
         const write: Sample[] = [];
         // Reads first: the write cells make garbage that GC turns over, which the read cells would then miss.
@@ -51,7 +56,7 @@ export async function growthScenario(o: GrowthOpts, dir: string, kit: CellKit): 
         const pss = treePssKiB(proc.pid) * 1024;
         const row: GrowthRow = { cacheMiB, stripes, extents: filled.index.extents, indexBytes: filled.index.bytes, pssMiB: pss / 2 ** 20 };
         growthRows.push(row);
-        const note = `after the fill: ${row.extents} extents, index ${(row.indexBytes / 2 ** 20).toFixed(1)} MiB (${(row.indexBytes / Math.max(1, row.extents)).toFixed(1)} B/extent); PSS ${row.pssMiB.toFixed(0)} MiB; hits ${st.readHits}/${st.readBlocks}`;
+        const note = `after the fill (written back in ${cleanS.toFixed(0)} s): ${row.extents} extents, index ${(row.indexBytes / 2 ** 20).toFixed(1)} MiB (${(row.indexBytes / Math.max(1, row.extents)).toFixed(1)} B/extent); PSS ${row.pssMiB.toFixed(0)} MiB; hits ${st.readHits}/${st.readBlocks}`;
         kit.record(GROWTH.scenario, GROWTH.read, name, read, note);
         kit.record(GROWTH.scenario, GROWTH.write, name, write);
       } finally {
@@ -61,6 +66,16 @@ export async function growthScenario(o: GrowthOpts, dir: string, kit: CellKit): 
       }
     }
   }
+}
+
+/** Seconds until no block is dirty. */
+async function waitClean(kit: CellKit, control: string): Promise<number> {
+  const t0 = Date.now();
+  while ((kit.pcachedStatus(control).cacheState?.dirtyBlocks ?? 0) > 0) {
+    if (Date.now() - t0 > 900_000) throw new Error('the fill was not written back in 900 s');
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  return (Date.now() - t0) / 1000;
 }
 
 type Get = (scenario: string, w: string, s: string) => number | undefined;

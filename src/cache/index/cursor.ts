@@ -429,7 +429,17 @@ export class Cursor {
         p = w[p * PAGE_WORDS + P_NEXT] | 0;
         continue;
       }
-      for (let i = 0; i < n; i++) {
+      // The first record ending after so, by bisection: the records before it are not looked at
+      // (a torn page can only mislead this into a result the seqlock check then throws away).
+      let i = 0;
+      if (pos === so) {
+        let hi = n - 1;
+        while (i < hi) {
+          const mid = (i + hi) >> 1, b = rec(p, mid);
+          if ((w[b + R_OFF_FLAGS] & OFF_MASK) + (w[b + R_LEN] | 0) > so) hi = mid; else i = mid + 1;
+        }
+      }
+      for (; i < n; i++) {
         const b = rec(p, i), ofl = w[b + R_OFF_FLAGS] | 0, os = ofl & OFF_MASK, len = w[b + R_LEN] | 0, oe = os + len;
         if (os < lastEnd || len <= 0 || oe > OFF_MASK + 1) return null;
         lastEnd = oe;
