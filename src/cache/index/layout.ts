@@ -73,7 +73,7 @@ export const META_HDR_WORDS = 32;
  * mutates the subtree.
  *
  * Hint j (page + 1, 0 for none) names a page of this subtree's chain whose first record started at
- * or before j·HINT_SPAN when the owner last walked past it, so a walk for an offset in bucket j may
+ * or before j << HINT_SHIFT when the owner last walked past it, so a walk for an offset in bucket j may
  * start there instead of at the head: records are sorted and disjoint, so none before that page
  * can reach past its first record. A 4 MiB subtree of 4 KiB extents is a chain of about 36 pages;
  * walking it from the head costs two cache misses a page once the index outgrows the CPU cache,
@@ -85,10 +85,10 @@ export const META_HDR_WORDS = 32;
 export const S_SEQ = 0;
 export const S_HEAD = 1;
 export const S_HINTS = 2;
-export const HINTS = 8;
+export const HINTS = 32;
 export const SUB_WORDS = S_HINTS + HINTS;
-/** Bytes of subtree offset per hint: 4 MiB / 8. */
-export const HINT_SHIFT = 22 - 3;
+/** Bytes of subtree offset per hint: 4 MiB / 32, about one page of 4 KiB extents. */
+export const HINT_SHIFT = 22 - 5;
 
 export const MAGIC = 0x58444950; // "PIDX"
 export const VERSION = 2;
