@@ -21,6 +21,7 @@ import type { DataRuns, Done } from './data-runs.js';
 import { segmentLive, staleData } from './liveness.js';
 import { modeRow } from './mode-table.js';
 import type { EngineCounter, EngineLog } from './engine-counters.js';
+import { copyBytes } from '../util/copy-bytes.js';
 
 /** What reads need of the rest of the engine. */
 export interface ReadContext {
@@ -246,7 +247,7 @@ export class StripeReads {
       }
       const from = segOff - blockStart;
       const n = Math.min(BLOCK - from, p.len - done);
-      into.set(blk.subarray(from, from + n), done);
+      copyBytes(into, done, blk.subarray(from, from + n));
       done += n;
     }
     return true;
@@ -306,7 +307,7 @@ export class StripeReads {
   private fill(token: number, off: number, data: Uint8Array): void {
     // The read buffer goes back to its owner with the reply, before the gathered run is written.
     const copy = Buffer.allocUnsafe(data.length);
-    copy.set(data);
+    copyBytes(copy, 0, data);
     let pos = 0;
     // Fills never wait, and never take the last free segments from writes (nor journal room).
     const room = this.sh.failed === 0 && this.journal.room(data.length / this.g.dataAreaSize + 2 + KSET_MAX_KEYS + this.runs.outstandingKeys);

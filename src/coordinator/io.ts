@@ -17,6 +17,7 @@ import {
 import type { StripeWork } from './stripe-ring.js';
 import type { Extent } from '../origin/types.js';
 import { errnoName } from '../util/errno.js';
+import { copyBytes } from '../util/copy-bytes.js';
 
 const READ_CHUNK_HEADER = 28;
 
@@ -133,7 +134,7 @@ export class Io {
     } else {
       const header = this.#headerSize();
       this.#assembled ??= Buffer.allocUnsafe(header + this.length);
-      this.#assembled.set(slab.subarray(w.slabOff, w.slabOff + w.length), header + w.delta);
+      copyBytes(this.#assembled, header + w.delta, slab.subarray(w.slabOff, w.slabOff + w.length));
       w.ring!.releaseSlab(w);
     }
   }

@@ -30,6 +30,7 @@ import type { FlowBudget } from './flow.js';
 import {
   MAX_DRAINABLE_WRITE, MAX_SESSION_BYTES, MAX_SESSION_REQUESTS, SMALL_PAYLOAD, WRITE_BACKLOG_LIMIT, ZERO_COPY_BACKLOG,
 } from './limits.js';
+import { copyBytes } from '../util/copy-bytes.js';
 
 const HANDSHAKE_TIMEOUT_MS = 30_000;
 /**
@@ -456,7 +457,7 @@ export class Session implements ReplySink {
     } else {
       const buf = Buffer.allocUnsafe(header.length + len);
       buf.set(header, 0);
-      buf.set(ring.slab.subarray(work.slabOff, work.slabOff + len), header.length);
+      copyBytes(buf, header.length, ring.slab.subarray(work.slabOff, work.slabOff + len));
       ring.releaseSlab(work);
       if (buf.length > COPY_REPLY_LIMIT) this.#ctx.counters.add('replies_copied', 1);
       sock.write(buf);

@@ -17,6 +17,7 @@ import {
 } from '../ring/layout.js';
 import { SlabAllocator } from '../ring/slab.js';
 import { CounterBlock, STRIPE_COUNTERS } from '../stats/counters.js';
+import { copyBytes } from '../util/copy-bytes.js';
 
 /** One unit of stripe work. The owner is called back exactly once. */
 export interface StripeWork {
@@ -120,7 +121,7 @@ export class StripeRing {
         if (this.#inflight === 0 && work.split) this.#issuePrefix(work);
         return false;
       }
-      if (work.payload) this.slab.set(work.payload, slabOff);
+      if (work.payload) copyBytes(this.slab, slabOff, work.payload);
     }
     work.payload = null;
     work.slabOff = slabOff;

@@ -9,6 +9,7 @@
 import fs from 'node:fs';
 import { alignedBuffer, isAligned } from './aligned.js';
 import type { AsyncIo } from './async-io.js';
+import { copyBytes } from '../util/copy-bytes.js';
 
 export const SECTOR = 512;
 
@@ -80,7 +81,7 @@ export class DirectSync {
     if (a0 === off && a1 === off + buf.length && isAligned(buf)) { this.readFull(buf, off); return; }
     const w = this.window(a1 - a0);
     this.readFull(w, a0);
-    buf.set(w.subarray(off - a0, off - a0 + buf.length));
+    copyBytes(buf, 0, w.subarray(off - a0, off - a0 + buf.length));
   }
 
   /** pread without blocking the thread, through `io`: straight into `buf` when it is aligned, else through a pooled window. */
@@ -91,7 +92,7 @@ export class DirectSync {
     const pooled = len <= WINDOW ? this.windows.pop() ?? alignedBuffer(WINDOW) : null;
     const w = (pooled ?? alignedBuffer(len)).subarray(0, len);
     readFullyAsync(io, this.fd, w, a0, this.what, (err) => {
-      if (!err) buf.set(w.subarray(off - a0, off - a0 + buf.length));
+      if (!err) copyBytes(buf, 0, w.subarray(off - a0, off - a0 + buf.length));
       if (pooled && this.windows.length < MAX_WINDOWS) this.windows.push(pooled);
       cb(err);
     });
@@ -114,7 +115,7 @@ export class DirectSync {
     const pooled = total <= WINDOW ? this.windows.pop() ?? alignedBuffer(WINDOW) : null;
     const w = (pooled ?? alignedBuffer(total)).subarray(0, total);
     let at = 0;
-    for (const b of bufs) { w.set(b, at); at += b.length; }
+    for (const b of bufs) { copyBytes(w, at, b); at += b.length; }
     writeFullyAsync(io, this.fd, w, off, (err) => {
       if (pooled && this.windows.length < MAX_WINDOWS) this.windows.push(pooled);
       cb(err);
@@ -128,7 +129,7 @@ export class DirectSync {
     if (a0 !== off) this.readFull(w.subarray(0, SECTOR), a0);
     const tail = a1 - SECTOR;
     if (a1 !== off + buf.length && (tail !== a0 || a0 === off)) this.readFull(w.subarray(tail - a0), tail);
-    w.set(buf, off - a0);
+    copyBytes(w, off - a0, buf);
     this.writeFull(w, a0);
   }
 
@@ -143,7 +144,7 @@ export class DirectSync {
     }
     const w = this.window(total);
     let at = 0;
-    for (const b of bufs) { w.set(b, at); at += b.length; }
+    for (const b of bufs) { copyBytes(w, at, b); at += b.length; }
     this.writeFull(w, off);
   }
 }

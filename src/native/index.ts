@@ -49,6 +49,11 @@ export interface NativeBinding {
   uringClose?(handle: UringHandle): number[];
   /** (address of the view's first byte) % align, align a power of two: finds O_DIRECT-aligned windows. Optional like preadNowait. */
   addressMod?(view: Uint8Array, align: number): number;
+  /**
+   * memmove of all of src into dst at dstOffset (RangeError when it does not fit): bytes copied.
+   * Optional like preadNowait (src/util/copy-bytes.ts falls back to TypedArray.set).
+   */
+  copyBytes?(dst: Uint8Array, dstOffset: number, src: Uint8Array): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
@@ -235,6 +236,41 @@ static napi_value js_address_mod(napi_env env, napi_callback_info info) {
   return make_int64(env, (int64_t)((uintptr_t)data & (uintptr_t)(align - 1)));
 }
 
+// copyBytes(dst, dstOffset, src) -> bytes copied: memmove of all of src into dst at dstOffset.
+// V8 copies between typed arrays over a SharedArrayBuffer (the slabs) with relaxed atomic loads
+// and stores a word at a time, about ten times a memcpy for 4 KiB here: this is the memcpy.
+static napi_value js_copy_bytes(napi_env env, napi_callback_info info) {
+  const char *fn = "copyBytes";
+  napi_value argv[3];
+  size_t argc = 3;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 3) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "pcached_native: expected 3 arguments");
+    return NULL;
+  }
+  void *data[2];
+  size_t len[2];
+  for (int i = 0; i < 2; i++) {
+    napi_value v = argv[i == 0 ? 0 : 2];
+    bool is_ta = false;
+    napi_typedarray_type type;
+    size_t byte_offset;
+    napi_value ab;
+    if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
+        napi_get_typedarray_info(env, v, &type, &len[i], &data[i], &ab, &byte_offset) != napi_ok || type != napi_uint8_array) {
+      throw_arg(env, fn, i == 0 ? 0 : 2, "a Uint8Array");
+      return NULL;
+    }
+  }
+  double at;
+  if (napi_get_value_double(env, argv[1], &at) != napi_ok || at < 0 || at != floor(at) || at > (double)len[0] || (double)len[1] > (double)len[0] - at) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "pcached_native: copyBytes: source does not fit at that offset");
+    return NULL;
+  }
+  if (len[1] > 0) memmove((char *)data[0] + (size_t)at, data[1], len[1]);
+  return make_int64(env, (int64_t)len[1]);
+}
+
 static napi_status set_int(napi_env env, napi_value obj, const char *name, int32_t value) {
   napi_value v;
   napi_status s = napi_create_int32(env, value, &v);
@@ -255,6 +291,7 @@ NAPI_MODULE_INIT() {
       {"sdNotify", NULL, pcached_js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
       {"preadNowait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"addressMod", NULL, js_address_mod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"copyBytes", NULL, js_copy_bytes, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return NULL;
   if (pcached_uring_register(env, exports) != napi_ok) return NULL;
