@@ -6,7 +6,7 @@ import type { PageArena } from './arena.js';
 import {
   ExtentFlag, M_CAP_PAGES, M_COUNT, M_F64_CACHED, META_HDR_WORDS, OFF_BITS, OFF_MASK, PAGE_HDR, PAGE_RECS,
   PAGE_WORDS, P_COUNT, P_NEXT, REC_WORDS, R_GEN, R_LEN, R_OFF_FLAGS, R_SEG, R_SEGOFF, SUB_WORDS, S_HEAD,
-  HINTS, HINT_SHIFT, S_HINTS,
+  HINTS, HINT_SHIFT, M_HINTED, M_NSUB, hintBase,
 } from './layout.js';
 import type { Extent } from './layout.js';
 
@@ -59,12 +59,13 @@ export class Cursor {
   private count(p: number): number { return this.w[p * PAGE_WORDS + P_COUNT]; }
   private next(p: number): number { return this.w[p * PAGE_WORDS + P_NEXT]; }
 
-  private hintBase(slot: number): number { return META_HDR_WORDS + slot * SUB_WORDS + S_HINTS; }
+  private hintBase(slot: number): number { return hintBase(this.meta[M_NSUB]!, slot); }
 
   /** A page leaves the chain: hints may name it no more (layout.ts, S_HINTS). */
   private clearHints(slot: number): void {
-    const b = this.hintBase(slot);
-    this.meta.fill(0, b, b + HINTS);
+    const b = this.hintBase(slot), m = this.meta;
+    // Reading leaves untouched memory untouched; only a subtree that has hints is written.
+    for (let j = 1; j < HINTS; j++) if (m[b + j] !== 0) { m.fill(0, b + 1, b + HINTS); return; }
   }
 
   /** Hint every bucket boundary in [lo, hi) at page p: p is the last page starting at or before it. */
@@ -72,6 +73,7 @@ export class Cursor {
     let j = ((lo + (1 << HINT_SHIFT) - 1) >>> HINT_SHIFT) || 1;
     if (j >= HINTS || j << HINT_SHIFT >= hi) return;
     const b = this.hintBase(slot), m = this.meta;
+    if (m[b] === 0) { m[b] = 1; Atomics.add(m, M_HINTED, 1); }
     for (; j < HINTS && j << HINT_SHIFT < hi; j++) if (m[b + j] !== p + 1) m[b + j] = p + 1;
   }
 
@@ -127,8 +129,9 @@ export class Cursor {
     while (p !== -1) {
       const n = this.count(p);
       const lb = rec(p, n - 1), f = w[rec(p, 0) + R_OFF_FLAGS] & OFF_MASK, e = (w[lb + R_OFF_FLAGS] & OFF_MASK) + w[lb + R_LEN];
+      // A chain of one page needs no hints (and its subtree's hint memory stays untouched).
       if (pp !== -1) this.noteHints(slot, pe, f, pp);
-      this.noteHints(slot, f, e, p);
+      if (pp !== -1 || prev !== -1 || this.next(p) !== -1) this.noteHints(slot, f, e, p);
       if (e > so) {
         let lo = 0, hi = n - 1;
         while (lo < hi) {

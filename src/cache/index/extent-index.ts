@@ -11,9 +11,9 @@
 // caller rebuilds it from the key log instead of trusting a half-edited subtree.
 import { PageArena } from './arena.js';
 import {
-  ExtentFlag, FLAGS_MAX, IndexStateError, M_CAP_PAGES, M_COUNT, M_F64_CACHED, M_FREE, M_MAGIC, M_NSUB,
+  ExtentFlag, FLAGS_MAX, IndexStateError, M_CAP_PAGES, M_COUNT, M_F64_CACHED, M_FREE, M_HINTED, M_MAGIC, M_NSUB,
   M_PAGES_USED, M_PAGE_RECS, M_REPAIRING, M_STRIPE, M_STRIPES, M_TOKEN, M_VERSION, MAGIC, META_HDR_WORDS, PAGE_BYTES,
-  PAGE_RECS, SUB_WORDS, S_HEAD, S_SEQ, VERSION, S_HINTS, HINTS,
+  PAGE_RECS, SUB_WORDS, S_HEAD, S_SEQ, VERSION, HINTS, hintBase, metaWords,
 } from './layout.js';
 import type { Extent, IndexSabs } from './layout.js';
 import { SUBTREE_SHIFT, SUBTREE_SIZE } from '../../ring/layout.js';
@@ -57,7 +57,7 @@ export class ExtentIndex {
     const nsub = Math.max(0, Math.ceil((total - o.stripe) / o.stripes));
     const capPages = Math.floor(o.maxBytes / PAGE_BYTES);
     if (capPages < 2) throw new RangeError(`index maxBytes ${o.maxBytes} below two pages (${2 * PAGE_BYTES})`);
-    const meta = new SharedArrayBuffer((META_HDR_WORDS + nsub * SUB_WORDS) * 4);
+    const meta = new SharedArrayBuffer(metaWords(nsub) * 4);
     const pages = new SharedArrayBuffer(0, { maxByteLength: capPages * PAGE_BYTES });
     const m = new Int32Array(meta);
     m[M_PAGE_RECS] = PAGE_RECS;
@@ -106,7 +106,7 @@ export class ExtentIndex {
       Atomics.store(m, M_REPAIRING, 1);
       // Readers retry while it is odd; once it is even again the subtree is (consistently) empty.
       Atomics.store(m, META_HDR_WORDS + s * SUB_WORDS + S_HEAD, -1);
-      m.fill(0, META_HDR_WORDS + s * SUB_WORDS + S_HINTS, META_HDR_WORDS + s * SUB_WORDS + S_HINTS + HINTS);
+      m.fill(0, hintBase(m[M_NSUB]!, s) + 1, hintBase(m[M_NSUB]!, s) + HINTS);
       Atomics.add(m, seq, 1);
       emptied.push(s);
     }
@@ -162,7 +162,11 @@ export class ExtentIndex {
   /** Origin bytes mapped by non-placeholder extents. */
   get cachedBytes(): number { return this.f64[M_F64_CACHED]; }
   /** Index memory in use: the meta table plus every allocated page. */
-  get bytesUsed(): number { return this.sabs.meta.byteLength + Atomics.load(this.meta, M_PAGES_USED) * PAGE_BYTES; }
+  get bytesUsed(): number {
+    // The hint table counts only for subtrees that ever had hints: the rest of it is never touched.
+    const nsub = this.meta[M_NSUB]!;
+    return (metaWords(nsub) - nsub * HINTS + Atomics.load(this.meta, M_HINTED) * HINTS) * 4 + Atomics.load(this.meta, M_PAGES_USED) * PAGE_BYTES;
+  }
   /** Address space reserved for the page pool (capacity), and what has been committed by grow(). */
   get bytesReserved(): number { return this.sabs.meta.byteLength + this.meta[M_CAP_PAGES] * PAGE_BYTES; }
   get bytesGrown(): number { return this.sabs.meta.byteLength + this.sabs.pages.byteLength; }

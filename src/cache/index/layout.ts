@@ -65,30 +65,36 @@ export const M_TOKEN = 11; // last placeholder token handed out
  * overwrite is not back yet, so readers other than the owner must not trust what they find.
  */
 export const M_REPAIRING = 12;
+/** Subtrees whose hint words were ever written (their hint memory is in use: bytesUsed counts it). */
+export const M_HINTED = 13;
 /** Float64 index (not word index) of the sum of lengths of non-EMPTY records. */
 export const M_F64_CACHED = 8; // bytes 64..71 = words 16..17
 export const META_HDR_WORDS = 32;
-/**
- * Per owned subtree: [seqlock, head page, HINTS hint words]. The seqlock is odd while the owner
- * mutates the subtree.
- *
- * Hint j (page + 1, 0 for none) names a page of this subtree's chain whose first record started at
- * or before j << HINT_SHIFT when the owner last walked past it, so a walk for an offset in bucket j may
- * start there instead of at the head: records are sorted and disjoint, so none before that page
- * can reach past its first record. A 4 MiB subtree of 4 KiB extents is a chain of about 36 pages;
- * walking it from the head costs two cache misses a page once the index outgrows the CPU cache,
- * which made a foreign read-hit lookup at 4 GiB of cache 2.6× its cost at 256 MiB. The owner
- * clears a subtree's hints whenever a page leaves its chain (inside the seqlock), and whoever
- * follows a hint checks the page's first record again. Zero means none so that the hints of
- * subtrees never written stay untouched memory.
- */
+/** Per owned subtree: [seqlock, head page]. The seqlock is odd while the owner mutates the subtree. */
 export const S_SEQ = 0;
 export const S_HEAD = 1;
-export const S_HINTS = 2;
+export const SUB_WORDS = 2;
+/**
+ * After the subtree table, HINTS words per subtree. Word 0 is set once the subtree has had hints
+ * (for M_HINTED); hint j ≥ 1 (page + 1, 0 for none) names a page of
+ * that subtree's chain whose first record started at or before j << HINT_SHIFT when the owner
+ * last walked past it, so a walk for an offset in bucket j may start there instead of at the
+ * head: records are sorted and disjoint, so none before that page can reach past its first
+ * record. A 4 MiB subtree of 4 KiB extents is a chain of about 36 pages; walking it from the head
+ * costs two cache misses a page once the index outgrows the CPU cache, which made a foreign
+ * read-hit lookup at 4 GiB of cache 2.6× its cost at 256 MiB. The owner clears a subtree's hints
+ * whenever a page leaves its chain (inside the seqlock), and whoever follows a hint checks the
+ * page's first record again. The hints are a table of their own, zero meaning none, and only
+ * chains of two pages or more get any: the memory of a subtree that never needed hints is never
+ * touched, so a large, sparsely cached origin pays 8 bytes per subtree as before, not 136.
+ */
 export const HINTS = 32;
-export const SUB_WORDS = S_HINTS + HINTS;
 /** Bytes of subtree offset per hint: 4 MiB / 32, about one page of 4 KiB extents. */
 export const HINT_SHIFT = 22 - 5;
+/** Meta words for nsub subtrees: header, subtree table, hint table. */
+export const metaWords = (nsub: number): number => META_HDR_WORDS + nsub * (SUB_WORDS + HINTS);
+/** First hint word of a subtree slot. */
+export const hintBase = (nsub: number, slot: number): number => META_HDR_WORDS + nsub * SUB_WORDS + slot * HINTS;
 
 export const MAGIC = 0x58444950; // "PIDX"
 export const VERSION = 2;
