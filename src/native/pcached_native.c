@@ -81,6 +81,33 @@ static int get_int_args(napi_env env, napi_callback_info info, const char *fn, s
   return 1;
 }
 
+// Exactly `count` arguments into argv (extra ones ignored). Returns 0 after throwing a TypeError.
+static int get_argv(napi_env env, napi_callback_info info, const char *fn, size_t count, napi_value *argv) {
+  size_t argc = count;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  if (argc < count) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "pcached_native.%s: expected %zu arguments, got %zu", fn, count, argc);
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", msg);
+    return 0;
+  }
+  return 1;
+}
+
+// The memory of a Uint8Array (or Buffer) argument. Returns 0 after throwing a TypeError.
+static int get_bytes(napi_env env, napi_value v, const char *fn, size_t index, void **data, size_t *length) {
+  bool is_ta = false;
+  napi_typedarray_type type;
+  size_t byte_offset;
+  napi_value ab;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok) return 0;
+  if (!is_ta || napi_get_typedarray_info(env, v, &type, length, data, &ab, &byte_offset) != napi_ok || type != napi_uint8_array) {
+    throw_arg(env, fn, index, "a Uint8Array");
+    return 0;
+  }
+  return 1;
+}
+
 // fallocate(fd, mode, offset, length) -> 0 | -errno
 static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   int64_t a[4];
@@ -170,12 +197,7 @@ static napi_value js_fadvise(napi_env env, napi_callback_info info) {
 static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
   const char *fn = "preadNowait";
   napi_value argv[3];
-  size_t argc = 3;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 3) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "pcached_native: expected 3 arguments");
-    return NULL;
-  }
+  if (!get_argv(env, info, fn, 3, argv)) return NULL;
   double fd, off;
   if (napi_get_value_double(env, argv[0], &fd) != napi_ok || fd < 0 || fd > INT32_MAX || fd != floor(fd)) {
     throw_arg(env, fn, 0, "a file descriptor");
@@ -185,20 +207,9 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
     throw_arg(env, fn, 2, "a non-negative safe integer");
     return NULL;
   }
-  bool is_ta = false;
-  if (napi_is_typedarray(env, argv[1], &is_ta) != napi_ok || !is_ta) {
-    throw_arg(env, fn, 1, "a typed array");
-    return NULL;
-  }
-  napi_typedarray_type type;
-  size_t length, byte_offset;
   void *data;
-  napi_value ab;
-  if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, &ab, &byte_offset) != napi_ok) return NULL;
-  if (type != napi_uint8_array) {
-    throw_arg(env, fn, 1, "a Uint8Array");
-    return NULL;
-  }
+  size_t length;
+  if (!get_bytes(env, argv[1], fn, 1, &data, &length)) return NULL;
 #ifdef RWF_NOWAIT
   struct iovec iov = {data, length};
   ssize_t r;
@@ -237,38 +248,23 @@ static napi_value js_address_mod(napi_env env, napi_callback_info info) {
 }
 
 // copyBytes(dst, dstOffset, src) -> bytes copied: memmove of all of src into dst at dstOffset.
-// V8 copies between typed arrays over a SharedArrayBuffer (the slabs) with relaxed atomic loads
-// and stores a word at a time, about ten times a memcpy for 4 KiB here: this is the memcpy.
+// V8 copies between typed arrays over a SharedArrayBuffer (the slabs) with relaxed atomic
+// accesses, a byte at a time unless both ends are 8-byte aligned: 2.3 µs for 4 KiB here, against
+// 0.42 µs for this (src/util/copy-bytes.ts).
 static napi_value js_copy_bytes(napi_env env, napi_callback_info info) {
   const char *fn = "copyBytes";
   napi_value argv[3];
-  size_t argc = 3;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 3) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "pcached_native: expected 3 arguments");
-    return NULL;
-  }
-  void *data[2];
-  size_t len[2];
-  for (int i = 0; i < 2; i++) {
-    napi_value v = argv[i == 0 ? 0 : 2];
-    bool is_ta = false;
-    napi_typedarray_type type;
-    size_t byte_offset;
-    napi_value ab;
-    if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
-        napi_get_typedarray_info(env, v, &type, &len[i], &data[i], &ab, &byte_offset) != napi_ok || type != napi_uint8_array) {
-      throw_arg(env, fn, i == 0 ? 0 : 2, "a Uint8Array");
-      return NULL;
-    }
-  }
+  if (!get_argv(env, info, fn, 3, argv)) return NULL;
+  void *dst, *src;
+  size_t dst_len, src_len;
+  if (!get_bytes(env, argv[0], fn, 0, &dst, &dst_len) || !get_bytes(env, argv[2], fn, 2, &src, &src_len)) return NULL;
   double at;
-  if (napi_get_value_double(env, argv[1], &at) != napi_ok || at < 0 || at != floor(at) || at > (double)len[0] || (double)len[1] > (double)len[0] - at) {
+  if (napi_get_value_double(env, argv[1], &at) != napi_ok || at < 0 || at != floor(at) || at > (double)dst_len || (double)src_len > (double)dst_len - at) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "pcached_native: copyBytes: source does not fit at that offset");
     return NULL;
   }
-  if (len[1] > 0) memmove((char *)data[0] + (size_t)at, data[1], len[1]);
-  return make_int64(env, (int64_t)len[1]);
+  if (src_len > 0) memmove((char *)dst + (size_t)at, src, src_len);
+  return make_int64(env, (int64_t)src_len);
 }
 
 static napi_status set_int(napi_env env, napi_value obj, const char *name, int32_t value) {
