@@ -61,7 +61,7 @@ export class Cursor {
 
   private hintBase(slot: number): number { return hintBase(this.meta[M_NSUB]!, slot); }
 
-  /** A page leaves the chain: hints may name it no more (layout.ts, S_HINTS). */
+  /** A page leaves the chain: hints may name it no more (layout.ts, HINTS). */
   private clearHints(slot: number): void {
     const b = this.hintBase(slot), m = this.meta;
     // Reading leaves untouched memory untouched; only a subtree that has hints is written.
@@ -90,6 +90,17 @@ export class Cursor {
     const w = this.w, n = w[h * PAGE_WORDS + P_COUNT]! | 0;
     if (n < 1 || n > PAGE_RECS || (w[rec(h, 0) + R_OFF_FLAGS]! & OFF_MASK) > so) return -1;
     return h;
+  }
+
+  /** Index of the first of page p's n records ending after so (n - 1 when none does), by bisection. */
+  private firstEndingAfter(p: number, n: number, so: number): number {
+    const w = this.w;
+    let lo = 0, hi = n - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1, b = rec(p, mid);
+      if ((w[b + R_OFF_FLAGS] & OFF_MASK) + (w[b + R_LEN] | 0) > so) hi = mid; else lo = mid + 1;
+    }
+    return lo;
   }
 
   /** The page before p in the slot's chain (-1 when p is the head). */
@@ -133,12 +144,7 @@ export class Cursor {
       if (pp !== -1) this.noteHints(slot, pe, f, pp);
       if (pp !== -1 || prev !== -1 || this.next(p) !== -1) this.noteHints(slot, f, e, p);
       if (e > so) {
-        let lo = 0, hi = n - 1;
-        while (lo < hi) {
-          const mid = (lo + hi) >> 1, b = rec(p, mid);
-          if ((w[b + R_OFF_FLAGS] & OFF_MASK) + w[b + R_LEN] > so) hi = mid; else lo = mid + 1;
-        }
-        this.page = p; this.idx = lo; this.prev = prev;
+        this.page = p; this.idx = this.firstEndingAfter(p, n, so); this.prev = prev;
         return;
       }
       const nx = this.next(p);
@@ -432,17 +438,9 @@ export class Cursor {
         p = w[p * PAGE_WORDS + P_NEXT] | 0;
         continue;
       }
-      // The first record ending after so, by bisection: the records before it are not looked at
-      // (a torn page can only mislead this into a result the seqlock check then throws away).
-      let i = 0;
-      if (pos === so) {
-        let hi = n - 1;
-        while (i < hi) {
-          const mid = (i + hi) >> 1, b = rec(p, mid);
-          if ((w[b + R_OFF_FLAGS] & OFF_MASK) + (w[b + R_LEN] | 0) > so) hi = mid; else i = mid + 1;
-        }
-      }
-      for (; i < n; i++) {
+      // Records before the first ending after so are not looked at (a torn page can only
+      // mislead the bisection into a result the seqlock check then throws away).
+      for (let i = pos === so ? this.firstEndingAfter(p, n, so) : 0; i < n; i++) {
         const b = rec(p, i), ofl = w[b + R_OFF_FLAGS] | 0, os = ofl & OFF_MASK, len = w[b + R_LEN] | 0, oe = os + len;
         if (os < lastEnd || len <= 0 || oe > OFF_MASK + 1) return null;
         lastEnd = oe;
