@@ -90,7 +90,7 @@ export const SUB_WORDS = 2;
  */
 export const HINTS = 32;
 /** Bytes of subtree offset per hint: 4 MiB / 32, about one page of 4 KiB extents. */
-export const HINT_SHIFT = 22 - 5;
+export const HINT_SHIFT = OFF_BITS - 5;
 /** Meta words for nsub subtrees: header, subtree table, hint table. */
 export const metaWords = (nsub: number): number => META_HDR_WORDS + nsub * (SUB_WORDS + HINTS);
 /** First hint word of a subtree slot. */
