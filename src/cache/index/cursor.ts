@@ -165,9 +165,14 @@ export class Cursor {
    * each overlapped part (length, flags, segment, its segment offset, generation) before it goes.
    */
   resolve(slot: number, so: number, se: number, replaced?: Replaced): void {
+    this.locate(slot, so);
+    this.resolveHere(slot, so, se, replaced);
+  }
+
+  /** resolve() with the cursor already located at `so`. */
+  resolveHere(slot: number, so: number, se: number, replaced?: Replaced): void {
     const w = this.w;
     this.tail = false;
-    this.locate(slot, so);
     if (!this.atEnd()) {
       const b = rec(this.page, this.idx);
       const os = w[b + R_OFF_FLAGS] & OFF_MASK, oe = os + w[b + R_LEN], fl = w[b + R_OFF_FLAGS] >>> OFF_BITS;
@@ -199,6 +204,27 @@ export class Cursor {
       this.account(fl, -(se - os), 0);
       break;
     }
+  }
+
+  /**
+   * With the cursor located at `so`: when its record spans exactly [so, se), overwrite it in place
+   * and return true. A rewrite of the same blocks is the commonest overwrite (a filesystem's
+   * metadata, a database page, fio's randwrite), and delete-then-insert shifts the page twice
+   * and may pack or spread pages to end where it began. False, changing nothing, otherwise.
+   */
+  replaceExact(so: number, se: number, flags: number, seg: number, segOff: number, gen: number, replaced?: Replaced): boolean {
+    if (this.atEnd()) return false;
+    const w = this.w, b = rec(this.page, this.idx);
+    if ((w[b + R_OFF_FLAGS] & OFF_MASK) !== so || w[b + R_LEN] !== se - so) return false;
+    const fl = w[b + R_OFF_FLAGS] >>> OFF_BITS;
+    replaced?.(se - so, fl, w[b + R_SEG]!, w[b + R_SEGOFF]!, w[b + R_GEN]!);
+    this.account(fl, so - se, 0);
+    w[b + R_OFF_FLAGS] = so | (flags << OFF_BITS);
+    w[b + R_SEG] = seg;
+    w[b + R_SEGOFF] = segOff;
+    w[b + R_GEN] = gen;
+    this.account(flags, se - so, 0);
+    return true;
   }
 
   insertPendingTail(slot: number, afterCursor: boolean): void {

@@ -187,9 +187,12 @@ export class ExtentIndex {
     this.arena.ensure(2); // the new record plus a split-off tail, each possibly splitting a page
     const so = e.off - this.base(slot);
     this.beginWrite(slot);
-    this.cur.resolve(slot, so, so + e.len, replaced);
-    this.cur.insert(slot, so, e.len, e.flags, e.seg, e.segOff, e.gen);
-    this.cur.insertPendingTail(slot, true);
+    this.cur.locate(slot, so);
+    if (!this.cur.replaceExact(so, so + e.len, e.flags, e.seg, e.segOff, e.gen, replaced)) {
+      this.cur.resolveHere(slot, so, so + e.len, replaced);
+      this.cur.insert(slot, so, e.len, e.flags, e.seg, e.segOff, e.gen);
+      this.cur.insertPendingTail(slot, true);
+    }
     this.endWrite(slot);
   }
 
