@@ -24,6 +24,7 @@ import { Errno, errnoName } from '../util/errno.js';
 import type { SequentialDetector } from './sequential.js';
 import type { HitReader } from './hit-reader.js';
 import type { DirectHits } from './direct-hits.js';
+import { receiveIntoPool } from './receive-pool.js';
 import type { StripeSet } from './stripes.js';
 import type { CounterBlock, CoordinatorCounter } from '../stats/counters.js';
 import type { FlowBudget } from './flow.js';
@@ -172,6 +173,8 @@ export class Session implements ReplySink {
         const rest = parser.takeRemainder();
         this.#optParser = null;
         this.#reqParser = new RequestParser({ maxDrainable: MAX_DRAINABLE_WRITE, admitPayload: this.#admitPayload });
+        // Not from inside this read's own callback: the switch changes who receives the next read.
+        if (process.env.PCACHED_RECEIVE_POOL !== 'off') process.nextTick(() => { if (!this.#closed) receiveIntoPool(this.#sock, this.#onDataBound); });
         if (rest.length > 0) {
           this.#reqParser.push(rest);
           this.#requests();
