@@ -83,7 +83,8 @@ export class DirectHits {
   #window(len: number): Buffer {
     const need = Math.ceil(len / MEM_ALIGN) * MEM_ALIGN;
     if (this.#chunk.length - this.#used < need) {
-      this.#chunk = alignedBuffer(CHUNK_BYTES);
+      // Not zeroed: a window reaches the client only when its read filled all of it.
+      this.#chunk = alignedBuffer(CHUNK_BYTES, false);
       this.#used = 0;
     }
     const w = this.#chunk.subarray(this.#used, this.#used + len);
