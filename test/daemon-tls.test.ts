@@ -274,5 +274,9 @@ t_(`tls on: plaintext and TLS clients are both served, and see each other's writ
   t.regex(secure.stdout, /with TLS/, describe(secure));
   await nbdshOn(d.uri, `h.pwrite(b'\\x77' * 65536, 3 * 1048576)\nh.flush()\nprint(json.dumps(1))`);
   t.is(await countByte(tlsUnix(d, `tls-certificates=${x509.anonymous}`), 3 * MiB, 65536, 0x77), 65536);
+  // Plaintext connections read into a pool (receive-pool.ts); TLS ones go through node:tls.
+  const { stats } = ((await controlRequest(d.control, { op: 'status' })) as { caches: CacheStatus[] }).caches[0]!;
+  t.true(stats.connections_pooled! >= 2, `pooled ${stats.connections_pooled}`);
+  t.true(stats.connections_pooled! + stats.tls_handshakes! <= stats.connections_total!, JSON.stringify(stats));
   await stop(d);
 });

@@ -1,7 +1,7 @@
 // receiveIntoPool (src/coordinator/receive-pool.ts): an accepted socket switched mid-stream
 // delivers every byte once, in order, through pauses; every view it handed out still holds its
 // bytes at the end (windows are never reused, so a payload kept past its read stays intact); a
-// TLS socket is left alone.
+// TLS socket is left alone, and a paused one waits until it flows.
 
 import test from 'ava';
 import net from 'node:net';
@@ -22,7 +22,7 @@ function listen(onConn: (s: net.Socket) => void): Promise<{ server: net.Server; 
 test('every byte arrives once and in order across the switch and pauses; kept views stay intact', async (t) => {
   const total = 24 << 20;
   const data = randomFillSync(Buffer.alloc(total));
-  let switched: boolean | null = null;
+  let switched = null as string | null;
   const kept: Buffer[] = [];
   let got = 0;
   const done = new Promise<void>((resolve, reject) => {
@@ -61,15 +61,38 @@ test('every byte arrives once and in order across the switch and pauses; kept vi
     });
   });
   await done;
-  t.true(switched, 'the accepted socket was switched to the pool');
+  t.is(switched, 'switched', 'the accepted socket was switched to the pool');
   t.true(kept.length > 100);
   t.true(Buffer.concat(kept).equals(data), 'the bytes kept from every read are the bytes sent, in order');
 });
 
-test('a TLS socket, or one without a handle, is not switched', (t) => {
+test('a TLS socket, or one without a handle, is never switched', (t) => {
   const plain = new net.Socket();
-  t.false(receiveIntoPool(new tls.TLSSocket(plain), () => {}));
-  // No handle yet: nothing to read from.
-  t.false(receiveIntoPool(new net.Socket(), () => {}));
+  t.is(receiveIntoPool(new tls.TLSSocket(plain), () => {}), 'never');
+  t.is(receiveIntoPool(new net.Socket(), () => {}), 'never');
   plain.destroy();
+});
+
+test('a paused socket is switched later, once it flows again', async (t) => {
+  const got: Buffer[] = [];
+  let first = null as string | null, second = null as string | null;
+  const { server, sock, dir } = await listen((s) => {
+    s.pause();
+    first = receiveIntoPool(s, (c) => got.push(c));
+    s.resume();
+    // Resuming first empties what the stream holds; then the switch is allowed.
+    setImmediate(() => { second = receiveIntoPool(s, (c) => got.push(c)); });
+    s.on('data', (c) => got.push(c));
+  });
+  const c = net.connect(sock);
+  await new Promise((r) => c.once('connect', r));
+  await new Promise((r) => setTimeout(r, 50));
+  c.end(Buffer.from('after the switch'));
+  await new Promise((r) => setTimeout(r, 100));
+  t.is(first, 'later');
+  t.is(second, 'switched');
+  t.is(Buffer.concat(got).toString(), 'after the switch');
+  c.destroy();
+  server.close();
+  fs.rmSync(dir, { recursive: true, force: true });
 });

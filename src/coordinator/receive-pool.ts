@@ -33,17 +33,19 @@ interface UserBufferHandle { useUserBuffer?: (buf: Uint8Array) => void; reading?
 
 /**
  * From now on the socket's bytes reach `onData` as views of a pool, in order, instead of through
- * 'data'. False (nothing changed) when it cannot be done: the Node internals are not the ones
- * expected, a TLS socket (its records are decrypted by node:tls), the socket has no handle, or bytes already sit
- * in the stream's buffer (delivering new ones first would reorder them).
+ * 'data'. 'never' (nothing changed) for a TLS socket (node:tls decrypts its records), a socket
+ * without a handle, or Node internals other than the ones expected; 'later' while the socket is
+ * paused or bytes sit in its stream buffer: delivering new ones first would reorder them, and
+ * a socket paused the stream's way keeps reading, which a switch would make unbounded.
  */
-export function receiveIntoPool(sock: Socket, onData: (chunk: Buffer) => void): boolean {
-  if (sock instanceof TLSSocket) return false;
+export function receiveIntoPool(sock: Socket, onData: (chunk: Buffer) => void): 'switched' | 'later' | 'never' {
+  if (sock instanceof TLSSocket || sock.destroyed) return 'never';
   const slots = slotsOf(sock);
   const handle = (sock as unknown as { _handle: UserBufferHandle | null })._handle;
-  if (slots === null || handle === null || typeof handle.useUserBuffer !== 'function' || sock.readableLength !== 0 || sock.destroyed) return false;
+  if (slots === null || handle === null || typeof handle.useUserBuffer !== 'function') return 'never';
   const s = sock as unknown as Record<symbol, unknown>;
-  if (s[slots.buffer] !== null) return false;
+  if (s[slots.buffer] !== null) return 'never';
+  if (sock.isPaused() || sock.readableLength !== 0) return 'later';
   let pool = Buffer.allocUnsafeSlow(POOL_BYTES);
   let at = 0;
   let window = pool.subarray(0, WINDOW);
@@ -62,5 +64,5 @@ export function receiveIntoPool(sock: Socket, onData: (chunk: Buffer) => void): 
     return window;
   };
   handle.useUserBuffer(window);
-  return true;
+  return 'switched';
 }

@@ -108,6 +108,8 @@ export class Session implements ReplySink {
   #handshakeTimer: NodeJS.Timeout | null;
   #draining: (() => void) | null = null;
   #corked = false;
+  /** The socket is to read into a pool and does not yet (receive-pool.ts). */
+  #toPool = false;
   readonly #uncork = (): void => {
     this.#corked = false;
     this.#sock.uncork();
@@ -174,7 +176,8 @@ export class Session implements ReplySink {
         this.#optParser = null;
         this.#reqParser = new RequestParser({ maxDrainable: MAX_DRAINABLE_WRITE, admitPayload: this.#admitPayload });
         // Not from inside this read's own callback: the switch changes who receives the next read.
-        if (process.env.PCACHED_RECEIVE_POOL !== 'off') process.nextTick(() => { if (!this.#closed) receiveIntoPool(this.#sock, this.#onDataBound); });
+        this.#toPool = process.env.PCACHED_RECEIVE_POOL !== 'off';
+        if (this.#toPool) process.nextTick(() => this.#tryPool());
         if (rest.length > 0) {
           this.#reqParser.push(rest);
           this.#requests();
@@ -513,7 +516,16 @@ export class Session implements ReplySink {
       this.#sock.resume();
       // Requests already buffered in the parser are not in the socket any more.
       if (this.#reqParser) queueMicrotask(() => this.#requests());
+      if (this.#toPool) process.nextTick(() => this.#tryPool());
     }
+  }
+
+  /** Reads into a pool from now on, once the socket is flowing with nothing buffered (receive-pool.ts). */
+  #tryPool(): void {
+    if (!this.#toPool || this.#closed || this.#paused !== 0) return;
+    const r = receiveIntoPool(this.#sock, this.#onDataBound);
+    if (r === 'switched') this.#ctx.counters.add('connections_pooled', 1);
+    if (r !== 'later') this.#toPool = false;
   }
 
   /** After DISC (or a drain for shutdown), close once every reply has been written. */

@@ -10,7 +10,7 @@ export const COORDINATOR_COUNTERS = [
   'err_enotsup', 'err_eshutdown',
   'connections_total', 'connections_open', 'connections_refused', 'protocol_errors',
   'inflight', 'split_pieces', 'queued_pieces', 'replies_copied', 'read_hits_inline',
-  'tls_handshakes', 'tls_failures',
+  'tls_handshakes', 'tls_failures', 'connections_pooled',
 ] as const;
 
 /** Counted by one stripe worker (one block per stripe). */
