@@ -9,7 +9,7 @@ const [path = '/tmp/pc/origin.img', qdArg = '32', stripesArg = '2', secsArg = '3
 const qd = Number(qdArg);
 const set = await StripeSet.start({
   stripes: Number(stripesArg), capacity: 1024, slabBytes: 32 << 20,
-  origin: { kind: 'file', path, readOnly: false }, spinNs: Number(process.env.PCACHED_SPIN_NS ?? 0), pollNs: Number(process.env.PCACHED_POLL_NS ?? 0), maxSpinners: 1, logLevel: 'warn', log: createLogger({ level: 'warn' }),
+  origin: { kind: 'file', path, readOnly: false }, spinNs: Number(process.env.PCACHED_SPIN_NS ?? 0), pollNs: Number(process.env.PCACHED_POLL_NS ?? 0), pollMaxNs: Number(process.env.PCACHED_POLL_MAX_NS ?? 0), maxSpinners: 1, logLevel: 'warn', log: createLogger({ level: 'warn' }),
 });
 let done = 0;
 const end = Date.now() + Number(secsArg) * 1000;

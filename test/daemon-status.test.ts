@@ -49,6 +49,10 @@ print('ok')
   t.true(after.stats.reqs_read! >= c0.stats.reqs_read! + 7, JSON.stringify(after.stats));
   t.true(after.stats.reqs_flush! >= c0.stats.reqs_flush! + 1, JSON.stringify(after.stats));
   t.true(after.stats.bytes_written! >= c0.stats.bytes_written! + 10 * 4096);
+  // nbdsh waits for each reply: every request ran at queue depth 1, and each was timed.
+  const poll = after.lowDepthPoll!;
+  t.true(poll.averageUs > 0, JSON.stringify(poll));
+  t.true(poll.budgetUs >= 30 && poll.budgetUs <= 250, JSON.stringify(poll));
 
   // Status of one cache by name.
   const one = await pcachedCli(['status', 'vol', '--json', '--control', d.control]);

@@ -39,9 +39,11 @@ const SHUTDOWN_DRAIN_MS = 30_000;
 /**
  * Latency at queue depth 1-2 is dominated by cross-thread wake-ups (on a VM, waking a thread on
  * a halted vCPU costs tens of microseconds). The stripe may then busy-poll for the next request
- * (up to spinNs, adaptively) and the coordinator polls for the completion (pollNs); at higher
+ * (up to spinNs, adaptively) and the coordinator polls for the completion (at least pollNs, and
+ * about as long as completions recently took up to pollMaxNs: poll-budget.ts); at higher
  * depth both sleep between batches. At most maxSpinners stripes poll at once, leaving cores to
- * the client and the coordinator. PCACHED_SPIN_NS / PCACHED_POLL_NS override (0 = off).
+ * the client and the coordinator. PCACHED_SPIN_NS / PCACHED_POLL_NS / PCACHED_POLL_MAX_NS override
+ * (0 = off).
  */
 function envNs(name: string, fallback: number): number {
   const v = Number(process.env[name]);
@@ -49,6 +51,7 @@ function envNs(name: string, fallback: number): number {
 }
 const spinNs = (): number => envNs('PCACHED_SPIN_NS', 200_000);
 const pollNs = (): number => envNs('PCACHED_POLL_NS', 30_000);
+const pollMaxNs = (): number => envNs('PCACHED_POLL_MAX_NS', 250_000);
 const maxSpinners = (): number => Math.max(1, availableParallelism() - 2);
 
 /** What clients see as the export description: the configured text, or where the data comes from. */
@@ -169,7 +172,7 @@ export class Coordinator {
     let stripes: StripeSet;
     try {
       stripes = await StripeSet.start({
-        stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), maxSpinners: maxSpinners(), logLevel, log,
+        stripes: cache.stripes, capacity: RING_CAPACITY, slabBytes: cache.slabSize, origin: spec, spinNs: spinNs(), pollNs: pollNs(), pollMaxNs: pollMaxNs(), maxSpinners: maxSpinners(), logLevel, log,
         cacheData: cacheRt ? (i) => cacheRt.stripeData(i) : undefined,
         onStripeDied: cacheRt ? (i) => cacheRt.stripeDied(i) : undefined,
       });
@@ -293,6 +296,7 @@ export class Coordinator {
       uptimeSec: Math.round((Date.now() - this.#started) / 1000),
       restarts,
       stripeRestarts: this.#stripes.restarts,
+      lowDepthPoll: this.#stripes.lowDepthPoll,
       stats,
       stripeStats,
       ...(this.#detached ? { detached: true } : {}),

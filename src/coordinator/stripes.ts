@@ -9,6 +9,7 @@ import { StripeRing, type StripeWork } from './stripe-ring.js';
 import type { OriginSpec } from '../origin/types.js';
 import { Errno } from '../util/errno.js';
 import { maxPieceFor } from './router.js';
+import { PollBudget } from './poll-budget.js';
 
 export interface StripeSetOptions {
   stripes: number;
@@ -20,6 +21,8 @@ export interface StripeSetOptions {
   maxSpinners: number;
   /** How long the coordinator polls for completions itself when at most POLL_MAX_INFLIGHT pieces are out (0 = never). */
   pollNs: number;
+  /** The longest such poll when completions have recently taken longer than pollNs (poll-budget.ts). */
+  pollMaxNs: number;
   logLevel: string;
   log: Logger;
   /** Write-back mode: what each stripe needs to serve from the cache. */
@@ -45,6 +48,9 @@ export class StripeSet {
   readonly #opts: StripeSetOptions;
   readonly #log: Logger;
   #bellScheduled = false;
+  readonly #pollBudget: PollBudget;
+  /** When the pieces now out were issued at low depth (0n: not at low depth, or already timed). */
+  #lowDepthSince = 0n;
   #closed = false;
   #restarts = 0;
   #loopDone: Promise<void> | null = null;
@@ -52,6 +58,7 @@ export class StripeSet {
   private constructor(opts: StripeSetOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#pollBudget = new PollBudget(opts.pollNs, opts.pollMaxNs);
     this.#doorbellSab = new SharedArrayBuffer(DOORBELL_WORDS * 4);
     this.#doorbell = new Int32Array(this.#doorbellSab);
     this.rings = [];
@@ -146,31 +153,53 @@ export class StripeSet {
       ring.setSpinHint(lowDepth);
       ring.ringBell();
     }
-    if (this.#opts.pollNs > 0 && issued > 0 && lowDepth) this.#pollCompletions();
+    if (!lowDepth || issued === 0) {
+      this.#lowDepthSince = 0n;
+      return;
+    }
+    if (this.#lowDepthSince === 0n) this.#lowDepthSince = process.hrtime.bigint();
+    const budget = this.#pollBudget.budgetNs;
+    if (budget > 0) this.#pollCompletions(budget);
   };
 
   /**
-   * At queue depth 1-2 the round trip is dominated by wake-ups; spinning briefly here saves the
-   * doorbell wake-up of this thread (the client is waiting for the reply anyway).
+   * At queue depth 1-2 the round trip is dominated by wake-ups; spinning here for about as long
+   * as completions take saves the doorbell wake-up of this thread (the client is waiting for the
+   * reply anyway).
    */
-  #pollCompletions(): void {
+  #pollCompletions(budgetNs: number): void {
     const bell = this.#doorbell;
     Atomics.store(bell, BELL_POLLING, 1);
-    const deadline = process.hrtime.bigint() + BigInt(this.#opts.pollNs);
+    const deadline = process.hrtime.bigint() + BigInt(Math.ceil(budgetNs));
     let got = 0;
     for (let i = 1; got === 0; i++) {
       for (const ring of this.rings) got += ring.drainCompletions();
       if ((i & 15) === 0 && process.hrtime.bigint() > deadline) break;
     }
     Atomics.store(bell, BELL_POLLING, 0);
-    for (const ring of this.rings) ring.drainCompletions();
+    for (const ring of this.rings) got += ring.drainCompletions();
+    if (got > 0) this.#timeLowDepth();
+  }
+
+  #timeLowDepth(): void {
+    if (this.#lowDepthSince === 0n) return;
+    this.#pollBudget.record(Number(process.hrtime.bigint() - this.#lowDepthSince));
+    this.#lowDepthSince = 0n;
+  }
+
+  /** The recent low-depth completion time and the poll budget it gives (status). */
+  get lowDepthPoll(): { averageUs: number; budgetUs: number } {
+    const us = (ns: number): number => Math.round(ns / 100) / 10;
+    return { averageUs: us(this.#pollBudget.averageNs), budgetUs: us(this.#pollBudget.budgetNs) };
   }
 
   async #completionLoop(): Promise<void> {
     const bell = this.#doorbell;
     let seen = Atomics.load(bell, BELL_COUNT);
     while (!this.#closed) {
-      for (const ring of this.rings) ring.drainCompletions();
+      let got = 0;
+      for (const ring of this.rings) got += ring.drainCompletions();
+      if (got > 0) this.#timeLowDepth();
       const w = Atomics.waitAsync(bell, BELL_COUNT, seen);
       // More completions arrived while draining. Without a real yield this loop would never
       // let the event loop read sockets or flush the corked replies (a microtask is not enough).

@@ -20,6 +20,11 @@ export interface CacheStatus {
   restarts: number;
   /** Stripe worker threads respawned after dying (the coordinator kept running). */
   stripeRestarts?: number;
+  /**
+   * At queue depth 1-2: how long completions have recently taken from submission (moving
+   * average) and how long the coordinator now polls for the next one (src/coordinator/poll-budget.ts).
+   */
+  lowDepthPoll?: { averageUs: number; budgetUs: number };
   /** Counter name → value (see src/stats/counters.ts). */
   stats: Record<string, number>;
   /** Per-stripe counters, index = stripe id. */
