@@ -5,7 +5,7 @@ import test from 'ava';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startDaemon } from './helpers/daemon.js';
+import { PCACHED_BIN, startDaemon } from './helpers/daemon.js';
 import { nativeAvailable } from '../src/native/index.js';
 import { killPid, pcachedCli, spawnPcached, statusJson, tcpPortFree, waitAccepting, within } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, run, skipSuffix, skipWithReason } from './helpers/tools.js';
@@ -53,6 +53,11 @@ print('ok')
   const poll = after.lowDepthPoll!;
   t.true(poll.averageUs > 0, JSON.stringify(poll));
   t.true(poll.budgetUs >= 30 && poll.budgetUs <= 250, JSON.stringify(poll));
+
+  // A reader that goes before the output is written (`| head`, `| true`): a quiet end, no stack.
+  const gone = await run('bash', ['-c', `"${process.execPath}" "${PCACHED_BIN}" status --json --control "${d.control}" | true; echo "status=\${PIPESTATUS[0]}" >&2`]);
+  t.regex(gone.stderr, /status=0/, describe(gone));
+  t.notRegex(gone.stderr, /EPIPE|Unhandled|at .*\.js:\d+/, describe(gone));
 
   // Status of one cache by name.
   const one = await pcachedCli(['status', 'vol', '--json', '--control', d.control]);
