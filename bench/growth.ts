@@ -11,6 +11,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fio, prefillFile, startProc, stopProc, type Sample } from './lib.js';
 import type { CellKit } from './slow-disk.js';
+import { waitClean } from './clean.js';
 import { treePssKiB } from '../test/helpers/mem.js';
 
 export interface GrowthOpts { reps: number; runtime: number; ramp: number; pcachedEnv: Record<string, string>; growthSizes: number[]; growthStripes: number[] }
@@ -66,16 +67,6 @@ export async function growthScenario(o: GrowthOpts, dir: string, kit: CellKit): 
       }
     }
   }
-}
-
-/** Seconds until no block is dirty. */
-async function waitClean(kit: CellKit, control: string): Promise<number> {
-  const t0 = Date.now();
-  while ((kit.pcachedStatus(control).cacheState?.dirtyBlocks ?? 0) > 0) {
-    if (Date.now() - t0 > 900_000) throw new Error('the fill was not written back in 900 s');
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  return (Date.now() - t0) / 1000;
 }
 
 type Get = (scenario: string, w: string, s: string) => number | undefined;
