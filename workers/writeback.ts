@@ -67,7 +67,7 @@ async function pause(ms: number): Promise<void> {
  * Tests only (PCACHED_TEST_HOOKS=1): this worker's own NBD origin URI, to start it while that is unreachable.
  */
 function originSpec(): OriginSpec {
-  if (data.origin.kind === 'file') return { ...data.origin, queueDepth: MAX_WRITEBACK_JOBS };
+  if (data.origin.kind === 'file') return { ...data.origin, queueDepth: MAX_WRITEBACK_JOBS, directWrites: true };
   const uri = process.env.PCACHED_TEST_HOOKS === '1' ? process.env.PCACHED_TEST_WRITEBACK_ORIGIN : undefined;
   return uri ? { ...data.origin, uri } : data.origin;
 }
@@ -128,6 +128,7 @@ async function loop(): Promise<void> {
         continue;
       }
       const before = { ...wb.stats };
+      const directBefore = origin.directWrites ?? 0;
       // Counted whether the step succeeds or not: a failed batch may have finished whole epochs.
       const count = (): void => {
         counters.add('wb_ksets', wb.stats.ksets - before.ksets);
@@ -137,6 +138,7 @@ async function loop(): Promise<void> {
         counters.add('wb_crc_skipped', wb.stats.crcSkipped - before.crcSkipped);
         counters.add('wb_epochs', wb.stats.epochs - before.epochs);
         counters.add('wb_retries', wb.stats.retries - before.retries);
+        counters.add('wb_origin_direct_writes', (origin.directWrites ?? 0) - directBefore);
       };
       try {
         const bytes = await wb.step();

@@ -24,6 +24,7 @@ import { blockDeviceSize } from '../util/block-device.js';
 import { OrderedIoQueue, type QueuedIo } from './io-queue.js';
 import { SyncGroup } from './sync-group.js';
 import { openAsyncIo, type AsyncIo } from '../io/async-io.js';
+import { isAligned, MEM_ALIGN } from '../io/aligned.js';
 import type { Done, Extent, Origin, OriginSpec, ZeroFlags } from './types.js';
 
 export type FileOriginSpec = Extract<OriginSpec, { kind: 'file' }>;
@@ -90,17 +91,36 @@ export function openFileOrigin(spec: FileOriginSpec, options: FileOriginOptions 
   }
   try {
     const st = fs.fstatSync(fd, { bigint: true });
+    const directFd = spec.directWrites === true && !readOnly ? openDirect(spec.path, native) : null;
     if (st.isFile()) {
-      return new FileOrigin(fd, spec.path, 'file', Number(st.size), readOnly, native, depth);
+      return new FileOrigin(fd, spec.path, 'file', Number(st.size), readOnly, native, depth, directFd);
     }
     if (st.isBlockDevice()) {
-      return new FileOrigin(fd, spec.path, 'device', deviceSize(fd, st.rdev, spec.path, native), readOnly, native, depth);
+      return new FileOrigin(fd, spec.path, 'device', deviceSize(fd, st.rdev, spec.path, native), readOnly, native, depth, directFd);
     }
+    if (directFd !== null) fs.closeSync(directFd);
     throw new PcachedError('ERR_ORIGIN', `origin ${spec.path} is neither a regular file nor a block device`);
   } catch (err) {
     fs.closeSync(fd);
     if (err instanceof PcachedError) throw err;
     throw new PcachedError('ERR_ORIGIN', `cannot use origin ${spec.path}: ${message(err)}`, { cause: err });
+  }
+}
+
+/**
+ * The O_DIRECT descriptor for aligned writes, or null: no addon (no way to find aligned memory),
+ * or a file system that refuses O_DIRECT (tmpfs: EINVAL). A slow local disk reached through a
+ * file system that serializes buffered writes (FUSE takes the inode lock for each one, and
+ * io_uring hashes buffered writes of one file onto one worker) then still takes writeback's runs
+ * in parallel: measured on an nbdfuse file over a 2 ms disk, 4 KiB QD32 writes ran at 2,087/s
+ * with O_DIRECT through io_uring against 371/s buffered from 32 threads.
+ */
+function openDirect(path: string, native: NativeBinding | null): number | null {
+  if (native?.addressMod === undefined) return null;
+  try {
+    return fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+  } catch {
+    return null;
   }
 }
 
@@ -123,6 +143,10 @@ class FileOrigin implements Origin {
 
   /** Stays open until every operation started has finished (see close()). */
   readonly #fd: number;
+  /** O_DIRECT descriptor of the same file for aligned writes (openDirect), or null. */
+  readonly #directFd: number | null;
+  directWrites = 0;
+  get writeAlign(): number | undefined { return this.#directFd === null ? undefined : MEM_ALIGN; }
   /** Reads, writes and syncs: io_uring where it runs, libuv's pool otherwise (src/io/async-io.ts). */
   readonly #io: AsyncIo;
   get ioBackend(): AsyncIo['backend'] { return this.#io.backend; }
@@ -139,8 +163,9 @@ class FileOrigin implements Origin {
   #discard: boolean;
   #nowaitReads = true;
 
-  constructor(fd: number, path: string, kind: 'file' | 'device', size: number, readOnly: boolean, native: NativeBinding | null, depth: number) {
+  constructor(fd: number, path: string, kind: 'file' | 'device', size: number, readOnly: boolean, native: NativeBinding | null, depth: number, directFd: number | null = null) {
     this.#fd = fd;
+    this.#directFd = directFd;
     this.#kind = kind;
     this.#native = native;
     this.#queue = new OrderedIoQueue(depth);
@@ -175,7 +200,12 @@ class FileOrigin implements Origin {
   write(off: number, src: Uint8Array, fua: boolean, cb: Done): void {
     const err = this.#check(off, src.length, true);
     if (err) return cb(err);
-    this.#submit(off, src.length, 'write', cb, (done) => this.#writeFully(off, src, 0, src.length, this.#thenSyncIf(fua, done)));
+    // Ordering holds across the two descriptors: the queue starts an overlapping write only once
+    // the one before it finished, and a direct write first writes back and drops the page-cache
+    // pages of its range. fdatasync on either descriptor covers both (one inode).
+    const fd = this.#directFd !== null && off % MEM_ALIGN === 0 && src.length % MEM_ALIGN === 0 && isAligned(src) ? this.#directFd : this.#fd;
+    if (fd !== this.#fd) this.directWrites++;
+    this.#submit(off, src.length, 'write', cb, (done) => this.#writeFully(off, src, 0, src.length, this.#thenSyncIf(fua, done), fd));
   }
 
   flush(cb: Done): void {
@@ -227,6 +257,7 @@ class FileOrigin implements Origin {
     // An io_uring instance waits here for whatever it still has in the kernel.
     this.#io.close();
     try {
+      if (this.#directFd !== null) fs.closeSync(this.#directFd);
       fs.closeSync(this.#fd);
     } catch (err) {
       throw new PcachedError('ERR_ORIGIN', `closing origin ${this.description}: ${message(err)}`, { cause: err });
@@ -282,12 +313,15 @@ class FileOrigin implements Origin {
     step(0);
   }
 
-  #writeFully(off: number, src: Uint8Array, start: number, len: number, done: Done): void {
+  #writeFully(off: number, src: Uint8Array, start: number, len: number, done: Done, fd = this.#fd): void {
+    let use = fd;
     const step = (put: number): void => {
       if (put === len) return done(Errno.OK);
-      this.#io.write(this.#fd, src.subarray(start + put, start + len), off + put, (err, n) => {
+      this.#io.write(use, src.subarray(start + put, start + len), off + put, (err, n) => {
         if (err) return done(errnoFromError(err));
         if (n === 0) return done(Errno.EIO); // would loop forever otherwise
+        // The rest of a short direct write is no longer aligned: it goes through the page cache.
+        if (n % MEM_ALIGN !== 0) use = this.#fd;
         step(put + n);
       });
     };

@@ -37,6 +37,13 @@ export interface Origin {
   readonly inflight?: number;
   /** Whether zeroing is cheaper than writing zeros (fallocate, or a remote that advertises FAST_ZERO). */
   readonly canFastZero: boolean;
+  /**
+   * Writes from buffers at addresses aligned to this many bytes (with offset and length aligned
+   * alike) take the origin's fast path (file.ts directWrites); absent: alignment does not matter.
+   */
+  readonly writeAlign?: number;
+  /** Writes that took that path since open (status: wb_origin_direct_writes). */
+  readonly directWrites?: number;
 
   /** Fill dst (dst.length bytes) from offset off. */
   read(off: number, dst: Uint8Array, cb: Done): void;
@@ -68,5 +75,13 @@ export interface Origin {
 /** How a stripe (or the coordinator's probe) is told to open the origin. Plain data: crosses threads. */
 export type OriginSpec =
   /** queueDepth: operations in flight at once (default 32). */
-  | { kind: 'file'; path: string; readOnly: boolean; direct?: boolean; queueDepth?: number }
+  | {
+    kind: 'file'; path: string; readOnly: boolean; direct?: boolean; queueDepth?: number;
+    /**
+     * Writes whose offset, length and memory are 4 KiB-aligned go through a second, O_DIRECT
+     * descriptor (writeback's runs), the rest through the page cache; where O_DIRECT cannot be
+     * opened (tmpfs) every write is buffered. See file.ts.
+     */
+    directWrites?: boolean;
+  }
   | { kind: 'nbd'; uri: string; readOnly: boolean; timeoutMs: number; connections: number };

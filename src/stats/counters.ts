@@ -28,7 +28,7 @@ export const STRIPE_COUNTERS = [
 export const CACHE_WORKER_COUNTERS = [
   'wb_ksets', 'wb_keys', 'wb_bytes', 'wb_origin_syncs', 'wb_errors', 'wb_crc_skipped', 'wb_epochs', 'wb_retries',
   'gc_ksets', 'gc_segments_freed', 'gc_errors', 'init_bytes', 'init_segments_left', 'wb_inflight_blocks',
-  'wb_origin_open_errors', 'wb_restarts',
+  'wb_origin_open_errors', 'wb_restarts', 'wb_origin_direct_writes',
 ] as const;
 
 export const GAUGES: ReadonlySet<string> = new Set(['connections_open', 'inflight', 'queue_depth', 'queued_pieces', 'init_segments_left', 'wb_inflight_blocks']);
