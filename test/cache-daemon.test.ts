@@ -10,29 +10,17 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, constants, fsyncSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CacheStatus } from '../src/daemon/ipc.js';
 import { freshDir, makeSparseFile, nbdUri } from './helpers/daemon.js';
+import { directIoWorks } from './helpers/scratch.js';
 import { killHard, killPid, startServing, stopGracefully, type RunningDaemon, pcachedCli, pidRunning, spawnTracked, statusJson, waitAccepting, waitFor, within, type Proc } from './helpers/lifecycle.js';
 import { describe, needTools, nbdsh, run, skipSuffix, TOOL_ENV } from './helpers/tools.js';
 
 const MiB = 1 << 20;
 const BLK = 4096;
 
-/** Whether O_DIRECT can be opened in `dir` (not on tmpfs, for one). */
-function directWorks(dir: string): boolean {
-  const probe = join(dir, 'direct-probe');
-  writeFileSync(probe, Buffer.alloc(4096));
-  try {
-    closeSync(openSync(probe, constants.O_WRONLY | constants.O_DIRECT));
-    return true;
-  } catch {
-    return false;
-  } finally {
-    rmSync(probe, { force: true });
-  }
-}
 
 type CacheState = NonNullable<CacheStatus['cacheState']>;
 
@@ -545,7 +533,7 @@ print('ok')
   t.true((drained.workers.wb_bytes ?? 0) >= WLEN - 5 * MiB, `written back ${drained.workers.wb_bytes} bytes`);
   // Writeback's aligned runs reach a file origin through O_DIRECT where the file system takes it
   // (the unaligned writes above through the page cache); the comparison below covers both.
-  if (directWorks(dir)) t.true((drained.workers.wb_origin_direct_writes ?? 0) > 0, brief(drained));
+  if (directIoWorks(dir)) t.true((drained.workers.wb_origin_direct_writes ?? 0) > 0, brief(drained));
 
   const originBytes = readFileSync(origin);
   const vol = await readVolume(d.uri, dir, 'vol.raw');

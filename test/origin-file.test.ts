@@ -13,6 +13,7 @@ import { native as loadedNative, type NativeBinding } from '../src/native/index.
 import { openFileOrigin } from '../src/origin/file.js';
 import type { Done, Extent, Origin, ZeroFlags } from '../src/origin/types.js';
 import { isPcachedError } from '../src/util/errors.js';
+import { directIoWorks } from './helpers/scratch.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -384,23 +385,10 @@ test.serial('block device origin (loop device): size, I/O, zeroing, trim, status
   }
 });
 
-/** Whether O_DIRECT can be opened in `dir` (not on tmpfs, for one). */
-function directWorks(dir: string): boolean {
-  const probe = path.join(dir, 'direct-probe');
-  fs.writeFileSync(probe, Buffer.alloc(4096));
-  try {
-    fs.closeSync(fs.openSync(probe, fs.constants.O_WRONLY | fs.constants.O_DIRECT));
-    return true;
-  } catch {
-    return false;
-  } finally {
-    fs.rmSync(probe, { force: true });
-  }
-}
 
 (loadedNative?.addressMod ? test : test.skip)('directWrites: aligned writes take the O_DIRECT descriptor, the rest the page cache, and reads see both in order', async (t) => {
   const file = sparseFile(t, 4 * MiB, [[0, 4 * MiB]], 0x11);
-  const direct = directWorks(path.dirname(file));
+  const direct = directIoWorks(path.dirname(file));
   const o = openFileOrigin({ kind: 'file', path: file, readOnly: false, directWrites: true });
   t.teardown(() => o.close());
   t.is(o.writeAlign, direct ? 4096 : undefined);
