@@ -5,8 +5,9 @@
 // same cache file with ioengine=io_uring direct=1 (the device's own bound). Workloads: read hits at
 // 4 KiB QD32 (every block of the volume promoted first), random writes at 4 KiB QD32, and the QD1
 // write latency p50 next to fio's QD1 p50 on the file plus nbdkit-memory's QD1 p50 (the
-// transport), each QD1 cell started once both caches have written back what came before. fio on the file runs while pcached is stopped for reads (it only reads), and its
-// write cells run last, on a copy of the file's size, so they never touch a cache pcached uses.
+// transport), each QD1 cell started once both caches have written back what came before. fio
+// on the file runs while pcached is stopped for reads (it only reads), and its write cells run
+// last, on a copy of the file's size, so they never touch a cache pcached uses.
 
 import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';

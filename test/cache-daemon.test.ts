@@ -21,7 +21,6 @@ import { describe, needTools, nbdsh, run, skipSuffix, TOOL_ENV } from './helpers
 const MiB = 1 << 20;
 const BLK = 4096;
 
-
 type CacheState = NonNullable<CacheStatus['cacheState']>;
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import { openFileOrigin } from '../src/origin/file.js';
 import type { Done, Extent, Origin, ZeroFlags } from '../src/origin/types.js';
 import { isPcachedError } from '../src/util/errors.js';
 import { directIoWorks } from './helpers/scratch.js';
+import { alignedBuffer } from '../src/io/aligned.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -385,7 +386,6 @@ test.serial('block device origin (loop device): size, I/O, zeroing, trim, status
   }
 });
 
-
 (loadedNative?.addressMod ? test : test.skip)('directWrites: aligned writes take the O_DIRECT descriptor, the rest the page cache, and reads see both in order', async (t) => {
   const file = sparseFile(t, 4 * MiB, [[0, 4 * MiB]], 0x11);
   const direct = directIoWorks(path.dirname(file));
@@ -394,7 +394,6 @@ test.serial('block device origin (loop device): size, I/O, zeroing, trim, status
   t.is(o.writeAlign, direct ? 4096 : undefined);
   // The page cache holds the old bytes first: a direct write must not leave them to be read.
   t.true((await readAt(o, 0, 64 * KiB)).every((b) => b === 0x11));
-  const { alignedBuffer } = await import('../src/io/aligned.js');
   const aligned = alignedBuffer(16 * KiB);
   aligned.fill(0x22);
   t.is(await now((cb) => o.write(8 * KiB, aligned, false, cb)), OK);

@@ -17,7 +17,7 @@
 //
 // When to step, and how fast, is the policy's (writeback-policy.ts); this file only does it.
 
-import { alignedBuffer, canAlign } from '../io/aligned.js';
+import { alignedBuffer } from '../io/aligned.js';
 import type { BlockDevice } from './blockdev.js';
 import { DIRTY_TAIL_OFFSETS, KSET_MAX_SIZE, crc32cOf, dataOffset } from './layout.js';
 import { KEY_DIRTY, KEY_TRIM, KEY_ZERO, needsWriteback } from './kset.js';
@@ -317,7 +317,7 @@ export class Writeback {
         }
         // DIRTY: gather the run's data; a key whose data fails its CRC splits the run around it.
         // An origin with a direct path for aligned writes (file.ts directWrites) gets aligned memory.
-        const buf = this.origin.writeAlign !== undefined && canAlign() ? alignedBuffer(len, false) : Buffer.allocUnsafe(len);
+        const buf = this.origin.writeAlign !== undefined ? alignedBuffer(len, false) : Buffer.allocUnsafe(len);
         const good: [number, number][] = [];
         let at = 0;
         for (const p of r) {

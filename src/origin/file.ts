@@ -89,18 +89,19 @@ export function openFileOrigin(spec: FileOriginSpec, options: FileOriginOptions 
   } catch (err) {
     throw new PcachedError('ERR_ORIGIN', `cannot open origin ${spec.path}: ${message(err)}`, { cause: err });
   }
+  let directFd: number | null = null;
   try {
     const st = fs.fstatSync(fd, { bigint: true });
-    const directFd = spec.directWrites === true && !readOnly ? openDirect(spec.path, native) : null;
+    directFd = spec.directWrites === true && !readOnly ? openDirect(spec.path, native) : null;
     if (st.isFile()) {
       return new FileOrigin(fd, spec.path, 'file', Number(st.size), readOnly, native, depth, directFd);
     }
     if (st.isBlockDevice()) {
       return new FileOrigin(fd, spec.path, 'device', deviceSize(fd, st.rdev, spec.path, native), readOnly, native, depth, directFd);
     }
-    if (directFd !== null) fs.closeSync(directFd);
     throw new PcachedError('ERR_ORIGIN', `origin ${spec.path} is neither a regular file nor a block device`);
   } catch (err) {
+    if (directFd !== null) fs.closeSync(directFd);
     fs.closeSync(fd);
     if (err instanceof PcachedError) throw err;
     throw new PcachedError('ERR_ORIGIN', `cannot use origin ${spec.path}: ${message(err)}`, { cause: err });
